@@ -1,0 +1,21 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv and install anygen with its dependencies on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/anygen: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/anygen
+
+.PHONY: setup demo test
+setup: $(BIN)/anygen
+
+demo: setup
+	$(BIN)/anygen demo --out out/demo
+
+test: setup
+	$(BIN)/python -m pytest tests -p no:cacheprovider
