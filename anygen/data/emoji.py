@@ -103,8 +103,10 @@ def emoji_font_path() -> Path:
 def clean_name(raw: str, char: str = "") -> str:
     """':thumbs_up_medium_skin_tone:' -> 'thumbs up, medium skin tone'; flags -> 'flag: France'."""
     name = raw.strip(":").replace("_", " ").replace("\u2019", "'")
-    name = re.sub(r" ((?:medium-light|medium-dark|medium|light|dark) skin tone)", r", \1", name)
-    name = re.sub(r"\s+", " ", name).strip()
+    tone = r"(?:medium-light|medium-dark|medium|light|dark) skin tone"
+    tones = re.findall(tone, name)
+    name = re.sub(r"\s+", " ", re.sub(tone, " ", name)).strip()  # 'man medium skin tone bald'
+    name = ", ".join([name] + tones) if name else ", ".join(tones)  # -> 'man bald, medium skin tone'
     if char and (_is_regional_flag(char) or (char[0] == "\U0001F3F4" and "\U000E007F" in char)):
         name = f"flag: {name}"
     return name
@@ -148,7 +150,7 @@ def _load_font(path: Path) -> ImageFont.FreeTypeFont:
 
 
 class _Renderer:
-    """Draws one emoji centred in a square cell, composited on white, resized to `size`."""
+    """Draws one emoji centred in a square cell on white, resized to `size`."""
 
     def __init__(self, path: Path, size: int):
         self.font = _load_font(path)
@@ -158,18 +160,18 @@ class _Renderer:
         self.advance = self.font.getlength(reference)
         self.cell_w, self.cell_h = right, bottom  # (136, 128) for Noto's 109px strike
         self.side = max(self.cell_w, self.cell_h)
-        self.white = PILImage.new("RGBA", (self.side, self.side), (255, 255, 255, 255))
         self.tofu = self.render("\U0010FFFD")  # what the font draws for a missing glyph
 
     def single_glyph(self, char: str) -> bool:
         return self.font.getlength(char) <= self.advance * 1.05
 
     def render(self, char: str) -> PILImage.Image:
-        canvas = PILImage.new("RGBA", (self.side, self.side), (255, 255, 255, 0))
+        # Drawn straight onto white: Pillow blends the glyph's colour by its alpha once. (Drawing on a
+        # transparent canvas and compositing afterwards would blend twice and wash out the edges.)
+        canvas = PILImage.new("RGB", (self.side, self.side), (255, 255, 255))
         offset = ((self.side - self.cell_w) // 2, (self.side - self.cell_h) // 2)
         ImageDraw.Draw(canvas).text(offset, char, font=self.font, embedded_color=True)
-        rgb = PILImage.alpha_composite(self.white, canvas).convert("RGB")
-        return rgb.resize((self.size, self.size), PILImage.Resampling.LANCZOS)
+        return canvas.resize((self.size, self.size), PILImage.Resampling.LANCZOS)
 
 
 def _is_blank(image: PILImage.Image) -> bool:
@@ -273,9 +275,8 @@ def _catalogue(font_path: str, size: int, chars: tuple[str, ...] | None) -> _Cat
         core, tones = _core(it.char), _tones(it.char)
         if len(set(tones)) <= 1:  # mixed-tone emoji (two people, two tones) have no single-tone edit
             tone_groups.setdefault(core, {})[tones[:1]] = it
-        form = _gender_form(core)
-        if form is not None:
-            gender_groups.setdefault((form[0], tones), {})[form[1]] = it
+        neutral, gender = _gender_form(core) or (core, "neutral")  # 🏃 is the neutral of 🏃‍♀️
+        gender_groups.setdefault((neutral, tones), {})[gender] = it
 
     for group in tone_groups.values():
         for src_tones, src in group.items():

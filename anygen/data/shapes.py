@@ -42,6 +42,14 @@ from PIL import Image as PILImage
 from anygen.config import ConfigError, check
 from anygen.document import Audio, Document, Image, Text
 
+__all__ = [
+    "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
+    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "cell_center", "object_px",
+    "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
+    "valid_edit_kinds", "render_melody", "melody_text", "parse_melody_text", "StoryStep", "Story",
+    "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",
+]
+
 # ---- the world's vocabulary -------------------------------------------------------------
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
@@ -501,7 +509,6 @@ class ShapesWorld:
         self._check_split(split)
         if kind is not None and kind not in EDIT_KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(EDIT_KINDS)}")
-        max_objects = self.config.max_objects if scene is None else MAX_OBJECTS
         if scene is None:
             lo, hi = self.config.min_objects, self.config.max_objects
             if kind == "remove":
@@ -512,10 +519,10 @@ class ShapesWorld:
                 raise ValueError(f"kind {kind!r} is impossible with min_objects={self.config.min_objects}, "
                                  f"max_objects={self.config.max_objects}")
             scene = self.sample_scene(rng, int(rng.integers(lo, hi + 1)), split)
-        kinds = valid_edit_kinds(scene, max(max_objects, len(scene.objects) + (kind == "add")))
         if kind is None:
+            kinds = valid_edit_kinds(scene, self.config.max_objects)
             kind = kinds[rng.integers(len(kinds))]
-        elif kind not in kinds:
+        elif kind not in valid_edit_kinds(scene):
             raise ValueError(f"kind: cannot {kind} in a scene of {len(scene.objects)} object(s)")
         allowed = set(self.train_pairs) if split == "train" else set(ALL_PAIRS)
         free = [c for c in range(9) if c not in scene.cells]
@@ -549,7 +556,8 @@ class ShapesWorld:
             obj = None  # type: ignore[assignment]
             instruction = f"add a {new.size} {new.pair} at the {new.position}"
         target = _replace_obj(scene, obj, new)
-        assert target is not None and apply_instruction(scene, instruction) == target, instruction
+        if target is None or apply_instruction(scene, instruction) != target:  # generator/parser disagree
+            raise RuntimeError(f"internal error: edit {instruction!r} of {scene.caption()!r} does not parse back")
         return Edit(kind, instruction, scene, target)
 
     # -- melodies --

@@ -1,0 +1,286 @@
+"""Batch sources for codec training: endless, seeded streams of image or audio tensors.
+
+Batch `k` of a source is a pure function of `(seed, k)`, so a resumed training run sees
+exactly the batches the uninterrupted run would have seen (`batches(start=k)`), and a
+background thread can render ahead without touching any shared random state.
+
+Images come as (B, 3, S, S) float tensors in [-1, 1]; audio as (B, 1, T) float in [-1, 1].
+Sources: `shapes` (ShapesWorld scenes), `emoji` (Noto emoji), `image-folder` (user
+images, converted per `anygen.io.fit_image`); `melodies` (ShapesWorld melodies),
+`speech` (espeak-ng sentences), `audio-folder` (user WAV files, resampled and mixed down).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from anygen.config import check, choice
+from anygen.errors import AnygenError
+from anygen.io import fit_image
+
+IMAGE_SOURCES = ("shapes", "emoji", "image-folder")
+AUDIO_SOURCES = ("melodies", "speech", "audio-folder")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_EXTENSIONS = (".wav",)
+
+
+@dataclass
+class DataConfig:
+    """The `data:` section of a tokenizer recipe."""
+
+    source: str = choice(*IMAGE_SOURCES, *AUDIO_SOURCES, "text")
+    path: str = ""  # image-folder / audio-folder
+    seed: int = 0  # world seed (ShapesWorld layout of held-out splits etc.)
+    split: str = "train"
+    max_objects: int = 3  # ShapesWorld: 1..max_objects per scene
+    clip_seconds: float = 1.0  # audio: length of training clips
+    sample_rate: int = 16000
+    prefetch: int = 0  # batches rendered ahead in a background thread (0 = inline; rendering is cheap)
+    # text kind only: corpus size from ShapesWorld (captions, instructions, melody texts)
+    text_scenes: int = 20000
+    text_include_emoji: bool = True
+
+    def __post_init__(self):
+        check(self.source not in ("image-folder", "audio-folder") or bool(self.path), "path",
+              f"is required for source {self.source!r}")
+        check(1 <= self.max_objects <= 9, "max_objects", f"must be 1..9, got {self.max_objects}")
+        check(self.clip_seconds > 0, "clip_seconds", f"must be > 0, got {self.clip_seconds}")
+        check(self.sample_rate > 0, "sample_rate", f"must be > 0, got {self.sample_rate}")
+        check(self.prefetch >= 0, "prefetch", f"must be >= 0, got {self.prefetch}")
+
+
+def batch_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The generator for batch `index` of a source seeded with `seed`."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), int(stream)])
+
+
+def images_to_tensor(images: list[PILImage.Image], size: int) -> torch.Tensor:
+    """PIL images -> (B,3,size,size) float in [-1,1] (any mode/size, via fit_image)."""
+    arr = np.stack([np.asarray(fit_image(im, size), dtype=np.uint8) for im in images])  # (B,S,S,3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class BatchSource:
+    """Base: `make_batch(rng, batch_size)`; iteration yields batch `start`, `start+1`, …"""
+
+    def __init__(self, batch_size: int, seed: int, prefetch: int = 0):
+        self.batch_size, self.seed, self.prefetch = batch_size, seed, prefetch
+
+    def make_batch(self, rng: np.random.Generator, batch_size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch(self, index: int) -> torch.Tensor:
+        return self.make_batch(batch_rng(self.seed, index), self.batch_size)
+
+    def batches(self, start: int = 0) -> Iterator[torch.Tensor]:
+        if self.prefetch <= 0:
+            index = start
+            while True:
+                yield self.batch(index)
+                index += 1
+        yield from _prefetched(self.batch, start, self.prefetch)
+
+
+def _prefetched(fn: Callable[[int], torch.Tensor], start: int, depth: int) -> Iterator[torch.Tensor]:
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        index = start
+        while not stop.is_set():
+            try:
+                item = fn(index)
+            except BaseException as e:  # surface in the consumer
+                q.put(e)
+                return
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            index += 1
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+# ---- images -------------------------------------------------------------------------------
+class ShapesImages(BatchSource):
+    """Fresh random ShapesWorld scenes, rendered at `image_size`."""
+
+    def __init__(self, batch_size: int, image_size: int = 64, seed: int = 0, world_seed: int = 0,
+                 split: str = "train", max_objects: int = 3, prefetch: int = 0):
+        super().__init__(batch_size, seed, prefetch)
+        from anygen.data.shapes import ShapesWorld, WorldConfig, render_scene
+
+        self.world = ShapesWorld(WorldConfig(seed=world_seed))
+        self.render = render_scene
+        self.image_size, self.split, self.max_objects = image_size, split, max_objects
+
+    def scenes(self, rng, n: int) -> list:
+        out = []
+        for _ in range(n):
+            k = int(rng.integers(1, self.max_objects + 1))
+            out.append(self.world.sample_scene(rng, n_objects=k, split=self.split))
+        return out
+
+    def make_batch(self, rng, batch_size):
+        scenes = self.scenes(rng, batch_size)
+        return images_to_tensor([self.render(s, size=self.image_size) for s in scenes], self.image_size)
+
+
+class ImageListSource(BatchSource):
+    """Random batches (without replacement within an epoch) from a fixed list of images."""
+
+    def __init__(self, images: list[PILImage.Image], batch_size: int, image_size: int = 64,
+                 seed: int = 0, prefetch: int = 0, what: str = "images"):
+        super().__init__(batch_size, seed, prefetch)
+        if not images:
+            raise AnygenError(f"{what}: no images to train on")
+        self.tensor = images_to_tensor(images, image_size)  # (N,3,S,S)
+        self.n = len(images)
+
+    def batch(self, index: int) -> torch.Tensor:
+        per_epoch = max(1, self.n // self.batch_size)
+        epoch, pos = divmod(index, per_epoch)
+        order = batch_rng(self.seed, epoch, stream=1).permutation(self.n)
+        if self.n >= self.batch_size:
+            idx = order[pos * self.batch_size:(pos + 1) * self.batch_size]
+        else:
+            idx = batch_rng(self.seed, index, stream=2).integers(0, self.n, self.batch_size)
+        return self.tensor[torch.from_numpy(np.asarray(idx))]
+
+
+def emoji_images(split: str = "train") -> list[PILImage.Image]:
+    from anygen.data.emoji import EmojiWorld
+
+    return [item.image for item in EmojiWorld().items(split)]
+
+
+def folder_files(path: str | Path, extensions: tuple[str, ...], what: str) -> list[Path]:
+    path = Path(path)
+    if not path.is_dir():
+        raise AnygenError(f"{path}: {what} folder not found")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+    if not files:
+        raise AnygenError(f"{path}: no {what} files ({', '.join(extensions)}) in the folder")
+    return files
+
+
+def folder_images(path: str | Path) -> list[PILImage.Image]:
+    """Every image under `path` (recursively), read through anygen.io (bad files name their path)."""
+    from anygen.io import read_image_file
+
+    return [read_image_file(p) for p in folder_files(path, IMAGE_EXTENSIONS, "image")]
+
+
+# ---- audio --------------------------------------------------------------------------------
+def fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Pad with silence or crop (randomly when `rng` is given, else from the start) to `length`."""
+    wave = np.asarray(wave, dtype=np.float32).reshape(-1)
+    if len(wave) >= length:
+        start = int(rng.integers(0, len(wave) - length + 1)) if rng is not None else 0
+        return wave[start:start + length]
+    return np.pad(wave, (0, length - len(wave)))
+
+
+class MelodyAudio(BatchSource):
+    """ShapesWorld melodies (1–4 notes of 0.25 s), padded with silence to `clip_seconds`."""
+
+    def __init__(self, batch_size: int, sample_rate: int = 16000, clip_seconds: float = 1.0,
+                 seed: int = 0, world_seed: int = 0, prefetch: int = 0):
+        super().__init__(batch_size, seed, prefetch)
+        from anygen.data.shapes import ShapesWorld, WorldConfig, render_melody
+
+        self.world, self.render = ShapesWorld(WorldConfig(seed=world_seed)), render_melody
+        self.sample_rate, self.length = sample_rate, int(round(clip_seconds * sample_rate))
+
+    def make_batch(self, rng, batch_size):
+        waves = [fixed_length(self.render(self.world.sample_melody(rng), sample_rate=self.sample_rate),
+                              self.length) for _ in range(batch_size)]
+        return torch.from_numpy(np.stack(waves))[:, None, :]  # (B,1,T)
+
+
+class WaveListSource(BatchSource):
+    """Random crops of `clip_seconds` from a fixed list of waveforms."""
+
+    def __init__(self, waves: list[np.ndarray], batch_size: int, sample_rate: int = 16000,
+                 clip_seconds: float = 1.0, seed: int = 0, prefetch: int = 0, what: str = "audio"):
+        super().__init__(batch_size, seed, prefetch)
+        waves = [np.asarray(w, dtype=np.float32).reshape(-1) for w in waves if len(w)]
+        if not waves:
+            raise AnygenError(f"{what}: no audio to train on")
+        self.waves, self.length = waves, int(round(clip_seconds * sample_rate))
+
+    def make_batch(self, rng, batch_size):
+        idx = rng.integers(0, len(self.waves), batch_size)
+        clips = [fixed_length(self.waves[i], self.length, rng) for i in idx]
+        return torch.from_numpy(np.stack(clips))[:, None, :]
+
+
+def speech_waves(n: int, sample_rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
+    """`n` synthesized sentences from SpeechWorld."""
+    from anygen.data import speech
+
+    world = speech.SpeechWorld() if not hasattr(speech, "SpeechConfig") else speech.SpeechWorld()
+    rng = np.random.default_rng(seed)
+    texts = _speech_texts(world, rng, n)
+    return [speech.synthesize(t, sample_rate=sample_rate) for t in texts]
+
+
+def _speech_texts(world, rng, n: int) -> list[str]:
+    for name in ("sample_text", "sample_sentence", "sentence"):
+        fn = getattr(world, name, None)
+        if callable(fn):
+            return [str(fn(rng)) for _ in range(n)]
+    for name in ("texts", "sentences"):
+        fn = getattr(world, name, None)
+        if callable(fn):
+            items = list(fn())
+            return [items[int(i)] for i in rng.integers(0, len(items), n)]
+    raise AnygenError("anygen.data.speech.SpeechWorld offers no sentences (expected sample_text(rng))")
+
+
+def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:
+    from anygen.io import read_audio_file
+
+    return [read_audio_file(p, sample_rate)[0] for p in folder_files(path, AUDIO_EXTENSIONS, "audio")]
+
+
+# ---- factory ------------------------------------------------------------------------------
+def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int = 64,
+                sample_rate: int | None = None) -> BatchSource:
+    """The batch source a recipe's `data:` section describes."""
+    sr = sample_rate or data.sample_rate
+    if data.source == "shapes":
+        return ShapesImages(batch_size, image_size, seed, data.seed, data.split, data.max_objects, data.prefetch)
+    if data.source == "emoji":
+        return ImageListSource(emoji_images(data.split), batch_size, image_size, seed, data.prefetch, "emoji")
+    if data.source == "image-folder":
+        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path)
+    if data.source == "melodies":
+        return MelodyAudio(batch_size, sr, data.clip_seconds, seed, data.seed, data.prefetch)
+    if data.source == "speech":
+        return WaveListSource(speech_waves(400, sr, data.seed), batch_size, sr, data.clip_seconds, seed,
+                              data.prefetch, "speech")
+    if data.source == "audio-folder":
+        return WaveListSource(folder_waves(data.path, sr), batch_size, sr, data.clip_seconds, seed,
+                              data.prefetch, data.path)
+    raise AnygenError(f"data.source: {data.source!r} does not produce media batches")

@@ -1,0 +1,267 @@
+"""`anygen pretokenize RECIPE.yaml [key=value ...]`: worlds and user data -> token shards.
+
+A recipe (schema: `PretokenizeConfig`) names the tokenizer directory, the ShapesWorld
+(seed, held-out colour-shape pairs, ...), how many examples each split gets, the task mix
+and the longest document kept. Output:
+
+    OUT/train/           shards of `n_train` world examples (+ user data, see `UserData`)
+    OUT/val/             `n_val` fresh world examples from the same distribution (another seed stream)
+    OUT/holdout/         `n_holdout` examples whose scenes contain a held-out pair (when > 0)
+    OUT/recipe.yaml      the resolved recipe
+
+Examples are split over tasks exactly in proportion to the weights, then shuffled; each
+split is deterministic given `world.seed`. Images go through the codec in batches of
+`codec_batch`, and a scene or melody seen before reuses its codes.
+
+Example recipe:
+
+    tokenizer: runs/tokenizer
+    out: data/shapes
+    n_train: 60000
+    n_val: 1000
+    seq_len: 1024
+    world: {seed: 0, holdout: [purple triangle]}
+    tasks:
+      text_to_image: {weight: 3, p_null: 0.1}
+      edit: {weight: 2, p_null_instruction: 0.05, p_null_image: 0.05, p_null_both: 0.05}
+      story: {weight: 1}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from anygen.config import check, choice, load_config, to_dict
+from anygen.data.shapes import WorldConfig
+from anygen.data.shards import ShardWriter
+from anygen.data.tasks import (EmojiTasks, SequenceEncoder, ShapesTasks, Spec, TaskMix, allocate, audio_to_text,
+                               document, edit, image_to_text, text_to_audio, text_to_image)
+from anygen.document import Audio, Image, Text
+from anygen.errors import AnygenError
+from anygen.io import atomic_write_bytes
+
+SPLITS = ("train", "val", "holdout")
+
+
+@dataclass
+class EmojiData:
+    """Emoji as an extra source of text->image, image->text and edit examples."""
+
+    share: float = 0.0  # fraction of those tasks' examples drawn from emoji instead of shapes
+    size: int = 64
+
+    def __post_init__(self):
+        check(0.0 <= self.share <= 1.0, "share", f"must be in [0, 1], got {self.share}")
+
+
+@dataclass
+class UserData:
+    """The user's own data, added to the train split (and `val_fraction` of it to val), `repeat` times.
+
+    documents: JSONL documents (task `document`, loss on every token); image_folders:
+    captioned images (one text->image and one image->text example each; uncaptioned images
+    become one-image documents); audio_folders: transcribed WAVs (text->audio, audio->text);
+    edits: edit-pair JSONL files (task `edit`). Formats: `anygen.data.user`.
+    """
+
+    documents: list[str] = field(default_factory=list)
+    image_folders: list[str] = field(default_factory=list)
+    audio_folders: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)
+    repeat: int = 1
+    val_fraction: float = 0.0
+    on_error: str = choice("skip", "fail")
+
+    def __post_init__(self):
+        check(self.repeat >= 1, "repeat", f"must be >= 1, got {self.repeat}")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class PretokenizeConfig:
+    tokenizer: str = ""  # MultimodalTokenizer directory
+    out: str = "data/shapes"  # writes OUT/train, OUT/val (and OUT/holdout)
+    n_train: int = 20000  # world examples in the train split
+    n_val: int = 500
+    n_holdout: int = 0  # examples from scenes with a held-out pair (needs world.holdout)
+    seq_len: int = 1024  # longest document kept; longer ones follow `overflow`
+    overflow: str = choice("truncate", "drop")
+    world: WorldConfig = field(default_factory=WorldConfig)
+    tasks: TaskMix = field(default_factory=TaskMix)
+    emoji: EmojiData = field(default_factory=EmojiData)
+    user: UserData = field(default_factory=UserData)
+    codec_batch: int = 64  # images per codec call
+    chunk: int = 512  # examples sampled, encoded and written per step
+    shard_tokens: int = 1 << 27  # tokens per shard file
+
+    def __post_init__(self):
+        check(bool(self.tokenizer), "tokenizer", "set the tokenizer directory (tokenizer=DIR)")
+        check(bool(self.out), "out", "set the output directory")
+        for name in ("n_train", "n_val", "n_holdout"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.n_holdout == 0 or bool(self.world.holdout), "n_holdout",
+              "a holdout split needs held-out pairs in world.holdout")
+        check(self.seq_len >= 16, "seq_len", f"must be >= 16, got {self.seq_len}")
+        check(self.codec_batch >= 1, "codec_batch", f"must be >= 1, got {self.codec_batch}")
+        check(self.chunk >= 1, "chunk", f"must be >= 1, got {self.chunk}")
+
+
+# ---- building the examples of a split ------------------------------------------------------
+def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(task, source) for each of `n` world examples, in a shuffled order."""
+    if n == 0:
+        return []
+    counts = allocate(cfg.tasks.weights(), n)
+    plan = []
+    for task, k in counts.items():
+        n_emoji = int(round(k * cfg.emoji.share)) if task in EmojiTasks.TASKS else 0
+        plan += [(task, "emoji")] * n_emoji + [(task, "shapes")] * (k - n_emoji)
+    order = rng.permutation(len(plan))
+    return [plan[i] for i in order]
+
+
+def _user_specs(cfg: PretokenizeConfig, split: str, rng: np.random.Generator) -> list:
+    """Zero-argument callables that make the user data's Specs for `split` (loaded lazily)."""
+    from anygen.data import user as user_data
+
+    u, mix = cfg.user, cfg.tasks
+    makers = []
+
+    def pick(n: int) -> np.ndarray:
+        """Which of n items fall in this split."""
+        in_val = np.random.default_rng([cfg.world.seed, 7919, n]).random(n) < u.val_fraction
+        return np.flatnonzero(in_val if split == "val" else ~in_val)
+
+    repeat = u.repeat if split == "train" else 1
+    for path in u.documents:
+        result = user_data.load_jsonl_documents(path, on_error=u.on_error)
+        for i in pick(len(result.documents)):
+            makers += [lambda d=result.documents[i]: document(d)] * repeat
+    for path in u.image_folders:
+        result = user_data.load_image_folder(path, on_error=u.on_error)
+        for i in pick(len(result.documents)):
+            makers += _media_text_makers(result.documents[i], "image", mix, rng) * repeat
+    for path in u.audio_folders:
+        result = user_data.load_audio_folder(path, on_error=u.on_error)
+        for i in pick(len(result.documents)):
+            makers += _media_text_makers(result.documents[i], "audio", mix, rng) * repeat
+    for path in u.edits:
+        result = user_data.load_edit_pairs(path, on_error=u.on_error)
+        for i in pick(len(result.pairs)):
+            p = result.pairs[i]
+            makers += [lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng)] * repeat
+    return makers
+
+
+def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
+    media = [s for s in doc if isinstance(s, Image if kind == "image" else Audio)]
+    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
+    if not media:
+        return []
+    m = media[0].image if kind == "image" else media[0]
+    if not text:
+        return [lambda: document(doc)]
+    if kind == "image":
+        return [lambda: text_to_image(text, m, mix.text_to_image, rng),
+                lambda: image_to_text(m, text, mix.image_to_text, rng)]
+    return [lambda: text_to_audio(text, m, mix.text_to_audio, rng),
+            lambda: audio_to_text(m, text, mix.audio_to_text, rng)]
+
+
+def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
+    w = cfg.tasks.weights()
+    if tokenizer.image is None and any(w[t] > 0 for t in ("text_to_image", "image_to_text", "edit", "story")):
+        raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no image codec, but the task mix has image tasks "
+                          f"(set tasks.<task>.weight=0 for text_to_image, image_to_text, edit and story)")
+    audio_tasks = [t for t in ("text_to_audio", "audio_to_text") if w[t] > 0]
+    if w["story"] > 0 and cfg.world.melody_prob > 0:
+        audio_tasks.append("story (world.melody_prob > 0)")
+    if tokenizer.audio is None and (audio_tasks or cfg.user.audio_folders):
+        raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no audio codec, but the recipe has audio "
+                          f"({', '.join(audio_tasks) or 'user.audio_folders'})")
+
+
+def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, split: str, n: int,
+                directory: Path, progress: bool = True) -> dict:
+    """Sample, encode and write one split; returns the writer's per-task summary."""
+    from tqdm import tqdm
+
+    from anygen.data.shapes import ShapesWorld
+
+    rng = np.random.default_rng([cfg.world.seed, SPLITS.index(split)])
+    world = ShapesWorld(cfg.world)
+    sources = {"shapes": ShapesTasks(world, cfg.tasks)}
+    plan = _world_plan(cfg, n, rng)
+    if any(src == "emoji" for _, src in plan):
+        from anygen.data.emoji import EmojiWorld
+
+        sources["emoji"] = EmojiTasks(EmojiWorld(size=cfg.emoji.size), cfg.tasks)
+    world_split = "holdout" if split == "holdout" else "train"
+    emoji_split = "heldout" if split == "holdout" else "train"
+    makers = [lambda t=t, s=s: sources[s].sample(t, rng, emoji_split if s == "emoji" else world_split)
+              for t, s in plan]
+    if split != "holdout":
+        makers += _user_specs(cfg, split, rng)
+    meta = {"split": split, "recipe": to_dict(cfg)}
+    with ShardWriter(directory, tokenizer.vocab, cfg.seq_len, cfg.overflow, cfg.shard_tokens, meta) as writer:
+        bar = tqdm(total=len(makers), desc=f"pretokenize {split}", unit="ex", disable=not progress,
+                   dynamic_ncols=True, file=sys.stderr)
+        for start in range(0, len(makers), cfg.chunk):
+            specs: list[Spec] = [make() for make in makers[start:start + cfg.chunk]]
+            for seq in encoder.encode(specs):
+                writer.add(seq.ids, seq.loss, seq.task)
+            bar.update(len(specs))
+            bar.set_postfix(tokens=sum(writer.tokens.values()))
+        bar.close()
+        summary = writer.summary()
+    return summary
+
+
+def format_summary(split: str, summary: dict) -> str:
+    lines = [f"{split}: {'task':<14} {'docs':>8} {'tokens':>11} {'loss tok':>11} {'mean len':>9} {'trunc':>6} {'drop':>5}"]
+    total = Counter()
+    for task, s in summary.items():
+        mean = s["tokens"] / s["documents"] if s["documents"] else 0.0
+        lines.append(f"{'':{len(split) + 1}} {task:<14} {s['documents']:>8} {s['tokens']:>11} "
+                     f"{s['loss_tokens']:>11} {mean:>9.1f} {s['truncated']:>6} {s['dropped']:>5}")
+        total.update(s)
+    mean = total["tokens"] / total["documents"] if total["documents"] else 0.0
+    lines.append(f"{'':{len(split) + 1}} {'total':<14} {total['documents']:>8} {total['tokens']:>11} "
+                 f"{total['loss_tokens']:>11} {mean:>9.1f} {total['truncated']:>6} {total['dropped']:>5}")
+    return "\n".join(lines)
+
+
+def pretokenize(recipe_path: str | os.PathLike | None, overrides: list[str] = (), *, tokenizer=None,
+                progress: bool = True) -> Path:
+    """Recipe -> shards under `out` (train, val and, when asked, holdout); returns the out directory.
+
+    `tokenizer`: an already loaded MultimodalTokenizer (default: load `cfg.tokenizer`).
+    """
+    cfg = load_config(PretokenizeConfig, recipe_path, list(overrides))
+    if tokenizer is None:
+        from anygen.tokenizer import MultimodalTokenizer
+
+        tokenizer = MultimodalTokenizer.load(cfg.tokenizer)
+    _check_tokenizer(cfg, tokenizer)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    encoder = SequenceEncoder(tokenizer, batch_size=cfg.codec_batch)
+    counts = {"train": cfg.n_train, "val": cfg.n_val, "holdout": cfg.n_holdout}
+    for split in SPLITS:
+        if split == "holdout" and counts[split] == 0:
+            continue
+        summary = write_split(cfg, tokenizer, encoder, split, counts[split], out / split, progress)
+        print(format_summary(split, summary))
+    s = encoder.stats
+    print(f"codec cache: images {s['image_misses']} encoded in {s['image_batches']} batches, {s['image_hits']} reused; "
+          f"audio {s['audio_misses']} encoded, {s['audio_hits']} reused")
+    print(f"wrote {out}")
+    return out

@@ -1,0 +1,580 @@
+"""Training tasks: world samples -> token sequences with loss masks.
+
+Every example is one document of ids, `<bos> … <eos>`, with a parallel loss mask. Layouts
+(`span(x)` is `<boi> <grid> codes <eoi>` for an image, `<boa> codes <eoa>` for audio):
+
+    text_to_image   <bos> caption        span(image)     <eos>
+    image_to_text   <bos> span(image)    caption         <eos>
+    text_to_audio   <bos> melody text    span(audio)     <eos>
+    audio_to_text   <bos> span(audio)    melody text     <eos>
+    edit            <bos> span(source) instruction span(target) <eos>
+    story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
+    document        <bos> any user Document's segments <eos>
+
+The *prompt* of a conditional task is everything before its generated part; the
+generated part (the last span or text, plus `<eos>`) always carries the loss, the prompt
+only with `loss_on_prompt: true`. Stories and documents carry the loss everywhere.
+`<bos>` and `<null>` never carry it (nothing should learn to emit them, and a packed
+document's first token must not be predicted from the previous document).
+
+Classifier-free guidance: a dropped condition is replaced by exactly one `<null>` in its
+place. The unconditional forms (`null_condition_prompt` builds them for the sampler):
+
+    text_to_image / text_to_audio     <bos> <null>             | then <boi>… / <boa>…
+    image_to_text / audio_to_text     <bos> <null>             | then the text
+    edit, instruction dropped         <bos> span(source) <null> | then <boi>…   (image-only row)
+    edit, source image dropped        <bos> <null> instruction  | then <boi>…
+    edit, both dropped                <bos> <null> <null>       | then <boi>…   (null row)
+
+InstructPix2Pix's dual guidance uses the full prompt, the image-only row and the null row.
+For edits the three drops are mutually exclusive with probabilities `p_null_instruction`,
+`p_null_image`, `p_null_both` (defaults 0.05 each, as in InstructPix2Pix).
+
+Building is split in two so the slow part (the codecs) can be cached and batched:
+`Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
+`SequenceEncoder.encode(specs)` encodes every missing image in batched codec calls, keeps
+each key's span (same scene -> same codes, no second codec call) and emits
+`TokenSequence(task, ids, loss)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from anygen.config import check
+from anygen.document import Audio, Document, Image, Text
+from anygen.errors import AnygenError
+
+TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "story", "document")
+CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit")
+EDIT_DROPS = ("instruction", "image", "both")
+
+
+# ---- configuration ------------------------------------------------------------------------
+@dataclass
+class TaskSpec:
+    """One conditional task's share of the mix and its conditioning settings."""
+
+    weight: float = 1.0  # relative share of the examples (0 = off)
+    p_null: float = 0.1  # probability that the condition is replaced by <null> (classifier-free guidance)
+    loss_on_prompt: bool = False  # also train on the prompt (the conditioning text or media)
+
+    def __post_init__(self):
+        check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        check(0.0 <= self.p_null <= 1.0, "p_null", f"must be in [0, 1], got {self.p_null}")
+
+
+@dataclass
+class TextToImageSpec(TaskSpec):
+    weight: float = 3.0
+
+
+@dataclass
+class ImageToTextSpec(TaskSpec):
+    p_null: float = 0.0  # captioning needs no guidance by default
+
+
+@dataclass
+class TextToAudioSpec(TaskSpec):
+    pass
+
+
+@dataclass
+class AudioToTextSpec(TaskSpec):
+    p_null: float = 0.0
+
+
+@dataclass
+class EditSpec:
+    weight: float = 2.0
+    p_null_instruction: float = 0.05  # instruction -> <null> (the image-only row of dual guidance)
+    p_null_image: float = 0.05  # source image -> <null>
+    p_null_both: float = 0.05  # both -> <null> <null> (the null row)
+    loss_on_prompt: bool = False
+
+    def __post_init__(self):
+        check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+        for name in ("p_null_instruction", "p_null_image", "p_null_both"):
+            p = getattr(self, name)
+            check(0.0 <= p <= 1.0, name, f"must be in [0, 1], got {p}")
+        total = self.p_null_instruction + self.p_null_image + self.p_null_both
+        check(total <= 1.0, "p_null_both", f"the three drop probabilities are exclusive and sum to {total} > 1")
+
+
+@dataclass
+class StorySpec:
+    weight: float = 1.0  # interleaved stories: loss on every token
+
+    def __post_init__(self):
+        check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+
+
+@dataclass
+class TaskMix:
+    """Per-task weights and conditioning settings (a recipe section: `tasks.edit.weight=3`)."""
+
+    text_to_image: TextToImageSpec = field(default_factory=TextToImageSpec)
+    image_to_text: ImageToTextSpec = field(default_factory=ImageToTextSpec)
+    text_to_audio: TextToAudioSpec = field(default_factory=TextToAudioSpec)
+    audio_to_text: AudioToTextSpec = field(default_factory=AudioToTextSpec)
+    edit: EditSpec = field(default_factory=EditSpec)
+    story: StorySpec = field(default_factory=StorySpec)
+
+    def __post_init__(self):
+        check(sum(self.weights().values()) > 0, "tasks", "at least one task needs a weight > 0")
+
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, name).weight for name in TASKS if hasattr(self, name)}
+
+    def spec(self, task: str):
+        if not hasattr(self, task):
+            raise ValueError(f"task {task!r} has no settings in TaskMix (tasks: {', '.join(self.weights())})")
+        return getattr(self, task)
+
+
+def allocate(weights: dict[str, float], n: int) -> dict[str, int]:
+    """Split `n` examples over tasks in proportion to `weights`, exactly (largest remainder)."""
+    names = [k for k, w in weights.items() if w > 0]
+    total = sum(weights[k] for k in names)
+    if not names or total <= 0:
+        raise AnygenError("no task has a weight > 0")
+    raw = {k: n * weights[k] / total for k in names}
+    counts = {k: int(np.floor(v)) for k, v in raw.items()}
+    for k in sorted(names, key=lambda k: (-(raw[k] - counts[k]), names.index(k)))[: n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+# ---- specs: what an example is made of, before the codecs run -----------------------------
+@dataclass
+class Media:
+    """An image or audio clip under a cache key; `make()` produces it only on a cache miss."""
+
+    kind: str  # "image" | "audio"
+    key: Any  # hashable; equal keys must mean equal media
+    make: Callable[[], Any]  # -> PIL image, or (waveform, sample_rate)
+
+    @classmethod
+    def image(cls, image: PILImage.Image, key: Any = None) -> "Media":
+        """A PIL image; keyed by a hash of its pixels unless `key` is given."""
+        if key is None:
+            key = ("pixels", image.mode, image.size, hashlib.sha1(image.tobytes()).hexdigest())
+        return cls("image", key, lambda: image)
+
+    @classmethod
+    def audio(cls, waveform: np.ndarray, sample_rate: int, key: Any = None) -> "Media":
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if key is None:
+            key = ("samples", int(sample_rate), hashlib.sha1(waveform.tobytes()).hexdigest())
+        return cls("audio", key, lambda: (waveform, int(sample_rate)))
+
+
+@dataclass
+class Piece:
+    """One stretch of a sequence: literal ids, text, or a media span."""
+
+    kind: str  # "ids" | "text" | "image" | "audio"
+    value: Any  # list[int] | str | Media
+    loss: bool
+
+
+@dataclass
+class Spec:
+    task: str
+    pieces: list[Piece]
+    dropped: str = ""  # which condition was replaced by <null>: "", "condition", "instruction", "image", "both"
+
+
+@dataclass
+class TokenSequence:
+    task: str
+    ids: np.ndarray  # (L,) int64
+    loss: np.ndarray  # (L,) uint8, 1 where the token is a training target
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _as_media(kind: str, value) -> Media:
+    if isinstance(value, Media):
+        return value
+    if kind == "image":
+        if not isinstance(value, PILImage.Image):
+            raise TypeError(f"image must be a PIL image or Media, got {type(value).__name__}")
+        return Media.image(value)
+    if isinstance(value, Audio):
+        return Media.audio(value.waveform, value.sample_rate)
+    if isinstance(value, tuple) and len(value) == 2:
+        return Media.audio(value[0], value[1])
+    raise TypeError(f"audio must be (waveform, sample_rate), Audio or Media, got {type(value).__name__}")
+
+
+class _Ids:
+    """Markers resolved against the vocab at encode time."""
+
+    BOS, EOS, NULL = "<bos>", "<eos>", "<null>"
+
+
+def _marker(name: str) -> Piece:
+    return Piece("ids", name, False)
+
+
+def _layout(task: str, *, text: str | None = None, media=None, instruction: str | None = None, source=None,
+            target=None, drop: str = "", loss_on_prompt: bool = False) -> list[Piece]:
+    """The pieces of a conditional task; the one place the sequence layouts live (training and prompts)."""
+    gen = True
+    cond = loss_on_prompt
+    if task in ("text_to_image", "text_to_audio"):
+        kind = "image" if task == "text_to_image" else "audio"
+        prompt = [_marker(_Ids.NULL) if drop else Piece("text", text, cond)]
+        body = [Piece(kind, _as_media(kind, media), gen)] if media is not None else []
+    elif task in ("image_to_text", "audio_to_text"):
+        kind = "image" if task == "image_to_text" else "audio"
+        prompt = [_marker(_Ids.NULL) if drop else Piece(kind, _as_media(kind, media), cond)]
+        body = [Piece("text", text, gen)] if text is not None else []
+    elif task == "edit":
+        if drop not in ("",) + EDIT_DROPS:
+            raise ValueError(f"edit drop must be one of {', '.join(EDIT_DROPS)} or empty, got {drop!r}")
+        src = (_marker(_Ids.NULL) if drop in ("image", "both")
+               else Piece("image", _as_media("image", source), cond))
+        ins = (_marker(_Ids.NULL) if drop in ("instruction", "both")
+               else Piece("text", instruction, cond))
+        prompt = [src, ins]
+        body = [Piece("image", _as_media("image", target), gen)] if target is not None else []
+    else:
+        raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")
+    end = [Piece("ids", _Ids.EOS, True)] if body else []
+    return [_marker(_Ids.BOS)] + prompt + body + end
+
+
+def _draw_drop(task: str, spec, rng: np.random.Generator) -> str:
+    u = float(rng.random())
+    if task == "edit":
+        p1, p2, p3 = spec.p_null_instruction, spec.p_null_image, spec.p_null_both
+        if u < p1:
+            return "instruction"
+        if u < p1 + p2:
+            return "image"
+        if u < p1 + p2 + p3:
+            return "both"
+        return ""
+    return "condition" if u < spec.p_null else ""
+
+
+# ---- task builders (generic: any source of captions, images, clips) ------------------------
+def text_to_image(caption: str, image, spec: TaskSpec, rng: np.random.Generator) -> Spec:
+    drop = _draw_drop("text_to_image", spec, rng)
+    return Spec("text_to_image", _layout("text_to_image", text=caption, media=image, drop=drop,
+                                         loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def image_to_text(image, caption: str, spec: TaskSpec, rng: np.random.Generator) -> Spec:
+    drop = _draw_drop("image_to_text", spec, rng)
+    return Spec("image_to_text", _layout("image_to_text", text=caption, media=image, drop=drop,
+                                         loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def text_to_audio(text: str, audio, spec: TaskSpec, rng: np.random.Generator) -> Spec:
+    drop = _draw_drop("text_to_audio", spec, rng)
+    return Spec("text_to_audio", _layout("text_to_audio", text=text, media=audio, drop=drop,
+                                         loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def audio_to_text(audio, text: str, spec: TaskSpec, rng: np.random.Generator) -> Spec:
+    drop = _draw_drop("audio_to_text", spec, rng)
+    return Spec("audio_to_text", _layout("audio_to_text", text=text, media=audio, drop=drop,
+                                         loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def edit(source, instruction: str, target, spec: EditSpec, rng: np.random.Generator) -> Spec:
+    drop = _draw_drop("edit", spec, rng)
+    return Spec("edit", _layout("edit", source=source, instruction=instruction, target=target, drop=drop,
+                                loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def document(doc: Document, task: str = "document", media_keys: dict[int, Any] | None = None) -> Spec:
+    """A whole interleaved Document (stories, user documents): loss on every token but <bos>.
+
+    `media_keys` maps segment index -> cache key (default: a hash of the pixels / samples).
+    """
+    media_keys = media_keys or {}
+    pieces = [_marker(_Ids.BOS)]
+    for i, seg in enumerate(doc):
+        if isinstance(seg, Text):
+            if seg.text:
+                pieces.append(Piece("text", seg.text, True))
+        elif isinstance(seg, Image):
+            pieces.append(Piece("image", Media.image(seg.image, media_keys.get(i)), True))
+        elif isinstance(seg, Audio):
+            pieces.append(Piece("audio", Media.audio(seg.waveform, seg.sample_rate, media_keys.get(i)), True))
+        else:
+            raise TypeError(f"unknown segment type {type(seg).__name__}")
+    pieces.append(Piece("ids", _Ids.EOS, True))
+    return Spec(task, pieces)
+
+
+# ---- prompts for the sampler (the same layouts, cut before the generated part) -------------
+def _prompt_ids(tokenizer, pieces: list[Piece]) -> list[int]:
+    ids: list[int] = []
+    for p in pieces:
+        if p.kind == "ids":
+            ids.append(tokenizer.vocab.special(p.value))
+        elif p.kind == "text":
+            ids += tokenizer.encode_text(p.value)
+        elif p.kind == "image":
+            ids += tokenizer.image_span(_image_codes(tokenizer, p.value.make()))
+        else:
+            ids += tokenizer.audio_span(_audio_codes(tokenizer, p.value.make()))
+    return ids
+
+
+def _image_codes(tokenizer, value) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value
+    return tokenizer.image_codes(value)
+
+
+def _audio_codes(tokenizer, value) -> torch.Tensor:
+    if torch.is_tensor(value):
+        return value
+    wave, sr = value
+    return tokenizer.audio_codes(wave, sr)
+
+
+def _codes_media(kind: str, value):
+    """Prompt inputs may be raw media or ready codes (image (H, W), audio (n_q, F))."""
+    if value is None:
+        return None
+    if torch.is_tensor(value):
+        return Media(kind, None, lambda: value)
+    if kind == "audio" and isinstance(value, Audio):
+        value = (value.waveform, value.sample_rate)
+    return Media(kind, None, lambda: value)
+
+
+def task_prompt(tokenizer, task: str, *, text: str | None = None, image=None, audio=None,
+                instruction: str | None = None, drop: str = "") -> list[int]:
+    """The ids a sampler feeds before generating `task`'s output: exactly the training prompt.
+
+    text_to_image/text_to_audio: `text`; image_to_text: `image`; audio_to_text: `audio`;
+    edit: `image` (the source) and `instruction`. Images may be PIL images or codes (H, W);
+    audio (waveform, sample_rate), an Audio segment or codes (n_q, F). `drop` names the
+    condition replaced by <null>: "condition" (single-condition tasks) or, for edits,
+    "instruction", "image" or "both". The generated part then starts with `<boi>` (image),
+    `<boa>` (audio) or the text, and ends with `<eos>`.
+    """
+    if task not in CONDITIONAL:
+        raise ValueError(f"task_prompt: {task!r} is not a conditional task ({', '.join(CONDITIONAL)})")
+    if task == "edit":
+        pieces = _layout("edit", source=_codes_media("image", image) if drop not in ("image", "both") else None,
+                         instruction=instruction, drop=drop)
+    elif task in ("text_to_image", "text_to_audio"):
+        pieces = _layout(task, text=text, drop=drop)
+    else:
+        kind = "image" if task == "image_to_text" else "audio"
+        pieces = _layout(task, media=_codes_media(kind, image if kind == "image" else audio) if not drop else None,
+                         drop=drop)
+    return _prompt_ids(tokenizer, pieces)
+
+
+def null_condition_prompt(tokenizer, task: str, *, drop: str | None = None, image=None,
+                          instruction: str | None = None) -> list[int]:
+    """The unconditional prompt of `task` (see the module docstring for every form).
+
+    Single-condition tasks: `<bos> <null>`. Edits: `drop="both"` (default) gives the null
+    row `<bos> <null> <null>`; `drop="instruction"` the image-only row
+    `<bos> span(image) <null>` (needs `image`); `drop="image"` gives `<bos> <null> instruction`.
+    """
+    if task == "edit":
+        drop = drop or "both"
+        if drop == "instruction" and image is None:
+            raise ValueError("null_condition_prompt(edit, drop='instruction') needs the source image")
+        if drop == "image" and instruction is None:
+            raise ValueError("null_condition_prompt(edit, drop='image') needs the instruction")
+        return task_prompt(tokenizer, "edit", image=image, instruction=instruction, drop=drop)
+    return task_prompt(tokenizer, task, drop=drop or "condition")
+
+
+# ---- encoding specs into ids, with a code cache --------------------------------------------
+class SequenceEncoder:
+    """Turns Specs into TokenSequences; caches media spans by key and batches image-codec calls.
+
+    `cache_size` bounds the number of cached spans per modality (oldest evicted first).
+    """
+
+    def __init__(self, tokenizer, batch_size: int = 64, cache_size: int = 200_000, text_cache_size: int = 100_000):
+        self.tok = tokenizer
+        self.vocab = tokenizer.vocab
+        self.batch_size = max(1, int(batch_size))
+        self.cache_size = cache_size
+        self.text_cache_size = text_cache_size
+        self._image: OrderedDict = OrderedDict()
+        self._audio: OrderedDict = OrderedDict()
+        self._text: dict[str, np.ndarray] = {}
+        self.stats = {"image_hits": 0, "image_misses": 0, "audio_hits": 0, "audio_misses": 0, "image_batches": 0}
+
+    def _remember(self, cache: OrderedDict, key, span: np.ndarray) -> None:
+        cache[key] = span
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+
+    def _image_spans(self, media: list[Media]) -> dict:
+        """key -> span for every image in `media`; missing ones are encoded in batches."""
+        spans: dict = {}
+        missing: dict = {}
+        for m in media:
+            if m.key in spans or m.key in missing:
+                self.stats["image_hits"] += 1
+            elif m.key in self._image:
+                self._image.move_to_end(m.key)
+                spans[m.key] = self._image[m.key]
+                self.stats["image_hits"] += 1
+            else:
+                missing[m.key] = m
+        if not missing:
+            return spans
+        if self.tok.image is None:
+            raise AnygenError("the tokenizer has no image codec, but the task mix has image tasks")
+        self.stats["image_misses"] += len(missing)
+        items = list(missing.values())
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            with torch.no_grad():
+                codes = self.tok.image.encode_images([m.make() for m in chunk])  # (B, H, W)
+            self.stats["image_batches"] += 1
+            for m, c in zip(chunk, codes):
+                spans[m.key] = np.asarray(self.tok.image_span(c), dtype=np.int64)
+                self._remember(self._image, m.key, spans[m.key])
+        return spans
+
+    def _audio_span(self, m: Media) -> np.ndarray:
+        span = self._audio.get(m.key)
+        if span is not None:
+            self._audio.move_to_end(m.key)
+            self.stats["audio_hits"] += 1
+            return span
+        self.stats["audio_misses"] += 1
+        if self.tok.audio is None:
+            raise AnygenError("the tokenizer has no audio codec, but the task mix has audio tasks")
+        wave, sr = m.make()
+        span = np.asarray(self.tok.audio_span(self.tok.audio_codes(wave, sr)), dtype=np.int64)
+        if m.key is not None:
+            self._remember(self._audio, m.key, span)
+        return span
+
+    def _text_ids(self, text: str) -> np.ndarray:
+        ids = self._text.get(text)
+        if ids is None:
+            ids = np.asarray(self.tok.encode_text(text), dtype=np.int64)
+            if len(self._text) < self.text_cache_size:
+                self._text[text] = ids
+        return ids
+
+    def encode(self, specs: list[Spec]) -> list[TokenSequence]:
+        images = self._image_spans([p.value for s in specs for p in s.pieces if p.kind == "image"])
+        out = []
+        for s in specs:
+            ids_parts, loss_parts = [], []
+            for p in s.pieces:
+                if p.kind == "ids":
+                    ids = np.asarray([self.vocab.special(p.value)], dtype=np.int64)
+                elif p.kind == "text":
+                    ids = self._text_ids(p.value)
+                elif p.kind == "image":
+                    ids = images[p.value.key]
+                elif p.kind == "audio":
+                    ids = self._audio_span(p.value)
+                else:
+                    raise ValueError(f"unknown piece kind {p.kind!r}")
+                ids_parts.append(ids)
+                loss_parts.append(np.full(len(ids), p.loss, dtype=np.uint8))
+            ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
+            loss = np.concatenate(loss_parts) if loss_parts else np.zeros(0, np.uint8)
+            loss[(ids == self.vocab.bos) | (ids == self.vocab.null)] = 0
+            out.append(TokenSequence(s.task, ids, loss))
+        return out
+
+
+# ---- ShapesWorld (and emoji) as task sources -------------------------------------------------
+class ShapesTasks:
+    """Samples a Spec of any task from a ShapesWorld; scenes and melodies are the cache keys."""
+
+    def __init__(self, world, mix: TaskMix):
+        self.world, self.mix = world, mix
+
+    def _scene(self, scene) -> Media:
+        size = self.world.config.image_size
+        return Media("image", ("scene", size, scene), lambda: self.world.render(scene))
+
+    def _melody(self, notes) -> Media:
+        c = self.world.config
+        return Media("audio", ("melody", c.sample_rate, c.note_seconds, tuple(notes)),
+                     lambda: (self.world.render_melody(notes), c.sample_rate))
+
+    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
+        from anygen.data.shapes import melody_text
+
+        w, mix = self.world, self.mix
+        if task == "text_to_image":
+            scene = w.sample_scene(rng, split=split)
+            return text_to_image(scene.caption(), self._scene(scene), mix.text_to_image, rng)
+        if task == "image_to_text":
+            scene = w.sample_scene(rng, split=split)
+            return image_to_text(self._scene(scene), scene.caption(), mix.image_to_text, rng)
+        if task == "text_to_audio":
+            notes = w.sample_melody(rng)
+            return text_to_audio(melody_text(notes), self._melody(notes), mix.text_to_audio, rng)
+        if task == "audio_to_text":
+            notes = w.sample_melody(rng)
+            return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
+        if task == "edit":
+            e = w.sample_edit(rng, split=split)
+            return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)
+        if task == "story":
+            return self.story(w.sample_story(rng, split=split))
+        raise ValueError(f"ShapesWorld has no task {task!r} (tasks: {', '.join(TASKS[:-1])})")
+
+    def story(self, story) -> Spec:
+        """The world's `story_document(story)` as a Spec, built from the steps so that cached
+        scenes and melodies are not rendered again (a test checks it equals the document's encoding)."""
+        from anygen.data.shapes import melody_text
+
+        pieces = [_marker(_Ids.BOS)]
+        for step in story.steps:
+            pieces += [Piece("text", step.text, True), Piece("image", self._scene(step.scene), True)]
+            if step.melody:
+                pieces += [Piece("text", melody_text(step.melody), True),
+                           Piece("audio", self._melody(step.melody), True)]
+        pieces.append(Piece("ids", _Ids.EOS, True))
+        return Spec("story", pieces)
+
+
+class EmojiTasks:
+    """Text->image, image->text and edits from an EmojiWorld; the emoji character is the cache key."""
+
+    TASKS = ("text_to_image", "image_to_text", "edit")
+
+    def __init__(self, world, mix: TaskMix):
+        self.world, self.mix = world, mix
+
+    def _image(self, item) -> Media:
+        return Media("image", ("emoji", self.world.size, item.char), lambda: item.image)
+
+    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
+        if task == "text_to_image":
+            item = self.world.sample(rng, split)
+            return text_to_image(item.name, self._image(item), self.mix.text_to_image, rng)
+        if task == "image_to_text":
+            item = self.world.sample(rng, split)
+            return image_to_text(self._image(item), item.name, self.mix.image_to_text, rng)
+        if task == "edit":
+            e = self.world.sample_edit(rng, split)
+            return edit(self._image(e.source), e.instruction, self._image(e.target), self.mix.edit, rng)
+        raise ValueError(f"EmojiWorld has no task {task!r} (tasks: {', '.join(self.TASKS)})")

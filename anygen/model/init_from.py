@@ -1,0 +1,121 @@
+"""Extend a pretrained local Hugging Face causal LM with anygen's special and codebook tokens.
+
+The MultimodalTokenizer keeps the pretrained tokenizer's ids first (`Vocab.n_text ==
+len(tokenizer)`), so extending is: resize the input and output embeddings to
+`Vocab.size` and initialise every row from `n_text` on. Rows the checkpoint had past
+`n_text` (vocabularies padded to a multiple of 64/128) are unused by the tokenizer and
+are re-initialised too.
+
+New-row initialisation (documented choice, after Hewitt 2021, "Initializing New Word
+Embeddings for Pretrained Language Models"): each new row is the mean of the
+pretrained rows plus Gaussian noise with `noise` × the per-dimension standard deviation
+of those rows. With the mean, a new token's logit is about the average logit, so the
+extended model's distribution over old tokens barely moves (bounded KL) instead of
+being swamped by random rows; the small noise breaks the symmetry among new rows. The
+input and (when untied) output embeddings are initialised from their own statistics.
+
+`train_only_new_rows` (Anole's recipe for adapting an LM to new token rows): every
+parameter is frozen except the input/output embedding matrices, and the gradients of
+their first `n_text` rows are zeroed after each backward (`mask_old_row_grads`), so the
+pretrained text model stays bit-for-bit intact. Embeddings are kept out of weight decay
+by the trainer, which would otherwise shrink the frozen rows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from anygen.errors import AnygenError
+from anygen.vocab import Vocab
+
+DEFAULT_NOISE = 0.1
+
+
+def _tokenizer_len(directory: Path) -> int | None:
+    """len() of the tokenizer saved beside the model, None when there is none."""
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    if not any((directory / n).exists() for n in names):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return len(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+    except Exception as e:  # a broken tokenizer is a user error worth naming
+        raise AnygenError(f"{directory}: cannot load the pretrained tokenizer ({e})") from None
+
+
+def embedding_matrices(model) -> list[torch.nn.Parameter]:
+    """The distinct input/output embedding weights (one when tied)."""
+    out = [model.get_input_embeddings().weight]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not out[0]:
+        out.append(head.weight)
+    return out
+
+
+@torch.no_grad()
+def init_new_rows(weight: torch.Tensor, n_old: int, noise: float = DEFAULT_NOISE,
+                  generator: torch.Generator | None = None) -> None:
+    """rows [n_old:] <- mean(rows[:n_old]) + noise · std(rows[:n_old]) · N(0, 1), per dimension."""
+    old = weight[:n_old].float()
+    mean, std = old.mean(0), old.std(0, unbiased=False)  # (D,)
+    n_new = weight.shape[0] - n_old
+    if n_new <= 0:
+        return
+    z = torch.randn(n_new, weight.shape[1], generator=generator)
+    weight[n_old:] = (mean + noise * std * z).to(weight.dtype)
+
+
+def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: float = DEFAULT_NOISE,
+                      seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+    """Load the causal LM in `directory`, extend it to `vocab.size` rows, initialise the new rows.
+
+    Returns the model; its `config.vocab_size == vocab.size`. The tokenizer beside the
+    model (when there is one) must have exactly `vocab.n_text` ids.
+    """
+    from transformers import AutoModelForCausalLM
+
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise AnygenError(f"--init-from {directory}: not a Hugging Face model directory (no config.json)")
+    n_tok = _tokenizer_len(directory)
+    if n_tok is not None and n_tok != vocab.n_text:
+        raise AnygenError(f"--init-from {directory}: its tokenizer has {n_tok} ids but the vocab's text range has "
+                          f"{vocab.n_text}; build the MultimodalTokenizer from this model's tokenizer")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
+                                                     attn_implementation=attn_implementation)
+    except (OSError, ValueError) as e:
+        raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
+    n_rows = model.get_input_embeddings().weight.shape[0]
+    if vocab.n_text > n_rows:
+        raise AnygenError(f"--init-from {directory}: the vocab has {vocab.n_text} text ids but the model's "
+                          f"embedding only {n_rows} rows")
+    model.resize_token_embeddings(vocab.size, mean_resizing=False)
+    g = torch.Generator().manual_seed(seed)
+    for w in embedding_matrices(model):
+        init_new_rows(w.data, vocab.n_text, noise, g)
+    model.config.vocab_size = vocab.size
+    for name, token in (("pad_token_id", "pad"), ("bos_token_id", "bos"), ("eos_token_id", "eos")):
+        if getattr(model.config, name, None) is None:
+            setattr(model.config, name, vocab.special(f"<{token}>"))
+    return model
+
+
+def freeze_all_but_embeddings(model) -> list[torch.nn.Parameter]:
+    """requires_grad only on the embedding matrices; returns them (Anole's new-rows-only recipe)."""
+    keep = {id(p) for p in embedding_matrices(model)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return [p for p in model.parameters() if id(p) in keep]
+
+
+@torch.no_grad()
+def mask_old_row_grads(model, n_old: int) -> None:
+    """Zero the gradients of embedding rows [0, n_old) (call after backward, before clipping)."""
+    for w in embedding_matrices(model):
+        if w.grad is not None:
+            w.grad[:n_old] = 0

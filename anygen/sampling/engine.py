@@ -1,0 +1,267 @@
+"""The batched interleaved sampler: prompts in, ids and span boundaries out (no pixels).
+
+    results = generate(model, vocab, prompts, GenerationConfig(...), uncond_prompts=None, callback=None)
+
+Each prompt is a row with its own grammar state (`RowState`); all rows advance one
+token per step in one batched forward over a KV cache (prefill once). Prompts are
+left-padded, so every row writes the same cache column; position ids and the padding
+mask keep each row's logits equal to the row run alone.
+
+Guidance: a prompt may bring a chain of guidance rows (`Prompt.uncond`), each dropping
+more conditioning: `[null]` for classifier-free guidance, `[image_only, null]` for
+InstructPix2Pix editing. They are extra rows of the same batch with their own prompts
+and caches, fed the conditional row's tokens; inside image/audio spans (within
+`cfg_interval`) the conditional row samples from `processors.guide`. Unconditional
+prompts are the caller's: e.g. `[<bos>, <null>]` where the conditional prompt is
+`[<bos>, caption...]`, with the same forced prefix after them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from anygen.errors import AnygenError
+from anygen.sampling.backends import make_decoder, resolve_lm
+from anygen.sampling.processors import apply_repetition_penalty, draw, guide, warp
+from anygen.sampling.settings import GenerationConfig
+from anygen.sampling.state import AUDIO, IMAGE, TEXT, Grammar, RowState, Span
+from anygen.vocab import Vocab
+
+
+@dataclass
+class Prompt:
+    """One row to generate.
+
+    ids       the conditional prompt (must be non-empty, e.g. starts with <bos>)
+    uncond    guidance chain: prompts with progressively less conditioning (see module doc);
+              one scale per entry in `GenerationConfig.cfg_scale`
+    force     ids the output must start with (`[<boi>]` for text→image; `[<boa>]` for speech)
+    source    editing: the H*W image-code ids of the source image; the first image span
+              uses its grid, and positions where `editable` is False copy the source id
+    editable  editing: H*W booleans (True = may change); None = all may change
+    """
+
+    ids: Sequence[int]
+    uncond: Sequence[Sequence[int]] = ()
+    force: Sequence[int] = ()
+    source: Sequence[int] | None = None
+    editable: Sequence[bool] | None = None
+
+
+@dataclass
+class SampleResult:
+    """Generated ids of one row (prompt excluded, forced prefix included) and its segments."""
+
+    ids: list[int]
+    spans: list[Span]
+    finish_reason: str  # "eos" or "length"
+
+    def images(self) -> list[Span]:
+        return [s for s in self.spans if s.kind == "image"]
+
+    def audios(self) -> list[Span]:
+        return [s for s in self.spans if s.kind == "audio"]
+
+
+@dataclass
+class GenerationStats:
+    """Wall-clock split of the last `generate` call (seconds)."""
+
+    setup_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
+    rows: int = 0  # batch rows including guidance rows
+    backend: str = ""
+    first_span_s: dict = field(default_factory=dict)  # kind -> time from start until the first such span completed
+
+
+def _as_prompt(p, uncond) -> Prompt:
+    if isinstance(p, Prompt):
+        prompt = p
+    else:
+        prompt = Prompt(ids=list(p))
+    if uncond is not None:
+        chain = list(uncond)
+        if chain and not isinstance(chain[0], (list, tuple)) and not torch.is_tensor(chain[0]):
+            chain = [chain]  # a single unconditional prompt
+        prompt = Prompt(prompt.ids, [list(map(int, c)) for c in chain], prompt.force, prompt.source, prompt.editable)
+    return prompt
+
+
+def _context_length(lm) -> int | None:
+    return getattr(getattr(lm, "config", None), "max_position_embeddings", None)
+
+
+@torch.inference_mode()
+def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], config: GenerationConfig | None = None,
+             uncond_prompts: Sequence | None = None, callback: Callable[[int, Span], None] | None = None, *,
+             force: Sequence[int] = (), stats: GenerationStats | None = None) -> list[SampleResult]:
+    """Sample a continuation for every prompt; see the module doc.
+
+    prompts         list of id lists or `Prompt`s
+    uncond_prompts  optional, aligned with prompts: None (row unguided), an id list (one
+                    unconditional row) or a list of id lists (a guidance chain)
+    callback        `callback(row, span)` as each segment of a row completes
+    force           ids every row's output starts with (added to each Prompt's own `force`)
+    stats           filled with the timing split when given
+    """
+    t_start = time.perf_counter()
+    cfg = config or GenerationConfig()
+    lm = resolve_lm(model)
+    if not prompts:
+        raise AnygenError("generate: no prompts given")
+    if uncond_prompts is not None and len(uncond_prompts) != len(prompts):
+        raise AnygenError(f"generate: {len(uncond_prompts)} unconditional prompts for {len(prompts)} prompts")
+    rows = [_as_prompt(p, uncond_prompts[i] if uncond_prompts is not None else None) for i, p in enumerate(prompts)]
+    B = len(rows)
+    device = lm.lm_head.weight.device if hasattr(lm, "lm_head") else next(lm.parameters()).device
+
+    # ---- rows: B conditional rows first, then every prompt's guidance rows -------------------
+    all_ids = [list(map(int, r.ids)) for r in rows]
+    follow = list(range(B))  # which conditional row each batch row copies its tokens from
+    chains: list[list[int]] = []  # per guided prompt: [cond row, guidance rows...]
+    for i, r in enumerate(rows):
+        if not r.uncond:
+            continue
+        if len(r.uncond) != len(cfg.cfg_scale):
+            raise AnygenError(f"prompt {i}: {len(r.uncond)} guidance prompts but cfg_scale has "
+                              f"{len(cfg.cfg_scale)} scales (one per guidance prompt)")
+        chain = [i]
+        for u in r.uncond:
+            chain.append(len(all_ids))
+            all_ids.append(list(map(int, u)))
+            follow.append(i)
+        chains.append(chain)
+    R = len(all_ids)
+    for j, ids in enumerate(all_ids):
+        if not ids:
+            raise AnygenError(f"generate: prompt {follow[j]} is empty (start it with <bos>)")
+        bad = [t for t in ids if not 0 <= t < vocab.size]
+        if bad:
+            raise AnygenError(f"generate: prompt {follow[j]} has id {bad[0]} outside the vocab (size {vocab.size})")
+    L = max(len(ids) for ids in all_ids)
+    ctx = _context_length(lm)
+    budgets = []
+    for i, r in enumerate(rows):
+        longest = max(len(all_ids[j]) for j in range(R) if follow[j] == i)
+        room = cfg.max_new_tokens if ctx is None else min(cfg.max_new_tokens, ctx - longest)
+        if room <= 0:
+            raise AnygenError(f"prompt {i} has {longest} tokens, which fills the model's context of {ctx}")
+        budgets.append(room)
+    max_new = max(budgets)
+
+    grammar = Grammar(vocab, cfg, device)
+    illegal = ~grammar.masks  # (M, V)
+    states = [RowState(grammar, budgets[i], list(force) + list(r.force), r.source, r.editable)
+              for i, r in enumerate(rows)]
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(cfg.seed)
+    settings = (cfg.text, cfg.image, cfg.audio)
+    penalty = cfg.text.repetition_penalty
+    seen = None
+    if penalty != 1.0:
+        seen = torch.zeros(B, vocab.size, dtype=torch.bool, device=device)
+        for i in range(B):
+            text_ids = [t for t in all_ids[i] if t < vocab.n_text]
+            if text_ids:
+                seen[i, text_ids] = True
+    guided = cfg.guided and bool(chains)
+    chain_rows = torch.tensor(chains, device=device) if chains else None  # (G, K+1)
+    chain_of = {c[0]: g for g, c in enumerate(chains)}
+    scales = cfg.cfg_scale
+
+    ids = torch.full((R, L), vocab.pad, dtype=torch.long)
+    n_pad = torch.zeros(R, dtype=torch.long)
+    for j, row_ids in enumerate(all_ids):
+        ids[j, L - len(row_ids):] = torch.tensor(row_ids)
+        n_pad[j] = L - len(row_ids)
+    decoder = make_decoder(lm, R, L + max_new, cfg.backend)
+    was_training = lm.training
+    lm.eval()
+    if stats is not None:
+        stats.rows, stats.backend = R, type(decoder).__name__
+    t_prefill = time.perf_counter()
+    try:
+        logits = decoder.prefill(ids.to(device), n_pad.to(device))  # (R, V)
+        t_decode = time.perf_counter()
+        reported = [0] * B
+        steps = 0
+        expand = R > B
+        while True:
+            steps += 1
+            nexts = [s.next() for s in states]
+            forced = [n[1] for n in nexts]
+            free = [i for i in range(B) if forced[i] < 0]
+            if free:
+                tok = _choose(logits, B, nexts, free, illegal, settings, generator, seen,
+                              chain_rows if guided else None, chain_of, scales, expand)
+                tokens = [f if f >= 0 else t for f, t in zip(forced, tok)]
+            else:
+                tokens = forced
+            all_done = True
+            for i, s in enumerate(states):
+                s.push(tokens[i])
+                if len(s.spans) > reported[i]:
+                    for span in s.spans[reported[i]:]:
+                        if stats is not None and span.complete and span.kind not in stats.first_span_s:
+                            stats.first_span_s[span.kind] = time.perf_counter() - t_start
+                        if callback is not None:
+                            callback(i, span)
+                    reported[i] = len(s.spans)
+                all_done = all_done and s.done
+            if all_done:
+                break
+            if seen is not None:
+                seen[torch.arange(B, device=device), torch.tensor(tokens, device=device)] = True
+            step_ids = [tokens[f] for f in follow] if expand else tokens
+            logits = decoder.step(torch.tensor(step_ids, device=device))
+    finally:
+        if was_training:
+            lm.train()
+    if stats is not None:
+        now = time.perf_counter()
+        stats.setup_s, stats.prefill_s = t_prefill - t_start, t_decode - t_prefill
+        stats.decode_s, stats.steps = now - t_decode, steps
+    return [SampleResult(s.ids, s.spans, s.finish or "length") for s in states]
+
+
+def _choose(logits, B, nexts, free, illegal, settings, generator, seen, chain_rows, chain_of, scales, expand):
+    """Ids for the rows not forced this step (a list of B ints; forced rows get placeholders)."""
+    x = logits[:B] if expand else logits  # (B, V) conditional rows
+    if chain_rows is not None:
+        active = [g for i, g in chain_of.items() if nexts[i][3]]
+        if active:
+            rows = chain_rows if len(active) == len(chain_of) else chain_rows[active]
+            x = x.index_copy(0, rows[:, 0], guide(logits, rows, scales))
+    if B == 1:
+        x = x.masked_fill(illegal[nexts[0][0]], float("-inf"))
+    else:
+        idx = torch.tensor([n[0] for n in nexts], device=x.device)
+        x = x.masked_fill(illegal[idx], float("-inf"))
+    modalities = {nexts[i][2] for i in free}
+    if len(modalities) == 1:
+        m = modalities.pop()
+        s = settings[m]
+        if m == TEXT and seen is not None:
+            x = apply_repetition_penalty(x, seen, s.repetition_penalty)
+        return draw(warp(x, s), s, generator).tolist()
+    out = [0] * B
+    for m in (TEXT, IMAGE, AUDIO):
+        rows = [i for i in free if nexts[i][2] == m]
+        if not rows:
+            continue
+        s = settings[m]
+        idx = torch.tensor(rows, device=x.device)
+        xs = x[idx]
+        if m == TEXT and seen is not None:
+            xs = apply_repetition_penalty(xs, seen[idx], s.repetition_penalty)
+        for i, t in zip(rows, draw(warp(xs, s), s, generator).tolist()):
+            out[i] = t
+    return out

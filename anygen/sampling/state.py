@@ -1,0 +1,256 @@
+"""Per-row grammar of an interleaved document: which ids are legal at each step.
+
+    text   text ids, <eos>, and <boi>/<boa> when enabled and the remaining budget holds the span
+    image  <boi> <grid_HxW> code*(H*W) <eoi>     grid and <eoi> are forced when only one is legal
+    audio  <boa> slots <eoa>                      slots follow `AudioSpanState` (flat or delay layout)
+
+`Grammar` precomputes every legal-id mask once as rows of one boolean tensor (M, V)
+(from `Vocab`'s masks); a `RowState` answers `next() -> (mask row, forced id or -1, modality,
+guide?)` in a few Python operations and `push(id)` advances, appending a `Span` to `spans` when a
+segment completes. No tensors are built per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from anygen.codecs.layout import AudioSpanState, stream_length
+from anygen.sampling.settings import GenerationConfig
+from anygen.vocab import Vocab
+
+TEXT, IMAGE, AUDIO = 0, 1, 2  # modality index: GenerationConfig.text / .image / .audio
+KINDS = ("text", "image", "audio")
+_GRID, _CODES, _EOI = 1, 2, 3  # image sub-states (mode TEXT = 0, AUDIO = 4, DONE = 5)
+_AUDIO, _DONE = 4, 5
+
+
+@dataclass(frozen=True)
+class Span:
+    """One segment of a row's output: `ids[start:end]` of `SampleResult.ids`.
+
+    text spans exclude the <eos>; image spans run <boi>..<eoi>, audio spans <boa>..<eoa>
+    (inclusive). `complete` is False when the budget cut the segment.
+    """
+
+    kind: str
+    start: int
+    end: int
+    ids: tuple[int, ...]
+    complete: bool = True
+    grid: tuple[int, int] | None = None  # image spans
+
+    @property
+    def codes(self) -> tuple[int, ...]:
+        """The code slots of an image/audio span (without the delimiters and grid token)."""
+        if self.kind == "image":
+            return self.ids[2:-1] if self.complete else self.ids[2:]
+        if self.kind == "audio":
+            return self.ids[1:-1] if self.complete else self.ids[1:]
+        return ()
+
+
+class Grammar:
+    """All legal-id masks of one (vocab, config) pair, as rows of `masks` (M, V) on `device`."""
+
+    ANY = 0  # all ids: rows whose token is forced anyway
+
+    def __init__(self, vocab: Vocab, cfg: GenerationConfig, device: torch.device | str = "cpu"):
+        self.vocab, self.cfg = vocab, cfg
+        rows = [torch.ones(vocab.size, dtype=torch.bool)]
+        self.has_image = vocab.image_codebook_size > 0 and cfg.allow_image
+        self.has_audio = vocab.audio_levels > 0 and vocab.audio_codebook_size > 0 and cfg.allow_audio
+        # text: index 1 + 4*eos + 2*boi + boa
+        for eos in (False, True):
+            for boi in (False, True):
+                for boa in (False, True):
+                    m = vocab.text_mask(allow_image=boi and self.has_image, allow_audio=boa and self.has_audio)
+                    m[vocab.eos] = eos
+                    rows.append(m)
+        self.text_eos = cfg.stop_at_eos
+        # image grids: fixed grid (forced) or the smallest-first prefix that fits the budget
+        grids = list(vocab.image_grids) if vocab.image_codebook_size else []
+        if cfg.image_grid is not None and vocab.image_codebook_size:
+            vocab.grid_id(cfg.image_grid)  # raises a clear error for a grid outside the vocab
+            grids = [tuple(cfg.image_grid)]
+        self.grids = sorted(grids, key=lambda g: g[0] * g[1])
+        self.fixed_grid = self.grids[0] if cfg.image_grid is not None and self.grids else None
+        self.grid_ids = [vocab.grid_id(g) for g in self.grids]
+        self.grid_sizes = [g[0] * g[1] for g in self.grids]
+        self.grid_prefix = []  # index of the mask allowing grids[:k+1]
+        for k in range(len(self.grids)):
+            self.grid_prefix.append(len(rows))
+            rows.append(vocab.mask(self.grid_ids[: k + 1]))
+        self.grid_of_id = dict(zip(self.grid_ids, self.grids))
+        self.image_codes = len(rows)
+        rows.append(vocab.image_code_mask() if vocab.image_codebook_size else torch.zeros(vocab.size, dtype=torch.bool))
+        self.min_image_span = 3 + self.grid_sizes[0] if self.grids else None
+        # audio: index audio_base + 2*level + may_end
+        self.n_q, self.layout = vocab.audio_levels, vocab.audio_layout
+        self.audio_base = len(rows)
+        for level in range(self.n_q if vocab.audio_codebook_size else 0):
+            for end in (False, True):
+                if self.layout == "flat":
+                    rows.append(vocab.audio_level_mask(level, allow_end=end))
+                else:
+                    rows.append(vocab.audio_level_mask(level, allow_pad=end))
+        self.min_audio_span = (2 + stream_length(cfg.audio_min_frames, self.n_q, self.layout)
+                               if self.has_audio else None)
+        self.masks = torch.stack(rows).to(device)  # (M, V)
+        self.boi, self.eoi, self.boa, self.eoa = vocab.boi, vocab.eoi, vocab.boa, vocab.eoa
+        self.eos, self.apad, self.pad = vocab.eos, vocab.apad, vocab.pad
+
+    def text_mask_index(self, remaining: int) -> int:
+        boi = self.has_image and remaining >= self.min_image_span
+        boa = self.has_audio and remaining >= self.min_audio_span
+        return 1 + 4 * self.text_eos + 2 * boi + boa
+
+    def audio_frames_that_fit(self, remaining: int) -> int:
+        """Most frames whose slots plus <eoa> fit in `remaining` tokens (after <boa>)."""
+        n_frames = self.cfg.audio_max_frames
+        while n_frames > 0 and stream_length(n_frames, self.n_q, self.layout) + 1 > remaining:
+            n_frames -= 1
+        return n_frames
+
+
+class RowState:
+    """One row's position in the grammar, its output ids and completed spans.
+
+    `force`: ids the output must start with (e.g. `[<boi>]` for text→image).
+    `source`/`editable`: for editing, the H*W source code ids of the first image span and
+    which positions may change; the others are copied through (forced).
+    """
+
+    __slots__ = ("g", "budget", "ids", "spans", "mode", "queue", "seg_start", "grid", "n_codes", "pos",
+                 "audio", "audio_slots", "source", "editable", "finish", "guide_lo", "guide_hi", "edited")
+
+    def __init__(self, grammar: Grammar, budget: int, force=(), source=None, editable=None):
+        self.g, self.budget = grammar, budget
+        self.ids: list[int] = []
+        self.spans: list[Span] = []
+        self.mode = TEXT
+        self.queue = list(force)[::-1]  # pop() from the end
+        self.seg_start = 0
+        self.grid, self.n_codes, self.pos = None, 0, 0
+        self.audio, self.audio_slots = None, 1
+        self.source = list(source) if source is not None else None
+        self.editable = list(editable) if editable is not None else None
+        self.edited = False  # the copy-through applies to the first image span only
+        self.finish: str | None = None
+        self.guide_lo, self.guide_hi = grammar.cfg.cfg_interval
+
+    @property
+    def done(self) -> bool:
+        return self.mode == _DONE
+
+    def modality(self) -> int:
+        m = self.mode
+        return TEXT if m == TEXT or m == _DONE else (AUDIO if m == _AUDIO else IMAGE)
+
+    def next(self) -> tuple[int, int, int, bool]:
+        """(mask row, forced id or -1, modality, guide this step)."""
+        g, mode = self.g, self.mode
+        if self.queue:
+            return g.ANY, self.queue[-1], self.modality(), False
+        if mode == _CODES:
+            pos = self.pos
+            if self.source is not None and not self.edited and self.editable is not None and not self.editable[pos]:
+                return g.ANY, self.source[pos], IMAGE, False
+            frac = pos / self.n_codes
+            return g.image_codes, -1, IMAGE, self.guide_lo <= frac < self.guide_hi
+        if mode == TEXT:
+            return g.text_mask_index(self.budget - len(self.ids)), -1, TEXT, False
+        if mode == _AUDIO:
+            level, may_end, must_pad = self.audio.allowed()
+            if level is None:
+                return g.ANY, g.eoa, AUDIO, False
+            if must_pad:
+                return g.ANY, g.apad, AUDIO, False
+            frac = self.audio.slot / self.audio_slots
+            return g.audio_base + 2 * level + may_end, -1, AUDIO, self.guide_lo <= frac < self.guide_hi
+        if mode == _GRID:
+            source_grid = self._source_grid()
+            if source_grid is not None:
+                return g.ANY, g.vocab.grid_id(source_grid), IMAGE, False
+            if g.fixed_grid is not None:
+                return g.ANY, g.grid_ids[0], IMAGE, False
+            remaining = self.budget - len(self.ids)
+            k = sum(1 for n in g.grid_sizes if n + 2 <= remaining)
+            if k <= 1:
+                return g.ANY, g.grid_ids[0], IMAGE, False
+            return g.grid_prefix[k - 1], -1, IMAGE, False
+        if mode == _EOI:
+            return g.ANY, g.eoi, IMAGE, False
+        return g.ANY, g.pad, TEXT, False  # done: the row idles on <pad>
+
+    def _source_grid(self):
+        if self.source is None or self.edited:
+            return None
+        n = len(self.source)
+        for grid in self.g.vocab.image_grids:
+            if grid[0] * grid[1] == n:
+                return grid
+        raise ValueError(f"source has {n} codes, which matches no image grid of the vocab {self.g.vocab.image_grids}")
+
+    def push(self, tok: int) -> None:
+        """Record the drawn (or forced) id; completed segments are appended to `spans`."""
+        if self.mode == _DONE:
+            return
+        if self.queue:
+            self.queue.pop()
+        g = self.g
+        ids = self.ids
+        ids.append(tok)
+        n = len(ids)
+        mode = self.mode
+        if mode == _CODES:
+            self.pos += 1
+            if self.pos == self.n_codes:
+                self.mode = _EOI
+        elif mode == TEXT:
+            if tok == g.boi or tok == g.boa or tok == g.eos:
+                self._close_text(n - 1)
+                self.seg_start = n - 1
+                if tok == g.boi:
+                    self.mode = _GRID
+                elif tok == g.boa:
+                    self.mode = _AUDIO
+                    frames = max(g.audio_frames_that_fit(self.budget - n), 1)
+                    self.audio = AudioSpanState(g.n_q, g.layout, frames, min(g.cfg.audio_min_frames, frames))
+                    self.audio_slots = stream_length(frames, g.n_q, g.layout)
+                else:
+                    self.mode, self.finish = _DONE, "eos"
+                    return
+        elif mode == _GRID:
+            self.grid = g.grid_of_id.get(tok) or g.vocab.grid_of(tok)
+            self.n_codes, self.pos = self.grid[0] * self.grid[1], 0
+            self.mode = _CODES
+        elif mode == _EOI:
+            self.spans.append(Span("image", self.seg_start, n, tuple(ids[self.seg_start:n]), True, self.grid))
+            if self.source is not None:
+                self.edited = True
+            self.mode, self.seg_start = TEXT, n
+        elif mode == _AUDIO:
+            audio = self.audio
+            level = audio.allowed()[0]
+            audio.advance(tok == g.eoa or (tok == g.apad and level == 0 and audio.n_frames is None))
+            if audio.closed:
+                self.spans.append(Span("audio", self.seg_start, n, tuple(ids[self.seg_start:n]), True))
+                self.mode, self.seg_start = TEXT, n
+        if n >= self.budget:
+            self._close_open(n)
+            self.mode, self.finish = _DONE, "length"
+
+    def _close_text(self, end: int) -> None:
+        if end > self.seg_start:
+            self.spans.append(Span("text", self.seg_start, end, tuple(self.ids[self.seg_start:end]), True))
+
+    def _close_open(self, n: int) -> None:
+        """The budget ran out: the open segment ends here (an image/audio span is incomplete)."""
+        if self.mode == TEXT:
+            self._close_text(n)
+        elif n > self.seg_start:
+            kind = "audio" if self.mode == _AUDIO else "image"
+            self.spans.append(Span(kind, self.seg_start, n, tuple(self.ids[self.seg_start:n]), False,
+                                   self.grid if kind == "image" else None))

@@ -1,0 +1,426 @@
+"""`anygen tokenizer train RECIPE.yaml [key=value ...]`: train an image codec, audio codec or text tokenizer.
+
+A recipe (YAML, see `tokenizers/`) has `kind` (image | audio | text), `out` (the artifact
+directory), a `data:` section (`anygen.data.media_sources.DataConfig`), a `codec:` section
+(the codec's own config: `ImageCodecConfig`, `AudioCodecConfig`, or `vocab_size` for text)
+and a `train:` section (`TrainConfig`). Dotted overrides (`train.steps=200`) change any key.
+
+Layout of `out/` while and after training:
+    config.json, model.safetensors   the codec (loadable with ImageCodec.load / AudioCodec.load)
+    recipe.yaml                      the resolved recipe
+    metrics.jsonl                    one line per `log_every` steps (step, wall time, lr, losses, PSNR, usage)
+    summary.json                     final step, wall time, threads, last metrics
+    checkpoint/                      latest checkpoint: model + optimizer (safetensors), state.json
+                                     (step, RNG states, wall time); replaced atomically
+
+Resume (`resume=True`) restores model, optimizer, step, RNG states and elapsed time, and
+continues with the batch stream where it stopped (batch k is a function of (seed, k)), so
+without a time budget a resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from anygen.config import ConfigError, apply_overrides, build, check, choice, read_yaml, to_dict
+from anygen.data.media_sources import AUDIO_SOURCES, IMAGE_SOURCES, DataConfig, make_source
+from anygen.errors import AnygenError
+from anygen.io import atomic_directory, atomic_write_bytes
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # 0 = off
+    checkpoint_every: int = 500
+    log_every: int = 25
+    threads: int = 2  # torch.set_num_threads; 0 = leave torch's default
+    seed: int = 0
+    time_budget_minutes: float = 0.0  # > 0: the lr schedule and the run also end by wall time (not bit-reproducible)
+    export_at_checkpoints: bool = True  # also refresh the artifact in `out/` at every checkpoint (usable early)
+
+    def __post_init__(self):
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.warmup >= 0, "warmup", f"must be >= 0, got {self.warmup}")
+        check(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
+        check(self.time_budget_minutes >= 0, "time_budget_minutes", f"must be >= 0, got {self.time_budget_minutes}")
+
+
+@dataclass
+class TokenizerRecipe:
+    kind: str = choice("image", "audio", "text")
+    out: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    codec: dict = field(default_factory=dict)  # validated by the codec's own config class
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        check(bool(self.out), "out", "is required (the artifact directory)")
+        if self.kind == "image":
+            check(self.data.source in IMAGE_SOURCES, "data.source",
+                  f"{self.data.source!r} is not an image source ({', '.join(IMAGE_SOURCES)})")
+        elif self.kind == "audio":
+            check(self.data.source in AUDIO_SOURCES, "data.source",
+                  f"{self.data.source!r} is not an audio source ({', '.join(AUDIO_SOURCES)})")
+
+
+@dataclass
+class TextCodecConfig:
+    vocab_size: int = 1000
+    model_type: str = choice("bpe", "unigram")
+
+    def __post_init__(self):
+        check(self.vocab_size >= 64, "vocab_size", f"must be >= 64, got {self.vocab_size}")
+
+
+def load_recipe(recipe_path: str | os.PathLike | None, overrides: list[str] = ()) -> TokenizerRecipe:
+    data = read_yaml(recipe_path) if recipe_path is not None else {}
+    return build(TokenizerRecipe, apply_overrides(data, list(overrides)))
+
+
+def build_codec_config(recipe: TokenizerRecipe):
+    """The codec section validated by its own dataclass (errors name `codec.<field>`)."""
+    if recipe.kind == "image":
+        from anygen.codecs.image import ImageCodecConfig
+
+        return build(ImageCodecConfig, recipe.codec, prefix="codec.")
+    if recipe.kind == "audio":
+        from anygen.codecs.audio import AudioCodecConfig
+
+        return build(AudioCodecConfig, recipe.codec, prefix="codec.")
+    return build(TextCodecConfig, recipe.codec, prefix="codec.")
+
+
+def build_codec(recipe: TokenizerRecipe, cfg=None) -> torch.nn.Module:
+    cfg = cfg if cfg is not None else build_codec_config(recipe)
+    if recipe.kind == "image":
+        from anygen.codecs.image import ImageCodec
+
+        return ImageCodec.from_config(cfg)
+    from anygen.codecs.audio import AudioCodec
+
+    return AudioCodec.from_config(cfg) if hasattr(AudioCodec, "from_config") else AudioCodec(cfg)
+
+
+# ---- schedule ------------------------------------------------------------------------------
+def lr_at(train: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine from lr to lr*min_lr_ratio over `progress` in [0,1]."""
+    if step < train.warmup:
+        return train.lr * (step + 1) / train.warmup
+    warm = train.warmup / train.steps
+    t = min(max((progress - warm) / max(1e-9, 1 - warm), 0.0), 1.0)
+    return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    return meta, {"rng.torch": torch.get_rng_state()}
+
+
+def _set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    py = meta["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (safetensors) + JSON metadata (no pickle)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v.detach().contiguous().clone()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if not key.startswith("opt."):
+            continue
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = v
+    for key, v in meta.get("scalars", {}).items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
+                    elapsed: float, recipe: TokenizerRecipe) -> None:
+    """Model + optimizer + step + RNG states into `directory`, replaced atomically."""
+    from safetensors.torch import save_file
+
+    opt_tensors, opt_meta = optimizer_to_tensors(opt)
+    rng_meta, rng_tensors = _rng_state()
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {"format_version": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed,
+             "optimizer": opt_meta, "rng": rng_meta, "recipe": to_dict(recipe)}
+    with atomic_directory(directory) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"))
+        save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, default=_json_default) + "\n", encoding="utf-8")
+
+
+def load_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """Restore what `save_checkpoint` wrote; returns state.json's contents."""
+    from safetensors.torch import load_file
+
+    for name in ("state.json", "model.safetensors", "optimizer.safetensors"):
+        if not (directory / name).exists():
+            raise AnygenError(f"{directory / name}: checkpoint file missing")
+    try:
+        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnygenError(f"{directory / 'state.json'}: not valid JSON ({e})") from None
+    if state.get("format_version") != CHECKPOINT_FORMAT:
+        raise AnygenError(f"{directory / 'state.json'}: unsupported checkpoint format_version "
+                          f"{state.get('format_version')!r} (this anygen reads {CHECKPOINT_FORMAT})")
+    try:
+        weights = load_file(str(directory / "model.safetensors"))
+        extra = load_file(str(directory / "optimizer.safetensors"))
+        model.load_state_dict(weights)
+        optimizer_from_tensors(opt, extra, state["optimizer"])
+    except (RuntimeError, ValueError, KeyError, OSError) as e:
+        raise AnygenError(f"{directory}: checkpoint does not match the recipe's model ({e})") from None
+    _set_rng_state(state["rng"], extra)
+    return state
+
+
+def _json_default(obj):
+    if isinstance(obj, tuple):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _install_artifact(save_fn, out: Path) -> None:
+    """Let `save_fn(tmp_dir)` write an artifact, then move its files into `out` one atomic rename each.
+
+    `out/` also holds checkpoint/ and metrics.jsonl, so it is not replaced as a whole; weights
+    go in before the config, and each file is either the old or the new one.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".artifact."))
+    try:
+        staged = tmp / "codec"
+        save_fn(staged)
+        files = sorted(p for p in staged.iterdir() if p.is_file())
+        files.sort(key=lambda p: p.name in ("config.json", "text.json"))  # metadata last
+        for p in files:
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _export(model: torch.nn.Module, out: Path) -> None:
+    was = model.training
+    model.eval()
+    try:
+        _install_artifact(model.save, out)
+    finally:
+        model.train(was)
+
+
+# ---- training ------------------------------------------------------------------------------
+def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
+                    progress: bool = True) -> Path:
+    """Train what the recipe describes; returns the artifact directory (`recipe.out`)."""
+    recipe = load_recipe(recipe_path, overrides)
+    out = Path(recipe.out)
+    if recipe.kind == "text":
+        return _train_text(recipe, out)
+    return _train_codec(recipe, out, resume=resume, progress=progress)
+
+
+def text_corpus(data: DataConfig) -> list[str]:
+    """ShapesWorld captions, edit instructions, stories and melody texts (+ emoji names)."""
+    from anygen.data import shapes
+
+    world = shapes.ShapesWorld(shapes.WorldConfig(seed=data.seed))
+    rng = np.random.default_rng(data.seed)
+    lines: list[str] = []
+    for _ in range(data.text_scenes):
+        scene = world.sample_scene(rng)
+        lines.append(scene.caption())
+    for _ in range(max(1, data.text_scenes // 4)):
+        edit = world.sample_edit(rng)
+        lines.append(edit.instruction)
+        narrative = getattr(edit, "narrative", None)
+        if isinstance(narrative, str):
+            lines.append(narrative)
+        lines.append(shapes.melody_text(world.sample_melody(rng)))
+    for _ in range(max(1, data.text_scenes // 20)):
+        story = world.sample_story(rng)
+        text = story.text() if callable(getattr(story, "text", None)) else getattr(story, "text", "")
+        if isinstance(text, str) and text:
+            lines.append(text)
+    if data.text_include_emoji:
+        try:
+            from anygen.data.emoji import EmojiWorld
+
+            lines += [item.name for item in EmojiWorld().items("train")]
+        except AnygenError:
+            pass  # no emoji font on this machine: shapes text only
+    return lines
+
+
+def _train_text(recipe: TokenizerRecipe, out: Path) -> Path:
+    from anygen.codecs.text import train_text_tokenizer
+
+    cfg = build_codec_config(recipe)
+    start = time.time()
+    lines = text_corpus(recipe.data)
+    _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
+    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)),
+                                                          sort_keys=False).encode())
+    summary = {"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size, "wall_s": round(time.time() - start, 2)}
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return out
+
+
+def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: bool) -> Path:
+    from tqdm import tqdm
+
+    train = recipe.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    random.seed(train.seed)
+    np.random.seed(train.seed % 2**32)
+    torch.manual_seed(train.seed)
+
+    cfg = build_codec_config(recipe)
+    model = build_codec(recipe, cfg)
+    model.train()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=train.lr, betas=tuple(train.betas))
+
+    ckpt_dir = out / "checkpoint"
+    step, elapsed_before = 0, 0.0
+    if resume and (ckpt_dir / "state.json").exists():
+        state = load_checkpoint(ckpt_dir, model, opt)
+        saved_codec = state.get("recipe", {}).get("codec", {})
+        if json.loads(json.dumps(saved_codec, default=_json_default)) != json.loads(json.dumps(recipe.codec, default=_json_default)):
+            raise AnygenError(f"{ckpt_dir}: the checkpoint was trained with a different codec section; "
+                              f"train into a new `out` or drop --resume")
+        step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+    elif resume:
+        print(f"no checkpoint in {ckpt_dir}; starting from step 0")
+    out.mkdir(parents=True, exist_ok=True)
+    recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)), sort_keys=False)
+    atomic_write_bytes(out / "recipe.yaml", recipe_yaml.encode())
+    if step == 0 and (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+    sample_rate = getattr(model, "sample_rate", None)
+    image_size = getattr(model, "image_size", 64)
+    source = make_source(recipe.data, train.batch_size, train.seed, image_size=image_size, sample_rate=sample_rate)
+    batches = source.batches(start=step)
+
+    start_time = time.time()
+    budget_s = train.time_budget_minutes * 60
+
+    def elapsed() -> float:
+        return elapsed_before + time.time() - start_time
+
+    def progress_of(s: int) -> float:
+        p = s / train.steps
+        return max(p, elapsed() / budget_s) if budget_s > 0 else p
+
+    bar = tqdm(total=train.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=f"train {out.name}")
+    window: dict[str, list[float]] = {}
+    last_metrics: dict[str, float] = {}
+    metrics_path = out / "metrics.jsonl"
+    try:
+        while step < train.steps and progress_of(step) < 1.0:
+            lr = lr_at(train, step, progress_of(step))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = next(batches)
+            loss, metrics = model.training_losses(x)
+            if not torch.isfinite(loss):
+                raise AnygenError(f"training diverged at step {step} (loss {float(loss)}); "
+                                  f"lower train.lr or raise train.warmup")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if train.grad_clip > 0:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
+            opt.step()
+            step += 1
+            for k, v in metrics.items():
+                window.setdefault(k, []).append(float(v))
+            bar.update(1)
+            if step % train.log_every == 0 or step == train.steps:
+                last_metrics = {k: float(np.mean(v)) for k, v in window.items()}
+                if "usage" in window:
+                    last_metrics["usage"] = window["usage"][-1]
+                window = {}
+                row = {"step": step, "time_s": round(elapsed(), 2), "lr": lr,
+                       **{k: round(v, 5) for k, v in last_metrics.items()}}
+                with open(metrics_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix({k: f"{last_metrics[k]:.3g}" for k in ("loss", "psnr", "usage") if k in last_metrics})
+            if step % train.checkpoint_every == 0:
+                save_checkpoint(ckpt_dir, model, opt, step, elapsed(), recipe)
+                if train.export_at_checkpoints:
+                    _export(model, out)
+    except KeyboardInterrupt:
+        save_checkpoint(ckpt_dir, model, opt, step, elapsed(), recipe)
+        bar.close()
+        raise AnygenError(f"interrupted at step {step}; checkpoint saved in {ckpt_dir} (resume with --resume)") from None
+    finally:
+        bar.close()
+        close = getattr(batches, "close", None)
+        if close:
+            close()
+    save_checkpoint(ckpt_dir, model, opt, step, elapsed(), recipe)
+    _export(model, out)
+    summary = {"kind": recipe.kind, "steps": step, "wall_s": round(elapsed(), 1),
+               "threads": torch.get_num_threads(), "codebook_size": getattr(model, "codebook_size", None),
+               "last_metrics": last_metrics}
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return out
+
+
+__all__ = ["TokenizerRecipe", "TrainConfig", "TextCodecConfig", "load_recipe", "train_tokenizer",
+           "save_checkpoint", "load_checkpoint", "text_corpus", "lr_at", "ConfigError"]

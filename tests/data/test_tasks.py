@@ -1,0 +1,224 @@
+"""Task builders: sequence layouts, loss masks, null-condition dropout, prompts, code caching."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anygen.config import ConfigError, build
+from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text
+from anygen.data.tasks import (SequenceEncoder, ShapesTasks, TaskMix, allocate, edit, null_condition_prompt,
+                               task_prompt, text_to_image)
+
+_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
+fake_codecs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_codecs)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return fake_codecs.make_tokenizer()
+
+
+@pytest.fixture
+def world():
+    return ShapesWorld(WorldConfig(seed=0))
+
+
+def mix(**overrides):
+    data = {t: {"p_null": 0.0} for t in ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text")}
+    data["edit"] = {"p_null_instruction": 0.0, "p_null_image": 0.0, "p_null_both": 0.0}
+    for k, v in overrides.items():
+        data.setdefault(k, {}).update(v)
+    return build(TaskMix, data)
+
+
+def span_of(tok, image):
+    return tok.image_span(tok.image_codes(image))
+
+
+def test_layouts_and_loss_masks(tok, world):
+    rng = np.random.default_rng(0)
+    enc = SequenceEncoder(tok)
+    tasks = ShapesTasks(world, mix())
+    v = tok.vocab
+    # text -> image: loss on <boi> … <eoi> <eos> only
+    spec = tasks.sample("text_to_image", rng)
+    caption = spec.pieces[1].value
+    image = spec.pieces[2].value.make()
+    seq = enc.encode([spec])[0]
+    cap, span = tok.encode_text(caption), span_of(tok, image)
+    assert seq.ids.tolist() == [v.bos] + cap + span + [v.eos]
+    assert seq.loss.tolist() == [0] * (1 + len(cap)) + [1] * (len(span) + 1)
+    # image -> text: loss on the caption and <eos>
+    spec = tasks.sample("image_to_text", rng)
+    image, caption = spec.pieces[1].value.make(), spec.pieces[2].value
+    seq = enc.encode([spec])[0]
+    cap, span = tok.encode_text(caption), span_of(tok, image)
+    assert seq.ids.tolist() == [v.bos] + span + cap + [v.eos]
+    assert seq.loss.tolist() == [0] * (1 + len(span)) + [1] * (len(cap) + 1)
+    # text -> audio / audio -> text
+    spec = tasks.sample("text_to_audio", rng)
+    text, (wave, sr) = spec.pieces[1].value, spec.pieces[2].value.make()
+    seq = enc.encode([spec])[0]
+    aspan = tok.audio_span(tok.audio_codes(wave, sr))
+    assert text.startswith("the notes ")
+    assert seq.ids.tolist() == [v.bos] + tok.encode_text(text) + aspan + [v.eos]
+    assert seq.loss.sum() == len(aspan) + 1 and seq.ids[seq.loss == 1][0] == v.boa
+    spec = tasks.sample("audio_to_text", rng)
+    seq = enc.encode([spec])[0]
+    assert seq.ids[1] == v.boa and seq.ids[seq.loss == 1].tolist() == tok.encode_text(spec.pieces[2].value) + [v.eos]
+    # edit: <bos> span(src) instruction span(tgt) <eos>, loss on span(tgt) <eos>
+    spec = tasks.sample("edit", rng)
+    src, ins, tgt = spec.pieces[1].value.make(), spec.pieces[2].value, spec.pieces[3].value.make()
+    seq = enc.encode([spec])[0]
+    prompt = [v.bos] + span_of(tok, src) + tok.encode_text(ins)
+    assert seq.ids.tolist() == prompt + span_of(tok, tgt) + [v.eos]
+    assert seq.loss.tolist() == [0] * len(prompt) + [1] * (len(seq.ids) - len(prompt))
+
+
+def test_loss_on_prompt_option(tok, world):
+    enc = SequenceEncoder(tok)
+    rng = np.random.default_rng(1)
+    spec = ShapesTasks(world, mix(text_to_image={"loss_on_prompt": True})).sample("text_to_image", rng)
+    seq = enc.encode([spec])[0]
+    assert seq.loss[0] == 0 and seq.loss[1:].all()  # everything but <bos>
+    spec = ShapesTasks(world, mix(edit={"loss_on_prompt": True})).sample("edit", rng)
+    seq = enc.encode([spec])[0]
+    assert seq.loss[0] == 0 and seq.loss[1:].all()
+
+
+def test_story_is_the_world_document_with_loss_everywhere(tok, world):
+    rng = np.random.default_rng(2)
+    tasks = ShapesTasks(world, mix())
+    enc = SequenceEncoder(tok)
+    stories = [world.sample_story(rng) for _ in range(12)]
+    assert any(step.melody for s in stories for step in s.steps)  # melodies covered
+    for story in stories:
+        seq = enc.encode([tasks.story(story)])[0]
+        assert seq.ids.tolist() == tok.encode(world.story_document(story))
+        assert seq.loss[0] == 0 and seq.loss[1:].all()
+        assert seq.task == "story"
+
+
+def test_null_condition_rate_and_forms(tok, world):
+    p, n = 0.1, 4000
+    m = build(TaskMix, {"text_to_image": {"p_null": p}})
+    rng = np.random.default_rng(3)
+    tasks = ShapesTasks(world, m)
+    specs = [tasks.sample("text_to_image", rng) for _ in range(n)]
+    dropped = sum(s.dropped == "condition" for s in specs)
+    sd = math.sqrt(n * p * (1 - p))
+    assert abs(dropped - n * p) < 5 * sd  # binomial: fails with probability < 1e-6
+    enc = SequenceEncoder(tok)
+    v = tok.vocab
+    seqs = enc.encode(specs[:200])
+    nulls = [s for s, sp in zip(seqs, specs) if sp.dropped]
+    kept = [s for s, sp in zip(seqs, specs) if not sp.dropped]
+    assert nulls and kept
+    for s in nulls:  # <bos> <null> <boi> … <eoi> <eos>; no loss on <null>
+        assert s.ids[:3].tolist() == null_condition_prompt(tok, "text_to_image") + [v.boi]
+        assert s.loss[:2].tolist() == [0, 0] and s.loss[2:].all()
+    assert all(v.null not in s.ids for s in kept)
+
+
+def test_edit_drops_are_exclusive_with_their_rates(tok, world):
+    m = build(TaskMix, {"edit": {"p_null_instruction": 0.1, "p_null_image": 0.2, "p_null_both": 0.05}})
+    rng = np.random.default_rng(4)
+    img = world.render(world.sample_scene(rng))
+    n = 4000
+    kinds = [edit(img, "make it blue", img, m.edit, rng).dropped for _ in range(n)]
+    for kind, p in (("instruction", 0.1), ("image", 0.2), ("both", 0.05), ("", 0.65)):
+        assert abs(kinds.count(kind) - n * p) < 5 * math.sqrt(n * p * (1 - p)), kind
+
+
+def test_edit_null_rows_match_training_sequences(tok, world):
+    """The sampler's three InstructPix2Pix rows are exactly the prompts of the dropped training examples."""
+    rng = np.random.default_rng(5)
+    e = world.sample_edit(rng)
+    src, tgt = world.render(e.source), world.render(e.target)
+    enc = SequenceEncoder(tok)
+    v = tok.vocab
+    cases = {
+        "": task_prompt(tok, "edit", image=src, instruction=e.instruction),
+        "instruction": null_condition_prompt(tok, "edit", drop="instruction", image=src),
+        "image": null_condition_prompt(tok, "edit", drop="image", instruction=e.instruction),
+        "both": null_condition_prompt(tok, "edit"),
+    }
+    probs = {"": (0, 0, 0), "instruction": (1, 0, 0), "image": (0, 1, 0), "both": (0, 0, 1)}
+    for drop, prompt in cases.items():
+        spec_cfg = build(TaskMix, {"edit": dict(zip(("p_null_instruction", "p_null_image", "p_null_both"),
+                                                    map(float, probs[drop])))}).edit
+        spec = edit(src, e.instruction, tgt, spec_cfg, rng)
+        assert spec.dropped == drop
+        seq = enc.encode([spec])[0]
+        assert seq.ids[:len(prompt)].tolist() == prompt
+        assert seq.ids[len(prompt)] == v.boi and not seq.loss[:len(prompt)].any()
+    assert cases["both"] == [v.bos, v.null, v.null]
+    assert cases["image"] == [v.bos, v.null] + tok.encode_text(e.instruction)
+    # codes may stand in for the PIL image
+    codes = tok.image_codes(src)
+    assert task_prompt(tok, "edit", image=codes, instruction=e.instruction) == cases[""]
+
+
+def test_prompts_are_training_prefixes(tok, world):
+    rng = np.random.default_rng(6)
+    enc = SequenceEncoder(tok)
+    tasks = ShapesTasks(world, mix())
+    scene = world.sample_scene(rng)
+    spec = text_to_image(scene.caption(), world.render(scene), mix().text_to_image, rng)
+    seq = enc.encode([spec])[0]
+    prompt = task_prompt(tok, "text_to_image", text=scene.caption())
+    assert seq.ids[:len(prompt)].tolist() == prompt and seq.loss[len(prompt)] == 1
+    spec = tasks.sample("image_to_text", rng)
+    seq = enc.encode([spec])[0]
+    prompt = task_prompt(tok, "image_to_text", image=spec.pieces[1].value.make())
+    assert seq.ids[:len(prompt)].tolist() == prompt and seq.loss[len(prompt)] == 1
+    notes = ("C", "E", "G")
+    wave = world.render_melody(notes)
+    spec = tasks.sample("audio_to_text", rng)
+    seq = enc.encode([spec])[0]
+    prompt = task_prompt(tok, "audio_to_text", audio=spec.pieces[1].value.make())
+    assert seq.ids[:len(prompt)].tolist() == prompt
+    assert task_prompt(tok, "text_to_audio", text=melody_text(notes))[1:] == tok.encode_text("the notes C E G")
+    assert null_condition_prompt(tok, "text_to_audio") == [tok.vocab.bos, tok.vocab.null]
+    assert len(wave) > 0
+
+
+def test_codes_are_cached_per_scene_and_batched(world):
+    tok = fake_codecs.make_tokenizer()
+    enc = SequenceEncoder(tok, batch_size=4)
+    rng = np.random.default_rng(7)
+    scenes = [world.sample_scene(rng, n_objects=2) for _ in range(10)]
+    m = mix()
+    specs = [text_to_image(s.caption(), ShapesTasks(world, m)._scene(s), m.text_to_image, rng) for s in scenes * 3]
+    seqs = enc.encode(specs)
+    assert tok.image.images_encoded == 10  # each distinct scene through the codec once
+    assert tok.image.calls == 3  # ceil(10 / 4) batched calls
+    enc.encode(specs[:5])
+    assert tok.image.images_encoded == 10  # all cached
+    assert [s.ids.tolist() for s in seqs[:10]] == [s.ids.tolist() for s in seqs[10:20]]
+    # melodies too
+    tasks = ShapesTasks(world, m)
+    specs = [tasks.sample("text_to_audio", np.random.default_rng(8)) for _ in range(3)]
+    enc.encode(specs)
+    assert tok.audio.calls == 1
+
+
+def test_task_mix_config():
+    m = build(TaskMix, {"image_to_text": {"weight": 2.0}, "edit": {"weight": 0}})
+    assert m.image_to_text.p_null == 0.0  # per-task default survives a partial section
+    assert m.text_to_image.p_null == 0.1 and m.edit.weight == 0
+    with pytest.raises(ConfigError, match="p_null"):
+        build(TaskMix, {"text_to_image": {"p_null": 1.5}})
+    with pytest.raises(ConfigError, match="edit"):
+        build(TaskMix, {"edit": {"p_null_image": 0.6, "p_null_both": 0.6}})
+    zero = {t: {"weight": 0} for t in ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text",
+                                       "edit", "story")}
+    with pytest.raises(ConfigError, match="weight"):
+        build(TaskMix, zero)
+    counts = allocate(TaskMix().weights(), 1000)
+    assert sum(counts.values()) == 1000 and counts["text_to_image"] == 334
+    assert allocate({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}

@@ -1,0 +1,163 @@
+"""Decoder trainer: exact resume, non-finite skip/abort, schedules, checkpoints, shard data."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from anygen.config import ConfigError
+from anygen.errors import AnygenError
+from anygen.training.decoder_trainer import (OptimConfig, SyntheticBatches, TrainingDiverged, checkpoints,
+                                             load_train_config, lr_at, measure_mfu, reset_accelerate_state,
+                                             run_training, train_decoder)
+from anygen.vocab import Vocab
+
+VOCAB = Vocab(n_text=50, image_codebook_size=32, audio_codebook_size=8, audio_levels=2)
+TINY = ["model.n_layers=2", "model.hidden=32", "model.n_heads=4", "model.n_kv_heads=2", "model.head_dim=8",
+        "model.intermediate=64", "model.max_position=64"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    reset_accelerate_state()
+    yield
+    reset_accelerate_state()
+
+
+def recipe(tmp_path, name="run", extra=()):
+    (tmp_path / "vocab.json").write_text(json.dumps(VOCAB.to_dict()))
+    return TINY + ["data.kind=synthetic", f"data.vocab_file={tmp_path / 'vocab.json'}", "data.seq_len=32",
+                   "data.batch_size=2", "data.synthetic_doc_len=[4,20]", f"train.out_dir={tmp_path / name}",
+                   "train.threads=1", "train.progress=false", "train.log_every=1", "optim.warmup_steps=2",
+                   "optim.lr=3e-3", *extra]
+
+
+def weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_is_exact(tmp_path):
+    common = ["train.steps=6", "train.save_every=3", "train.grad_accum=2"]
+    full = train_decoder(None, recipe(tmp_path, "full", common))
+    part = train_decoder(None, recipe(tmp_path, "part", common + ["train.stop_at=3"]))
+    assert part.parent.name == "step_00000003" and not (tmp_path / "part" / "model").exists()
+    resumed = train_decoder(None, recipe(tmp_path, "part", common), resume=True)
+    a, b = weights(full), weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = metrics(tmp_path / "full"), metrics(tmp_path / "part")
+    last = [m for m in ma if m["split"] == "train"][-1]
+    assert [m["step"] for m in mb if m["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [m for m in mb if m["split"] == "train"][-1]["loss"] == last["loss"]
+    # optimizer moments round-trip too
+    opt_a = load_file(str(tmp_path / "full" / "checkpoints" / "step_00000006" / "optimizer.safetensors"))
+    opt_b = load_file(str(tmp_path / "part" / "checkpoints" / "step_00000006" / "optimizer.safetensors"))
+    assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+
+def test_checkpoints_are_safetensors_json_and_pruned(tmp_path):
+    out = train_decoder(None, recipe(tmp_path, "r", ["train.steps=4", "train.save_every=1", "train.keep_checkpoints=2"]))
+    run = tmp_path / "r"
+    assert [p.name for p in checkpoints(run)] == ["step_00000003", "step_00000004"]
+    files = {p.name for p in run.rglob("*") if p.is_file()}
+    assert not any(f.endswith((".bin", ".pt", ".pkl", ".pth")) for f in files)
+    state = json.loads((checkpoints(run)[-1] / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["data"]["index"] == 4
+    assert out == run / "model" and (out / "anygen_decoder.json").exists()
+    m = metrics(run)
+    assert {"loss", "loss_text", "acc_image", "tokens_per_s", "lr", "grad_norm"} <= set(m[0])
+    with pytest.raises(AnygenError, match="already holds checkpoints"):
+        train_decoder(None, recipe(tmp_path, "r", ["train.steps=4"]))
+
+
+def test_nonfinite_loss_skips_then_aborts(tmp_path):
+    from anygen.model.decoder import DecoderConfig, build_decoder
+
+    cfg = load_train_config(None, recipe(tmp_path, "nan", ["train.steps=4", "train.max_bad_steps=2"]))
+    model = build_decoder(cfg.model, VOCAB, seed=0)
+    calls = {"n": 0}
+
+    def poison_second_step(module, args, output):  # forward of micro-batch 2 returns NaN logits
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 2 else output
+
+    model.lm_head.register_forward_hook(poison_second_step)
+    with pytest.warns(UserWarning, match="step 2: non-finite loss or gradient, update skipped"):
+        run_training(cfg, model=model)
+    m = [r for r in metrics(tmp_path / "nan") if r["split"] == "train"]
+    assert [r["skipped"] for r in m] == [0, 1, 1, 1] and "loss" not in m[1]
+    w = weights(tmp_path / "nan" / "model")
+    assert all(torch.isfinite(t).all() for t in w.values())
+
+    cfg = load_train_config(None, recipe(tmp_path, "nan2", ["train.steps=6", "train.max_bad_steps=3"]))
+    model = build_decoder(cfg.model, VOCAB, seed=0)
+    model.lm_head.register_forward_hook(lambda mod, a, out: out * float("nan"))
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
+        run_training(cfg, model=model)
+
+
+def test_lr_schedules():
+    cos = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=2, schedule="cosine")
+    assert [lr_at(s, cos, 10) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, cos, 10) == pytest.approx(1.0) and lr_at(10, cos, 10) == pytest.approx(0.1)
+    assert all(lr_at(s, cos, 10) >= lr_at(s + 1, cos, 10) for s in range(2, 10))
+    wsd = OptimConfig(lr=1.0, min_lr_ratio=0.0, warmup_steps=0, schedule="wsd", decay_fraction=0.2)
+    assert [round(lr_at(s, wsd, 10), 6) for s in range(10)] == [1, 1, 1, 1, 1, 1, 1, 1, 0.5, 0]
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_train_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="data.shard_dir"):
+        load_train_config(None, ["data.kind=shards"])
+    with pytest.raises(ConfigError, match="train.train_only_new_rows"):
+        load_train_config(None, ["train.train_only_new_rows=true", "data.kind=synthetic"])
+
+
+def test_trains_from_token_shards_with_eval(tmp_path):
+    from anygen.data.shards import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("eval", 4)):
+        with ShardWriter(tmp_path / split, VOCAB, max_len=24) as w:
+            for _ in range(n):
+                ids = torch.randint(0, VOCAB.size, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
+                w.add(ids.numpy(), (ids >= 0).numpy(), "t2i")
+    out = train_decoder(None, TINY + [
+        "data.kind=shards", f"data.shard_dir={tmp_path / 'train'}", f"data.eval_shard_dir={tmp_path / 'eval'}",
+        "data.seq_len=24", "data.batch_size=2", f"train.out_dir={tmp_path / 'run'}", "train.steps=3",
+        "train.eval_every=2", "train.eval_batches=2", "train.threads=1", "train.progress=false"])
+    m = metrics(tmp_path / "run")
+    assert [r["step"] for r in m if r["split"] == "eval"] == [2, 3]
+    assert json.loads((out / "anygen_decoder.json").read_text())["vocab"] == VOCAB.to_dict()
+    state = json.loads((checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
+    assert state["data"]["row"] == 6  # 3 steps × 2 rows
+
+
+def test_synthetic_batches_format_and_resume():
+    src = SyntheticBatches(VOCAB, 32, 3, seed=1, doc_len=(4, 12))
+    it = iter(src)
+    b0, b1 = next(it), next(it)
+    assert set(b0) == {"input_ids", "labels", "position_ids", "document_ids"}
+    assert all(t.shape == (3, 32) for t in b0.values())
+    starts = b0["position_ids"] == 0
+    assert (b0["labels"][starts & (b0["document_ids"] > 0)] == -100).all()
+    fresh = SyntheticBatches(VOCAB, 32, 3, seed=1, doc_len=(4, 12))
+    fresh.load_state_dict({"index": 1})
+    assert all(torch.equal(b1[k], next(iter(fresh))[k]) for k in b1)
+
+
+def test_measure_mfu_reports_consistent_numbers():
+    from anygen.model.decoder import DecoderConfig
+
+    r = measure_mfu(DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2, head_dim=16, intermediate=64),
+                    vocab=128, seq_len=32, batch_size=2, steps=2, warmup=1, threads=1, matmul_n=128)
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1.5
+    assert r["achieved_flops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
+    # 6N + 12·L·H·Q·T
+    assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
