@@ -57,8 +57,8 @@ COLOR_NAMES = tuple(COLORS)
 PALETTE = np.array([COLORS[c] for c in COLOR_NAMES], np.float64)  # (6, 3)
 
 FG_DARKNESS = 70.0  # RGB distance from white above which a pixel is foreground
-FAINT_DARKNESS = 35.0  # a blob this dark and >= FAINT_AREA px that no object explains -> unparseable
-FAINT_AREA = 12
+FAINT_DARKNESS = 40.0  # a blob this dark and >= FAINT_AREA px that no object explains -> unparseable
+FAINT_AREA = 20
 IGNORE_AREA = 4  # foreground specks smaller than this are ignored (px at 64x64)
 MIN_AREA = 25  # a smaller blob is neither noise nor an object (a small triangle is ~50 px)
 MAX_COLOR_DIST = 60.0  # RGB distance of a blob's core colour to its palette colour
@@ -256,7 +256,7 @@ def parse_melody(waveform: np.ndarray, sample_rate: int, note_seconds: float = N
     if abs(len(x) - n * seg) > LENGTH_TOLERANCE * seg:
         return MelodyVerdict(None, f"{len(x) / sample_rate:.3f} s is not a whole number of notes", [])
     margin = int(0.12 * seg)
-    nfft = 1 << int(np.ceil(np.log2(max(8 * seg, 4 * sample_rate / 4))))  # ~1 Hz bins at 16 kHz
+    nfft = 1 << int(np.ceil(np.log2(max(8 * seg, sample_rate))))  # zero-padded: <= 1 Hz bins
     freqs = np.fft.rfftfreq(nfft, 1 / sample_rate)
     band = (freqs >= 240) & (freqs <= 520)
     notes, pitches = [], []
@@ -286,9 +286,10 @@ def parse_melody(waveform: np.ndarray, sample_rate: int, note_seconds: float = N
     return MelodyVerdict(tuple(notes), "ok", pitches)
 
 
-def judge_melody(waveform: np.ndarray, sample_rate: int) -> tuple[str, ...] | None:
+def judge_melody(waveform: np.ndarray, sample_rate: int,
+                 note_seconds: float = NOTE_SECONDS) -> tuple[str, ...] | None:
     """The notes a melody waveform plays, or None when it is unparseable."""
-    return parse_melody(waveform, sample_rate).notes
+    return parse_melody(waveform, sample_rate, note_seconds).notes
 
 
 # ---- degradations -------------------------------------------------------------------------

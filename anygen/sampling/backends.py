@@ -72,7 +72,8 @@ class HFDecoder:
         self.padded = bool((n_pad > 0).any())
         self.pos = (L - n_pad).clone()  # (R,) position id of the next token
         self.t = L
-        self.cache = DynamicCache(config=self.lm.config)
+        config = getattr(self.lm, "config", None)
+        self.cache = DynamicCache(config=config) if hasattr(config, "get_text_config") else DynamicCache()
         position_ids = (cols[None, :L] - n_pad[:, None]).clamp(min=0)
         out = self.lm(input_ids=ids, attention_mask=self.attn[:, :L] if self.padded else None,
                       position_ids=position_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
@@ -139,13 +140,16 @@ class FastDecoder:
         self.cos, self.sin = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)  # (max_len, D)
         n_layers = len(self.layers)
         self.kv = torch.zeros(n_layers, 2, n_rows, K, max_len, D, device=self.device, dtype=self.dtype)
+        self.k_caches = [self.kv[i, 0] for i in range(n_layers)]  # (R, K, max_len, D) views
+        self.v_caches = [self.kv[i, 1] for i in range(n_layers)]
         self.fp32 = self.dtype == torch.float32
 
     def _rms(self, x, w, eps):
+        """transformers' RMSNorm, operation for operation (fp32 statistics, weight after the downcast)."""
         if self.fp32:
-            return F.rms_norm(x, (x.shape[-1],), w, eps)
-        y = F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
-        return y if w is None else y * w
+            return x * (x * x).mean(-1, keepdim=True).add_(eps).rsqrt_() * w
+        y = x.float()
+        return w * (y * (y * y).mean(-1, keepdim=True).add_(eps).rsqrt_()).to(x.dtype)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor) -> torch.Tensor:
@@ -174,7 +178,7 @@ class FastDecoder:
             qkv = F.linear(x, qkv_w, qkv_b)  # (R, L, (H+2K)*D)
             qk = qkv[..., : (H + K) * D].reshape(R, L, H + K, D)
             if qk_w is not None:
-                qk = self._rms(qk, None, qk_eps) * qk_w
+                qk = self._rms(qk, qk_w, qk_eps)
             qk = qk * cos + qk.roll(D // 2, -1) * sin
             q = qk[:, :, :H].transpose(1, 2)  # (R, H, L, D)
             k = qk[:, :, H:].transpose(1, 2)  # (R, K, L, D)
@@ -199,34 +203,34 @@ class FastDecoder:
         H, K, D, G = self.n_heads, self.n_kv, self.head_dim, self.group
         t = self.t
         pos = self.pos
-        cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (R, 1, D)
-        mask = self.mask[..., : t + 1] if self.mask is not None else None  # (R, 1, 1, t+1)
-        kv = self.kv
+        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (R, 1, D)
+        mask = self.mask.narrow(3, 0, t + 1) if self.mask is not None else None  # (R, 1, 1, t+1)
+        rms = self._rms
+        split = ((H + K) * D, K * D)
         h = F.embedding(tokens, self.embed)  # (R, Dm)
         half = D // 2
-        for li, (w_in, e_in, qkv_w, qkv_b, qk_w, qk_eps, o_wt, o_b, w_post, e_post, gu_w, gu_b, d_wt, d_b, inter) \
-                in enumerate(self.layers):
-            x = self._rms(h, w_in, e_in)
-            qkv = F.linear(x, qkv_w, qkv_b)  # (R, (H+2K)*D)
-            qk = qkv[:, : (H + K) * D].view(R, H + K, D)
+        for (w_in, e_in, qkv_w, qkv_b, qk_w, qk_eps, o_wt, o_b, w_post, e_post, gu_w, gu_b, d_wt, d_b, inter), \
+                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            qk, v = F.linear(rms(h, w_in, e_in), qkv_w, qkv_b).split(split, -1)  # (R, (H+K)*D), (R, K*D)
+            qk = qk.view(R, H + K, D)
             if qk_w is not None:
-                qk = self._rms(qk, None, qk_eps) * qk_w
+                qk = rms(qk, qk_w, qk_eps)
             qk = qk * cos + qk.roll(half, -1) * sin  # RoPE, (R, H+K, D)
-            kv[li, 0, :, :, t] = qk[:, H:]
-            kv[li, 1, :, :, t] = qkv[:, (H + K) * D:].view(R, K, D)
+            q, k = qk.split((H, K), 1)
+            k_cache.select(2, t).copy_(k)
+            v_cache.select(2, t).copy_(v.view(R, K, D))
             # grouped-query attention as G queries per KV head: no K/V expansion
-            att = F.scaled_dot_product_attention(qk[:, :H].reshape(R, K, G, D), kv[li, 0, :, :, : t + 1],
-                                                 kv[li, 1, :, :, : t + 1], attn_mask=mask, scale=self.scale)
-            h = torch.addmm(h, att.reshape(R, H * D), o_wt)
+            att = F.scaled_dot_product_attention(q.reshape(R, K, G, D), k_cache.narrow(2, 0, t + 1),
+                                                 v_cache.narrow(2, 0, t + 1), attn_mask=mask, scale=self.scale)
+            h = torch.addmm(h, att.view(R, H * D), o_wt)
             if o_b is not None:
                 h = h + o_b
-            x = self._rms(h, w_post, e_post)
-            gu = F.linear(x, gu_w, gu_b)  # (R, 2I)
-            h = torch.addmm(h, F.silu(gu[:, :inter]) * gu[:, inter:], d_wt)
+            g, u = F.linear(rms(h, w_post, e_post), gu_w, gu_b).chunk(2, -1)  # (R, I) each
+            h = torch.addmm(h, F.silu(g).mul_(u), d_wt)
             if d_b is not None:
                 h = h + d_b
         self.t, self.pos = t + 1, pos + 1
-        return F.linear(self._rms(h, *self.norm), self.lm_head, self.lm_head_bias)  # (R, V)
+        return F.linear(rms(h, *self.norm), self.lm_head, self.lm_head_bias)  # (R, V)
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto"):
