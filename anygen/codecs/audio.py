@@ -332,7 +332,7 @@ class AudioCodec(nn.Module):
             return quantized.transpose(1, 2), codes.transpose(1, 2), commit.sum()
         codes = self.quantize(latents.detach())
         quantized = self.dequantize(codes)
-        commit = self.config.commitment_weight * F.mse_loss(latents, quantized) * self.n_q
+        commit = self.config.commitment_weight * F.mse_loss(latents, quantized)
         return latents + (quantized - latents).detach(), codes, commit  # straight-through
 
     def _spectral_losses(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

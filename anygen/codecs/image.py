@@ -210,12 +210,26 @@ def weighted_reconstruction(recon: torch.Tensor, target: torch.Tensor, l1: float
     return (per_pixel * weight).sum() / weight.sum()
 
 
-def perplexity_and_usage(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
-    """Perplexity (exp entropy of the code histogram) and fraction of codes used, for a batch of codes."""
+def images_to_tensor(images: list[PILImage.Image], size: int) -> torch.Tensor:
+    """PIL images (any mode/size, converted and fitted by `anygen.io.fit_image`) -> (B,3,size,size) in [-1,1]."""
+    import numpy as np
+
+    arr = np.stack([np.asarray(fit_image(im, size), dtype=np.uint8) for im in images])  # (B,S,S,3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> list[PILImage.Image]:
+    """(B,3,H,W) in [-1,1] -> 8-bit RGB PIL images."""
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [PILImage.fromarray(a, mode="RGB") for a in arr]
+
+
+def usage_and_perplexity(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
+    """Fraction of the codebook used, and perplexity (exp of the code entropy), over all `codes`."""
     counts = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).double()
     p = counts / counts.sum().clamp_min(1)
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(entropy.exp()), float((counts > 0).double().mean())
+    nz = p[p > 0]
+    return float((counts > 0).double().mean()), float(torch.exp(-(nz * nz.log()).sum()))
 
 
 class ImageCodec(nn.Module):
@@ -301,16 +315,11 @@ class ImageCodec(nn.Module):
     # ---- PIL ----------------------------------------------------------------------------
     def images_to_tensor(self, images: list[PILImage.Image]) -> torch.Tensor:
         """PIL images (any mode, any size; see `anygen.io.fit_image`) -> (B,3,S,S) in [-1,1]."""
-        import numpy as np
-
-        arrays = [np.asarray(fit_image(im, self.image_size), dtype=np.float32) for im in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B,3,S,S) in [0,255]
-        return x / 127.5 - 1.0
+        return images_to_tensor(images, self.image_size)
 
     @staticmethod
     def tensor_to_images(x: torch.Tensor) -> list[PILImage.Image]:
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        return [PILImage.fromarray(a, mode="RGB") for a in arr]
+        return tensor_to_images(x)
 
     def encode_images(self, images: list[PILImage.Image]) -> torch.LongTensor:
         if not images:
@@ -359,7 +368,7 @@ class ImageCodec(nn.Module):
             if self.training:
                 self.code_counts.mul_(cfg.usage_decay).add_(counts)
                 self.step += 1
-            perplexity, _ = perplexity_and_usage(codes, self.codebook_size)
+            _, perplexity = usage_and_perplexity(codes, self.codebook_size)
             metrics["perplexity"] = perplexity
             metrics["usage"] = float((self.code_counts > 0.5).float().mean()) if self.training \
                 else float((counts > 0).float().mean())
@@ -445,4 +454,4 @@ def load_image_codec(directory) -> ImageCodec:
 
 
 __all__ = ["ImageCodec", "ImageCodecConfig", "FORMAT_VERSION", "weighted_reconstruction",
-           "perplexity_and_usage", "load_image_codec"]
+           "usage_and_perplexity", "load_image_codec", "images_to_tensor", "tensor_to_images"]

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from anygen.codecs.image import images_to_tensor  # the codec's pixel convention: [-1, 1], fit_image policy
 from anygen.config import check, choice
 from anygen.errors import AnygenError
-from anygen.io import fit_image
 
 IMAGE_SOURCES = ("shapes", "emoji", "image-folder")
 AUDIO_SOURCES = ("melodies", "speech", "audio-folder")
@@ -62,12 +62,6 @@ class DataConfig:
 def batch_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
     """The generator for batch `index` of a source seeded with `seed`."""
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index), int(stream)])
-
-
-def images_to_tensor(images: list[PILImage.Image], size: int) -> torch.Tensor:
-    """PIL images -> (B,3,size,size) float in [-1,1] (any mode/size, via fit_image)."""
-    arr = np.stack([np.asarray(fit_image(im, size), dtype=np.uint8) for im in images])  # (B,S,S,3)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 class BatchSource:
@@ -262,26 +256,10 @@ class WaveListSource(BatchSource):
 
 
 def speech_waves(n: int, sample_rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
-    """`n` synthesized sentences from SpeechWorld."""
-    from anygen.data import speech
+    """`n` synthesized sentences from SpeechWorld (espeak-ng; several voices, speeds, pitches)."""
+    from anygen.data.speech import SpeechWorld
 
-    world = speech.SpeechWorld() if not hasattr(speech, "SpeechConfig") else speech.SpeechWorld()
-    rng = np.random.default_rng(seed)
-    texts = _speech_texts(world, rng, n)
-    return [speech.synthesize(t, sample_rate=sample_rate) for t in texts]
-
-
-def _speech_texts(world, rng, n: int) -> list[str]:
-    for name in ("sample_text", "sample_sentence", "sentence"):
-        fn = getattr(world, name, None)
-        if callable(fn):
-            return [str(fn(rng)) for _ in range(n)]
-    for name in ("texts", "sentences"):
-        fn = getattr(world, name, None)
-        if callable(fn):
-            items = list(fn())
-            return [items[int(i)] for i in rng.integers(0, len(items), n)]
-    raise AnygenError("anygen.data.speech.SpeechWorld offers no sentences (expected sample_text(rng))")
+    return [item.waveform for item in SpeechWorld(seed=seed, sample_rate=sample_rate).items(n)]
 
 
 def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anygen.codecs.image import usage_and_perplexity
 from anygen.errors import AnygenError
 
 PSNR_CAP = 100.0
@@ -69,14 +70,6 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, wind
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     return s.flatten(1).mean(1).float()
-
-
-def usage_and_perplexity(codes: torch.Tensor, codebook_size: int) -> tuple[float, float]:
-    """Fraction of the codebook used and perplexity (exp of the code entropy) over all `codes`."""
-    counts = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).double()
-    p = counts / counts.sum().clamp_min(1)
-    nz = p[p > 0]
-    return float((counts > 0).double().mean()), float(torch.exp(-(nz * nz.log()).sum()))
 
 
 def _timed(fn, repeats: int = 3) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,20 @@ class LossConfig:
 
 
 # ---- build / save / load -------------------------------------------------------------------
+@contextmanager
+def quiet_hf_progress():
+    """No per-file progress bars from transformers' save/load (they drown the training bar)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def build_decoder(cfg: DecoderConfig, vocab: Vocab | int, seed: int | None = None):
     """A freshly initialised Qwen3ForCausalLM sized to the vocabulary (fp32)."""
     from transformers import Qwen3ForCausalLM
@@ -133,8 +148,13 @@ def count_parameters(model, non_embedding: bool = False) -> int:
 
 
 def save_decoder(model, directory: str | os.PathLike, *, config: DecoderConfig | None = None,
-                 vocab: Vocab | None = None, extra: dict | None = None, state_dict: dict | None = None) -> Path:
-    """Write the model as a Hugging Face directory (safetensors) + `anygen_decoder.json`, atomically."""
+                 vocab: Vocab | None = None, extra: dict | None = None, state_dict: dict | None = None,
+                 tokenizer_dir: str | os.PathLike | None = None) -> Path:
+    """Write the model as a Hugging Face directory (safetensors) + `anygen_decoder.json`, atomically.
+
+    `tokenizer_dir` (a MultimodalTokenizer directory) is copied in as `tokenizer/`, which
+    makes the directory a complete anygen model (`anygen.load(DIR)`).
+    """
     directory = Path(directory)
     model = getattr(model, "module", model)  # unwrap DDP
     meta = {"format_version": FORMAT_VERSION, "architecture": type(model).__name__,
@@ -142,9 +162,13 @@ def save_decoder(model, directory: str | os.PathLike, *, config: DecoderConfig |
             "decoder": to_dict(config) if config is not None else None,
             "vocab": vocab.to_dict() if vocab is not None else None}
     meta.update(extra or {})
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory) as tmp, quiet_hf_progress():
         model.save_pretrained(tmp, state_dict=state_dict)
         atomic_write_bytes(tmp / META_FILE, json.dumps(meta, indent=2).encode())
+        if tokenizer_dir is not None:
+            import shutil
+
+            shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     return directory
 
 
@@ -156,7 +180,8 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict:
     meta = json.loads(path.read_text())
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AnygenError(f"{path}: format_version {version!r} is not supported (this anygen reads <= {FORMAT_VERSION})")
+        raise AnygenError(f"{path}: format_version {version!r} is not supported "
+                          f"(this anygen reads <= {FORMAT_VERSION})")
     return meta
 
 
@@ -172,9 +197,10 @@ def load_decoder(directory: str | os.PathLike, device: str | torch.device = "cpu
     if attn_implementation is None:
         attn_implementation = (meta.get("decoder") or {}).get("attn_implementation", "sdpa")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(directory), local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
-            use_safetensors=True)
+        with quiet_hf_progress():
+            model = AutoModelForCausalLM.from_pretrained(
+                str(directory), local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
+                use_safetensors=True)
     except (OSError, ValueError) as e:
         raise AnygenError(f"{directory}: cannot load the decoder ({e})") from None
     return model.to(device)

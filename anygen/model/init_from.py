@@ -85,9 +85,12 @@ def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: floa
     if n_tok is not None and n_tok != vocab.n_text:
         raise AnygenError(f"--init-from {directory}: its tokenizer has {n_tok} ids but the vocab's text range has "
                           f"{vocab.n_text}; build the MultimodalTokenizer from this model's tokenizer")
+    from anygen.model.decoder import quiet_hf_progress
+
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
-                                                     attn_implementation=attn_implementation)
+        with quiet_hf_progress():
+            model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
+                                                         attn_implementation=attn_implementation)
     except (OSError, ValueError) as e:
         raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
     n_rows = model.get_input_embeddings().weight.shape[0]

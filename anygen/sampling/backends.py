@@ -1,23 +1,27 @@
 """Batched incremental decoding over a transformers causal LM: prefill once, then one token per step.
 
-Two interchangeable backends with the same interface (`prefill(ids, n_pad) -> logits`,
-`step(tokens) -> logits`, last position only, rows left-padded so every row writes the
-same cache column each step):
+Two interchangeable backends with one interface — `prefill(ids, n_pad, lo, hi)` and
+`step(tokens, lo, hi)` return the last position's logits for the vocabulary columns
+[lo, hi) only (the sampler asks for just the ids some row may draw: the image-code range
+inside an image). Rows are left-padded, so every row writes the same cache column each step.
 
 - `HFDecoder`: the model's own forward with a `DynamicCache`, a 2D padding mask and
   explicit position ids. Works for any causal LM; the reference.
 - `FastDecoder`: the same arithmetic for Qwen3/Qwen2/Llama-family weights written as
   ~25 tensor operations per layer over a preallocated (static) KV cache: fused QKV and
-  gate/up projections, RoPE tables computed once by the model's own rotary module, the
-  padding mask as one precomputed additive row. At the shapes model's size the decode
-  step is bound by per-operation Python overhead, which this removes (≈3-4× fewer
-  dispatches than the module forward). It reads the live weights at construction; build
-  a new one after the weights change.
+  gate/up projections with (in, out)-contiguous weights, RoPE tables computed once by the
+  model's own rotary module, the padding mask as one precomputed additive row, and an
+  output head restricted to the requested columns. At the shapes model's size a decode
+  step is bound by per-operation overhead and small matrix products, which this cuts.
+  The prepared weights (one extra copy) are cached per model and rebuilt when any
+  parameter changes (tracked by tensor version counters).
 
 Both are checked against the model's uncached full forward (tests/sampling/test_backends.py).
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +67,7 @@ class HFDecoder:
         self.device = lm.lm_head.weight.device if hasattr(lm, "lm_head") else next(lm.parameters()).device
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor, lo: int = 0, hi: int | None = None):
         from transformers import DynamicCache
 
         R, L = ids.shape  # (R, L)
@@ -77,65 +81,97 @@ class HFDecoder:
         position_ids = (cols[None, :L] - n_pad[:, None]).clamp(min=0)
         out = self.lm(input_ids=ids, attention_mask=self.attn[:, :L] if self.padded else None,
                       position_ids=position_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1]
+        return out.logits[:, -1, lo:hi]
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
         t = self.t
         out = self.lm(input_ids=tokens[:, None], attention_mask=self.attn[:, : t + 1] if self.padded else None,
                       position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
         self.t, self.pos = t + 1, self.pos + 1
-        return out.logits[:, -1]
+        return out.logits[:, -1, lo:hi]
+
+
+_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _weights_signature(lm) -> tuple:
+    """Changes whenever a parameter is replaced or modified in place (an optimiser step)."""
+    return tuple((p.data_ptr(), p._version) for p in lm.parameters())
+
+
+def _prepare(lm) -> dict:
+    """The decode-ready weights: fused QKV and gate/up, every matrix transposed to (in, out)
+    and contiguous (the layout CPU BLAS multiplies fastest for one or two rows). Cached per
+    model until its weights change."""
+    sig = _weights_signature(lm)
+    hit = _PREPARED.get(lm)
+    if hit is not None and hit["signature"] == sig:
+        return hit
+    cfg, inner = lm.config, lm.model
+    H = cfg.num_attention_heads
+    K = getattr(cfg, "num_key_value_heads", None) or H
+    first = inner.layers[0].self_attn
+    D = first.head_dim
+
+    def t(w):
+        return w.detach().t().contiguous()
+
+    def cat_bias(*mods):
+        return torch.cat([m.bias.detach() for m in mods]) if mods[0].bias is not None else None
+
+    layers = []
+    with torch.no_grad():
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+            if hasattr(a, "q_norm"):
+                qk_w = torch.cat([a.q_norm.weight.detach().expand(H, D), a.k_norm.weight.detach().expand(K, D)])
+                qk_eps = a.q_norm.variance_epsilon
+            else:
+                qk_w, qk_eps = None, None
+            layers.append((
+                layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
+                t(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # (Dm, (H+2K)*D)
+                cat_bias(a.q_proj, a.k_proj, a.v_proj), qk_w, qk_eps,
+                t(a.o_proj.weight), None if a.o_proj.bias is None else a.o_proj.bias.detach(),  # (H*D, Dm)
+                layer.post_attention_layernorm.weight.detach(), layer.post_attention_layernorm.variance_epsilon,
+                t(torch.cat([m.gate_proj.weight, m.up_proj.weight])), cat_bias(m.gate_proj, m.up_proj),  # (Dm, 2I)
+                t(m.down_proj.weight), None if m.down_proj.bias is None else m.down_proj.bias.detach(),  # (I, Dm)
+            ))
+        head = lm.lm_head
+        prepared = {
+            "signature": sig, "layers": layers, "n_heads": H, "n_kv": K, "head_dim": D, "scale": first.scaling,
+            "embed": inner.embed_tokens.weight.detach(), "head_t": t(head.weight),  # (Dm, V)
+            "head_b": None if getattr(head, "bias", None) is None else head.bias.detach(),
+            "norm": (inner.norm.weight.detach(), inner.norm.variance_epsilon),
+        }
+    _PREPARED[lm] = prepared
+    return prepared
+
+
+def _mm(x, w_t, b):
+    """x (R, in) @ w_t (in, out) [+ b] in one BLAS call."""
+    return torch.mm(x, w_t) if b is None else torch.addmm(b, x, w_t)
 
 
 class FastDecoder:
     """The same forward as a Qwen3/Llama module stack, as a lean loop over a static KV cache."""
 
     def __init__(self, lm, n_rows: int, max_len: int):
-        cfg = lm.config
-        inner = lm.model
-        first = inner.layers[0].self_attn
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.head_dim = first.head_dim
+        w = _prepare(lm)
+        self.layers, self.embed, self.head_t, self.head_b, self.norm = (
+            w["layers"], w["embed"], w["head_t"], w["head_b"], w["norm"])
+        self.n_heads, self.n_kv, self.head_dim, self.scale = w["n_heads"], w["n_kv"], w["head_dim"], w["scale"]
         self.group = self.n_heads // self.n_kv
-        self.scale = first.scaling
         self.n_rows, self.max_len = n_rows, max_len
-        w = lm.lm_head.weight
-        self.device, self.dtype = w.device, w.dtype
-        self.embed = inner.embed_tokens.weight
-        self.lm_head = w
-        self.lm_head_bias = getattr(lm.lm_head, "bias", None)
-        self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
+        self.device, self.dtype = self.head_t.device, self.head_t.dtype
         H, K, D = self.n_heads, self.n_kv, self.head_dim
-        self.layers = []
-        for layer in inner.layers:
-            a, m = layer.self_attn, layer.mlp
-            qkv_w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-            qkv_b = None
-            if a.q_proj.bias is not None:
-                qkv_b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
-            if hasattr(a, "q_norm"):
-                qk_w = torch.cat([a.q_norm.weight.expand(H, D), a.k_norm.weight.expand(K, D)]).detach()  # (H+K, D)
-                qk_eps = a.q_norm.variance_epsilon
-            else:
-                qk_w, qk_eps = None, None
-            gu_w = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
-            gu_b = torch.cat([m.gate_proj.bias, m.up_proj.bias]).detach() if m.gate_proj.bias is not None else None
-            self.layers.append((
-                layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon,
-                qkv_w, qkv_b, qk_w, qk_eps,
-                a.o_proj.weight.detach().t(), a.o_proj.bias,
-                layer.post_attention_layernorm.weight.detach(), layer.post_attention_layernorm.variance_epsilon,
-                gu_w, gu_b, m.down_proj.weight.detach().t(), m.down_proj.bias,
-                m.intermediate_size if hasattr(m, "intermediate_size") else m.down_proj.weight.shape[1],
-            ))
         # RoPE tables from the model's own rotary module (honours its rope scaling); the
         # sine carries rotate_half's sign so that rotate_half(x) * sin == x.roll(D/2) * sin_signed.
         pos = torch.arange(max_len, device=self.device)[None]
         probe = torch.zeros(1, 1, D, device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            cos, sin = inner.rotary_emb(probe, pos)  # (1, max_len, D)
+            cos, sin = lm.model.rotary_emb(probe, pos)  # (1, max_len, D)
         sign = torch.cat([-torch.ones(D // 2), torch.ones(D - D // 2)]).to(self.device, self.dtype)
         self.cos, self.sin = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)  # (max_len, D)
         n_layers = len(self.layers)
@@ -146,13 +182,14 @@ class FastDecoder:
 
     def _rms(self, x, w, eps):
         """transformers' RMSNorm, operation for operation (fp32 statistics, weight after the downcast)."""
+        n = x.shape[-1]  # sum then divide: what `mean` does, minus its dtype round trip
         if self.fp32:
-            return x * (x * x).mean(-1, keepdim=True).add_(eps).rsqrt_() * w
+            return x * (x * x).sum(-1, keepdim=True).div_(n).add_(eps).rsqrt_() * w
         y = x.float()
-        return w * (y * (y * y).mean(-1, keepdim=True).add_(eps).rsqrt_()).to(x.dtype)
+        return w * (y * (y * y).sum(-1, keepdim=True).div_(n).add_(eps).rsqrt_()).to(x.dtype)
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor, lo: int = 0, hi: int | None = None):
         R, L = ids.shape  # (R, L)
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         cols = torch.arange(self.max_len, device=self.device)
@@ -171,34 +208,41 @@ class FastDecoder:
             prefill_mask.masked_fill_(~allowed[:, None], neg)
         pos = (cols[None, :L] - n_pad[:, None]).clamp(min=0)  # (R, L)
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, L, 1, D)
-        h = F.embedding(ids, self.embed)  # (R, L, Dm)
-        for li, (w_in, e_in, qkv_w, qkv_b, qk_w, qk_eps, o_wt, o_b, w_post, e_post, gu_w, gu_b, d_wt, d_b, inter) \
-                in enumerate(self.layers):
-            x = self._rms(h, w_in, e_in)
-            qkv = F.linear(x, qkv_w, qkv_b)  # (R, L, (H+2K)*D)
+        h = F.embedding(ids, self.embed).reshape(R * L, -1)  # (R*L, Dm)
+        rms = self._rms
+        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
+                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, L, -1)  # (R, L, (H+2K)*D)
             qk = qkv[..., : (H + K) * D].reshape(R, L, H + K, D)
             if qk_w is not None:
-                qk = self._rms(qk, qk_w, qk_eps)
+                qk = rms(qk, qk_w, qk_eps)
             qk = qk * cos + qk.roll(D // 2, -1) * sin
             q = qk[:, :, :H].transpose(1, 2)  # (R, H, L, D)
             k = qk[:, :, H:].transpose(1, 2)  # (R, K, L, D)
             v = qkv[..., (H + K) * D:].reshape(R, L, K, D).transpose(1, 2)
-            self.kv[li, 0, :, :, :L] = k
-            self.kv[li, 1, :, :, :L] = v
+            k_cache[:, :, :L] = k
+            v_cache[:, :, :L] = v
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, is_causal=prefill_mask is None,
                                                  scale=self.scale, enable_gqa=self.group > 1)  # (R, H, L, D)
-            att = att.transpose(1, 2).reshape(R, L, H * D)
-            h = h + F.linear(att, o_wt.t(), o_b)
-            x = self._rms(h, w_post, e_post)
-            gu = F.linear(x, gu_w, gu_b)
-            h = h + F.linear(F.silu(gu[..., :inter]) * gu[..., inter:], d_wt.t(), d_b)
-        h = self._rms(h[:, -1], *self.norm)  # (R, Dm)
+            h = h + _mm(att.transpose(1, 2).reshape(R * L, H * D), o_t, o_b)
+            gu = _mm(rms(h, w_post, e_post), gu_t, gu_b)
+            g, u = gu.chunk(2, -1)
+            h = h + _mm(F.silu(g) * u, d_t, d_b)
         self.t = L
         self.pos = pos[:, -1] + 1  # (R,)
-        return F.linear(h, self.lm_head, self.lm_head_bias)
+        return self._head(h.view(R, L, -1)[:, -1], lo, hi)
+
+    def _head(self, h, lo, hi):
+        """Logits of the vocabulary columns [lo, hi) only (None when the range is empty)."""
+        if hi is None:
+            hi = self.head_t.shape[1]
+        if hi <= lo:
+            return None
+        b = None if self.head_b is None else self.head_b[lo:hi]
+        return _mm(self._rms(h, *self.norm), self.head_t[:, lo:hi], b)  # (R, hi-lo)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
         R = tokens.shape[0]
         H, K, D, G = self.n_heads, self.n_kv, self.head_dim, self.group
         t = self.t
@@ -209,9 +253,9 @@ class FastDecoder:
         split = ((H + K) * D, K * D)
         h = F.embedding(tokens, self.embed)  # (R, Dm)
         half = D // 2
-        for (w_in, e_in, qkv_w, qkv_b, qk_w, qk_eps, o_wt, o_b, w_post, e_post, gu_w, gu_b, d_wt, d_b, inter), \
+        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
                 k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
-            qk, v = F.linear(rms(h, w_in, e_in), qkv_w, qkv_b).split(split, -1)  # (R, (H+K)*D), (R, K*D)
+            qk, v = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).split(split, -1)  # (R, (H+K)*D), (R, K*D)
             qk = qk.view(R, H + K, D)
             if qk_w is not None:
                 qk = rms(qk, qk_w, qk_eps)
@@ -222,15 +266,15 @@ class FastDecoder:
             # grouped-query attention as G queries per KV head: no K/V expansion
             att = F.scaled_dot_product_attention(q.reshape(R, K, G, D), k_cache.narrow(2, 0, t + 1),
                                                  v_cache.narrow(2, 0, t + 1), attn_mask=mask, scale=self.scale)
-            h = torch.addmm(h, att.view(R, H * D), o_wt)
+            h = torch.addmm(h, att.view(R, H * D), o_t)
             if o_b is not None:
                 h = h + o_b
-            g, u = F.linear(rms(h, w_post, e_post), gu_w, gu_b).chunk(2, -1)  # (R, I) each
-            h = torch.addmm(h, F.silu(g).mul_(u), d_wt)
+            g, u = _mm(rms(h, w_post, e_post), gu_t, gu_b).chunk(2, -1)  # (R, I) each
+            h = torch.addmm(h, F.silu(g).mul_(u), d_t)
             if d_b is not None:
                 h = h + d_b
         self.t, self.pos = t + 1, pos + 1
-        return F.linear(rms(h, *self.norm), self.lm_head, self.lm_head_bias)  # (R, V)
+        return self._head(h, lo, hi)
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto"):

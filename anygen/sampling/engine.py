@@ -126,7 +126,7 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     follow = list(range(B))  # which conditional row each batch row copies its tokens from
     chains: list[list[int]] = []  # per guided prompt: [cond row, guidance rows...]
     for i, r in enumerate(rows):
-        if not r.uncond:
+        if not r.uncond or not cfg.guided:  # every scale 1: guidance is the identity, skip its rows
             continue
         if len(r.uncond) != len(cfg.cfg_scale):
             raise AnygenError(f"prompt {i}: {len(r.uncond)} guidance prompts but cfg_scale has "
@@ -157,7 +157,7 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
 
     grammar = Grammar(vocab, cfg, device)
     illegal = ~grammar.masks  # (M, V)
-    states = [RowState(grammar, budgets[i], list(force) + list(r.force), r.source, r.editable)
+    states = [RowState(grammar, budgets[i], list(force) + list(r.force), r.source, r.editable, prompt=all_ids[i])
               for i, r in enumerate(rows)]
     generator = None
     if cfg.seed is not None:
@@ -188,19 +188,23 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     if stats is not None:
         stats.rows, stats.backend = R, type(decoder).__name__
     t_prefill = time.perf_counter()
+    col_lo, col_hi = grammar.col_lo, grammar.col_hi
     try:
-        logits = decoder.prefill(ids.to(device), n_pad.to(device))  # (R, V)
+        # Only the columns some free row may draw are computed (an image step needs the
+        # image-code range, not the whole vocabulary; an all-forced step needs none).
+        nexts = [s.next() for s in states]
+        lo, hi = _window(nexts, col_lo, col_hi)
+        logits = decoder.prefill(ids.to(device), n_pad.to(device), lo, hi)  # (R, hi-lo)
         t_decode = time.perf_counter()
         reported = [0] * B
         steps = 0
         expand = R > B
         while True:
             steps += 1
-            nexts = [s.next() for s in states]
             forced = [n[1] for n in nexts]
             free = [i for i in range(B) if forced[i] < 0]
             if free:
-                tok = _choose(logits, B, nexts, free, illegal, settings, generator, seen,
+                tok = _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen,
                               chain_rows if guided else None, chain_of, scales, expand)
                 tokens = [f if f >= 0 else t for f, t in zip(forced, tok)]
             else:
@@ -220,8 +224,10 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
                 break
             if seen is not None:
                 seen[torch.arange(B, device=device), torch.tensor(tokens, device=device)] = True
+            nexts = [s.next() for s in states]
+            lo, hi = _window(nexts, col_lo, col_hi)
             step_ids = [tokens[f] for f in follow] if expand else tokens
-            logits = decoder.step(torch.tensor(step_ids, device=device))
+            logits = decoder.step(torch.tensor(step_ids, device=device), lo, hi)
     finally:
         if was_training:
             lm.train()
@@ -232,26 +238,43 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     return [SampleResult(s.ids, s.spans, s.finish or "length") for s in states]
 
 
-def _choose(logits, B, nexts, free, illegal, settings, generator, seen, chain_rows, chain_of, scales, expand):
-    """Ids for the rows not forced this step (a list of B ints; forced rows get placeholders)."""
-    x = logits[:B] if expand else logits  # (B, V) conditional rows
+def _window(nexts, col_lo, col_hi) -> tuple[int, int]:
+    """The id columns [lo, hi) covering every legal id of the rows not forced next step."""
+    lo = hi = 0
+    for mask, forced, _, _ in nexts:
+        if forced < 0:
+            if hi == lo:
+                lo, hi = col_lo[mask], col_hi[mask]
+            else:
+                lo, hi = min(lo, col_lo[mask]), max(hi, col_hi[mask])
+    return lo, hi
+
+
+def _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen, chain_rows, chain_of, scales, expand):
+    """Ids for the rows not forced this step (a list of B ints; forced rows get placeholders).
+
+    logits (R, hi-lo) hold the columns [lo, hi) of the vocabulary.
+    """
+    x = logits[:B] if expand else logits  # (B, W) conditional rows
     if chain_rows is not None:
         active = [g for i, g in chain_of.items() if nexts[i][3]]
         if active:
             rows = chain_rows if len(active) == len(chain_of) else chain_rows[active]
             x = x.index_copy(0, rows[:, 0], guide(logits, rows, scales))
     if B == 1:
-        x = x.masked_fill(illegal[nexts[0][0]], float("-inf"))
+        x = x.masked_fill(illegal[nexts[0][0], lo:hi], float("-inf"))
     else:
         idx = torch.tensor([n[0] for n in nexts], device=x.device)
-        x = x.masked_fill(illegal[idx], float("-inf"))
+        x = x.masked_fill(illegal[idx, lo:hi], float("-inf"))
+    if seen is not None:
+        seen = seen[:, lo:hi]
     modalities = {nexts[i][2] for i in free}
     if len(modalities) == 1:
         m = modalities.pop()
         s = settings[m]
         if m == TEXT and seen is not None:
             x = apply_repetition_penalty(x, seen, s.repetition_penalty)
-        return draw(warp(x, s), s, generator).tolist()
+        return (draw(warp(x, s), s, generator) + lo).tolist()
     out = [0] * B
     for m in (TEXT, IMAGE, AUDIO):
         rows = [i for i in free if nexts[i][2] == m]
@@ -262,6 +285,6 @@ def _choose(logits, B, nexts, free, illegal, settings, generator, seen, chain_ro
         xs = x[idx]
         if m == TEXT and seen is not None:
             xs = apply_repetition_penalty(xs, seen[idx], s.repetition_penalty)
-        for i, t in zip(rows, draw(warp(xs, s), s, generator).tolist()):
+        for i, t in zip(rows, (draw(warp(xs, s), s, generator) + lo).tolist()):
             out[i] = t
     return out

@@ -31,7 +31,9 @@ class Span:
     """One segment of a row's output: `ids[start:end]` of `SampleResult.ids`.
 
     text spans exclude the <eos>; image spans run <boi>..<eoi>, audio spans <boa>..<eoa>
-    (inclusive). `complete` is False when the budget cut the segment.
+    (inclusive). `complete` is False when the budget cut the segment. A span the prompt
+    opened (a prompt ending inside an image or audio span) has start < 0: its first -start
+    ids are the prompt's.
     """
 
     kind: str
@@ -97,7 +99,14 @@ class Grammar:
                     rows.append(vocab.audio_level_mask(level, allow_pad=end))
         self.min_audio_span = (2 + stream_length(cfg.audio_min_frames, self.n_q, self.layout)
                                if self.has_audio else None)
-        self.masks = torch.stack(rows).to(device)  # (M, V)
+        masks = torch.stack(rows)  # (M, V)
+        # each mask's legal ids lie in the columns [col_lo, col_hi): the logits the sampler needs
+        any_legal = masks.any(-1)
+        first = masks.float().argmax(-1)
+        last = masks.size(1) - masks.flip(-1).float().argmax(-1)
+        self.col_lo = [int(f) if a else 0 for f, a in zip(first, any_legal)]
+        self.col_hi = [int(l) if a else 0 for l, a in zip(last, any_legal)]
+        self.masks = masks.to(device)
         self.boi, self.eoi, self.boa, self.eoa = vocab.boi, vocab.eoi, vocab.boa, vocab.eoa
         self.eos, self.apad, self.pad = vocab.eos, vocab.apad, vocab.pad
 
@@ -122,10 +131,10 @@ class RowState:
     which positions may change; the others are copied through (forced).
     """
 
-    __slots__ = ("g", "budget", "ids", "spans", "mode", "queue", "seg_start", "grid", "n_codes", "pos",
+    __slots__ = ("g", "budget", "ids", "spans", "mode", "queue", "seg_start", "grid", "n_codes", "pos", "carried",
                  "audio", "audio_slots", "source", "editable", "finish", "guide_lo", "guide_hi", "edited")
 
-    def __init__(self, grammar: Grammar, budget: int, force=(), source=None, editable=None):
+    def __init__(self, grammar: Grammar, budget: int, force=(), source=None, editable=None, prompt=()):
         self.g, self.budget = grammar, budget
         self.ids: list[int] = []
         self.spans: list[Span] = []
@@ -139,6 +148,37 @@ class RowState:
         self.edited = False  # the copy-through applies to the first image span only
         self.finish: str | None = None
         self.guide_lo, self.guide_hi = grammar.cfg.cfg_interval
+        self.carried: list[int] = []
+        self._resume(prompt)
+
+    def _resume(self, prompt) -> None:
+        """A prompt that ends inside an image/audio span continues that span.
+
+        The span's ids already in the prompt are `carried`; the Span reported for it has a
+        negative `start` (-len(carried)) and its `ids` include the carried part.
+        """
+        g, open_at = self.g, None
+        for i, t in enumerate(prompt):
+            if t == g.boi or t == g.boa:
+                open_at = i
+            elif t == g.eoi or t == g.eoa:
+                open_at = None
+        if open_at is None:
+            return
+        tail = [int(t) for t in prompt[open_at:]]
+        budget, self.budget = self.budget, 1 << 30
+        queue, self.queue = self.queue, []
+        for t in tail:
+            self.push(t)
+        self.budget, self.queue = budget, queue
+        self.carried, self.ids, self.spans, self.seg_start = tail, [], [], -len(tail)
+        if self.mode == TEXT:  # the tail itself closed (cannot happen for a well-formed tail)
+            self.seg_start = 0
+
+    def _span_ids(self, start: int, end: int) -> tuple[int, ...]:
+        if start >= 0:
+            return tuple(self.ids[start:end])
+        return tuple(self.carried[start:]) + tuple(self.ids[:end])
 
     @property
     def done(self) -> bool:
@@ -227,7 +267,7 @@ class RowState:
             self.n_codes, self.pos = self.grid[0] * self.grid[1], 0
             self.mode = _CODES
         elif mode == _EOI:
-            self.spans.append(Span("image", self.seg_start, n, tuple(ids[self.seg_start:n]), True, self.grid))
+            self.spans.append(Span("image", self.seg_start, n, self._span_ids(self.seg_start, n), True, self.grid))
             if self.source is not None:
                 self.edited = True
             self.mode, self.seg_start = TEXT, n
@@ -236,7 +276,7 @@ class RowState:
             level = audio.allowed()[0]
             audio.advance(tok == g.eoa or (tok == g.apad and level == 0 and audio.n_frames is None))
             if audio.closed:
-                self.spans.append(Span("audio", self.seg_start, n, tuple(ids[self.seg_start:n]), True))
+                self.spans.append(Span("audio", self.seg_start, n, self._span_ids(self.seg_start, n), True))
                 self.mode, self.seg_start = TEXT, n
         if n >= self.budget:
             self._close_open(n)
@@ -252,5 +292,5 @@ class RowState:
             self._close_text(n)
         elif n > self.seg_start:
             kind = "audio" if self.mode == _AUDIO else "image"
-            self.spans.append(Span(kind, self.seg_start, n, tuple(self.ids[self.seg_start:n]), False,
+            self.spans.append(Span(kind, self.seg_start, n, self._span_ids(self.seg_start, n), False,
                                    self.grid if kind == "image" else None))

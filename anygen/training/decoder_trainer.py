@@ -10,7 +10,7 @@ atomic checkpoints.
 
 Checkpoint `out_dir/checkpoints/step_XXXXXXXX/` (written to a temp dir, then renamed):
     model/                      the decoder (HF safetensors + anygen_decoder.json)
-    optimizer.safetensors/.json AdamW tensors / param groups (no pickle anywhere)
+    optimizer.safetensors/.json AdamW state by parameter name / param groups (no pickle anywhere)
     rng.safetensors             torch CPU (+ CUDA) generator states, one set per process
     trainer_state.json          step, data position, python/numpy RNG per process, bad-step count
 `resume=True` restores all of it, so N steps + resume + N steps equals 2N steps
@@ -31,7 +31,6 @@ Run several processes with `accelerate launch [--config_file training/ddp.yaml]
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -47,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anygen.config import build, check, choice, load_config, to_dict
+from anygen.config import check, choice, load_config, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_directory, atomic_write_bytes
 from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_decoder, count_parameters,
@@ -119,7 +118,8 @@ class DataSection:
     seq_len: int = 512
     batch_size: int = 16  # rows per process per micro-batch
     seed: int = 0  # shuffling / synthetic documents
-    vocab_file: str = ""  # a Vocab JSON (Vocab.to_dict); shards carry their own vocab
+    tokenizer_dir: str = ""  # MultimodalTokenizer dir, copied into the model as tokenizer/ (default: the shards')
+    vocab_file: str = ""  # a Vocab JSON (Vocab.to_dict); shards and tokenizers carry their own vocab
     synthetic_docs: int = 0  # synthetic: 0 = endless random documents, n = cycle n fixed documents
     synthetic_doc_len: tuple[int, int] = (16, 128)
 
@@ -220,9 +220,31 @@ class SyntheticBatches:
         self.index = int(state["index"])
 
 
+def _tokenizer_vocab(directory: Path) -> Vocab:
+    path = Path(directory) / "tokenizer.json"
+    if not path.exists():
+        raise AnygenError(f"data.tokenizer_dir: {directory} is not a tokenizer directory (missing tokenizer.json)")
+    return Vocab.from_dict(json.loads(path.read_text())["vocab"])
+
+
+def resolve_tokenizer_dir(cfg: TrainConfig) -> Path | None:
+    """data.tokenizer_dir, else the tokenizer the shards were made with (when it still exists)."""
+    if cfg.data.tokenizer_dir:
+        return Path(cfg.data.tokenizer_dir)
+    if cfg.data.kind == "shards":
+        index = Path(cfg.data.shard_dir) / "index.json"
+        if index.exists():
+            tok = ((json.loads(index.read_text()).get("meta") or {}).get("recipe") or {}).get("tokenizer")
+            if tok and (Path(tok) / "tokenizer.json").exists():
+                return Path(tok)
+    return None
+
+
 def _resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
     if vocab is not None:
         return vocab
+    if cfg.data.tokenizer_dir:
+        return _tokenizer_vocab(Path(cfg.data.tokenizer_dir))
     if cfg.data.vocab_file:
         path = Path(cfg.data.vocab_file)
         if not path.exists():
@@ -282,10 +304,13 @@ def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
 
 
 def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    state = {int(i): dict(v) for i, v in meta["state"].items()}
-    for key, t in tensors.items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = t
+    def key(i: str):  # parameter index (torch.optim) or parameter name (FSDP full state dict)
+        return int(i) if i.isdigit() else i
+
+    state = {key(i): dict(v) for i, v in meta["state"].items()}
+    for flat, t in tensors.items():
+        idx, name = flat.rsplit(".", 1)
+        state.setdefault(key(idx), {})[name] = t
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
     return {"state": state, "param_groups": groups}
 
@@ -317,7 +342,8 @@ def _load_weights(model, directory: Path) -> None:
     from safetensors.torch import load_file
 
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists()
+             else ["model.safetensors"])
     sd = {}
     for f in files:
         sd.update(load_file(str(directory / f)))
@@ -400,8 +426,9 @@ class Trainer:
                 log_with = "tensorboard"
             else:
                 warnings.warn("train.tensorboard: tensorboard is not installed; logging to metrics.jsonl only")
+        # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu`) that selects gloo (MULTI_CPU)
         acc = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), log_with=log_with,
-                          project_dir=str(self.out))
+                          project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.acc = acc
         self.fsdp = acc.distributed_type == DistributedType.FSDP
         if self.fsdp and cfg.train.train_only_new_rows:
@@ -416,6 +443,13 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.vocab = _resolve_vocab(cfg, self._vocab if self._vocab is not None else
                                     getattr(self._train_data, "vocab", None))
+        self.tokenizer_dir = resolve_tokenizer_dir(cfg)
+        if self.tokenizer_dir is not None and _tokenizer_vocab(self.tokenizer_dir) != self.vocab:
+            msg = f"data.tokenizer_dir: {self.tokenizer_dir} has a different vocab than the training data"
+            if cfg.data.tokenizer_dir:
+                raise AnygenError(msg)
+            warnings.warn(msg + "; the model is saved without tokenizer/")
+            self.tokenizer_dir = None
         # model
         self.n_old = None
         if self._model is not None:
@@ -446,8 +480,10 @@ class Trainer:
 
         # data
         rank, world = acc.process_index, acc.num_processes
-        self.train_source = self._train_data if self._train_data is not None else open_data(cfg, self.vocab, rank, world)
-        eval_source = self._eval_data if self._eval_data is not None else open_data(cfg, self.vocab, rank, world, "eval")
+        self.train_source = (self._train_data if self._train_data is not None
+                             else open_data(cfg, self.vocab, rank, world))
+        eval_source = (self._eval_data if self._eval_data is not None
+                       else open_data(cfg, self.vocab, rank, world, "eval"))
         self.eval_batches = []
         if eval_source is not None:
             it = iter(eval_source)
@@ -466,6 +502,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
             self._trim_metrics(self.step)
+        acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
+                  f"{acc.num_processes} process(es), {acc.distributed_type.value}, {acc.device}, "
+                  f"mixed precision {acc.mixed_precision}; step {self.step}/{cfg.train.steps}")
         if log_with:
             flat = {f"{s}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
                     for s, sec in to_dict(cfg).items() for k, v in sec.items()}
@@ -489,12 +528,11 @@ class Trainer:
 
     # -- checkpoints --
     def _optimizer_state(self) -> dict:
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+        """Full AdamW state keyed by parameter name (same file for one process, DDP and FSDP)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(self.model, self.optimizer.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return self.optimizer.state_dict()
+        return get_optimizer_state_dict(self.model, self.optimizer.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def save_checkpoint(self) -> Path:
         from accelerate.utils import gather_object
@@ -509,7 +547,8 @@ class Trainer:
         if acc.is_main_process:
             with atomic_directory(final) as tmp:
                 save_decoder(self.raw, tmp / "model", config=None if self.n_old else self.cfg.model,
-                             vocab=self.vocab, state_dict=state_dict, extra=self._model_extra())
+                             vocab=self.vocab, state_dict=state_dict, extra=self._model_extra(),
+                             tokenizer_dir=self.tokenizer_dir)
                 tensors, meta = _flatten_optimizer(opt)
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
                 (tmp / "optimizer.json").write_text(json.dumps(meta))
@@ -520,7 +559,8 @@ class Trainer:
                         rng_tensors[f"rank{r}.cuda{i:02d}"] = t
                 save_file(rng_tensors, str(tmp / "rng.safetensors"))
                 state = {"step": self.step, "data": data_state, "rng": rngs, "bad_in_row": self.bad_in_row,
-                         "skipped": self.skipped, "world_size": acc.num_processes, "config": to_dict(self.cfg)}
+                         "skipped": self.skipped, "world_size": acc.num_processes,
+                         "distributed_type": acc.distributed_type.value, "config": to_dict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(state))
             for old in checkpoints(self.out)[:-self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -533,13 +573,10 @@ class Trainer:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         meta = json.loads((ckpt / "optimizer.json").read_text())
         opt = _unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), meta)
-        if self.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.model, self.optimizer.optimizer, opt,
-                                     options=StateDictOptions(full_state_dict=True))
-        else:
-            self.optimizer.load_state_dict(opt)
+        set_optimizer_state_dict(self.model, self.optimizer.optimizer, opt,
+                                 options=StateDictOptions(full_state_dict=True))
         self.step, self.bad_in_row, self.skipped = state["step"], state["bad_in_row"], state.get("skipped", 0)
         self.train_source.load_state_dict(state["data"])
         rank = self.acc.process_index
@@ -668,7 +705,7 @@ class Trainer:
             state_dict = acc.get_state_dict(self.model)
             if acc.is_main_process:
                 save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
-                             state_dict=state_dict, extra=self._model_extra())
+                             state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
             acc.wait_for_everyone()
         if cfg.train.tensorboard:
             acc.end_training()
@@ -751,23 +788,29 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     """Training tokens/s and model-FLOPs utilisation against a matmul peak measured in this process.
 
     Runs the trainer's own step (packed forward, CE + z-loss, backward, clipping, AdamW)
-    in fp32 on CPU. The peak is measured before and after the steps and the larger is
-    used (other processes on the machine depress both); step time is the median.
+    in fp32 on CPU. Other processes on a shared machine slow both the model and the
+    matmul, so a short matmul peak is measured right before every step and each step's
+    MFU is its achieved FLOP/s over that neighbouring peak; `mfu` is the median of those,
+    `mfu_vs_best_peak` the median achieved FLOP/s over the best peak seen (conservative).
     """
     if threads:
         torch.set_num_threads(threads)
     model_cfg = model_cfg or DecoderConfig()
     if isinstance(vocab, int):
-        vocab = Vocab(n_text=max(16, vocab // 2), image_codebook_size=vocab - max(16, vocab // 2) - 10)
+        n_text = max(16, vocab // 2)
+        vocab = Vocab(n_text=n_text, image_codebook_size=vocab - n_text - 10)  # 10 = specials + one grid token
     model = build_decoder(model_cfg, vocab, seed=seed)
     model.train()
     optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), foreach=True)
-    data = SyntheticBatches(vocab, seq_len, batch_size, seed, doc_len=(seq_len // 4, seq_len) if packed else (seq_len, seq_len))
+    doc_len = (max(2, seq_len // 4), seq_len) if packed else (seq_len, seq_len)
+    data = SyntheticBatches(vocab, seq_len, batch_size, seed, doc_len=doc_len)
     batches = [data.batch(k) for k in range(2)]
     loss_cfg = LossConfig()
-    peak0 = matmul_peak_flops(matmul_n)
-    times = []
+    fpt, n = flops_per_token(model, seq_len)
+    tokens = batch_size * seq_len
+    times, peaks = [], []
     for i in range(warmup + steps):
+        peak = matmul_peak_flops(matmul_n, reps=3)
         batch = batches[i % 2]
         t0 = time.perf_counter()
         logits = forward_logits(model, batch, model_cfg.attn_implementation)
@@ -776,30 +819,51 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - t0)
-    peak1 = matmul_peak_flops(matmul_n)
-    step_s = statistics.median(times[warmup:])
-    fpt, n = flops_per_token(model, seq_len)
-    tps = batch_size * seq_len / step_s
-    peak = max(peak0, peak1)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            peaks.append(peak)
+    step_s = statistics.median(times)
+    tps = tokens / step_s
     return {"tokens_per_s": tps, "step_s": step_s, "flops_per_token": fpt, "matmul_params": n,
-            "params": count_parameters(model), "achieved_flops": fpt * tps, "peak_flops": peak,
-            "peak_flops_before_after": (peak0, peak1), "mfu": fpt * tps / peak,
+            "params": count_parameters(model), "achieved_flops": fpt * tps,
+            "peak_flops": statistics.median(peaks), "best_peak_flops": max(peaks),
+            "mfu": statistics.median(fpt * tokens / t / p for t, p in zip(times, peaks)),
+            "mfu_vs_best_peak": fpt * tps / max(peaks),
             "threads": torch.get_num_threads(), "seq_len": seq_len, "batch_size": batch_size,
-            "vocab_size": vocab.size}
+            "vocab_size": vocab.size, "steps": steps}
+
+
+def measure_recipe_mfu(recipe_path: str | os.PathLike | None, overrides: list[str] = (), steps: int = 8) -> dict:
+    """measure_mfu with a recipe's model, seq_len, batch_size, threads and vocab (random tokens)."""
+    cfg = load_train_config(recipe_path, overrides)
+    try:
+        vocab: Vocab | int = _resolve_vocab(cfg, None)
+    except (AnygenError, OSError):
+        vocab = 2048
+    return measure_mfu(cfg.model, vocab, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, steps=steps,
+                       threads=cfg.train.threads or None)
 
 
 # ---- `python -m anygen.training.decoder_trainer` (what `accelerate launch -m` runs) ----------
+USAGE = """usage: python -m anygen.training.decoder_trainer RECIPE.yaml [key=value ...] [--resume]
+       python -m anygen.training.decoder_trainer --mfu [RECIPE.yaml] [key=value ...]
+  (several processes: accelerate launch [--config_file training/ddp.yaml] -m anygen.training.decoder_trainer ...)"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    resume = "--resume" in argv
-    argv = [a for a in argv if a != "--resume"]
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m anygen.training.decoder_trainer RECIPE.yaml [key=value ...] [--resume]\n"
-              "       (or under `accelerate launch ... -m anygen.training.decoder_trainer ...`)")
+    resume, mfu = "--resume" in argv, "--mfu" in argv
+    argv = [a for a in argv if a not in ("--resume", "--mfu")]
+    if any(a in ("-h", "--help") for a in argv) or not (argv or mfu):
+        print(USAGE)
         return 0 if argv else 2
+    recipe = argv[0] if argv and "=" not in argv[0] else None
+    overrides = argv[1:] if recipe is not None else argv
     try:
-        path = train_decoder(argv[0], argv[1:], resume=resume)
+        if mfu:
+            print(json.dumps(measure_recipe_mfu(recipe, overrides), indent=2))
+            return 0
+        path = train_decoder(recipe, overrides, resume=resume)
     except AnygenError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -96,7 +96,8 @@ class TextCodecConfig:
     model_type: str = choice("bpe", "unigram")
 
     def __post_init__(self):
-        check(self.vocab_size >= 64, "vocab_size", f"must be >= 64, got {self.vocab_size}")
+        check(self.vocab_size >= 300, "vocab_size",
+              f"must be >= 300 (256 byte-fallback pieces plus the corpus characters), got {self.vocab_size}")
 
 
 def load_recipe(recipe_path: str | os.PathLike | None, overrides: list[str] = ()) -> TokenizerRecipe:
@@ -307,7 +308,10 @@ def _train_text(recipe: TokenizerRecipe, out: Path) -> Path:
     cfg = build_codec_config(recipe)
     start = time.time()
     lines = text_corpus(recipe.data)
-    _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
+    try:
+        _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
+    except RuntimeError as e:  # sentencepiece reports e.g. a vocabulary smaller than the character set
+        raise AnygenError(f"codec.vocab_size: sentencepiece cannot train ({str(e).splitlines()[0]})") from None
     atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)),
                                                           sort_keys=False).encode())
     summary = {"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size, "wall_s": round(time.time() - start, 2)}

@@ -68,3 +68,29 @@ def test_backend_choice():
             self.lm = lm
 
     assert resolve_lm(Wrapper(model)) is model
+
+
+@pytest.mark.parametrize("decoder_cls", [FastDecoder, HFDecoder])
+def test_column_window_is_a_slice_of_the_full_logits(decoder_cls):
+    model = tiny()
+    ids = torch.randint(3, 60, (2, 6))
+    n_pad = torch.zeros(2, dtype=torch.long)
+    full, part = decoder_cls(model, 2, 10), decoder_cls(model, 2, 10)
+    torch.testing.assert_close(part.prefill(ids, n_pad, 10, 30), full.prefill(ids, n_pad)[:, 10:30])
+    tok = torch.tensor([5, 7])
+    torch.testing.assert_close(part.step(tok, 40, 60), full.step(tok)[:, 40:60])
+    if decoder_cls is FastDecoder:
+        assert part.step(tok, 0, 0) is None  # every row forced: no head at all
+
+
+def test_prepared_weights_follow_in_place_updates():
+    model = tiny()
+    ids = torch.randint(3, 60, (1, 5))
+    n_pad = torch.zeros(1, dtype=torch.long)
+    before = FastDecoder(model, 1, 8).prefill(ids, n_pad)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(3.0)  # an optimiser-style in-place step
+        ref = model(input_ids=ids).logits[:, -1]
+    after = FastDecoder(model, 1, 8).prefill(ids, n_pad)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-5)

@@ -254,6 +254,12 @@ def test_cfg_scale_one_equals_unguided():
         cfg.cfg_scale = (1.0,)
         guided = generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null]])[0]
         assert guided.ids == plain.ids
+        # guidance rows present in the batch but never applied (empty interval): same draws
+        cfg.cfg_scale, cfg.cfg_interval = (3.0,), (1.0, 1.0)
+        stats = GenerationStats()
+        idle = generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null, 9, 9, 9]], stats=stats)[0]
+        assert stats.rows == 2 and idle.ids == plain.ids
+        cfg.cfg_interval = (0.0, 1.0)
     cfg.cfg_scale = (4.0,)
     strong = [generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null]])[0].ids
               for cfg.seed in range(4)]
@@ -325,3 +331,21 @@ def test_clear_errors():
         generate(model, vocab, [[vocab.bos] * 256])
     with pytest.raises(AnygenError, match="outside the vocab"):
         generate(model, vocab, [[vocab.size + 3]])
+
+
+@pytest.mark.parametrize("layout", ["flat", "delay"])
+def test_prompt_ending_inside_a_span_is_continued(layout):
+    vocab = make_vocab(layout)
+    model = tiny_model(vocab)
+    g = vocab.grid_id((2, 2))
+    head = [vocab.bos, 3, vocab.boi, g, vocab.image_start + 1, vocab.image_start + 2]
+    res = generate(model, vocab, [head], GenerationConfig(max_new_tokens=10, seed=0))[0]
+    image = res.spans[0]
+    assert image.kind == "image" and image.start == -4 and image.end == 3 and image.complete
+    assert image.ids[:4] == tuple(head[2:]) and res.ids[2] == vocab.eoi
+    assert all(c in vocab.image_range for c in res.ids[:2])
+    check_grammar(vocab, head[1:] + res.ids)
+    audio_head = [vocab.bos, vocab.boa, vocab.audio_start + 1]  # level 0 of the first frame/step
+    res = generate(model, vocab, [audio_head], GenerationConfig(max_new_tokens=30, audio_max_frames=3, seed=0))[0]
+    assert res.spans[0].kind == "audio" and res.spans[0].start == -2
+    check_grammar(vocab, audio_head[1:] + res.ids)

@@ -1,7 +1,13 @@
-"""Scale: the decoder trainer under `accelerate launch --num_processes 2 --cpu` (gloo DDP)."""
+"""Scale: the decoder trainer in two processes (DDP over gloo on CPU) under `accelerate launch`.
+
+accelerate's `--cpu` launcher starts a single process unless MPI is set up, so the CPU
+run uses `--multi_gpu` (torchrun underneath); with no GPU visible the trainer selects
+accelerate's MULTI_CPU mode (gloo).
+"""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -9,37 +15,64 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from anygen.training.decoder_trainer import reset_accelerate_state, train_decoder
 from anygen.vocab import Vocab
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = Vocab(n_text=50, image_codebook_size=32, audio_codebook_size=8, audio_levels=2)
+MODEL = "{n_layers: 2, hidden: 32, n_heads: 4, n_kv_heads: 2, head_dim: 8, intermediate: 64, max_position: 64}"
 
 
-def test_two_process_training_run(tmp_path):
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(VOCAB.to_dict()))
     recipe = tmp_path / "tiny.yaml"
+    # every row is one full-length document, so the mean of the two ranks' losses is the global mean
     recipe.write_text(
-        "model: {n_layers: 2, hidden: 32, n_heads: 4, n_kv_heads: 2, head_dim: 8, intermediate: 64, max_position: 64}\n"
+        f"model: {MODEL}\n"
         f"data: {{kind: synthetic, vocab_file: {tmp_path / 'vocab.json'}, seq_len: 32, batch_size: 2,"
-        " synthetic_doc_len: [4, 20]}\n"
-        f"train: {{out_dir: {tmp_path / 'run'}, steps: 3, save_every: 2, threads: 1, progress: false, log_every: 1}}\n"
+        " synthetic_doc_len: [32, 32]}\n"
+        f"train: {{out_dir: {tmp_path / 'two'}, steps: 3, save_every: 2, threads: 1, progress: false,"
+        " log_every: 1, grad_accum: 2}\n"
         "optim: {warmup_steps: 1, lr: 0.003}\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "anygen.training.decoder_trainer", str(recipe), "train.grad_accum=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()),
+           "-m", "anygen.training.decoder_trainer", str(recipe)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    run = tmp_path / "run"
-    assert proc.stdout.strip().splitlines()[-1] == str(run / "model")  # printed once, by the main process
-    state = json.loads((run / "checkpoints" / "step_00000003" / "trainer_state.json").read_text())
+    two = tmp_path / "two"
+    assert proc.stdout.strip().splitlines()[-1] == str(two / "model")  # printed once, by the main process
+    ckpt = two / "checkpoints" / "step_00000003"
+    state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2
-    assert state["data"]["index"] == 6  # 3 steps × 2 micro-batches of global batches (each rank takes its rows)
-    rng = load_file(str(run / "checkpoints" / "step_00000003" / "rng.safetensors"))
-    assert {"rank0.torch", "rank1.torch"} <= set(rng)
-    train = [m for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
+    assert state["data"]["index"] == 6  # 3 steps × 2 micro-batches of global batches
+    assert {"rank0.torch", "rank1.torch"} <= set(load_file(str(ckpt / "rng.safetensors")))
+    train = [m for m in map(json.loads, (two / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
     assert [m["step"] for m in train] == [1, 2, 3]
-    # targets of both ranks are counted: 2 ranks × 2 micro-batches × 2 rows of up to 31 targets
-    assert all(2 * 31 < m["target_tokens"] <= 8 * 31 for m in train)
-    weights = load_file(str(run / "model" / "model.safetensors"))
-    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert all(m["target_tokens"] == 2 * 2 * 2 * 31 for m in train)  # both ranks' targets are counted
+
+    # one process over the same global batch (4 rows) reaches the same weights
+    reset_accelerate_state()
+    one = train_decoder(recipe, ["data.batch_size=4", f"train.out_dir={tmp_path / 'one'}"])
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(a[k], load_file(str(ckpt.parent / "step_00000002" / "model" / "model.safetensors"))[k])
+               for k in a)
+
+
+def test_example_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    kinds = {}
+    for path in sorted((ROOT / "training").glob("accelerate_*.yaml")):
+        cfg = load_config_from_file(str(path))
+        kinds[path.stem] = cfg.distributed_type.value
+    assert kinds == {"accelerate_cpu_2proc": "MULTI_GPU", "accelerate_ddp": "MULTI_GPU", "accelerate_fsdp": "FSDP"}

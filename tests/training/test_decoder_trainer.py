@@ -61,7 +61,8 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_checkpoints_are_safetensors_json_and_pruned(tmp_path):
-    out = train_decoder(None, recipe(tmp_path, "r", ["train.steps=4", "train.save_every=1", "train.keep_checkpoints=2"]))
+    steps = ["train.steps=4", "train.save_every=1", "train.keep_checkpoints=2"]
+    out = train_decoder(None, recipe(tmp_path, "r", steps))
     run = tmp_path / "r"
     assert [p.name for p in checkpoints(run)] == ["step_00000003", "step_00000004"]
     files = {p.name for p in run.rglob("*") if p.is_file()}
@@ -97,8 +98,9 @@ def test_nonfinite_loss_skips_then_aborts(tmp_path):
     cfg = load_train_config(None, recipe(tmp_path, "nan2", ["train.steps=6", "train.max_bad_steps=3"]))
     model = build_decoder(cfg.model, VOCAB, seed=0)
     model.lm_head.register_forward_hook(lambda mod, a, out: out * float("nan"))
-    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"):
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row"), pytest.warns(UserWarning):
         run_training(cfg, model=model)
+    assert not checkpoints(tmp_path / "nan2")  # nothing written from a diverged run
 
 
 def test_lr_schedules():
@@ -128,13 +130,18 @@ def test_trains_from_token_shards_with_eval(tmp_path):
             for _ in range(n):
                 ids = torch.randint(0, VOCAB.size, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
                 w.add(ids.numpy(), (ids >= 0).numpy(), "t2i")
+    tok = tmp_path / "tok"  # stands in for a MultimodalTokenizer directory
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text(json.dumps({"format": "anygen.tokenizer", "vocab": VOCAB.to_dict()}))
     out = train_decoder(None, TINY + [
+        f"data.tokenizer_dir={tok}",
         "data.kind=shards", f"data.shard_dir={tmp_path / 'train'}", f"data.eval_shard_dir={tmp_path / 'eval'}",
         "data.seq_len=24", "data.batch_size=2", f"train.out_dir={tmp_path / 'run'}", "train.steps=3",
         "train.eval_every=2", "train.eval_batches=2", "train.threads=1", "train.progress=false"])
     m = metrics(tmp_path / "run")
     assert [r["step"] for r in m if r["split"] == "eval"] == [2, 3]
     assert json.loads((out / "anygen_decoder.json").read_text())["vocab"] == VOCAB.to_dict()
+    assert (out / "tokenizer" / "tokenizer.json").exists()  # a complete model directory (anygen.load)
     state = json.loads((checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
     assert state["data"]["row"] == 6  # 3 steps × 2 rows
 

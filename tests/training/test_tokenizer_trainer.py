@@ -199,7 +199,7 @@ def test_text_kind_trains_a_sentencepiece_tokenizer(tmp_path):
     recipe = tmp_path / "text.yaml"
     recipe.write_text(yaml.safe_dump({"kind": "text", "out": str(out),
                                       "data": {"source": "text", "text_scenes": 300, "text_include_emoji": False},
-                                      "codec": {"vocab_size": 200}}))
+                                      "codec": {"vocab_size": 400}}))
     train_tokenizer(recipe, progress=False)
     tok = load_text_tokenizer(out)
     text = "a large red circle at the top left and a small blue square at the center"

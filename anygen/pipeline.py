@@ -1,0 +1,237 @@
+"""The Python API: `anygen.load(DIR)` -> `AnyGen` with generate, draw, caption, say, transcribe, edit.
+
+A model directory holds the decoder (a transformers checkpoint plus `anygen.json`) and
+its `tokenizer/` directory. Every task builds its prompt with `anygen.data.tasks`, so the
+sampler sees exactly the sequences the model was trained on, and hands the ids to the
+batched sampler (`anygen.sampling.engine.generate`); ids become a Document through the
+tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+from anygen.data import tasks
+from anygen.document import Audio, Document, Image, Text
+from anygen.errors import AnygenError
+from anygen.io import read_audio_file, read_image_file
+from anygen.sampling.engine import Prompt, generate
+from anygen.sampling.settings import GenerationConfig, SamplingSettings
+from anygen.tokenizer import MultimodalTokenizer
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
+MAX_PROMPT_CHARS = 20_000
+
+
+def default_model_dir() -> Path:
+    return Path(os.environ.get("ANYGEN_MODEL", DEFAULT_MODEL))
+
+
+def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "AnyGen":
+    """Load a model directory (default: the bundled model, or $ANYGEN_MODEL)."""
+    from anygen.model.decoder import load_decoder
+
+    directory = Path(directory) if directory is not None else default_model_dir()
+    if not directory.is_dir():
+        raise AnygenError(f"{directory}: model directory not found")
+    tok_dir = directory / "tokenizer"
+    if not tok_dir.is_dir():
+        raise AnygenError(f"{directory}: missing tokenizer/ directory")
+    tokenizer = MultimodalTokenizer.load(tok_dir)
+    model = load_decoder(directory, device=device)
+    n_rows = model.get_input_embeddings().weight.shape[0]
+    if n_rows < tokenizer.vocab.size:
+        raise AnygenError(f"{directory}: the model has {n_rows} token embeddings but its tokenizer needs "
+                          f"{tokenizer.vocab.size}: tokenizer and model do not match")
+    return AnyGen(model.eval(), tokenizer)
+
+
+def _check_text(text: str, what: str = "prompt") -> str:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AnygenError(f"{what} is not valid UTF-8") from None
+    if not isinstance(text, str) or not text.strip():
+        raise AnygenError(f"{what} is empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise AnygenError(f"{what} is {len(text)} characters, over the {MAX_PROMPT_CHARS}-character limit")
+    return text
+
+
+def _as_image(image) -> PILImage.Image:
+    if isinstance(image, (str, os.PathLike)):
+        return read_image_file(image)
+    if isinstance(image, PILImage.Image):
+        return image
+    raise AnygenError(f"expected an image path or PIL image, got {type(image).__name__}")
+
+
+def _as_audio(audio) -> tuple[np.ndarray, int]:
+    if isinstance(audio, (str, os.PathLike)):
+        return read_audio_file(audio)
+    if isinstance(audio, Audio):
+        return audio.waveform, audio.sample_rate
+    if isinstance(audio, tuple) and len(audio) == 2:
+        return np.asarray(audio[0], dtype=np.float32), int(audio[1])
+    raise AnygenError(f"expected an audio path, Audio or (waveform, sample_rate), got {type(audio).__name__}")
+
+
+class AnyGen:
+    """A loaded model: decoder + MultimodalTokenizer, with one method per task."""
+
+    def __init__(self, model, tokenizer: MultimodalTokenizer, config: GenerationConfig | None = None):
+        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
+        self.config = config or GenerationConfig(image=SamplingSettings(greedy=True),
+                                                 text=SamplingSettings(greedy=True),
+                                                 audio=SamplingSettings(greedy=True))
+        self.context = int(getattr(model.config, "max_position_embeddings", 4096))
+
+    # ---- plumbing --------------------------------------------------------------------
+    def _config(self, **overrides) -> GenerationConfig:
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self.config, **overrides)
+
+    def _check_length(self, ids: Sequence[int], max_new_tokens: int) -> None:
+        if len(ids) + max_new_tokens > self.context:
+            raise AnygenError(f"the prompt is {len(ids)} tokens; with {max_new_tokens} new tokens it exceeds "
+                              f"the model's context of {self.context} tokens")
+
+    def _image_budget(self) -> int:
+        h, w = self.vocab.image_grids[0]
+        return h * w + 4  # <boi> <grid> codes <eoi> <eos>
+
+    def _images_of(self, result) -> list[PILImage.Image]:
+        return [seg.image for seg in self.tokenizer.decode(result.ids) if isinstance(seg, Image)]
+
+    # ---- tasks -----------------------------------------------------------------------
+    def generate(self, prompt: Document | str, max_new_tokens: int = 512, seed: int | None = None,
+                 callback: Callable[[Document], None] | None = None, **settings) -> Document:
+        """Continue any Document with interleaved text, images and audio; returns the continuation."""
+        if isinstance(prompt, str):
+            prompt = Document([Text(_check_text(prompt))])
+        if len(prompt) == 0:
+            raise AnygenError("prompt is empty")
+        ids = self.tokenizer.encode(prompt, eos=False)
+        self._check_length(ids, max_new_tokens)
+        cfg = self._config(max_new_tokens=max_new_tokens, seed=seed, **settings)
+        segment_callback = None
+        if callback is not None:
+            def segment_callback(row, span):  # noqa: E306
+                callback(self.tokenizer.decode(list(span.ids)))
+        [result] = generate(self.model, self.vocab, [ids], cfg, callback=segment_callback)
+        return self.tokenizer.decode(result.ids)
+
+    def draw(self, text: str, n: int = 1, cfg_scale: float = 1.0, seed: int | None = 0,
+             best_of: int = 1, **settings) -> list[PILImage.Image]:
+        """text -> n images (batched; classifier-free guidance when cfg_scale != 1).
+
+        best_of > 1 samples that many candidates per image and keeps the one under which the
+        model finds the prompt most likely as a caption (image -> text re-ranking).
+        """
+        text = _check_text(text)
+        if n < 1 or best_of < 1:
+            raise AnygenError("n and best_of must be at least 1")
+        cond = tasks.task_prompt(self.tokenizer, "text_to_image", text=text)
+        uncond = tasks.null_condition_prompt(self.tokenizer, "text_to_image")
+        self._check_length(cond, self._image_budget())
+        total = n * best_of
+        guided = cfg_scale != 1.0
+        prompts = [Prompt(cond, uncond=[uncond] if guided else (), force=[self.vocab.boi]) for _ in range(total)]
+        cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, cfg_scale=(cfg_scale,),
+                           allow_audio=False, **settings)
+        results = generate(self.model, self.vocab, prompts, cfg)
+        spans = [next((s for s in r.spans if s.kind == "image" and s.complete), None) for r in results]
+        if best_of > 1:
+            from anygen.sampling.scoring import rank_images_by_caption
+
+            caption_ids = self.tokenizer.encode_text(text)
+            chosen = []
+            for k in range(n):
+                group = [s for s in spans[k * best_of:(k + 1) * best_of] if s is not None]
+                if not group:
+                    chosen.append(None)
+                    continue
+                order, _ = rank_images_by_caption(self.model, [list(s.ids) for s in group], caption_ids,
+                                                  before=[self.vocab.bos], after=[self.vocab.eos],
+                                                  pad_id=self.vocab.pad)
+                chosen.append(group[order[0]])
+            spans = chosen
+        images = []
+        for span in spans[:n] if best_of == 1 else spans:
+            if span is None:
+                raise AnygenError("the model did not finish an image within its token budget")
+            images += [seg.image for seg in self.tokenizer.decode(list(span.ids)) if isinstance(seg, Image)]
+        return images
+
+    def caption(self, image, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+        """image -> text."""
+        ids = tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(image))
+        return self._text_answer(ids, max_new_tokens, seed, **settings)
+
+    def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+        """audio (path, Audio or (waveform, sr)) -> text."""
+        ids = tasks.task_prompt(self.tokenizer, "audio_to_text", audio=_as_audio(audio))
+        return self._text_answer(ids, max_new_tokens, seed, **settings)
+
+    def _text_answer(self, ids, max_new_tokens, seed, **settings) -> str:
+        self._check_length(ids, max_new_tokens)
+        cfg = self._config(max_new_tokens=max_new_tokens, seed=seed, allow_image=False, allow_audio=False,
+                           **settings)
+        [result] = generate(self.model, self.vocab, [ids], cfg)
+        return self.tokenizer.decode(result.ids).text.strip()
+
+    def say(self, text: str, cfg_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
+            **settings) -> Audio:
+        """text -> audio (e.g. "the notes C E G" -> a melody)."""
+        text = _check_text(text)
+        cond = tasks.task_prompt(self.tokenizer, "text_to_audio", text=text)
+        uncond = tasks.null_condition_prompt(self.tokenizer, "text_to_audio")
+        frames = max_frames or self.config.audio_max_frames
+        from anygen.codecs.layout import stream_length
+
+        budget = stream_length(frames, self.vocab.audio_levels, self.vocab.audio_layout) + 3
+        self._check_length(cond, budget)
+        cfg = self._config(max_new_tokens=budget, seed=seed, cfg_scale=(cfg_scale,), allow_image=False,
+                           audio_max_frames=frames, **settings)
+        prompt = Prompt(cond, uncond=[uncond] if cfg_scale != 1.0 else (), force=[self.vocab.boa])
+        [result] = generate(self.model, self.vocab, [prompt], cfg)
+        audios = self.tokenizer.decode(result.ids).audios
+        if not audios:
+            raise AnygenError("the model did not produce audio within its token budget")
+        return audios[0]
+
+    def edit(self, image, instruction: str, text_scale: float = 1.0, image_scale: float = 1.0,
+             editable: Sequence[bool] | None = None, seed: int | None = 0, **settings) -> PILImage.Image:
+        """(image, instruction) -> edited image, with InstructPix2Pix-style dual guidance.
+
+        `editable` (H*W booleans, row-major over the code grid) limits which codes may
+        change; the rest are copied from the source.
+        """
+        instruction = _check_text(instruction, "instruction")
+        source = _as_image(image)
+        codes = self.tokenizer.image_codes(source)  # (H, W)
+        cond = tasks.task_prompt(self.tokenizer, "edit", image=codes, instruction=instruction)
+        guided = text_scale != 1.0 or image_scale != 1.0
+        chain = ()
+        if guided:
+            chain = [tasks.null_condition_prompt(self.tokenizer, "edit", drop="instruction", image=codes),
+                     tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
+        self._check_length(cond, self._image_budget())
+        source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
+        prompt = Prompt(cond, uncond=chain, force=[self.vocab.boi], source=source_ids if editable is not None else None,
+                        editable=list(editable) if editable is not None else None)
+        cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, allow_audio=False,
+                           cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
+        [result] = generate(self.model, self.vocab, [prompt], cfg)
+        images = self._images_of(result)
+        if not images:
+            raise AnygenError("the model did not finish the edited image within its token budget")
+        return images[0]

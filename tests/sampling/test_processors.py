@@ -1,0 +1,110 @@
+"""Logits processors, settings validation, presets, and likelihood scoring."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from anygen.config import ConfigError, load_config
+from anygen.sampling import GenerationConfig, SamplingSettings, rank_images_by_caption, score_sequences
+from anygen.sampling.processors import apply_repetition_penalty, draw, warp
+
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+PRESETS = Path(__file__).resolve().parents[2] / "sampling"
+NEG = float("-inf")
+
+
+def test_top_k_top_p_min_p_keep_the_right_ids():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(warp(logits, SamplingSettings(top_k=2))).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(warp(logits, SamplingSettings(top_p=0.7))).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(warp(logits, SamplingSettings(top_p=0.1))).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(warp(logits, SamplingSettings(min_p=0.2))).tolist() == [[True, True, True, False]]
+    hot = warp(logits, SamplingSettings(temperature=2.0))
+    torch.testing.assert_close(hot, logits / 2)
+    assert warp(logits, SamplingSettings(greedy=True)) is logits
+    assert draw(logits, SamplingSettings(temperature=0.0), None).tolist() == [0]
+
+
+def test_masked_ids_are_never_drawn():
+    logits = torch.zeros(4, 6)
+    logits[:, :3] = NEG
+    g = torch.Generator().manual_seed(0)
+    for s in (SamplingSettings(), SamplingSettings(top_k=5), SamplingSettings(top_p=0.5), SamplingSettings(min_p=0.5)):
+        for _ in range(10):
+            assert (draw(warp(logits, s), s, g) >= 3).all()
+
+
+def test_repetition_penalty_follows_ctrl_rule():
+    logits = torch.tensor([[2.0, -2.0, 1.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(logits, seen, 2.0).tolist() == [[1.0, -4.0, 1.0]]
+    assert apply_repetition_penalty(logits, seen, 1.0) is logits
+
+
+def test_settings_validation_names_the_field():
+    with pytest.raises(ConfigError, match="top_p"):
+        SamplingSettings(top_p=0.0)
+    with pytest.raises(ConfigError, match="cfg_interval"):
+        GenerationConfig(cfg_interval=(0.8, 0.2))
+    with pytest.raises(ConfigError, match="backend"):
+        GenerationConfig(backend="cuda-graphs")
+    assert GenerationConfig(cfg_scale=3).cfg_scale == (3.0,)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_load(preset):
+    cfg = load_config(GenerationConfig, preset, ["seed=3"])
+    assert isinstance(cfg.image, SamplingSettings) and cfg.seed == 3
+
+
+def test_presets_exist():
+    assert {"default.yaml", "shapes.yaml", "edit.yaml"} <= {p.name for p in PRESETS.glob("*.yaml")}
+    assert not list(PRESETS.glob("*.py")) and not (PRESETS / "__init__.py").exists()
+
+
+def test_yaml_scalar_scale_and_overrides():
+    cfg = load_config(GenerationConfig, None, ["cfg_scale=2.5", "image.top_k=4", "image_grid=[8, 8]"])
+    assert cfg.cfg_scale == (2.5,) and cfg.image.top_k == 4 and cfg.image_grid == (8, 8)
+    cfg = load_config(GenerationConfig, None, ["cfg_scale=[3, 1.5]"])
+    assert cfg.cfg_scale == (3.0, 1.5)
+
+
+def test_score_sequences_matches_a_plain_forward():
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, intermediate_size=64)
+    model = Qwen3ForCausalLM(cfg).eval()
+    seqs = [[1, 5, 6, 7, 8, 9], [1, 10, 11], [1, 12, 13, 14]]
+    masks = [[False, False, False, True, True, True], [False, True, True], [False, False, True, True]]
+    got = score_sequences(model, seqs, masks, batch_size=2)
+    for seq, mask, value in zip(seqs, masks, got):
+        with torch.no_grad():
+            lp = model(input_ids=torch.tensor([seq])).logits[0].log_softmax(-1)
+        want = sum(float(lp[t - 1, seq[t]]) for t in range(1, len(seq)) if mask[t])
+        assert abs(float(value) - want) < 1e-4
+    order, scores = rank_images_by_caption(model, [[20, 21], [22, 23], [24, 25]], [5, 6], before=[1], after=[2])
+    assert sorted(order) == [0, 1, 2] and scores[order[0]] == scores.max()
+    with pytest.raises(ValueError, match="position 0"):
+        score_sequences(model, [[1, 2]], [[True, True]])
+
+
+def test_categorical_sampler_matches_the_distribution():
+    from anygen.sampling.processors import sample_categorical
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.2, 0.0])
+    g = torch.Generator().manual_seed(0)
+    draws = sample_categorical(probs.expand(20000, -1), g)
+    freq = torch.bincount(draws, minlength=6).float() / 20000
+    assert freq[[0, 2, 5]].sum() == 0
+    assert (freq - probs).abs().max() < 0.02
