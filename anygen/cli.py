@@ -60,6 +60,161 @@ def cmd_eval_judges(args) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
+# ---- tokenizers --------------------------------------------------------------------------
+def cmd_tokenizer_train(args) -> None:
+    from anygen.training.tokenizer_trainer import train_tokenizer
+
+    out = train_tokenizer(args.recipe, args.overrides, resume=args.resume)
+    print(f"tokenizer written to {out}")
+
+
+def cmd_tokenizer_eval(args) -> None:
+    from anygen.eval.tokenizer_eval import evaluate_tokenizer
+
+    results = evaluate_tokenizer(args.directory, data=args.data, n=args.n, seed=args.seed)
+    _print_json(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def cmd_tokenizer_assemble(args) -> None:
+    from anygen.tokenizer import MultimodalTokenizer
+
+    tokenizer = MultimodalTokenizer.assemble(args.text, image_dir=args.image, audio_dir=args.audio,
+                                             audio_layout=args.layout)
+    tokenizer.save(args.out)
+    v = tokenizer.vocab
+    print(f"tokenizer written to {args.out}: {v.size} ids (text {v.n_text}, image {v.image_codebook_size}, "
+          f"audio {v.audio_levels}x{v.audio_codebook_size}, layout {v.audio_layout})")
+
+
+# ---- decoder -----------------------------------------------------------------------------
+def cmd_pretokenize(args) -> None:
+    from anygen.data.pretokenize import pretokenize
+
+    out = pretokenize(args.recipe, args.overrides)
+    print(f"shards written to {out}")
+
+
+def cmd_train(args) -> None:
+    from anygen.training.decoder_trainer import train_decoder
+
+    overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
+    out = train_decoder(args.recipe, overrides, resume=args.resume)
+    print(f"model written to {out}")
+
+
+# ---- generation --------------------------------------------------------------------------
+def _model(args):
+    from anygen.pipeline import load
+
+    return load(args.model)
+
+
+def _settings(args) -> dict:
+    from anygen.sampling.settings import SamplingSettings
+
+    if args.temperature is None and args.top_k is None and args.top_p is None:
+        return {}
+    s = SamplingSettings(temperature=args.temperature or 1.0, top_k=args.top_k or 0, top_p=args.top_p or 1.0)
+    return {"text": s, "image": s, "audio": s}
+
+
+def cmd_generate(args) -> None:
+    from anygen.document import Document, Text
+
+    model = _model(args)
+    prompt = Document.load(args.prompt) if Path(args.prompt).is_dir() else Document([Text(args.prompt)])
+    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **_settings(args))
+    out = (prompt + continuation).save(args.out)
+    print(f"wrote {out / 'index.html'}")
+
+
+def cmd_draw(args) -> None:
+    model = _model(args)
+    images = model.draw(args.text, n=args.n, cfg_scale=args.cfg_scale, seed=args.seed, best_of=args.best_of,
+                        **_settings(args))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
+                                           for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+        print(f"wrote {path}")
+
+
+def cmd_caption(args) -> None:
+    print(_model(args).caption(args.image, seed=args.seed))
+
+
+def cmd_transcribe(args) -> None:
+    print(_model(args).transcribe(args.audio, seed=args.seed))
+
+
+def cmd_say(args) -> None:
+    from anygen.document import wav_bytes
+    from anygen.io import atomic_write_bytes
+
+    audio = _model(args).say(args.text, cfg_scale=args.cfg_scale, seed=args.seed)
+    atomic_write_bytes(args.out, wav_bytes(audio.waveform, audio.sample_rate))
+    print(f"wrote {args.out} ({audio.seconds:.2f} s)")
+
+
+def cmd_edit(args) -> None:
+    model = _model(args)
+    editable = None
+    if args.mask:
+        editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
+    image = model.edit(args.image, args.instruction, text_scale=args.text_scale, image_scale=args.image_scale,
+                       editable=editable, seed=args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out}")
+
+
+def parse_cell_mask(text: str, grid: tuple[int, int]) -> list[bool]:
+    """`--mask` as ShapesWorld cells ("0,4": top left and center of a 3x3 layout) or code boxes
+    ("box:r0,c0,r1,c1" over the code grid, inclusive) -> H*W editable flags."""
+    h, w = grid
+    editable = [False] * (h * w)
+    for part in text.split(";"):
+        part = part.strip()
+        if part.startswith("box:"):
+            try:
+                r0, c0, r1, c1 = (int(x) for x in part[4:].split(","))
+            except ValueError:
+                raise AnygenError(f"--mask {part!r}: expected box:r0,c0,r1,c1") from None
+            for r in range(max(r0, 0), min(r1, h - 1) + 1):
+                for c in range(max(c0, 0), min(c1, w - 1) + 1):
+                    editable[r * w + c] = True
+        else:
+            for cell in part.split(","):
+                if not cell.strip().isdigit() or not 0 <= int(cell) <= 8:
+                    raise AnygenError(f"--mask: {cell!r} is not a cell 0-8 (row-major 3x3) or box:r0,c0,r1,c1")
+                row, col = divmod(int(cell), 3)
+                for r in range(h):
+                    for c in range(w):
+                        if r * 3 // h == row and c * 3 // w == col:
+                            editable[r * w + c] = True
+    return editable
+
+
+# ---- benchmarks --------------------------------------------------------------------------
+def cmd_bench_sample(args) -> None:
+    from anygen.sampling.bench import format_sample_bench, run_sample_bench
+
+    model = vocab = codec_decode = None
+    if args.model:
+        loaded = _model(args)
+        model, vocab = loaded.model, loaded.vocab
+        if loaded.tokenizer.image is not None:
+            codec_decode = loaded.tokenizer.image.decode_images
+    results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode)
+    print(format_sample_bench(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -87,6 +242,98 @@ def build_parser() -> argparse.ArgumentParser:
     p = judge.add_parser("melody", help="print the notes the judge hears in a WAV file, as JSON")
     p.add_argument("file")
     p.set_defaults(func=cmd_judge_melody)
+
+
+    # tokenizers
+    tk = sub.add_parser("tokenizer", help="train, evaluate and assemble codebook tokenizers").add_subparsers(
+        dest="action", metavar="ACTION", required=True)
+    p = tk.add_parser("train", help="train a tokenizer from a recipe (tokenizers/*.yaml)",
+                      description="Train an image codec, audio codec or text tokenizer. Overrides are dotted "
+                                  "keys, e.g. train.steps=100 codec.quantizer=vq.")
+    p.add_argument("recipe", help="recipe YAML, e.g. tokenizers/shapes_image.yaml")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the recipe's out dir")
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = tk.add_parser("eval", help="reconstruction quality, codebook usage, judge accuracy and throughput")
+    p.add_argument("directory", help="a trained codec or text tokenizer directory")
+    p.add_argument("--data", default="", help="shapes | emoji | melodies | speech | a folder (default: by codec)")
+    p.add_argument("--n", type=int, default=500, help="held-out samples (default 500)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the held-out samples (default 1234)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_tokenizer_eval)
+    p = tk.add_parser("assemble", help="combine a text tokenizer and codecs into one MultimodalTokenizer")
+    p.add_argument("--text", required=True, help="text tokenizer directory")
+    p.add_argument("--image", help="image codec directory")
+    p.add_argument("--audio", help="audio codec directory")
+    p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")
+    p.add_argument("--out", required=True, help="output tokenizer directory")
+    p.set_defaults(func=cmd_tokenizer_assemble)
+
+    # decoder
+    p = sub.add_parser("pretokenize", help="turn worlds and user data into token shards (recipe)")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.set_defaults(func=cmd_pretokenize)
+    p = sub.add_parser("train", help="train the early-fusion decoder from a recipe (training/*.yaml)",
+                       description="Train the decoder. Multi-process: accelerate launch --config_file "
+                                   "training/accelerate_cpu_2proc.yaml -m anygen train RECIPE ...")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint")
+    p.add_argument("--init-from", help="a local Hugging Face causal LM directory to extend")
+    p.set_defaults(func=cmd_train)
+
+    # generation
+    def gen_parser(name, help_, positional, positional_help):
+        q = sub.add_parser(name, help=help_)
+        q.add_argument(positional, help=positional_help)
+        q.add_argument("--model", help="model directory (default: the bundled model, or $ANYGEN_MODEL)")
+        q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        return q
+
+    def sampling_args(q):
+        q.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
+        q.add_argument("--top-k", type=int, dest="top_k")
+        q.add_argument("--top-p", type=float, dest="top_p")
+
+    p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
+                   "prompt text, or a Document directory")
+    p.add_argument("--out", default="out/generate", help="output directory (default out/generate)")
+    p.add_argument("--max-new-tokens", type=int, default=512, dest="max_new_tokens")
+    sampling_args(p)
+    p.set_defaults(func=cmd_generate)
+    p = gen_parser("draw", "text -> image(s)", "text", "what to draw")
+    p.add_argument("--out", default="out/draw.png", help="output PNG (with --n > 1: NAME_i.png)")
+    p.add_argument("--n", type=int, default=1, help="number of images (batched)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, dest="cfg_scale", help="guidance scale (1 = none)")
+    p.add_argument("--best-of", type=int, default=1, dest="best_of",
+                   help="sample this many per image and keep the one that best explains the prompt")
+    sampling_args(p)
+    p.set_defaults(func=cmd_draw)
+    p = gen_parser("caption", "image -> text", "image", "image file")
+    p.set_defaults(func=cmd_caption)
+    p = gen_parser("transcribe", "audio -> text", "audio", "WAV file")
+    p.set_defaults(func=cmd_transcribe)
+    p = gen_parser("say", "text -> audio (WAV)", "text", "what to say/play, e.g. 'the notes C E G'")
+    p.add_argument("--out", default="out/say.wav")
+    p.add_argument("--cfg-scale", type=float, default=1.0, dest="cfg_scale")
+    p.set_defaults(func=cmd_say)
+    p = gen_parser("edit", "edit an image by instruction", "image", "source image file")
+    p.add_argument("instruction", help='e.g. "make the red circle blue"')
+    p.add_argument("--out", default="out/edit.png")
+    p.add_argument("--text-scale", type=float, default=1.0, dest="text_scale", help="instruction guidance")
+    p.add_argument("--image-scale", type=float, default=1.0, dest="image_scale", help="source-image guidance")
+    p.add_argument("--mask", help="cells that may change: '0,4' (3x3 cells, row-major) or 'box:r0,c0,r1,c1'")
+    p.set_defaults(func=cmd_edit)
+
+    # benchmarks
+    bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="action", metavar="ACTION",
+                                                                          required=True)
+    p = bench.add_parser("sample", help="sampler speed vs transformers generate(), bandwidth, CFG cost")
+    p.add_argument("--model", help="model directory (default: a random shapes-sized model)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_sample)
 
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")

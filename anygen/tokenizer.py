@@ -185,6 +185,21 @@ class MultimodalTokenizer:
             waveform = self.audio.decode_audio(codes)
         return Audio(waveform, self.audio.sample_rate), end
 
+    @classmethod
+    def assemble(cls, text_dir, image_dir=None, audio_dir=None, audio_layout: str = "flat") -> "MultimodalTokenizer":
+        """Combine separately trained parts (text tokenizer, image codec, audio codec directories)."""
+        text = load_text_tokenizer(text_dir)
+        image = audio = None
+        if image_dir:
+            from anygen.codecs.image import ImageCodec
+
+            image = ImageCodec.load(image_dir).eval()
+        if audio_dir:
+            from anygen.codecs.audio import AudioCodec
+
+            audio = AudioCodec.load(audio_dir).eval()
+        return cls(text, image, audio, audio_layout=audio_layout)
+
     # ---- save / load ------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
