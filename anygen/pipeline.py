@@ -136,15 +136,23 @@ class AnyGen:
         best_of > 1 samples that many candidates per image and keeps the one under which the
         model finds the prompt most likely as a caption (image -> text re-ranking).
         """
-        text = _check_text(text)
         if n < 1 or best_of < 1:
             raise AnygenError("n and best_of must be at least 1")
-        cond = tasks.task_prompt(self.tokenizer, "text_to_image", text=text)
+        return self.draw_batch([text] * n, cfg_scale=cfg_scale, seed=seed, best_of=best_of, **settings)
+
+    def draw_batch(self, texts: Sequence[str], cfg_scale: float = 1.0, seed: int | None = 0,
+                   best_of: int = 1, **settings) -> list[PILImage.Image]:
+        """One image per text, all rows sampled together in one batch."""
+        texts = [_check_text(t) for t in texts]
+        if not texts:
+            raise AnygenError("no prompts given")
         uncond = tasks.null_condition_prompt(self.tokenizer, "text_to_image")
-        self._check_length(cond, self._image_budget())
-        total = n * best_of
         guided = cfg_scale != 1.0
-        prompts = [Prompt(cond, uncond=[uncond] if guided else (), force=[self.vocab.boi]) for _ in range(total)]
+        prompts = []
+        for text in texts:
+            cond = tasks.task_prompt(self.tokenizer, "text_to_image", text=text)
+            self._check_length(cond, self._image_budget())
+            prompts += [Prompt(cond, uncond=[uncond] if guided else (), force=[self.vocab.boi])] * best_of
         cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, cfg_scale=(cfg_scale,),
                            allow_audio=False, **settings)
         results = generate(self.model, self.vocab, prompts, cfg)
@@ -152,20 +160,19 @@ class AnyGen:
         if best_of > 1:
             from anygen.sampling.scoring import rank_images_by_caption
 
-            caption_ids = self.tokenizer.encode_text(text)
             chosen = []
-            for k in range(n):
+            for k, text in enumerate(texts):
                 group = [s for s in spans[k * best_of:(k + 1) * best_of] if s is not None]
                 if not group:
                     chosen.append(None)
                     continue
-                order, _ = rank_images_by_caption(self.model, [list(s.ids) for s in group], caption_ids,
-                                                  before=[self.vocab.bos], after=[self.vocab.eos],
-                                                  pad_id=self.vocab.pad)
+                order, _ = rank_images_by_caption(self.model, [list(s.ids) for s in group],
+                                                  self.tokenizer.encode_text(text), before=[self.vocab.bos],
+                                                  after=[self.vocab.eos], pad_id=self.vocab.pad)
                 chosen.append(group[order[0]])
             spans = chosen
         images = []
-        for span in spans[:n] if best_of == 1 else spans:
+        for span in spans:
             if span is None:
                 raise AnygenError("the model did not finish an image within its token budget")
             images += [seg.image for seg in self.tokenizer.decode(list(span.ids)) if isinstance(seg, Image)]
@@ -173,8 +180,39 @@ class AnyGen:
 
     def caption(self, image, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """image -> text."""
-        ids = tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(image))
-        return self._text_answer(ids, max_new_tokens, seed, **settings)
+        return self.caption_batch([image], max_new_tokens, seed, **settings)[0]
+
+    def caption_batch(self, images: Sequence, max_new_tokens: int = 64, seed: int | None = 0,
+                      **settings) -> list[str]:
+        """One caption per image, batched."""
+        prompts = [tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(im)) for im in images]
+        return self._text_answers(prompts, max_new_tokens, seed, **settings)
+
+    def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, **settings) -> Document:
+        """An interleaved story: the opening sentence, then `n_steps` (image, next sentence) turns.
+
+        `<eos>` is not allowed until the story has `n_steps` images, so the model cannot stop
+        after the first picture (a caption followed by an image is also a whole text->image example).
+        """
+        opening = _check_text(opening, "opening")
+        ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
+        per_step = self._image_budget() + 40
+        budget = n_steps * per_step
+        self._check_length(ids, budget)
+        cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
+        cut = []
+
+        [result] = generate(self.model, self.vocab, [ids], cfg)
+        images_seen = 0
+        for span in result.spans:
+            if span.kind == "image":
+                images_seen += 1
+            if images_seen == n_steps and span.kind == "image":
+                cut = result.ids[:span.end]
+                break
+        else:
+            cut = result.ids
+        return Document([Text(opening)]) + self.tokenizer.decode(cut)
 
     def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """audio (path, Audio or (waveform, sr)) -> text."""
@@ -182,11 +220,15 @@ class AnyGen:
         return self._text_answer(ids, max_new_tokens, seed, **settings)
 
     def _text_answer(self, ids, max_new_tokens, seed, **settings) -> str:
-        self._check_length(ids, max_new_tokens)
+        return self._text_answers([ids], max_new_tokens, seed, **settings)[0]
+
+    def _text_answers(self, prompts, max_new_tokens, seed, **settings) -> list[str]:
+        for ids in prompts:
+            self._check_length(ids, max_new_tokens)
         cfg = self._config(max_new_tokens=max_new_tokens, seed=seed, allow_image=False, allow_audio=False,
                            **settings)
-        [result] = generate(self.model, self.vocab, [ids], cfg)
-        return self.tokenizer.decode(result.ids).text.strip()
+        results = generate(self.model, self.vocab, prompts, cfg)
+        return [self.tokenizer.decode(r.ids).text.strip() for r in results]
 
     def say(self, text: str, cfg_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
             **settings) -> Audio:

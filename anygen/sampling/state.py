@@ -21,7 +21,6 @@ from anygen.sampling.settings import GenerationConfig
 from anygen.vocab import Vocab
 
 TEXT, IMAGE, AUDIO = 0, 1, 2  # modality index: GenerationConfig.text / .image / .audio
-KINDS = ("text", "image", "audio")
 _GRID, _CODES, _EOI = 1, 2, 3  # image sub-states (mode TEXT = 0, AUDIO = 4, DONE = 5)
 _AUDIO, _DONE = 4, 5
 

@@ -1,0 +1,102 @@
+"""The eval suite's metric computations: a perfect generator scores 100%, a wrong one what it should."""
+
+from dataclasses import replace
+
+import pytest
+
+from anygen.data.shapes import (COLORS, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
+                                parse_melody_text, render_melody, render_scene)
+from anygen.document import Audio, Document, Image, Text
+from anygen.eval.judges import judge_image, judge_melody
+from anygen.eval.suite import evaluate_shapes, preservation_psnr, score_scene, story_scores
+
+
+class Oracle:
+    """Renders exactly what each prompt asks for: the ceiling of every metric."""
+
+    def draw_batch(self, texts, seed=0):
+        return [render_scene(parse_caption(t)) for t in texts]
+
+    def caption_batch(self, images, seed=0):
+        return [judge_image(im).caption() for im in images]
+
+    def edit(self, image, instruction, seed=0):
+        return render_scene(apply_instruction(judge_image(image), instruction))
+
+    def say(self, text, seed=0):
+        return Audio(render_melody(parse_melody_text(text)), 16000)
+
+    def transcribe(self, audio, seed=0):
+        return "the notes " + " ".join(judge_melody(*audio))
+
+    def story(self, opening, n_steps=3, seed=0):
+        scene = parse_caption(opening)
+        world = ShapesWorld(WorldConfig(seed=seed))
+        doc = Document([Text(opening), Image(render_scene(scene))])
+        for _ in range(n_steps - 1):
+            e = world.sample_edit(scene=scene)
+            scene = e.target
+            doc = doc + Document([Text(e.narrative()), Image(render_scene(scene))])
+        return doc
+
+
+class RecolourEverything(Oracle):
+    """Gets every colour wrong (red <-> others) and answers captions with a fixed sentence."""
+
+    @staticmethod
+    def _wrong(scene):
+        colors = list(COLORS)
+        return Scene(tuple(replace(o, color=colors[(colors.index(o.color) + 1) % len(colors)]) for o in scene.objects))
+
+    def draw_batch(self, texts, seed=0):
+        return [render_scene(self._wrong(parse_caption(t))) for t in texts]
+
+    def caption_batch(self, images, seed=0):
+        return ["a large red circle at the top left"] * len(images)
+
+
+def test_perfect_generator_scores_100_percent():
+    results = evaluate_shapes(Oracle(), n=6, seed=3)
+    for key, value in results.items():
+        if key.endswith("preservation_db"):
+            assert value == 60.0, key
+        else:
+            assert value == 1.0, key
+
+
+def test_wrong_colours_score_exactly_what_they_should():
+    results = evaluate_shapes(RecolourEverything(), n=8, seed=4, suites=("t2i", "i2t"))
+    for k in (1, 2, 3):
+        assert results[f"t2i.objects_{k}.color"] == 0.0
+        assert results[f"t2i.objects_{k}.all_correct"] == 0.0
+        assert results[f"t2i.objects_{k}.shape"] == 1.0 and results[f"t2i.objects_{k}.position"] == 1.0
+        assert results[f"t2i.objects_{k}.count"] == 1.0
+    assert results["i2t.exact"] < 0.5
+
+
+def test_score_scene_partial_credit():
+    target = Scene((Obj("circle", "red", "large", 0), Obj("square", "blue", "small", 4)))
+    judged = Scene((Obj("circle", "red", "small", 0),))
+    s = score_scene(target, judged)
+    assert s == {"position": 0.5, "shape": 0.5, "color": 0.5, "size": 0.0, "count": 0.0, "all_correct": 0.0}
+    assert score_scene(target, None)["position"] == 0.0
+
+
+def test_preservation_ignores_edited_cells():
+    a = render_scene(Scene((Obj("circle", "red", "large", 0), Obj("square", "blue", "small", 4))))
+    b = render_scene(Scene((Obj("circle", "green", "large", 0), Obj("square", "blue", "small", 4))))
+    assert preservation_psnr(b, a, {0}) == 60.0
+    assert preservation_psnr(b, a, set()) < 40.0
+
+
+def test_story_scores_detect_a_wrong_image():
+    s0 = Scene((Obj("circle", "red", "large", 0),))
+    s1 = apply_instruction(s0, "make the red circle blue")
+    good = Document([Text(s0.caption()), Image(render_scene(s0)), Text("then the red circle turns blue"),
+                     Image(render_scene(s1))])
+    assert story_scores(good) == ([True, True], [True])
+    bad = Document([Text(s0.caption()), Image(render_scene(s0)), Text("then the red circle turns blue"),
+                    Image(render_scene(s0))])
+    assert story_scores(bad) == ([True, False], [True])
+    nonsense = Document([Text(s0.caption()), Image(render_scene(s0)), Text("then it rains"), Image(render_scene(s1))])
+    assert story_scores(nonsense) == ([True, False], [False])
