@@ -126,3 +126,14 @@ def test_missing_model_dir_and_mismatched_tokenizer(tmp_path, model_dir):
     save_decoder(model, tmp_path / "m", config=cfg, tokenizer_dir=tmp_path / "tok")
     with pytest.raises(AnygenError, match="do not match"):
         anygen.load(tmp_path / "m")
+
+
+def test_demo_and_eval_run_on_a_model(model_dir, tmp_path):
+    assert cli_main(["demo", "--model", str(model_dir), "--out", str(tmp_path / "demo")]) == 0
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert page.count("<img") >= 6 + 4 + 2 and "<audio controls" in page
+    from anygen.eval.suite import evaluate_shapes
+
+    results = evaluate_shapes(anygen.load(model_dir), n=2, seed=0, suites=("t2i", "i2t", "edit", "a2t", "story"))
+    assert "t2i.objects_3.all_correct" in results and "story.image_coherence" in results
+    assert all(0.0 <= v <= 60.0 for v in results.values())

@@ -42,6 +42,7 @@ class DataConfig:
     split: str = "train"
     max_objects: int = 3  # ShapesWorld: 1..max_objects per scene
     fill: float = 0.0  # > 0: dense training scenes instead, each of the 9 cells filled with this probability
+    hflip: bool = False  # emoji / image-folder: mirror half of the images (doubles a small image set)
     clip_seconds: float = 1.0  # audio: length of training clips
     sample_rate: int = 16000
     prefetch: int = 0  # batches rendered ahead in a background thread (0 = inline; rendering is cheap)
@@ -170,12 +171,12 @@ class ImageListSource(BatchSource):
     """Random batches (without replacement within an epoch) from a fixed list of images."""
 
     def __init__(self, images: list[PILImage.Image], batch_size: int, image_size: int = 64,
-                 seed: int = 0, prefetch: int = 0, what: str = "images"):
+                 seed: int = 0, prefetch: int = 0, what: str = "images", hflip: bool = False):
         super().__init__(batch_size, seed, prefetch)
         if not images:
             raise AnygenError(f"{what}: no images to train on")
         self.tensor = images_to_tensor(images, image_size)  # (N,3,S,S)
-        self.n = len(images)
+        self.n, self.hflip = len(images), hflip
 
     def batch(self, index: int) -> torch.Tensor:
         per_epoch = max(1, self.n // self.batch_size)
@@ -185,7 +186,11 @@ class ImageListSource(BatchSource):
             idx = order[pos * self.batch_size:(pos + 1) * self.batch_size]
         else:
             idx = batch_rng(self.seed, index, stream=2).integers(0, self.n, self.batch_size)
-        return self.tensor[torch.from_numpy(np.asarray(idx))]
+        batch = self.tensor[torch.from_numpy(np.asarray(idx))]
+        if self.hflip:
+            flip = torch.from_numpy(batch_rng(self.seed, index, stream=3).random(len(batch)) < 0.5)
+            batch[flip] = batch[flip].flip(-1)
+        return batch
 
 
 def emoji_images(split: str = "train") -> list[PILImage.Image]:
@@ -277,9 +282,11 @@ def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int
         return ShapesImages(batch_size, image_size, seed, data.seed, data.split, data.max_objects, data.prefetch,
                             data.fill)
     if data.source == "emoji":
-        return ImageListSource(emoji_images(data.split), batch_size, image_size, seed, data.prefetch, "emoji")
+        return ImageListSource(emoji_images(data.split), batch_size, image_size, seed, data.prefetch, "emoji",
+                               data.hflip)
     if data.source == "image-folder":
-        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path)
+        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path,
+                               data.hflip)
     if data.source == "melodies":
         return MelodyAudio(batch_size, sr, data.clip_seconds, seed, data.seed, data.prefetch)
     if data.source == "speech":

@@ -94,8 +94,9 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
     """Run the sampler benchmark and return its figures (see the module doc).
 
     model/vocab    default: `shapes_bench_model()` (random weights)
-    codec_decode   optional `codec_decode(codes: list[int], grid) -> anything`, timed as the
-                   codec part of time-to-first-image (codes are `Span.codes` image ids)
+    codec_decode   optional `codec_decode(codes) -> anything` with codes a (1, H, W) LongTensor of
+                   codebook indices (e.g. `ImageCodec.decode_images`), timed as the codec part
+                   of time-to-first-image
     """
     if (model is None) != (vocab is None):
         raise ValueError("pass both model and vocab, or neither")
@@ -178,7 +179,9 @@ def _run(lm, vocab, threads, n_tokens, prompt_len, repeats, cfg_scale, codec_dec
         codes_t.append(stats.decode_s)
         if codec_decode is not None:
             t = time.perf_counter()
-            codec_decode(list(res.spans[0].codes), res.spans[0].grid)
+            span = res.spans[0]
+            codes = vocab.image_codes(torch.tensor(span.codes)).view(1, *span.grid)  # (1, H, W) codebook indices
+            codec_decode(codes)
             codec_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         generate(lm, vocab, [guided_prompt], guided_cfg)

@@ -16,9 +16,9 @@ def test_sample_bench_reports_all_figures():
     decoded = []
     threads = torch.get_num_threads()
     r = run_sample_bench(model, vocab, threads=1, n_tokens=6, prompt_len=4, repeats=1, bandwidth_mb=4,
-                         codec_decode=lambda codes, grid: decoded.append((len(codes), grid)))
+                         codec_decode=lambda codes: decoded.append(codes))
     assert torch.get_num_threads() == threads  # restored
-    assert decoded and decoded[0] == (4, (2, 2))
+    assert decoded and decoded[0].shape == (1, 2, 2) and 0 <= int(decoded[0].min()) and int(decoded[0].max()) < 16
     for key in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "speedup_vs_hf_generate"):
         assert r["decode"][key] > 0
     assert 0 < r["bandwidth"]["utilisation"] and r["bandwidth"]["copy_gb_per_s"] > 0
