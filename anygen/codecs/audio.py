@@ -11,13 +11,24 @@ Why this shape:
   n_q tokens, so audio for a language model wants few frames: the default [8, 5, 5, 4]
   (hop 800) gives 20 frames/s at 16 kHz, so a 1 s melody is 20 frames × n_q levels, and a
   0.25 s note exactly 5 frames. EnCodec's own [8, 5, 4, 2] (hop 320) gives 50 frames/s.
+  Early in training a decoder repeats one waveform per frame, i.e. it can only play
+  multiples of the frame rate: 20 Hz puts every ShapesWorld note within 25 cents of such a
+  pitch, 50 Hz does not (measured: the wrong notes of a hop-320 melody codec sat on the
+  50 Hz grid).
+- Training clips should start on the frame grid where the data has one (melodies start at
+  sample 0): with the same small codec, frame-aligned clips reached -10 dB SI-SNR in 600
+  steps while randomly offset clips stayed near -40 dB (no pitch learnt). A codec trained
+  that way is alignment-sensitive (a half-frame offset breaks most melodies), so encode
+  audio from its start.
 - `quantizer="rvq"` learns its codebooks by EMA (not by gradients) with k-means init on
   the first batch; a random EnCodec codebook is all zeros (DESIGN §6), so a fresh
   `quantizer="encodec"` codec gets frozen normal-noise codebooks instead: that variant is
   meant for fine-tuning the encoder/decoder of a converted checkpoint.
 - Losses: waveform L1, multi-resolution STFT (spectral convergence + log magnitude),
   multi-resolution log-mel (filters from `transformers.audio_utils.mel_filter_bank`; no
-  torchaudio) and the quantizer's commitment loss.
+  torchaudio) and the quantizer's commitment loss. The 2048-point STFT (8 Hz bins at
+  16 kHz) is what makes pitch exact; magnitudes are floored at `LOG_FLOOR` before the logs
+  so that near-silent bins do not swamp the gradient.
 - Encoding is deterministic and side-effect free: codes are nearest codewords level by
   level (the same distance the library uses), so `encode` never triggers k-means or EMA.
 - Decoded audio is F × hop_length samples; callers that know the original length trim.
@@ -43,7 +54,7 @@ from anygen.io import atomic_directory, check_waveform, resample, to_mono_float
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-LOG_FLOOR = 1e-5  # magnitude floor before logs in the spectral losses (silence must not dominate them)
+LOG_FLOOR = 1e-3  # magnitude floor before logs in the spectral losses: near-silent bins must not dominate them
 
 
 @dataclass
@@ -78,7 +89,7 @@ class AudioCodecConfig:
     l1_weight: float = 1.0  # waveform L1
     stft_weight: float = 1.0  # multi-resolution STFT: spectral convergence + log-magnitude L1
     mel_weight: float = 1.0  # multi-resolution log-mel L1
-    stft_sizes: list[int] = field(default_factory=lambda: [256, 512, 1024])  # FFT sizes (hop = size / 4)
+    stft_sizes: list[int] = field(default_factory=lambda: [512, 1024, 2048])  # FFT sizes (hop = size / 4); 2048 resolves 8 Hz
     n_mels: int = 64
 
     def __post_init__(self):

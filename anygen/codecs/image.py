@@ -287,11 +287,9 @@ class ImageCodec(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise AnygenError(f"image codes must be in [0, {self.codebook_size}), got "
                               f"[{int(codes.min())}, {int(codes.max())}]")
-        if self.config.quantizer == "fsq":
-            return self.quantizer.indices_to_codes(codes)
-        if self.config.quantizer == "lfq":
-            return self.quantizer.indices_to_codes(codes)
-        return self.quantizer.get_output_from_indices(codes)
+        if self.config.quantizer in ("fsq", "lfq"):
+            return self.quantizer.indices_to_codes(codes)  # (B,D,h,w)
+        return self.quantizer.get_output_from_indices(codes)  # VQ with accept_image_fmap: (B,D,h,w)
 
     # ---- tensors ------------------------------------------------------------------------
     def _check_pixels(self, x: torch.Tensor) -> None:

@@ -25,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -231,6 +232,35 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric rows logged after `step` (a resumed run logs those steps again)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a crash
+    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def _architecture_changes(saved: dict, current: dict) -> list[str]:
+    """Codec keys that differ between a checkpoint and the recipe, ignoring loss weights.
+
+    Loss weights (`*_weight`, `disc_start`, `usage_decay`) may change on resume (fine-tuning);
+    anything else changes what the weights mean, even where tensor shapes agree (e.g. FSQ levels).
+    """
+    def norm(d):
+        return json.loads(json.dumps(d, default=_json_default))
+
+    saved, current = norm(saved), norm(current)
+    tunable = {"disc_start", "usage_decay"}
+    return sorted(k for k in set(saved) | set(current)
+                  if saved.get(k) != current.get(k) and not k.endswith("_weight") and k not in tunable)
+
+
 def _install_artifact(save_fn, out: Path) -> None:
     """Let `save_fn(tmp_dir)` write an artifact, then move its files into `out` one atomic rename each.
 
@@ -343,19 +373,22 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
     step, elapsed_before, cpu_before = 0, 0.0, 0.0
     if resume and (ckpt_dir / "state.json").exists():
         state = load_checkpoint(ckpt_dir, model, opt)
-        saved_codec = state.get("recipe", {}).get("codec", {})
-        if json.loads(json.dumps(saved_codec, default=_json_default)) != json.loads(json.dumps(recipe.codec, default=_json_default)):
-            raise AnygenError(f"{ckpt_dir}: the checkpoint was trained with a different codec section; "
-                              f"train into a new `out` or drop --resume")
+        try:
+            saved_cfg = to_dict(build(type(cfg), state.get("recipe", {}).get("codec", {}), prefix="codec."))
+        except ConfigError as e:
+            raise AnygenError(f"{ckpt_dir}: the checkpoint's codec section is not valid here ({e})") from None
+        changed = _architecture_changes(saved_cfg, to_dict(cfg))
+        if changed:
+            raise AnygenError(f"{ckpt_dir}: the checkpoint was trained with a different codec section "
+                              f"({', '.join(changed)}); train into a new `out` or drop --resume")
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         cpu_before = float(state.get("cpu_s", 0.0))
     elif resume:
-        print(f"no checkpoint in {ckpt_dir}; starting from step 0")
+        print(f"no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)), sort_keys=False)
     atomic_write_bytes(out / "recipe.yaml", recipe_yaml.encode())
-    if step == 0 and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    _truncate_metrics(out / "metrics.jsonl", step)
 
     sample_rate = getattr(model, "sample_rate", None)
     image_size = getattr(model, "image_size", 64)

@@ -177,6 +177,9 @@ def test_sigkill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     train_tokenizer(recipe, resume=True, progress=False)
     a, b = weights(straight), weights(out)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # rows logged after the surviving checkpoint were dropped and logged again, once
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_image_folder_source_trains(tmp_path):
