@@ -9,6 +9,7 @@ error names the dotted field. Classes may add checks in `__post_init__` raising
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -93,11 +94,13 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -111,14 +114,20 @@ def build(cls: type[T], data: dict | None = None, prefix: str = "") -> T:
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown config key (known keys: {', '.join(sorted(fields))})")
+        key = unknown[0] if isinstance(unknown[0], str) and unknown[0].isidentifier() else repr(unknown[0])
+        raise ConfigError(f"{prefix}{key}: unknown config key (known keys: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
-        if name not in data:
-            continue
         full = prefix + name
+        if name not in data:
+            if dataclasses.is_dataclass(hints[name]) and f.default_factory is not dataclasses.MISSING:
+                try:  # a default section that fails its own checks is named too
+                    kwargs[name] = f.default_factory()
+                except ConfigError as e:
+                    raise ConfigError(f"{full}.{e}") from None
+            continue
         value = _coerce(data[name], hints[name], full)
         allowed = f.metadata.get("choices")
         if allowed is not None and value not in allowed:

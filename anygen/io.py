@@ -121,7 +121,8 @@ def read_image_file(path: str | os.PathLike) -> PILImage.Image:
     except AnygenError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise AnygenError(f"{path}: image is too large (decompression-bomb guard)") from None
+        raise AnygenError(f"{path}: image is too large (decompression-bomb guard, limit "
+                          f"{MAX_IMAGE_PIXELS} pixels)") from None
     except Exception as e:  # PIL raises many types for corrupt data
         raise AnygenError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 
@@ -148,6 +149,13 @@ def check_waveform(waveform: np.ndarray, what: str = "audio") -> np.ndarray:
     if not np.all(np.isfinite(waveform)):
         raise AnygenError(f"{what}: waveform contains NaN or Inf samples")
     return waveform
+
+
+def check_duration(waveform: np.ndarray, sample_rate: int, what: str = "audio") -> None:
+    """Refuse audio longer than `MAX_AUDIO_SECONDS` ((T,), (T, C) or (C, T) samples)."""
+    n = max(np.shape(waveform) or (0,))
+    if sample_rate > 0 and n / sample_rate > MAX_AUDIO_SECONDS:
+        raise AnygenError(f"{what}: audio is {n / sample_rate:.0f} s long, over the {MAX_AUDIO_SECONDS:.0f} s limit")
 
 
 def resample(waveform: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
@@ -177,9 +185,10 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int | None = None) -> 
         raise AnygenError(f"{path}: cannot read audio, expected a WAV file ({type(e).__name__}: {e})") from None
     if data.size == 0:
         raise AnygenError(f"{path}: audio file has no samples")
+    if sr <= 0:
+        raise AnygenError(f"{path}: invalid sample rate {sr} Hz in the WAV header")
     waveform = check_waveform(to_mono_float(data), str(path))
-    if len(waveform) / sr > MAX_AUDIO_SECONDS:
-        raise AnygenError(f"{path}: audio is {len(waveform) / sr:.0f} s long, over the {MAX_AUDIO_SECONDS:.0f} s limit")
+    check_duration(waveform, sr, str(path))
     if sample_rate is not None and sr != sample_rate:
         waveform, sr = resample(waveform, sr, sample_rate), sample_rate
     return waveform, int(sr)

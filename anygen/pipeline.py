@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 from anygen.data import tasks
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
-from anygen.io import read_audio_file, read_image_file
+from anygen.io import check_duration, read_audio_file, read_image_file
 from anygen.sampling.engine import Prompt, generate
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
 from anygen.tokenizer import MultimodalTokenizer
@@ -36,7 +36,7 @@ def default_model_dir() -> Path:
 
 def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "AnyGen":
     """Load a model directory (default: the bundled model, or $ANYGEN_MODEL)."""
-    from anygen.model.decoder import load_decoder
+    from anygen.model.decoder import load_decoder, read_decoder_meta
 
     directory = Path(directory) if directory is not None else default_model_dir()
     if not directory.is_dir():
@@ -47,6 +47,10 @@ def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "An
     tokenizer = MultimodalTokenizer.load(tok_dir)
     model = load_decoder(directory, device=device)
     n_rows = model.get_input_embeddings().weight.shape[0]
+    saved = read_decoder_meta(directory).get("vocab")
+    if saved and saved != tokenizer.vocab.to_dict():
+        raise AnygenError(f"{directory}: the model was trained with a different vocabulary than tokenizer/ holds "
+                          f"(model {saved}, tokenizer {tokenizer.vocab.to_dict()}): tokenizer and model do not match")
     if n_rows < tokenizer.vocab.size:
         raise AnygenError(f"{directory}: the model has {n_rows} token embeddings but its tokenizer needs "
                           f"{tokenizer.vocab.size}: tokenizer and model do not match")
@@ -61,6 +65,10 @@ def _check_text(text: str, what: str = "prompt") -> str:
             raise AnygenError(f"{what} is not valid UTF-8") from None
     if not isinstance(text, str) or not text.strip():
         raise AnygenError(f"{what} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable argv bytes arrive as lone surrogates
+        raise AnygenError(f"{what} is not valid UTF-8") from None
     if len(text) > MAX_PROMPT_CHARS:
         raise AnygenError(f"{what} is {len(text)} characters, over the {MAX_PROMPT_CHARS}-character limit")
     return text
@@ -78,9 +86,11 @@ def _as_audio(audio) -> tuple[np.ndarray, int]:
     if isinstance(audio, (str, os.PathLike)):
         return read_audio_file(audio)
     if isinstance(audio, Audio):
-        return audio.waveform, audio.sample_rate
+        audio = (audio.waveform, audio.sample_rate)
     if isinstance(audio, tuple) and len(audio) == 2:
-        return np.asarray(audio[0], dtype=np.float32), int(audio[1])
+        waveform, sr = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+        check_duration(waveform, sr)  # before the codec spends time on it
+        return waveform, sr
     raise AnygenError(f"expected an audio path, Audio or (waveform, sample_rate), got {type(audio).__name__}")
 
 
@@ -129,7 +139,7 @@ class AnyGen:
         [result] = generate(self.model, self.vocab, [ids], cfg, callback=segment_callback)
         return self.tokenizer.decode(result.ids)
 
-    def draw(self, text: str, n: int = 1, cfg_scale: float = 1.0, seed: int | None = 0,
+    def draw(self, text: str, /, n: int = 1, cfg_scale: float = 1.0, seed: int | None = 0,
              best_of: int = 1, **settings) -> list[PILImage.Image]:
         """text -> n images (batched; classifier-free guidance when cfg_scale != 1).
 
@@ -230,7 +240,7 @@ class AnyGen:
         results = generate(self.model, self.vocab, prompts, cfg)
         return [self.tokenizer.decode(r.ids).text.strip() for r in results]
 
-    def say(self, text: str, cfg_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
+    def say(self, text: str, /, cfg_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
             **settings) -> Audio:
         """text -> audio (e.g. "the notes C E G" -> a melody)."""
         text = _check_text(text)

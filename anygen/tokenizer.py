@@ -49,6 +49,10 @@ class MultimodalTokenizer:
 
     # ---- encoding -------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. undecodable bytes in argv or JSON escapes
+            raise AnygenError("text is not valid UTF-8 (it holds unpaired surrogate characters)") from None
         return self.text.encode(text)
 
     def image_codes(self, image) -> torch.Tensor:
@@ -220,10 +224,17 @@ class MultimodalTokenizer:
         meta_path = directory / "tokenizer.json"
         if not meta_path.exists():
             raise AnygenError(f"{directory}: not a tokenizer directory (missing tokenizer.json)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AnygenError(f"{meta_path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise AnygenError(f"{meta_path}: expected a JSON object")
         if meta.get("format_version") != FORMAT_VERSION:
             raise AnygenError(f"{meta_path}: unsupported tokenizer format version {meta.get('format_version')!r} "
                               f"(this anygen reads {FORMAT_VERSION})")
+        if not isinstance(meta.get("vocab"), dict):
+            raise AnygenError(f"{meta_path}: missing the 'vocab' layout")
         text = load_text_tokenizer(directory / "text")
         image = audio = None
         if meta.get("image"):

@@ -111,8 +111,9 @@ class AudioCodecConfig:
         check(self.dead_code_threshold >= 0, "dead_code_threshold", f"must be >= 0, got {self.dead_code_threshold}")
         for name in ("commitment_weight", "l1_weight", "stft_weight", "mel_weight"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
-        check(len(self.stft_sizes) >= 1 and all(n >= 16 for n in self.stft_sizes), "stft_sizes",
-              f"must be a non-empty list of FFT sizes >= 16, got {self.stft_sizes}")
+        check(len(self.stft_sizes) >= 1 and all(n >= 16 for n in self.stft_sizes)
+              and len(set(self.stft_sizes)) == len(self.stft_sizes), "stft_sizes",
+              f"must be a non-empty list of distinct FFT sizes >= 16, got {self.stft_sizes}")
         check(self.n_mels >= 1 and self.n_mels <= min(self.stft_sizes) // 2 + 1, "n_mels",
               f"must be in 1..{min(self.stft_sizes) // 2 + 1} (bins of the smallest FFT), got {self.n_mels}")
 
@@ -478,7 +479,7 @@ class AudioCodec(nn.Module):
         if not 1 <= n_q <= levels:
             raise AnygenError(f"n_q must be in 1..{levels} for {directory}, got {n_q}")
         try:
-            model = EncodecModel.from_pretrained(directory)
+            model = EncodecModel.from_pretrained(directory, use_safetensors=True)  # never unpickle
         except Exception as e:
             raise AnygenError(f"{directory}: cannot load EnCodec weights ({type(e).__name__}: {e})") from None
         cfg = build(AudioCodecConfig, dict(

@@ -96,7 +96,10 @@ def load_text_tokenizer(directory: str | os.PathLike):
     """Load whichever text tokenizer `save` wrote into `directory`."""
     directory = Path(directory)
     meta_path = directory / "text.json"
-    kind = json.loads(meta_path.read_text())["kind"] if meta_path.exists() else "sentencepiece"
+    try:
+        kind = json.loads(meta_path.read_text())["kind"] if meta_path.exists() else "sentencepiece"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise AnygenError(f"{meta_path}: not a valid text tokenizer description (expected {{\"kind\": ...}})") from None
     if kind == "huggingface":
         return HFTextTokenizer.from_pretrained(directory / "hf_tokenizer")
     return TextTokenizer.from_file(directory / "text.model")

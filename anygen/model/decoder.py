@@ -177,7 +177,12 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict:
     path = Path(directory) / META_FILE
     if not path.exists():
         return {}
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AnygenError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise AnygenError(f"{path}: expected a JSON object")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise AnygenError(f"{path}: format_version {version!r} is not supported "
@@ -201,8 +206,11 @@ def load_decoder(directory: str | os.PathLike, device: str | torch.device = "cpu
             model = AutoModelForCausalLM.from_pretrained(
                 str(directory), local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
                 use_safetensors=True)
-    except (OSError, ValueError) as e:
-        raise AnygenError(f"{directory}: cannot load the decoder ({e})") from None
+    except Exception as e:  # corrupt/truncated safetensors, shapes that do not fit config.json, bad config values
+        msg = " ".join(str(e).split())
+        if "mismatched" in msg or "size mismatch" in msg:
+            msg = "the weights in model.safetensors do not fit config.json (tensor shapes differ)"
+        raise AnygenError(f"{directory}: cannot load the decoder ({type(e).__name__}: {msg})") from None
     return model.to(device)
 
 

@@ -90,7 +90,8 @@ def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: floa
     try:
         with quiet_hf_progress():
             model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
-                                                         attn_implementation=attn_implementation)
+                                                         attn_implementation=attn_implementation,
+                                                         use_safetensors=True)  # never unpickle
     except (OSError, ValueError) as e:
         raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
     n_rows = model.get_input_embeddings().weight.shape[0]

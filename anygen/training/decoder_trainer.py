@@ -53,6 +53,8 @@ from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_deco
                                   decoder_loss, forward_logits, save_decoder, stats_to_metrics)
 from anygen.vocab import Vocab
 
+CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
+
 
 class TrainingDiverged(AnygenError):
     """Too many non-finite losses in a row."""
@@ -500,6 +502,8 @@ class Trainer:
         self.stream = _Stream(self.train_source)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
+            for tmp in (self.out / "checkpoints").glob(".step_*"):  # left by a crash mid-checkpoint
+                shutil.rmtree(tmp, ignore_errors=True)
             atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
             self._trim_metrics(self.step)
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
@@ -515,7 +519,13 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                if json.loads(ln).get("step", 0) <= step:
+                    keep.append(ln)
+            except ValueError:  # a line torn by a crash mid-write (or blank) is dropped
+                pass
         atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
     def _log(self, record: dict) -> None:
@@ -558,8 +568,8 @@ class Trainer:
                     for i, t in enumerate(s.pop("cuda", [])):
                         rng_tensors[f"rank{r}.cuda{i:02d}"] = t
                 save_file(rng_tensors, str(tmp / "rng.safetensors"))
-                state = {"step": self.step, "data": data_state, "rng": rngs, "bad_in_row": self.bad_in_row,
-                         "skipped": self.skipped, "world_size": acc.num_processes,
+                state = {"format_version": CHECKPOINT_FORMAT, "step": self.step, "data": data_state, "rng": rngs,
+                         "bad_in_row": self.bad_in_row, "skipped": self.skipped, "world_size": acc.num_processes,
                          "distributed_type": acc.distributed_type.value, "config": to_dict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(state))
             for old in checkpoints(self.out)[:-self.cfg.train.keep_checkpoints]:
@@ -570,8 +580,15 @@ class Trainer:
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
 
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        meta = json.loads((ckpt / "optimizer.json").read_text())
+        try:
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            meta = json.loads((ckpt / "optimizer.json").read_text())
+        except (OSError, ValueError) as e:
+            raise AnygenError(f"{ckpt}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+        version = state.get("format_version", 1)  # checkpoints from before versioning are version 1
+        if version != CHECKPOINT_FORMAT:
+            raise AnygenError(f"{ckpt / 'trainer_state.json'}: unsupported checkpoint format_version {version!r} "
+                              f"(this anygen reads {CHECKPOINT_FORMAT})")
         opt = _unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), meta)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
