@@ -25,8 +25,10 @@ import math
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,22 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived during training (a scheduler's preemption, `kill`)."""
+
+
+def _checkpoint_on_sigterm():
+    """Turn SIGTERM into `_Terminated` so the loop can checkpoint before exiting; returns the restorer."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows logged after `step` (a resumed run logs those steps again)."""
     if not path.exists():
@@ -408,6 +426,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
         p = s / train.steps
         return max(p, elapsed() / budget_s) if budget_s > 0 else p
 
+    restore_sigterm = _checkpoint_on_sigterm()
     bar = tqdm(total=train.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=f"train {out.name}")
     window: dict[str, list[float]] = {}
     last_metrics: dict[str, float] = {}
@@ -445,11 +464,13 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
                 save_checkpoint(ckpt_dir, model, opt, step, elapsed(), recipe, cpu())
                 if train.export_at_checkpoints:
                     _export(model, out)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as e:
         save_checkpoint(ckpt_dir, model, opt, step, elapsed(), recipe, cpu())
         bar.close()
-        raise AnygenError(f"interrupted at step {step}; checkpoint saved in {ckpt_dir} (resume with --resume)") from None
+        how = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        raise AnygenError(f"{how} at step {step}; checkpoint saved in {ckpt_dir} (resume with --resume)") from None
     finally:
+        restore_sigterm()
         bar.close()
         close = getattr(batches, "close", None)
         if close:

@@ -89,29 +89,34 @@ def test_train_writes_artifact_metrics_and_checkpoint(tmp_path):
     assert not list(out.glob(".*tmp*")) and not list(out.glob(".artifact*"))  # no leftovers
 
 
-def _interrupt_at(monkeypatch, index: int):
-    """Make batch `index` raise KeyboardInterrupt once (as if the user pressed Ctrl-C)."""
+def _interrupt_at(monkeypatch, index: int, how: str):
+    """At batch `index`, once: Ctrl-C (KeyboardInterrupt) or a SIGTERM sent to this process."""
     original = media_sources.BatchSource.batch
     fired = []
 
     def batch(self, i):
         if i == index and not fired:
             fired.append(i)
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
             raise KeyboardInterrupt
         return original(self, i)
 
     monkeypatch.setattr(media_sources.BatchSource, "batch", batch)
 
 
-def test_interrupt_then_resume_continues_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how,message", [("ctrl-c", "interrupted at step 2"),
+                                         ("sigterm", r"terminated \(SIGTERM\) at step 2")])
+def test_interrupt_then_resume_continues_exactly(tmp_path, monkeypatch, how, message):
     straight = tmp_path / "straight"
     train_tokenizer(write_recipe(tmp_path, straight, train={"checkpoint_every": 1}), progress=False)
 
     resumed = tmp_path / "resumed"
-    recipe = write_recipe(tmp_path, resumed, train={"checkpoint_every": 1})
-    _interrupt_at(monkeypatch, 2)
-    with pytest.raises(AnygenError, match="interrupted at step 2"):
+    recipe = write_recipe(tmp_path, resumed, train={"checkpoint_every": 3})  # no checkpoint at step 2
+    _interrupt_at(monkeypatch, 2, how)
+    with pytest.raises(AnygenError, match=message):
         train_tokenizer(recipe, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     state = json.loads((resumed / "checkpoint" / "state.json").read_text())
     assert state["step"] == 2
     # the optimizer state comes back: Adam's step counters equal the checkpoint's step
