@@ -229,6 +229,8 @@ def cmd_eval_shapes(args) -> None:
     if unknown:
         raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
     model = _model(args)
+    if args.best_of > 1 or args.sample_images:
+        model = _SampledDraws(model, args.best_of)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -238,6 +240,20 @@ def cmd_eval_shapes(args) -> None:
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+class _SampledDraws:
+    """A generator whose images are sampled (T 1, top-k 64) and kept best-of-K; the rest is unchanged."""
+
+    def __init__(self, model, best_of: int):
+        self.model, self.best_of = model, best_of
+
+    def draw_batch(self, texts, seed=0):
+        return self.model.draw_batch(texts, seed=seed, best_of=self.best_of,
+                                     image={"temperature": 1.0, "top_k": 64})
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
 
 
 def cmd_demo(args) -> None:
@@ -387,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=200, help="samples per task (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story")
+    p.add_argument("--sample-images", action="store_true", dest="sample_images",
+                   help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
+    p.add_argument("--best-of", type=int, default=1, dest="best_of",
+                   help="text->image: sample K candidates and keep the best by caption likelihood")
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_shapes)
 

@@ -210,18 +210,9 @@ class AnyGen:
         budget = n_steps * per_step
         self._check_length(ids, budget)
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
-        cut = []
-
         [result] = generate(self.model, self.vocab, [ids], cfg)
-        images_seen = 0
-        for span in result.spans:
-            if span.kind == "image":
-                images_seen += 1
-            if images_seen == n_steps and span.kind == "image":
-                cut = result.ids[:span.end]
-                break
-        else:
-            cut = result.ids
+        image_ends = [span.end for span in result.spans if span.kind == "image"]
+        cut = result.ids[:image_ends[n_steps - 1]] if len(image_ends) >= n_steps else result.ids
         return Document([Text(opening)]) + self.tokenizer.decode(cut)
 
     def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
