@@ -98,7 +98,13 @@ def cmd_pretokenize(args) -> None:
 
 def cmd_train(args) -> None:
     from anygen.training.decoder_trainer import train_decoder
+    from anygen.training.t2i_trainer import is_t2i_recipe, train_t2i
 
+    if is_t2i_recipe(args.recipe):  # the text->image side-by-side (either image head)
+        if args.init_from:
+            raise AnygenError("--init-from is not supported by `trainer: t2i` recipes")
+        print(f"model written to {train_t2i(args.recipe, args.overrides, resume=args.resume)}")
+        return
     overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     out = train_decoder(args.recipe, overrides, resume=args.resume)
     print(f"model written to {out}")
@@ -137,8 +143,9 @@ def cmd_generate(args) -> None:
 
 def cmd_draw(args) -> None:
     model = _model(args)
+    extra = {"steps": args.steps} if args.steps is not None else {}
     images = model.draw(args.text, n=args.n, cfg_scale=args.cfg_scale, seed=args.seed, best_of=args.best_of,
-                        **_settings(args))
+                        **extra, **_settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
@@ -229,8 +236,15 @@ def cmd_eval_shapes(args) -> None:
     if unknown:
         raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
     model = _model(args)
+    options = {}
     if args.best_of > 1 or args.sample_images:
-        model = _SampledDraws(model, args.best_of)
+        options.update(best_of=args.best_of, image={"temperature": 1.0, "top_k": 64})
+    if args.cfg_scale is not None:
+        options["cfg_scale"] = args.cfg_scale
+    if args.steps is not None:
+        options["steps"] = args.steps
+    if options:
+        model = _DrawWith(model, **options)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -242,15 +256,14 @@ def cmd_eval_shapes(args) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-class _SampledDraws:
-    """A generator whose images are sampled (T 1, top-k 64) and kept best-of-K; the rest is unchanged."""
+class _DrawWith:
+    """A generator whose text->image calls carry extra options (sampling, best-of, guidance, steps)."""
 
-    def __init__(self, model, best_of: int):
-        self.model, self.best_of = model, best_of
+    def __init__(self, model, **options):
+        self.model, self.options = model, options
 
     def draw_batch(self, texts, seed=0):
-        return self.model.draw_batch(texts, seed=seed, best_of=self.best_of,
-                                     image={"temperature": 1.0, "top_k": 64})
+        return self.model.draw_batch(texts, seed=seed, **self.options)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -330,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretokenize)
     p = sub.add_parser("train", help="train the early-fusion decoder from a recipe (training/*.yaml)",
                        description="Train the decoder. Multi-process: accelerate launch --config_file "
-                                   "training/accelerate_cpu_2proc.yaml -m anygen train RECIPE ...")
+                                   "training/accelerate_cpu_2proc.yaml -m anygen train RECIPE ... "
+                                   "A recipe with `trainer: t2i` trains the text->image side-by-side model "
+                                   "(image_head: tokens | diffusion) instead.")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
     p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint")
@@ -359,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = gen_parser("draw", "text -> image(s)", "text", "what to draw")
     p.add_argument("--out", default="out/draw.png", help="output PNG (with --n > 1: NAME_i.png)")
     p.add_argument("--n", type=int, default=1, help="number of images (batched)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, dest="cfg_scale", help="guidance scale (1 = none)")
+    p.add_argument("--cfg-scale", type=float, default=None, dest="cfg_scale",
+                   help="guidance scale, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps of a diffusion-head model (default 25)")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
                    help="sample this many per image and keep the one that best explains the prompt")
     sampling_args(p)
@@ -407,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
                    help="text->image: sample K candidates and keep the best by caption likelihood")
+    p.add_argument("--cfg-scale", type=float, default=None, dest="cfg_scale",
+                   help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
+    p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_shapes)
 
@@ -423,9 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _suite_alias(argv: list[str]) -> list[str]:
+    """`anygen eval --suite shapes ...` is `anygen eval shapes ...`."""
+    if argv[:1] != ["eval"]:
+        return argv
+    for i, arg in enumerate(argv):
+        if arg == "--suite" and i + 1 < len(argv):
+            return ["eval", argv[i + 1]] + argv[1:i] + argv[i + 2:]
+        if arg.startswith("--suite="):
+            return ["eval", arg.split("=", 1)[1]] + argv[1:i] + argv[i + 1:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_suite_alias(list(sys.argv[1:] if argv is None else argv)))
     threads = os.environ.get("ANYGEN_THREADS")
     if threads:
         import torch

@@ -37,6 +37,7 @@ def default_model_dir() -> Path:
 def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "AnyGen":
     """Load a model directory (default: the bundled model, or $ANYGEN_MODEL)."""
     from anygen.model.decoder import load_decoder, read_decoder_meta
+    from anygen.model.transfusion import image_head_of, load_transfusion
 
     directory = Path(directory) if directory is not None else default_model_dir()
     if not directory.is_dir():
@@ -54,7 +55,11 @@ def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "An
     if n_rows < tokenizer.vocab.size:
         raise AnygenError(f"{directory}: the model has {n_rows} token embeddings but its tokenizer needs "
                           f"{tokenizer.vocab.size}: tokenizer and model do not match")
-    return AnyGen(model.eval(), tokenizer)
+    meta = read_decoder_meta(directory)
+    diffusion = None
+    if image_head_of(meta) == "diffusion":
+        diffusion = load_transfusion(directory, model, meta).eval()
+    return AnyGen(model.eval(), tokenizer, diffusion=diffusion)
 
 
 def _check_text(text: str, what: str = "prompt") -> str:
@@ -95,10 +100,16 @@ def _as_audio(audio) -> tuple[np.ndarray, int]:
 
 
 class AnyGen:
-    """A loaded model: decoder + MultimodalTokenizer, with one method per task."""
+    """A loaded model: decoder + MultimodalTokenizer, with one method per task.
 
-    def __init__(self, model, tokenizer: MultimodalTokenizer, config: GenerationConfig | None = None):
-        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
+    `diffusion` (a `TransfusionModel` around `model`) marks a Transfusion model: its images
+    are denoised by the diffusion head (`anygen.sampling.diffusion`), text still comes from
+    the LM head; tasks that read an image (caption, edit) need a tokens-head model.
+    """
+
+    def __init__(self, model, tokenizer: MultimodalTokenizer, config: GenerationConfig | None = None,
+                 diffusion=None):
+        self.model, self.tokenizer, self.vocab, self.diffusion = model, tokenizer, tokenizer.vocab, diffusion
         self.config = config or GenerationConfig(image=SamplingSettings(greedy=True),
                                                  text=SamplingSettings(greedy=True),
                                                  audio=SamplingSettings(greedy=True))
@@ -131,6 +142,8 @@ class AnyGen:
             raise AnygenError("prompt is empty")
         ids = self.tokenizer.encode(prompt, eos=False)
         self._check_length(ids, max_new_tokens)
+        if self.diffusion is not None:
+            return self._generate_diffusion(ids, max_new_tokens, seed, **settings)
         cfg = self._config(max_new_tokens=max_new_tokens, seed=seed, **settings)
         segment_callback = None
         if callback is not None:
@@ -139,23 +152,32 @@ class AnyGen:
         [result] = generate(self.model, self.vocab, [ids], cfg, callback=segment_callback)
         return self.tokenizer.decode(result.ids)
 
-    def draw(self, text: str, /, n: int = 1, cfg_scale: float = 1.0, seed: int | None = 0,
+    def draw(self, text: str, /, n: int = 1, cfg_scale: float | None = None, seed: int | None = 0,
              best_of: int = 1, **settings) -> list[PILImage.Image]:
         """text -> n images (batched; classifier-free guidance when cfg_scale != 1).
 
         best_of > 1 samples that many candidates per image and keeps the one under which the
         model finds the prompt most likely as a caption (image -> text re-ranking).
+        cfg_scale defaults to 1 for the tokens head and to `DiffusionSettings.guidance` for
+        the diffusion head, which also takes `steps` (denoising steps).
         """
         if n < 1 or best_of < 1:
             raise AnygenError("n and best_of must be at least 1")
         return self.draw_batch([text] * n, cfg_scale=cfg_scale, seed=seed, best_of=best_of, **settings)
 
-    def draw_batch(self, texts: Sequence[str], cfg_scale: float = 1.0, seed: int | None = 0,
+    def draw_batch(self, texts: Sequence[str], cfg_scale: float | None = None, seed: int | None = 0,
                    best_of: int = 1, **settings) -> list[PILImage.Image]:
         """One image per text, all rows sampled together in one batch."""
         texts = [_check_text(t) for t in texts]
         if not texts:
             raise AnygenError("no prompts given")
+        if self.diffusion is not None:
+            if best_of != 1:
+                raise AnygenError("best_of is not supported by the diffusion image head")
+            return self._draw_diffusion(texts, cfg_scale, seed, **settings)
+        if settings.pop("steps", None) is not None:
+            raise AnygenError("steps (denoising steps) applies to diffusion-head models only")
+        cfg_scale = 1.0 if cfg_scale is None else cfg_scale
         uncond = tasks.null_condition_prompt(self.tokenizer, "text_to_image")
         guided = cfg_scale != 1.0
         prompts = []
@@ -188,6 +210,65 @@ class AnyGen:
             images += [seg.image for seg in self.tokenizer.decode(list(span.ids)) if isinstance(seg, Image)]
         return images
 
+    # ---- the diffusion head ---------------------------------------------------------
+    def _diffusion_settings(self, cfg_scale: float | None, steps: int | None):
+        from anygen.config import ConfigError
+        from anygen.sampling.diffusion import DiffusionSettings
+
+        base = DiffusionSettings()
+        try:
+            return DiffusionSettings(steps=base.steps if steps is None else int(steps),
+                                     guidance=base.guidance if cfg_scale is None else float(cfg_scale),
+                                     shift=base.shift)
+        except ConfigError as e:
+            raise AnygenError(f"diffusion sampling: {e}") from None
+
+    def _draw_diffusion(self, texts: list[str], cfg_scale: float | None, seed: int | None,
+                        steps: int | None = None, **unused) -> list[PILImage.Image]:
+        from anygen.codecs.image import tensor_to_images
+        from anygen.sampling.diffusion import sample_images
+
+        grid = self.vocab.grid_id((self.diffusion.head.grid,) * 2)
+        prompts = [tasks.task_prompt(self.tokenizer, "text_to_image", text=t) + [self.vocab.boi, grid] for t in texts]
+        n_slots = self.diffusion.head.n_slots
+        for p in prompts:
+            self._check_length(p, n_slots + 2)
+        images = sample_images(self.diffusion, self.vocab, prompts, self._diffusion_settings(cfg_scale, steps), seed)
+        return tensor_to_images(images)
+
+    def _generate_diffusion(self, ids: list[int], max_new_tokens: int, seed: int | None, cfg_scale=None,
+                            steps=None, temperature: float = 0.0, min_images: int = 0, max_images: int = 4,
+                            **unused) -> Document:
+        from anygen.codecs.image import tensor_to_images
+        from anygen.sampling.diffusion import generate as diffusion_generate
+
+        text_settings = unused.get("text")  # the CLI's --temperature arrives as per-modality settings
+        if text_settings is not None and not getattr(text_settings, "greedy", True):
+            temperature = text_settings.temperature
+
+        new_ids, images = diffusion_generate(self.diffusion, self.vocab, ids, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, min_images=min_images,
+                                             max_images=max_images, seed=seed,
+                                             settings=self._diffusion_settings(cfg_scale, steps))
+        pictures = iter(tensor_to_images(torch.stack(images)) if images else [])
+        out, text = [], []
+        for token in new_ids:
+            if token == self.vocab.boi:
+                if text:
+                    out.append(Text(self.tokenizer.decode(text).text))
+                    text = []
+                out.append(Image(next(pictures)))
+            elif token < self.vocab.n_text:
+                text.append(token)
+        if text:
+            out.append(Text(self.tokenizer.decode(text).text))
+        return Document(out)
+
+    def _needs_token_images(self, task: str) -> None:
+        if self.diffusion is not None:
+            raise AnygenError(f"{task} reads an image as codes; this model's image head is diffusion "
+                              f"(use a tokens-head model for {task})")
+
     def caption(self, image, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """image -> text."""
         return self.caption_batch([image], max_new_tokens, seed, **settings)[0]
@@ -195,6 +276,7 @@ class AnyGen:
     def caption_batch(self, images: Sequence, max_new_tokens: int = 64, seed: int | None = 0,
                       **settings) -> list[str]:
         """One caption per image, batched."""
+        self._needs_token_images("caption")
         prompts = [tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(im)) for im in images]
         return self._text_answers(prompts, max_new_tokens, seed, **settings)
 
@@ -209,6 +291,10 @@ class AnyGen:
         per_step = self._image_budget() + 40
         budget = n_steps * per_step
         self._check_length(ids, budget)
+        if self.diffusion is not None:
+            doc = self._generate_diffusion(ids, budget, seed, min_images=n_steps, max_images=n_steps, **settings)
+            cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
+            return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
         [result] = generate(self.model, self.vocab, [ids], cfg)
         image_ends = [span.end for span in result.spans if span.kind == "image"]
@@ -258,6 +344,7 @@ class AnyGen:
         `editable` (H*W booleans, row-major over the code grid) limits which codes may
         change; the rest are copied from the source.
         """
+        self._needs_token_images("edit")
         instruction = _check_text(instruction, "instruction")
         source = _as_image(image)
         codes = self.tokenizer.image_codes(source)  # (H, W)

@@ -36,7 +36,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -47,13 +46,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anygen.config import ConfigError, build, check, choice, to_dict
+from anygen.config import ConfigError, build, check, choice
 from anygen.errors import AnygenError
-from anygen.io import atomic_directory, check_waveform, resample, to_mono_float
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from anygen.codecs.artifact import FORMAT_VERSION, load_codec, save_codec  # noqa: F401 (FORMAT_VERSION re-exported)
+from anygen.io import check_waveform, resample, to_mono_float
 LOG_FLOOR = 1e-3  # magnitude floor before logs in the spectral losses: near-silent bins must not dominate them
 
 
@@ -140,12 +136,6 @@ class AudioCodecConfig:
         )
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def si_snr(estimate: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -396,57 +386,14 @@ class AudioCodec(nn.Module):
         return loss, metrics
 
     # ---- files ----------------------------------------------------------------------------
-    def save(self, directory: str | os.PathLike) -> Path:
-        """config.json (format_version + config) + model.safetensors, written atomically."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        meta = {"format_version": FORMAT_VERSION, "kind": "audio", "class": "AudioCodec",
-                "config": _jsonable(to_dict(self.config))}
-        with atomic_directory(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return directory
+    def save(self, directory) -> Path:
+        """config.json + model.safetensors, written atomically (`anygen.codecs.artifact`)."""
+        return save_codec(self, directory, "audio")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "AudioCodec":
         """Load a directory written by `save`; every problem is an AnygenError naming the file."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not directory.is_dir():
-            raise AnygenError(f"{directory}: audio codec directory not found")
-        for p in (config_path, weights_path):
-            if not p.is_file():
-                raise AnygenError(f"{p}: missing file (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-        try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AnygenError(f"{config_path}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            version = meta.get("format_version") if isinstance(meta, dict) else None
-            raise AnygenError(f"{config_path}: unsupported audio codec format_version {version!r} "
-                              f"(this anygen reads {FORMAT_VERSION})")
-        if meta.get("kind", "audio") != "audio":
-            raise AnygenError(f"{config_path}: not an audio codec (kind {meta.get('kind')!r})")
-        try:
-            cfg = build(AudioCodecConfig, meta.get("config") or {})
-        except ConfigError as e:
-            raise AnygenError(f"{config_path}: {e}") from None
-        codec = cls(cfg)
-        try:
-            state = load_file(str(weights_path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise AnygenError(f"{weights_path}: cannot read weights ({e})") from None
-        result = codec.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            what = [f"missing {k}" for k in result.missing_keys[:3]] + \
-                   [f"unexpected {k}" for k in result.unexpected_keys[:3]]
-            raise AnygenError(f"{weights_path}: weights do not match {CONFIG_FILE} ({', '.join(what)})")
-        return codec.eval()
+        return load_codec(directory, "audio", AudioCodecConfig, cls)
 
     @classmethod
     def from_pretrained_encodec(cls, directory: str | os.PathLike, n_q: int | None = None) -> "AudioCodec":

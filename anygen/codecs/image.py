@@ -21,7 +21,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image as PILImage
 
-from anygen.config import ConfigError, build, check, choice, to_dict
+from anygen.config import build, check, choice
 from anygen.errors import AnygenError
-from anygen.io import atomic_directory, fit_image
-
-FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
+from anygen.codecs.artifact import FORMAT_VERSION, load_codec, save_codec  # noqa: F401 (FORMAT_VERSION re-exported)
+from anygen.io import fit_image
 
 
 @dataclass
@@ -382,69 +378,15 @@ class ImageCodec(nn.Module):
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, directory) -> Path:
-        """config.json + model.safetensors, written atomically (the old directory survives a crash)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        state = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
-        meta = {"format_version": FORMAT_VERSION, "kind": "image", "class": "ImageCodec",
-                "config": _jsonable(to_dict(self.config))}
-        with atomic_directory(directory) as tmp:
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        return directory
+        """config.json + model.safetensors, written atomically (`anygen.codecs.artifact`)."""
+        return save_codec(self, directory, "image")
 
     @classmethod
     def load(cls, directory, map_location: str = "cpu") -> "ImageCodec":
         """Load a directory written by `save`; every problem is an AnygenError naming the file."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not directory.is_dir():
-            raise AnygenError(f"{directory}: image codec directory not found")
-        for p in (config_path, weights_path):
-            if not p.exists():
-                raise AnygenError(f"{p}: missing file (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-        try:
-            meta = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise AnygenError(f"{config_path}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-            version = meta.get("format_version") if isinstance(meta, dict) else None
-            raise AnygenError(f"{config_path}: unsupported image codec format_version {version!r} "
-                              f"(this anygen reads {FORMAT_VERSION})")
-        try:
-            cfg = build(ImageCodecConfig, meta.get("config") or {})
-        except ConfigError as e:
-            raise AnygenError(f"{config_path}: invalid codec config: {e}") from None
-        model = cls(cfg)
-        try:
-            state = load_file(str(weights_path), device=map_location)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise AnygenError(f"{weights_path}: cannot read weights ({e})") from None
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise AnygenError(f"{weights_path}: weights do not match the config "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(expected[k].shape):
-                raise AnygenError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, "
-                                  f"the config needs {tuple(expected[k].shape)}")
-        model.load_state_dict(state)
-        model.eval()
-        return model
+        return load_codec(directory, "image", ImageCodecConfig, cls, map_location)
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 def load_image_codec(directory) -> ImageCodec:

@@ -18,7 +18,7 @@ Packing (done by the loader, per epoch, so every epoch packs differently): docum
 the epoch's order are placed first-fit into a window of `open_rows` partly filled rows of
 `seq_len` tokens; the rest of a row is padding. Each batch row carries
 `position_ids` that restart at 0 at each document and `document_ids` 1, 2, … per document
-(0 = padding). `packed_attention_mask(document_ids)` turns these into a block-diagonal
+(0 = padding). `anygen.model.decoder.packed_attention_mask` turns these into a block-diagonal
 causal mask, so no token attends across documents; labels are -100 at padding, where the
 loss mask is 0, and at every document's first token.
 """
@@ -256,18 +256,6 @@ def pack(lengths: np.ndarray, order: np.ndarray, seq_len: int, open_rows: int = 
                 rows.append(window.pop(0)[1])
     rows.extend(slot[1] for slot in window)
     return rows
-
-
-def packed_attention_mask(document_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """document_ids (B, T) -> additive mask (B, 1, T, T): 0 where query i may attend key j
-    (same document and j <= i), the dtype's minimum elsewhere. Padding (id 0) attends
-    causally within padding, so no row is fully masked (no NaNs)."""
-    T = document_ids.shape[-1]
-    same = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=document_ids.device).tril()
-    allowed = (same & causal)[:, None]  # (B, 1, T, T)
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=document_ids.device)
-    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 # ---- the loader -----------------------------------------------------------------------------

@@ -10,6 +10,11 @@ Metrics
   judge finds K objects; per-attribute scores are over target objects: `position` = some
   object sits in the target's cell, `shape`/`color`/`size` = the object in that cell has
   the target's value; `all_correct` = the judged scene equals the prompt's scene.
+- t2i.fd_pool8: Fréchet distance between Gaussian fits of generated images and the true
+  renders of the same prompts, in a fixed feature space: each image average-pooled to
+  8×8 RGB in [0, 1] (192 values; no learned network, so nothing to download and nothing
+  that drifts). 0 = same distribution; it sees colour, layout and blur, not fine shape.
+- t2i.seconds_per_image: wall time of the text→image calls over the number of images.
 - i2t.exact: the generated caption parses to the exact scene.
 - edit.KIND.success: the judged edited image equals the target scene; edit.KIND.preservation_db:
   PSNR between the edited image and the source render outside the cells the edit touches.
@@ -22,6 +27,8 @@ Metrics
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -54,6 +61,28 @@ def score_scene(target: Scene, judged: Scene | None) -> dict[str, float]:
     scores["count"] = float(len(judged.objects) == n)
     scores["all_correct"] = float(judged == target)
     return scores
+
+
+def pooled_features(images, grid: int = 8) -> np.ndarray:
+    """(N, grid*grid*3) features: each image (PIL) resized to 64x64, average-pooled to grid x grid, in [0, 1]."""
+    out = []
+    for im in images:
+        a = np.asarray(im.convert("RGB").resize((64, 64)), dtype=np.float64) / 255.0
+        k = 64 // grid
+        out.append(a.reshape(grid, k, grid, k, 3).mean(axis=(1, 3)).reshape(-1))
+    return np.stack(out)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature rows a (N, D) and b (M, D)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    with warnings.catch_warnings():  # fewer samples than dimensions: singular but still a finite distance
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = np.real(linalg.sqrtm(cov_a @ cov_b))
+    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)))
 
 
 def _cells_touched(source: Scene, target: Scene) -> set[int]:
@@ -108,17 +137,24 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
     tick = progress or (lambda name: None)
 
     if "t2i" in suites:
+        generated, real, seconds = [], [], 0.0
         for k in (1, 2, 3):
             scenes = [world.sample_scene(rng, n_objects=k) for _ in range(n)]
             totals = defaultdict(float)
             for lo in range(0, n, batch_size):
                 chunk = scenes[lo:lo + batch_size]
+                start = time.perf_counter()
                 images = generator.draw_batch([s.caption() for s in chunk], seed=seed + lo)
+                seconds += time.perf_counter() - start
+                generated += images
+                real += [render_scene(s) for s in chunk]
                 for scene, image in zip(chunk, images):
                     for a, v in score_scene(scene, judge_image(image)).items():
                         totals[a] += v
                 tick(f"t2i objects_{k}")
             results.update({f"t2i.objects_{k}.{a}": totals[a] / n for a in ATTRIBUTES})
+        results["t2i.fd_pool8"] = frechet_distance(pooled_features(generated), pooled_features(real))
+        results["t2i.seconds_per_image"] = seconds / len(generated)
 
     if "i2t" in suites:
         scenes = [world.sample_scene(rng) for _ in range(n)]

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from anygen.data.pretokenize import pretokenize
-from anygen.data.shards import (IGNORE_INDEX, ShardWriter, TokenDataset, TokenShards, make_loader, pack,
-                                packed_attention_mask, vocab_fingerprint)
+from anygen.data.shards import IGNORE_INDEX, ShardWriter, TokenDataset, TokenShards, make_loader, pack, vocab_fingerprint
 from anygen.errors import AnygenError
+from anygen.model.decoder import packed_attention_mask
 from anygen.vocab import Vocab
 
 _spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
@@ -127,7 +127,7 @@ def test_batch_format_and_isolation(shard_dir):
             want[0] = IGNORE_INDEX
             assert labels[sel].tolist() == want.tolist()
             assert pos[sel].tolist() == list(range(int(sel.sum())))
-    mask = packed_attention_mask(batch["document_ids"])
+    mask = packed_attention_mask(batch["document_ids"], "eager")  # additive: 0 = attend
     assert mask.shape == (4, 1, 48, 48) and mask.dtype == torch.float32
     same = batch["document_ids"][:, :, None] == batch["document_ids"][:, None, :]
     assert ((mask[:, 0] == 0) == (same & torch.ones(48, 48, dtype=torch.bool).tril())).all()
@@ -148,7 +148,7 @@ def test_packed_logits_equal_unpacked_tiny_qwen3():
         cfg._attn_implementation = impl
         model = Qwen3ForCausalLM(cfg).eval()
         with torch.no_grad():
-            packed = model(input_ids=ids, attention_mask=packed_attention_mask(doc), position_ids=pos).logits
+            packed = model(input_ids=ids, attention_mask=packed_attention_mask(doc, impl), position_ids=pos).logits
             alone_b = model(input_ids=b[None]).logits
             alone_a = model(input_ids=a[None]).logits
             leaky = model(input_ids=ids, position_ids=pos).logits  # plain causal mask: doc 2 sees doc 1

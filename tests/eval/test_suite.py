@@ -8,7 +8,8 @@ from anygen.data.shapes import (COLORS, Obj, Scene, ShapesWorld, WorldConfig, ap
                                 parse_melody_text, render_melody, render_scene)
 from anygen.document import Audio, Document, Image, Text
 from anygen.eval.judges import judge_image, judge_melody
-from anygen.eval.suite import evaluate_shapes, preservation_psnr, score_scene, story_scores
+from anygen.eval.suite import (evaluate_shapes, frechet_distance, pooled_features, preservation_psnr, score_scene,
+                               story_scores)
 
 
 class Oracle:
@@ -57,6 +58,8 @@ class RecolourEverything(Oracle):
 
 def test_perfect_generator_scores_100_percent():
     results = evaluate_shapes(Oracle(), n=6, seed=3)
+    assert results.pop("t2i.fd_pool8") == pytest.approx(0.0, abs=1e-6)
+    assert results.pop("t2i.seconds_per_image") > 0
     for key, value in results.items():
         if key.endswith("preservation_db"):
             assert value == 60.0, key
@@ -71,6 +74,7 @@ def test_wrong_colours_score_exactly_what_they_should():
         assert results[f"t2i.objects_{k}.all_correct"] == 0.0
         assert results[f"t2i.objects_{k}.shape"] == 1.0 and results[f"t2i.objects_{k}.position"] == 1.0
         assert results[f"t2i.objects_{k}.count"] == 1.0
+    assert results["t2i.fd_pool8"] > 0.5  # every object a different colour: the pooled colours move
     assert results["i2t.exact"] < 0.5
 
 
@@ -100,3 +104,18 @@ def test_story_scores_detect_a_wrong_image():
     assert story_scores(bad) == ([True, False], [True])
     nonsense = Document([Text(s0.caption()), Image(render_scene(s0)), Text("then it rains"), Image(render_scene(s1))])
     assert story_scores(nonsense) == ([True, False], [False])
+
+
+def test_frechet_distance_closed_form_and_features():
+    import numpy as np
+    from PIL import Image as PILImage
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    # same covariance, means 2 apart along one axis: FD = |mu_a - mu_b|^2 = 4
+    assert frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, abs=1e-6)
+    # scaled covariance: FD = tr(C + s^2 C - 2 s C) = (1 - s)^2 tr(C) = 0.25 * 3 for s = 1.5
+    assert frechet_distance(a, 1.5 * a) == pytest.approx(0.75, rel=0.02)
+    red = PILImage.new("RGB", (64, 64), (255, 0, 0))
+    f = pooled_features([red])
+    assert f.shape == (1, 192) and np.allclose(f[0].reshape(64, 3), [1.0, 0.0, 0.0])

@@ -1,0 +1,229 @@
+"""Transfusion: one transformer that predicts text tokens and denoises continuous images.
+
+An image is cut into p×p pixel patches (64×64 with p = 8: an 8×8 grid of 192-d vectors —
+the same 64 positions the discrete head spends on codes). In a sequence the image sits
+where its codes would, `<boi> <grid> [slots] <eoi>`; each slot holds a `<pad>` id whose
+embedding is replaced by
+
+    patch_in(x_sigma) + pos[slot] + time_embed(1000 · sigma)
+
+Attention is causal across the sequence and bidirectional inside each image:
+transformers' `create_causal_mask(block_sequence_ids=...)` (image index on slots, -1
+elsewhere). Outputs: the LM head's logits (next-token loss on text and audio tokens) and
+`patch_out(h)` on slots, a velocity: with x_sigma = sigma·noise + (1 − sigma)·x0 the
+target is noise − x0, the convention of diffusers' `FlowMatchEulerDiscreteScheduler`,
+which the sampler (`anygen.sampling.diffusion`) steps with. Loss = CE + λ · MSE.
+
+Saved as a decoder directory (the LM, loadable by transformers on its own) plus
+`diffusion_head.safetensors` and a `diffusion_head` section in `anygen_decoder.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anygen.config import build, check, choice, to_dict
+from anygen.errors import AnygenError
+
+HEAD_FILE = "diffusion_head.safetensors"
+IMAGE_HEADS = ("tokens", "diffusion")
+
+
+@dataclass
+class DiffusionHeadConfig:
+    """The continuous image path: patching, diffusion loss weight and noise-level sampling."""
+
+    image_size: int = 64
+    patch_size: int = 8  # 64x64 -> 8x8 slots of 8*8*3 = 192 values
+    loss_weight: float = 5.0  # λ: Transfusion's balance of the diffusion and token losses
+    sigma_sampling: str = choice("logit_normal", "uniform")  # training noise levels (SD3's logit-normal)
+    time_dim: int = 256  # sinusoidal features of the timestep before its MLP
+
+    def __post_init__(self):
+        check(self.patch_size > 0 and self.image_size % self.patch_size == 0, "patch_size",
+              f"must divide image_size ({self.image_size}), got {self.patch_size}")
+        check(self.loss_weight >= 0, "loss_weight", f"must be >= 0, got {self.loss_weight}")
+        check(self.time_dim >= 2 and self.time_dim % 2 == 0, "time_dim", f"must be even, got {self.time_dim}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def n_slots(self) -> int:
+        return self.grid ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.patch_size ** 2
+
+
+def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, H/p * W/p, 3*p*p), patches in row-major order."""
+    n, c, h, w = images.shape
+    x = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (N, gh, gw, p, p, C)
+    return x.reshape(n, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, p: int) -> torch.Tensor:
+    """(N, L, 3*p*p) -> (N, 3, H, W); the inverse of `patchify` for a square grid."""
+    n, length, _ = patches.shape
+    g = math.isqrt(length)
+    x = patches.reshape(n, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (N, C, gh, p, gw, p)
+    return x.reshape(n, 3, g * p, g * p)
+
+
+def sample_sigmas(n: int, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training noise levels in (0, 1): uniform, or logit-normal (mass in the middle, as SD3)."""
+    if how == "uniform":
+        return torch.rand(n, generator=generator)
+    return torch.sigmoid(torch.randn(n, generator=generator))
+
+
+class TransfusionModel(nn.Module):
+    """A causal LM (`Qwen3ForCausalLM`) plus the patch projections and timestep embedding."""
+
+    def __init__(self, lm, head: DiffusionHeadConfig):
+        super().__init__()
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+        self.lm, self.head = lm, head
+        width = lm.config.hidden_size
+        self.patch_in = nn.Linear(head.patch_dim, width)
+        self.pos = nn.Parameter(torch.randn(head.n_slots, width) * 0.02)  # learned 2D position of each slot
+        self.time_proj = Timesteps(head.time_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(head.time_dim, width)
+        self.patch_out = nn.Linear(width, head.patch_dim)
+        nn.init.zeros_(self.patch_out.weight)  # start by predicting zero velocity
+        nn.init.zeros_(self.patch_out.bias)
+
+    @property
+    def config(self):  # the LM's config: context length, vocab size
+        return self.lm.config
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def embed(self, input_ids: torch.Tensor, slots: torch.Tensor, patches: torch.Tensor | None,
+              sigmas: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings (B, T, H) with image slots replaced by noised patch embeddings.
+
+        slots (B, T) bool; patches (n_images, L, D) in slot order (row-major over the batch);
+        sigmas (n_images,) noise level of each image (0 = clean).
+        """
+        emb = self.lm.get_input_embeddings()(input_ids)
+        if patches is None or patches.numel() == 0:
+            return emb
+        n_img = patches.shape[0]
+        t = self.time_proj(sigmas.float() * 1000).to(emb.dtype)  # (n_images, time_dim)
+        img = self.patch_in(patches.to(emb.dtype)) + self.pos + self.time_embed(t)[:, None]  # (n_images, L, H)
+        if int(slots.sum()) != img.shape[0] * img.shape[1]:
+            raise AnygenError(f"{int(slots.sum())} image slots for {n_img} images of {img.shape[1]} patches")
+        return emb.masked_scatter(slots[..., None], img.reshape(-1, img.shape[-1]))
+
+    def hidden(self, embeds: torch.Tensor, block_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """Final hidden states (B, T, H). `block_ids` (B, past + T): image index on slots, -1 elsewhere."""
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + embeds.shape[1], device=embeds.device)[None]
+        mask = attention_mask_for(self.lm.config, embeds, block_ids, attention_mask, cache, position_ids)
+        out = self.lm.model(inputs_embeds=embeds, attention_mask={"full_attention": mask},
+                            position_ids=position_ids, cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def forward(self, input_ids, slots, block_ids, patches=None, sigmas=None, attention_mask=None,
+                position_ids=None, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, T, V), velocity (n_images, L, D)) for a batch with noised images in its slots."""
+        h = self.hidden(self.embed(input_ids, slots, patches, sigmas), block_ids, attention_mask, position_ids, cache)
+        velocity = self.patch_out(h[slots]).reshape(-1, self.head.n_slots, self.head.patch_dim)
+        return self.lm.lm_head(h), velocity
+
+
+def attention_mask_for(config, embeds: torch.Tensor, block_ids: torch.Tensor,
+                       padding: torch.Tensor | None = None, cache=None, position_ids: torch.Tensor | None = None):
+    """Causal across the sequence, bidirectional inside each image block: transformers'
+    `create_causal_mask(block_sequence_ids=...)`, (B, 1, T, past + T) for SDPA (True = attend)."""
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=padding, cache=cache,
+                              position_ids=position_ids, block_sequence_ids=block_ids, allow_is_causal_skip=False)
+
+
+def block_ids_from_slots(slots: torch.Tensor, n_slots: int) -> torch.Tensor:
+    """(B, T) bool slots -> (B, T) long: index of the image within its row on slots, -1 elsewhere."""
+    index = (torch.cumsum(slots.long(), dim=1) - 1).div(n_slots, rounding_mode="floor")
+    return torch.where(slots, index, torch.full_like(index, -1))
+
+
+def transfusion_loss(model: TransfusionModel, batch: dict, generator: torch.Generator | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """CE on token targets + λ · flow-matching MSE on image slots (images noised here).
+
+    batch: input_ids (B, T), labels (B, T; -100 = no loss), attention_mask (B, T), slots
+    (B, T) bool, images (n_images, 3, S, S) in [-1, 1] in slot order.
+    """
+    head = model.head
+    x0 = patchify(batch["images"], head.patch_size)  # (n, L, D)
+    sigma = sample_sigmas(x0.shape[0], head.sigma_sampling, generator).to(x0)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    x_t = sigma[:, None, None] * noise + (1 - sigma[:, None, None]) * x0
+    block = block_ids_from_slots(batch["slots"], head.n_slots)
+    logits, velocity = model(batch["input_ids"], batch["slots"], block, x_t, sigma,
+                             attention_mask=batch.get("attention_mask"))
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    mse = F.mse_loss(velocity.float(), (noise - x0).float())
+    loss = ce + head.loss_weight * mse
+    return loss, {"loss": loss.item(), "ce": ce.item(), "diffusion_mse": mse.item()}
+
+
+# ---- save / load -----------------------------------------------------------------------------
+def save_transfusion(model: TransfusionModel, directory, **kw) -> Path:
+    """The LM as a decoder directory + the head's tensors; `anygen_decoder.json` says image_head: diffusion."""
+    from safetensors.torch import save_file
+
+    from anygen.model.decoder import save_decoder
+
+    extra = dict(kw.pop("extra", None) or {}, image_head="diffusion", diffusion_head=to_dict(model.head))
+    directory = Path(directory)
+    state = {k: v.detach().contiguous() for k, v in model.head_state_dict().items()}
+    save_decoder(model.lm, directory, extra=extra, **kw)
+    tmp = directory / (HEAD_FILE + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(directory / HEAD_FILE)
+    return directory
+
+
+def load_transfusion(directory, lm, meta: dict) -> TransfusionModel:
+    """Wrap a loaded LM with the diffusion head saved beside it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    head_cfg = build(DiffusionHeadConfig, meta.get("diffusion_head") or {})
+    model = TransfusionModel(lm, head_cfg)
+    path = directory / HEAD_FILE
+    if not path.exists():
+        raise AnygenError(f"{directory}: image_head is diffusion but {HEAD_FILE} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise AnygenError(f"{path}: cannot read ({e})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("lm.")]
+    if missing or unexpected:
+        raise AnygenError(f"{path}: head tensors do not fit (missing {missing}, unexpected {unexpected})")
+    return model.to(next(lm.parameters()).dtype)
+
+
+def image_head_of(meta: dict) -> str:
+    head = meta.get("image_head", "tokens")
+    if head not in IMAGE_HEADS:
+        raise AnygenError(f"image_head {head!r} is not one of {IMAGE_HEADS}")
+    return head

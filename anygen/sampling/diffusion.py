@@ -1,0 +1,182 @@
+"""Sampling with the Transfusion head: text token by token, images by K denoising steps.
+
+`sample_images` fills the slots after prompts that end in `<boi> <grid>`: the prompts run
+once into a KV cache; each of the K steps feeds the 64 noised slots against that cache
+(bidirectional among themselves) and crops the cache back, so a step costs a 64-token
+forward whatever the prompt length. Classifier-free guidance batches the conditional
+rows with null rows (`<bos> <null> <boi> <grid>`, the training form of a dropped caption)
+in the same forward: v = v_null + g · (v_cond − v_null); g = 1 skips the null rows.
+The steps are diffusers' `FlowMatchEulerDiscreteScheduler` (Euler on the flow ODE).
+
+`generate` is the interleaved sampler for this head: tokens are sampled with the LM head
+until `<boi>`; then the image is denoised in place, committed to the cache as a clean
+image (sigma = 0, how training shows clean images), and `<eoi>` and text continue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from anygen.config import check
+from anygen.model.transfusion import TransfusionModel, patchify, unpatchify
+from anygen.vocab import Vocab
+
+
+@dataclass
+class DiffusionSettings:
+    """How images are denoised: K Euler steps, guidance scale, timestep shift."""
+
+    steps: int = 25
+    guidance: float = 3.0  # classifier-free guidance on the velocity; 1 = off (no null rows)
+    shift: float = 1.0  # FlowMatchEulerDiscreteScheduler's shift (>1 spends more steps at high noise)
+
+    def __post_init__(self):
+        check(1 <= self.steps <= 1000, "steps", f"must be 1..1000, got {self.steps}")
+        check(self.guidance >= 0 and self.guidance == self.guidance, "guidance", f"must be >= 0, got {self.guidance}")
+        check(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ids (R, P), attention mask (R, P), position ids (R, P) of left-padded prompts."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])
+    n_pad = torch.tensor([width - len(r) for r in rows])
+    cols = torch.arange(width)
+    attn = (cols[None] >= n_pad[:, None]).long()
+    return ids, attn, (cols[None] - n_pad[:, None]).clamp(min=0)
+
+
+class _Context:
+    """Rows of a left-padded prompt batch in a KV cache, extended by committed tokens and images."""
+
+    def __init__(self, model: TransfusionModel, rows: list[list[int]], pad: int):
+        from transformers import DynamicCache
+
+        self.model, self.n_images = model, 0
+        ids, self.attn, pos = _left_pad(rows, pad)
+        self.blocks = torch.full(ids.shape, -1)  # image index on image slots, -1 elsewhere
+        self.next_pos = pos[:, -1] + 1  # (R,) position id of the next column
+        self.cache = DynamicCache(config=model.lm.config)
+        self.last_hidden = self._forward(ids, None, 0.0, pos, self.attn, self.blocks)[:, -1]  # (R, H)
+
+    def _forward(self, ids, patches, sigma, pos, attn, blocks) -> torch.Tensor:
+        slots = torch.full(ids.shape, patches is not None)
+        sigmas = torch.full((ids.shape[0],), float(sigma)) if patches is not None else None
+        return self.model.hidden(self.model.embed(ids, slots, patches, sigmas), blocks, attn, pos, self.cache)
+
+    def _extend(self, n: int, block: int):
+        """Attention mask, block ids (R, past + n) and position ids (R, n) for n new columns."""
+        R = self.attn.shape[0]
+        return (torch.cat([self.attn, torch.ones(R, n, dtype=torch.long)], 1),
+                torch.cat([self.blocks, torch.full((R, n), block)], 1),
+                self.next_pos[:, None] + torch.arange(n)[None])
+
+    def velocity(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Predicted velocity (R, L, D) of noised images x (R, L, D) after the cached rows; the cache is unchanged."""
+        R, L, _ = x.shape
+        attn, blocks, pos = self._extend(L, self.n_images)
+        h = self._forward(torch.zeros(R, L, dtype=torch.long), x, sigma, pos, attn, blocks)
+        self.cache.crop(-L)  # drop the slots again: the cache holds the prompt (and committed columns) only
+        return self.model.patch_out(h)
+
+    def commit(self, ids: torch.Tensor | None = None, image: torch.Tensor | None = None) -> None:
+        """Append tokens (R, n) or a clean image's patches (R, L, D) to the cache."""
+        n = ids.shape[1] if image is None else image.shape[1]
+        attn, blocks, pos = self._extend(n, -1 if image is None else self.n_images)
+        if image is not None:
+            ids = torch.zeros(image.shape[0], n, dtype=torch.long)
+        h = self._forward(ids, image, 0.0, pos, attn, blocks)
+        self.attn, self.blocks, self.next_pos = attn, blocks, self.next_pos + n
+        self.n_images += image is not None
+        self.last_hidden = h[:, -1]
+
+
+def _euler(velocity, n: int, model: TransfusionModel, settings: DiffusionSettings,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """x0 patches (n, L, D) from noise by K Euler steps of `velocity(x, sigma) -> (n, L, D)`."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=settings.shift)
+    scheduler.set_timesteps(settings.steps)
+    x = torch.randn(n, model.head.n_slots, model.head.patch_dim, generator=generator)
+    for t in scheduler.timesteps:
+        x = scheduler.step(velocity(x, float(t) / 1000).float(), t, x).prev_sample
+    return x
+
+
+def guide(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on velocities: scale 1 is the conditional prediction itself."""
+    return v_null + scale * (v_cond - v_null)
+
+
+def _null_prompt(vocab: Vocab, grid_token: int) -> list[int]:
+    return [vocab.bos, vocab.null, vocab.boi, grid_token]  # a dropped caption, as in training
+
+
+@torch.no_grad()
+def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]],
+                  settings: DiffusionSettings = DiffusionSettings(), seed: int | None = None) -> torch.Tensor:
+    """Images (N, 3, S, S) in [-1, 1] for prompts that end in `<boi> <grid>`; one batched forward per step."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    n, guided = len(prompts), settings.guidance != 1.0
+    rows = [list(p) for p in prompts] + ([_null_prompt(vocab, prompts[0][-1])] * n if guided else [])
+    ctx = _Context(model, rows, vocab.pad)
+
+    def velocity(x, sigma):
+        if not guided:
+            return ctx.velocity(x, sigma)
+        v = ctx.velocity(torch.cat([x, x]), sigma)
+        return guide(v[:n], v[n:], settings.guidance)
+
+    return unpatchify(_euler(velocity, n, model, settings, generator), model.head.patch_size).clamp(-1, 1)
+
+
+@torch.no_grad()
+def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_new_tokens: int = 256,
+             max_images: int = 4, temperature: float = 0.0, settings: DiffusionSettings = DiffusionSettings(),
+             seed: int | None = None, min_images: int = 0) -> tuple[list[int], list[torch.Tensor]]:
+    """Interleaved sampling of one sequence: (new token ids, images).
+
+    Each image appears in the ids as `<boi> <grid> <eoi>` (its slots are not ids); images
+    are (3, S, S) in [-1, 1], in order. Text is greedy at temperature 0. `<eos>` is
+    forbidden until `min_images` images exist.
+    """
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    grid_token = vocab.grid_id((model.head.grid,) * 2)
+    ctx = _Context(model, [list(prompt)], vocab.pad)
+    allowed = torch.zeros(model.lm.config.vocab_size, dtype=torch.bool)
+    allowed[: vocab.n_text] = True
+    allowed[[vocab.eos, vocab.boi]] = True
+    out, images = [], []
+    while len(out) < max_new_tokens:
+        logits = model.lm.lm_head(ctx.last_hidden)[0].float()  # (V,)
+        logits[~allowed] = float("-inf")
+        if len(images) >= max_images:
+            logits[vocab.boi] = float("-inf")
+        if len(images) < min_images:
+            logits[vocab.eos] = float("-inf")
+        if temperature > 0:
+            token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+        else:
+            token = int(logits.argmax())
+        out.append(token)
+        if token == vocab.eos:
+            break
+        if token != vocab.boi:
+            ctx.commit(torch.tensor([[token]]))
+            continue
+        out.append(grid_token)
+        ctx.commit(torch.tensor([[vocab.boi, grid_token]]))
+        if settings.guidance != 1.0:  # the null row is its own short context
+            null = _Context(model, [_null_prompt(vocab, grid_token)], vocab.pad)
+            velocity = lambda x, s: guide(ctx.velocity(x, s), null.velocity(x, s), settings.guidance)  # noqa: E731
+        else:
+            velocity = ctx.velocity
+        x0 = _euler(velocity, 1, model, settings, generator)
+        images.append(unpatchify(x0, model.head.patch_size).clamp(-1, 1)[0])
+        ctx.commit(image=patchify(images[-1][None], model.head.patch_size))
+        ctx.commit(torch.tensor([[vocab.eoi]]))
+        out.append(vocab.eoi)
+    return out, images

@@ -1,0 +1,227 @@
+"""Text→image training with either image head, for the discrete-vs-Transfusion side-by-side.
+
+Both heads see the same stream of ShapesWorld (caption, image) pairs — batch k is a pure
+function of (seed, k), so a resumed run continues exactly — and the same decoder:
+
+    tokens     <bos> caption <boi> <grid> 64 codes <eoi> <eos>   CE on everything after the caption
+    diffusion  <bos> caption <boi> <grid> 64 slots <eoi> <eos>   CE on <boi> <grid> <eos>, λ·MSE on slots
+
+A dropped caption (`p_null`) becomes `<null>`, the unconditional row of guidance. The
+image codec of the tokenizer directory encodes the tokens head's images on the fly; the
+diffusion head uses pixels. Compute is reported as FLOPs (6·N·tokens + attention, the
+decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
+
+`anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anygen.config import check, choice, load_config, read_yaml, to_dict
+from anygen.errors import AnygenError
+from anygen.io import atomic_write_bytes
+from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
+from anygen.model.transfusion import DiffusionHeadConfig, TransfusionModel, save_transfusion, transfusion_loss
+
+
+@dataclass
+class T2IData:
+    tokenizer: str = "runs/tokenizer"  # text tokenizer (+ image codec for the tokens head)
+    world_seed: int = 0
+    p_null: float = 0.1  # caption -> <null> (classifier-free guidance)
+    batch_size: int = 16
+
+    def __post_init__(self):
+        check(0 <= self.p_null <= 1, "p_null", f"must be in [0, 1], got {self.p_null}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class T2ITrain:
+    out_dir: str = "runs/t2i"
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    threads: int = 1
+    seed: int = 0
+    log_every: int = 20
+    save_every: int = 200
+
+    def __post_init__(self):
+        for name in ("steps", "threads", "log_every", "save_every"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
+        check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
+
+
+@dataclass
+class T2IConfig:
+    trainer: str = choice("t2i")
+    image_head: str = choice("tokens", "diffusion")
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
+    data: T2IData = field(default_factory=T2IData)
+    train: T2ITrain = field(default_factory=T2ITrain)
+
+
+def is_t2i_recipe(path: str | os.PathLike) -> bool:
+    return read_yaml(path).get("trainer") == "t2i"
+
+
+class T2IBatches:
+    """Batch k: `batch_size` fresh ShapesWorld scenes, captions and renders, from (seed, k)."""
+
+    def __init__(self, cfg: T2IConfig, tokenizer):
+        from anygen.data.shapes import ShapesWorld, WorldConfig
+
+        self.cfg, self.tok, self.vocab = cfg, tokenizer, tokenizer.vocab
+        self.world = ShapesWorld(WorldConfig(seed=cfg.data.world_seed))
+        if cfg.image_head == "tokens" and tokenizer.image is None:
+            raise AnygenError(f"{cfg.data.tokenizer}: the tokens head needs an image codec in the tokenizer")
+        size = cfg.diffusion.image_size if cfg.image_head == "diffusion" else tokenizer.image.image_size
+        self.size = size
+        self.grid = (cfg.diffusion.grid,) * 2 if cfg.image_head == "diffusion" else None
+
+    def batch(self, k: int) -> dict[str, torch.Tensor]:
+        from anygen.codecs.image import images_to_tensor
+        from anygen.data.shapes import render_scene
+
+        rng = np.random.default_rng([self.cfg.train.seed, k])
+        scenes = [self.world.sample_scene(rng) for _ in range(self.cfg.data.batch_size)]
+        drop = rng.random(len(scenes)) < self.cfg.data.p_null
+        images = images_to_tensor([render_scene(s) for s in scenes], self.size)  # (B, 3, S, S)
+        v = self.vocab
+        rows, labels, slots = [], [], []
+        codes = self.tok.image.encode_images([render_scene(s) for s in scenes]) \
+            if self.cfg.image_head == "tokens" else None  # (B, h, w)
+        for i, scene in enumerate(scenes):
+            prompt = [v.bos] + ([v.null] if drop[i] else self.tok.encode_text(scene.caption()))
+            if codes is not None:
+                body = [v.boi, v.grid_id(tuple(codes[i].shape))] + v.image_ids(codes[i].reshape(-1)).tolist() \
+                    + [v.eoi, v.eos]
+                lab = [-100] * len(prompt) + body
+                slot = [False] * (len(prompt) + len(body))
+            else:
+                n = self.cfg.diffusion.n_slots
+                body = [v.boi, v.grid_id(self.grid)] + [v.pad] * n + [v.eoi, v.eos]
+                lab = [-100] * len(prompt) + [v.boi, v.grid_id(self.grid)] + [-100] * (n + 1) + [v.eos]
+                slot = [False] * (len(prompt) + 2) + [True] * n + [False, False]
+            rows.append(prompt + body)
+            labels.append(lab)
+            slots.append(slot)
+        width = max(len(r) for r in rows)
+
+        def pad(seqs, value):
+            return torch.tensor([s + [value] * (width - len(s)) for s in seqs])
+
+        attn = pad([[1] * len(r) for r in rows], 0)
+        return {"input_ids": pad(rows, v.pad), "labels": pad(labels, -100), "slots": pad(slots, False).bool(),
+                "attention_mask": attn, "images": images, "tokens": int(attn.sum())}
+
+
+def _lr(step: int, t: T2ITrain) -> float:
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    p = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def _token_loss(model, batch) -> tuple[torch.Tensor, dict]:
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    return ce, {"loss": ce.item(), "ce": ce.item()}
+
+
+def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
+              progress: bool = True) -> Path:
+    """Train one side of the side-by-side; returns `out_dir/model` (an `anygen.load` directory)."""
+    from anygen.training.decoder_trainer import flops_per_token
+    from anygen.tokenizer import MultimodalTokenizer
+    from anygen.training.tokenizer_trainer import load_checkpoint, save_checkpoint
+
+    cfg = load_config(T2IConfig, recipe_path, list(overrides))
+    t = cfg.train
+    torch.set_num_threads(int(os.environ.get("ANYGEN_THREADS", t.threads)))
+    out = Path(t.out_dir)
+    ckpt = out / "checkpoint"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise AnygenError(f"{out} already holds a run: pass --resume to continue it, or choose another out_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = Path(cfg.data.tokenizer)
+    tokenizer = MultimodalTokenizer.load(tok_dir)
+    data = T2IBatches(cfg, tokenizer)
+    lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
+    model = TransfusionModel(lm, cfg.diffusion) if cfg.image_head == "diffusion" else lm
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay)
+    step, elapsed, cpu, tokens, flops = 0, 0.0, 0.0, 0, 0.0
+    if resume and ckpt.exists():
+        state = load_checkpoint(ckpt, model, opt)
+        step, elapsed, cpu = state["step"], state["elapsed_s"], state.get("cpu_s", 0.0)
+        tokens, flops = state.get("tokens", 0), state.get("flops", 0.0)
+    head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm."))  # patch/time projections
+    log = (out / "metrics.jsonl").open("a", encoding="utf-8")
+    generator = torch.Generator()
+    model.train()
+    bar = tqdm(total=t.steps, initial=step, desc=f"train t2i/{cfg.image_head}", disable=not progress)
+    t0, c0 = time.time() - elapsed, time.process_time() - cpu
+    while step < t.steps:
+        batch = data.batch(step)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, t)
+        generator.manual_seed(t.seed * 1_000_003 + step)
+        if cfg.image_head == "diffusion":
+            loss, metrics = transfusion_loss(model, batch, generator)
+        else:
+            loss, metrics = _token_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        opt.step()
+        step += 1
+        tokens += batch["tokens"]
+        per_token, n_params = flops_per_token(lm, batch["input_ids"].shape[1])
+        flops += per_token * batch["tokens"] + 6 * head_params * int(batch["slots"].sum())
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if step % t.log_every == 0 or step == t.steps:
+            rec = {"step": step, "lr": _lr(step - 1, t), **metrics, "tokens": tokens, "flops": flops,
+                   "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if step % t.save_every == 0 or step == t.steps:
+            save_checkpoint(ckpt, model, opt, step, time.time() - t0, cfg, time.process_time() - c0)
+            state_file = ckpt / "state.json"
+            state = json.loads(state_file.read_text())
+            state.update(tokens=tokens, flops=flops)
+            atomic_write_bytes(state_file, json.dumps(state).encode())
+    bar.close()
+    log.close()
+    summary = {"image_head": cfg.image_head, "steps": step, "tokens": tokens,
+               "parameters": count_parameters(lm) + head_params, "head_parameters": head_params,
+               "train_flops": flops, "wall_s": round(time.time() - t0, 1),
+               "cpu_s": round(time.process_time() - c0, 1), "config": to_dict(cfg)}
+    extra = {"t2i_training": {k: v for k, v in summary.items() if k != "config"}}
+    if cfg.image_head == "diffusion":
+        save_transfusion(model, out / "model", config=cfg.model, vocab=tokenizer.vocab, tokenizer_dir=tok_dir,
+                         extra=extra)
+    else:
+        save_decoder(model, out / "model", config=cfg.model, vocab=tokenizer.vocab, tokenizer_dir=tok_dir,
+                     extra=extra)
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    return out / "model"
+
