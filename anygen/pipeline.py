@@ -37,7 +37,7 @@ def default_model_dir() -> Path:
 def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "AnyGen":
     """Load a model directory (default: the bundled model, or $ANYGEN_MODEL)."""
     from anygen.model.decoder import load_decoder, read_decoder_meta
-    from anygen.model.transfusion import image_head_of, load_transfusion
+    from anygen.model.transfusion import check_codec_fits, image_head_of, load_transfusion
 
     directory = Path(directory) if directory is not None else default_model_dir()
     if not directory.is_dir():
@@ -59,6 +59,7 @@ def load(directory: str | os.PathLike | None = None, device: str = "cpu") -> "An
     diffusion = None
     if image_head_of(meta) == "diffusion":
         diffusion = load_transfusion(directory, model, meta).eval()
+        check_codec_fits(diffusion.head, tokenizer.image, str(directory))
     return AnyGen(model.eval(), tokenizer, diffusion=diffusion)
 
 
@@ -233,8 +234,13 @@ class AnyGen:
         n_slots = self.diffusion.head.n_slots
         for p in prompts:
             self._check_length(p, n_slots + 2)
-        images = sample_images(self.diffusion, self.vocab, prompts, self._diffusion_settings(cfg_scale, steps), seed)
-        return tensor_to_images(images)
+        x = sample_images(self.diffusion, self.vocab, prompts, self._diffusion_settings(cfg_scale, steps), seed)
+        return tensor_to_images(self._diffused_to_pixels(x))
+
+    def _diffused_to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        from anygen.model.transfusion import to_pixels
+
+        return to_pixels(self.diffusion.head, x, self.tokenizer.image)
 
     def _generate_diffusion(self, ids: list[int], max_new_tokens: int, seed: int | None, cfg_scale=None,
                             steps=None, temperature: float = 0.0, min_images: int = 0, max_images: int = 4,
@@ -250,7 +256,7 @@ class AnyGen:
                                              temperature=temperature, min_images=min_images,
                                              max_images=max_images, seed=seed,
                                              settings=self._diffusion_settings(cfg_scale, steps))
-        pictures = iter(tensor_to_images(torch.stack(images)) if images else [])
+        pictures = iter(tensor_to_images(self._diffused_to_pixels(torch.stack(images))) if images else [])
         out, text = [], []
         for token in new_ids:
             if token == self.vocab.boi:

@@ -1,7 +1,11 @@
 """Transfusion: one transformer that predicts text tokens and denoises continuous images.
 
-An image is cut into p×p pixel patches (64×64 with p = 8: an 8×8 grid of 192-d vectors —
-the same 64 positions the discrete head spends on codes). In a sequence the image sits
+An image is a continuous (C, S, S) array cut into p×p patches, in one of two spaces:
+`pixels` (64×64 RGB, p = 8: 64 slots of 192 values) or `codec` (the image codec's latent
+grid, the values its decoder reads, taken as continuous numbers — for the FSQ [7,7,7]
+codec an 8×8 grid of 3 values in [-1, 1], p = 1: 64 slots of 3 values — decoded to pixels
+by the codec's decoder, as Transfusion uses a VAE's latents). Either way an image takes the same 64
+positions the discrete head spends on codes. In a sequence the image sits
 where its codes would, `<boi> <grid> [slots] <eoi>`; each slot holds a `<pad>` id whose
 embedding is replaced by
 
@@ -37,10 +41,12 @@ IMAGE_HEADS = ("tokens", "diffusion")
 
 @dataclass
 class DiffusionHeadConfig:
-    """The continuous image path: patching, diffusion loss weight and noise-level sampling."""
+    """The continuous image path: space, patching, diffusion loss weight and noise-level sampling."""
 
-    image_size: int = 64
-    patch_size: int = 8  # 64x64 -> 8x8 slots of 8*8*3 = 192 values
+    space: str = choice("pixels", "codec")  # RGB pixels, or the tokenizer's image-codec latents
+    image_size: int = 64  # side of the diffused array: 64 for pixels, the codec's grid (8) for codec
+    channels: int = 3  # 3 for pixels; the codec's latent width (len(fsq_levels)) for codec
+    patch_size: int = 8  # pixels: 64x64 -> 8x8 slots of 8*8*3 = 192 values; codec: 1
     loss_weight: float = 5.0  # λ: Transfusion's balance of the diffusion and token losses
     sigma_sampling: str = choice("logit_normal", "uniform")  # training noise levels (SD3's logit-normal)
     time_dim: int = 256  # sinusoidal features of the timestep before its MLP
@@ -50,6 +56,7 @@ class DiffusionHeadConfig:
               f"must divide image_size ({self.image_size}), got {self.patch_size}")
         check(self.loss_weight >= 0, "loss_weight", f"must be >= 0, got {self.loss_weight}")
         check(self.time_dim >= 2 and self.time_dim % 2 == 0, "time_dim", f"must be even, got {self.time_dim}")
+        check(self.channels >= 1, "channels", f"must be >= 1, got {self.channels}")
 
     @property
     def grid(self) -> int:
@@ -61,22 +68,22 @@ class DiffusionHeadConfig:
 
     @property
     def patch_dim(self) -> int:
-        return 3 * self.patch_size ** 2
+        return self.channels * self.patch_size ** 2
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, H/p * W/p, 3*p*p), patches in row-major order."""
+    """(N, C, H, W) -> (N, H/p * W/p, C*p*p), patches in row-major order."""
     n, c, h, w = images.shape
     x = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)  # (N, gh, gw, p, p, C)
     return x.reshape(n, (h // p) * (w // p), p * p * c)
 
 
 def unpatchify(patches: torch.Tensor, p: int) -> torch.Tensor:
-    """(N, L, 3*p*p) -> (N, 3, H, W); the inverse of `patchify` for a square grid."""
-    n, length, _ = patches.shape
-    g = math.isqrt(length)
-    x = patches.reshape(n, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (N, C, gh, p, gw, p)
-    return x.reshape(n, 3, g * p, g * p)
+    """(N, L, C*p*p) -> (N, C, H, W); the inverse of `patchify` for a square grid."""
+    n, length, dim = patches.shape
+    g, c = math.isqrt(length), dim // (p * p)
+    x = patches.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)  # (N, C, gh, p, gw, p)
+    return x.reshape(n, c, g * p, g * p)
 
 
 def sample_sigmas(n: int, how: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -167,7 +174,7 @@ def transfusion_loss(model: TransfusionModel, batch: dict, generator: torch.Gene
     """CE on token targets + λ · flow-matching MSE on image slots (images noised here).
 
     batch: input_ids (B, T), labels (B, T; -100 = no loss), attention_mask (B, T), slots
-    (B, T) bool, images (n_images, 3, S, S) in [-1, 1] in slot order.
+    (B, T) bool, images (n_images, C, S, S) in the head's space, in slot order.
     """
     head = model.head
     x0 = patchify(batch["images"], head.patch_size)  # (n, L, D)
@@ -220,6 +227,36 @@ def load_transfusion(directory, lm, meta: dict) -> TransfusionModel:
     if missing or unexpected:
         raise AnygenError(f"{path}: head tensors do not fit (missing {missing}, unexpected {unexpected})")
     return model.to(next(lm.parameters()).dtype)
+
+
+def to_head_space(head: DiffusionHeadConfig, pixels: torch.Tensor, codec=None) -> torch.Tensor:
+    """Pixels (N, 3, H, W) in [-1, 1] -> the arrays the head diffuses (N, C, S, S)."""
+    if head.space == "pixels":
+        return pixels
+    with torch.no_grad():
+        return codec.codes_to_embeddings(codec.encode(pixels))  # the quantizer's grid values
+
+
+def to_pixels(head: DiffusionHeadConfig, x: torch.Tensor, codec=None) -> torch.Tensor:
+    """Denoised arrays (N, C, S, S) -> pixels (N, 3, H, W) in [-1, 1]."""
+    if head.space == "pixels":
+        return x.clamp(-1, 1)
+    with torch.no_grad():
+        return codec.decoder(x.float()).clamp(-1, 1)
+
+
+def check_codec_fits(head: DiffusionHeadConfig, codec, where: str) -> None:
+    """A `codec`-space head must match the codec's latent grid and width."""
+    if head.space != "codec":
+        return
+    if codec is None:
+        raise AnygenError(f"{where}: diffusion.space is codec but the tokenizer has no image codec")
+    width = len(codec.config.fsq_levels) if codec.config.quantizer == "fsq" else None
+    if codec.config.quantizer != "fsq":
+        raise AnygenError(f"{where}: diffusion.space codec needs an FSQ image codec (got {codec.config.quantizer})")
+    if head.image_size != codec.grid[0] or head.channels != width:
+        raise AnygenError(f"{where}: diffusion.image_size/channels must be the codec's grid and latent width "
+                          f"({codec.grid[0]} and {width}), got {head.image_size} and {head.channels}")
 
 
 def image_head_of(meta: dict) -> str:

@@ -118,7 +118,8 @@ def _null_prompt(vocab: Vocab, grid_token: int) -> list[int]:
 @torch.no_grad()
 def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]],
                   settings: DiffusionSettings = DiffusionSettings(), seed: int | None = None) -> torch.Tensor:
-    """Images (N, 3, S, S) in [-1, 1] for prompts that end in `<boi> <grid>`; one batched forward per step."""
+    """Denoised images (N, C, S, S) in the head's space (pixels or codec latents) for prompts that end
+    in `<boi> <grid>`; one batched forward per step."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     n, guided = len(prompts), settings.guidance != 1.0
     rows = [list(p) for p in prompts] + ([_null_prompt(vocab, prompts[0][-1])] * n if guided else [])
@@ -140,7 +141,7 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
     """Interleaved sampling of one sequence: (new token ids, images).
 
     Each image appears in the ids as `<boi> <grid> <eoi>` (its slots are not ids); images
-    are (3, S, S) in [-1, 1], in order. Text is greedy at temperature 0. `<eos>` is
+    are (C, S, S) in the head's space, clamped to [-1, 1], in order. Text is greedy at temperature 0. `<eos>` is
     forbidden until `min_images` images exist.
     """
     generator = torch.Generator().manual_seed(seed) if seed is not None else None

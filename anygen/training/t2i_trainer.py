@@ -8,7 +8,7 @@ function of (seed, k), so a resumed run continues exactly — and the same decod
 
 A dropped caption (`p_null`) becomes `<null>`, the unconditional row of guidance. The
 image codec of the tokenizer directory encodes the tokens head's images on the fly; the
-diffusion head uses pixels. Compute is reported as FLOPs (6·N·tokens + attention, the
+diffusion head uses pixels or (`diffusion.space: codec`) the same codec's continuous latents. Compute is reported as FLOPs (6·N·tokens + attention, the
 decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 
 `anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`.
@@ -31,7 +31,8 @@ from anygen.config import check, choice, load_config, read_yaml, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
-from anygen.model.transfusion import DiffusionHeadConfig, TransfusionModel, save_transfusion, transfusion_loss
+from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, save_transfusion,
+                                      to_head_space, transfusion_loss)
 
 
 @dataclass
@@ -91,9 +92,12 @@ class T2IBatches:
         self.world = ShapesWorld(WorldConfig(seed=cfg.data.world_seed))
         if cfg.image_head == "tokens" and tokenizer.image is None:
             raise AnygenError(f"{cfg.data.tokenizer}: the tokens head needs an image codec in the tokenizer")
-        size = cfg.diffusion.image_size if cfg.image_head == "diffusion" else tokenizer.image.image_size
-        self.size = size
-        self.grid = (cfg.diffusion.grid,) * 2 if cfg.image_head == "diffusion" else None
+        self.diffusion = cfg.diffusion if cfg.image_head == "diffusion" else None
+        if self.diffusion is not None:
+            check_codec_fits(self.diffusion, tokenizer.image, cfg.data.tokenizer)
+        pixels_only = self.diffusion is not None and self.diffusion.space == "pixels"
+        self.size = self.diffusion.image_size if pixels_only else tokenizer.image.image_size  # render size
+        self.grid = (self.diffusion.grid,) * 2 if self.diffusion is not None else None
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         from anygen.codecs.image import images_to_tensor
@@ -102,11 +106,14 @@ class T2IBatches:
         rng = np.random.default_rng([self.cfg.train.seed, k])
         scenes = [self.world.sample_scene(rng) for _ in range(self.cfg.data.batch_size)]
         drop = rng.random(len(scenes)) < self.cfg.data.p_null
-        images = images_to_tensor([render_scene(s) for s in scenes], self.size)  # (B, 3, S, S)
+        pixels = images_to_tensor([render_scene(s) for s in scenes], self.size)  # (B, 3, S, S) in [-1, 1]
         v = self.vocab
         rows, labels, slots = [], [], []
-        codes = self.tok.image.encode_images([render_scene(s) for s in scenes]) \
-            if self.cfg.image_head == "tokens" else None  # (B, h, w)
+        codes, images = None, None
+        if self.diffusion is None:
+            codes = self.tok.image.encode(pixels)  # (B, h, w)
+        else:
+            images = to_head_space(self.diffusion, pixels, self.tok.image)  # (B, C, S, S)
         for i, scene in enumerate(scenes):
             prompt = [v.bos] + ([v.null] if drop[i] else self.tok.encode_text(scene.caption()))
             if codes is not None:
@@ -173,7 +180,8 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
         state = load_checkpoint(ckpt, model, opt)
         step, elapsed, cpu = state["step"], state["elapsed_s"], state.get("cpu_s", 0.0)
         tokens, flops = state.get("tokens", 0), state.get("flops", 0.0)
-    head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm."))  # patch/time projections
+    head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm.")) \
+        if model is not lm else 0  # the diffusion head's patch/time projections
     log = (out / "metrics.jsonl").open("a", encoding="utf-8")
     generator = torch.Generator()
     model.train()
