@@ -7,7 +7,7 @@ Every example is one document of ids, `<bos> … <eos>`, with a parallel loss ma
     image_to_text   <bos> span(image)    caption         <eos>
     text_to_audio   <bos> melody text    span(audio)     <eos>
     audio_to_text   <bos> span(audio)    melody text     <eos>
-    edit            <bos> span(source) instruction span(target) <eos>
+    edit            <bos> instruction span(source) span(target) <eos>
     story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
     document        <bos> any user Document's segments <eos>
 
@@ -22,9 +22,15 @@ place. The unconditional forms (`null_condition_prompt` builds them for the samp
 
     text_to_image / text_to_audio     <bos> <null>             | then <boi>… / <boa>…
     image_to_text / audio_to_text     <bos> <null>             | then the text
-    edit, instruction dropped         <bos> span(source) <null> | then <boi>…   (image-only row)
-    edit, source image dropped        <bos> <null> instruction  | then <boi>…
+    edit, instruction dropped         <bos> <null> span(source) | then <boi>…   (image-only row)
+    edit, source image dropped        <bos> instruction <null>  | then <boi>…
     edit, both dropped                <bos> <null> <null>       | then <boi>…   (null row)
+
+Edits put the instruction first so that target code j sits a fixed distance (one span,
+67 positions) after source code j whatever the instruction's length: copying the
+unchanged codes is then one relative-position lookup under RoPE. With the source first
+(as before 2026-12-02) that distance varied with the instruction, and a 4-layer model
+trained for 4,000 steps redrew the scene instead of copying it (edit success 5–20%).
 
 InstructPix2Pix's dual guidance uses the full prompt, the image-only row and the null row.
 For edits the three drops are mutually exclusive with probabilities `p_null_instruction`,
@@ -246,7 +252,7 @@ def _layout(task: str, *, text: str | None = None, media=None, instruction: str 
                else Piece("image", _as_media("image", source), cond))
         ins = (_marker(_Ids.NULL) if drop in ("instruction", "both")
                else Piece("text", instruction, cond))
-        prompt = [src, ins]
+        prompt = [ins, src]  # instruction first: fixed source->target offset (module docstring)
         body = [Piece("image", _as_media("image", target), gen)] if target is not None else []
     else:
         raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")

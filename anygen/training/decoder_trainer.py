@@ -103,6 +103,7 @@ class TrainSection:
     init_from: str | None = None  # a local HF causal LM directory to extend (anygen.model.init_from)
     init_noise: float = 0.1  # new rows: mean + init_noise × std × N(0, 1)
     train_only_new_rows: bool = False  # with init_from: Anole's recipe (only new embedding rows train)
+    init_weights: str | None = None  # an anygen decoder directory (same architecture and vocab) to fine-tune
 
     def __post_init__(self):
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
@@ -110,6 +111,7 @@ class TrainSection:
         for name in ("stop_at", "threads", "eval_every", "save_every"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(not self.train_only_new_rows or self.init_from, "train_only_new_rows", "needs train.init_from")
+        check(not (self.init_weights and self.init_from), "init_weights", "cannot be combined with init_from")
 
 
 @dataclass
@@ -464,6 +466,8 @@ class Trainer:
             self.n_old = self.vocab.n_text
         else:
             model = build_decoder(cfg.model, self.vocab)
+            if cfg.train.init_weights and self.ckpt is None:  # fine-tuning: weights only, fresh optimizer
+                _load_weights(model, Path(cfg.train.init_weights))
         if model.config.vocab_size < self.vocab.size:
             raise AnygenError(f"the model has {model.config.vocab_size} rows but the vocab needs {self.vocab.size}")
         if cfg.train.train_only_new_rows:

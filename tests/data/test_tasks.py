@@ -70,12 +70,15 @@ def test_layouts_and_loss_masks(tok, world):
     spec = tasks.sample("audio_to_text", rng)
     seq = enc.encode([spec])[0]
     assert seq.ids[1] == v.boa and seq.ids[seq.loss == 1].tolist() == tok.encode_text(spec.pieces[2].value) + [v.eos]
-    # edit: <bos> span(src) instruction span(tgt) <eos>, loss on span(tgt) <eos>
+    # edit: <bos> instruction span(src) span(tgt) <eos>, loss on span(tgt) <eos>
     spec = tasks.sample("edit", rng)
-    src, ins, tgt = spec.pieces[1].value.make(), spec.pieces[2].value, spec.pieces[3].value.make()
+    ins, src, tgt = spec.pieces[1].value, spec.pieces[2].value.make(), spec.pieces[3].value.make()
     seq = enc.encode([spec])[0]
-    prompt = [v.bos] + span_of(tok, src) + tok.encode_text(ins)
+    prompt = [v.bos] + tok.encode_text(ins) + span_of(tok, src)
     assert seq.ids.tolist() == prompt + span_of(tok, tgt) + [v.eos]
+    # target code j is exactly one span after source code j, whatever the instruction
+    first_src, first_tgt = len(prompt) - len(span_of(tok, src)) + 2, len(prompt) + 2
+    assert first_tgt - first_src == len(span_of(tok, src))
     assert seq.loss.tolist() == [0] * len(prompt) + [1] * (len(seq.ids) - len(prompt))
 
 
@@ -157,7 +160,7 @@ def test_edit_null_rows_match_training_sequences(tok, world):
         assert seq.ids[:len(prompt)].tolist() == prompt
         assert seq.ids[len(prompt)] == v.boi and not seq.loss[:len(prompt)].any()
     assert cases["both"] == [v.bos, v.null, v.null]
-    assert cases["image"] == [v.bos, v.null] + tok.encode_text(e.instruction)
+    assert cases["image"] == [v.bos] + tok.encode_text(e.instruction) + [v.null]
     # codes may stand in for the PIL image
     codes = tok.image_codes(src)
     assert task_prompt(tok, "edit", image=codes, instruction=e.instruction) == cases[""]

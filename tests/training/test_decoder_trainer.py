@@ -169,3 +169,16 @@ def test_measure_mfu_reports_consistent_numbers():
     assert r["achieved_flops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
     # 6N + 12·L·H·Q·T
     assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
+
+
+def test_init_weights_fine_tunes_from_a_saved_decoder(tmp_path):
+    """train.init_weights starts from a saved decoder's weights (fresh optimizer), not from random init."""
+    first = train_decoder(None, recipe(tmp_path, "first", ["train.steps=4"]))
+    zero_lr = ["train.steps=1", "optim.lr=1e-12", "optim.warmup_steps=1"]
+    tuned = train_decoder(None, recipe(tmp_path, "tuned", zero_lr + [f"train.init_weights={first}"]))
+    fresh = train_decoder(None, recipe(tmp_path, "fresh", zero_lr))
+    a, b, c = weights(first), weights(tuned), weights(fresh)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # one step at lr ~0 keeps the loaded weights
+    assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
+    with pytest.raises(ConfigError, match="init_weights"):
+        load_train_config(None, recipe(tmp_path, "x", [f"train.init_weights={first}", f"train.init_from={first}"]))
