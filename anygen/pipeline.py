@@ -225,9 +225,12 @@ class AnyGen:
             raise AnygenError(f"diffusion sampling: {e}") from None
 
     def _draw_diffusion(self, texts: list[str], cfg_scale: float | None, seed: int | None,
-                        steps: int | None = None, **unused) -> list[PILImage.Image]:
+                        steps: int | None = None, **other) -> list[PILImage.Image]:
         from anygen.codecs.image import tensor_to_images
         from anygen.sampling.diffusion import sample_images
+
+        if other:
+            raise AnygenError(f"the diffusion image head takes cfg_scale and steps, not {', '.join(sorted(other))}")
 
         grid = self.vocab.grid_id((self.diffusion.head.grid,) * 2)
         prompts = [tasks.task_prompt(self.tokenizer, "text_to_image", text=t) + [self.vocab.boi, grid] for t in texts]
@@ -244,13 +247,16 @@ class AnyGen:
 
     def _generate_diffusion(self, ids: list[int], max_new_tokens: int, seed: int | None, cfg_scale=None,
                             steps=None, temperature: float = 0.0, min_images: int = 0, max_images: int = 4,
-                            **unused) -> Document:
+                            text=None, image=None, audio=None, **other) -> Document:
+        """Interleaved sampling with the diffusion head; `text` settings (the CLI's --temperature)
+        set the text temperature, image/audio token settings do not apply to this head."""
         from anygen.codecs.image import tensor_to_images
         from anygen.sampling.diffusion import generate as diffusion_generate
 
-        text_settings = unused.get("text")  # the CLI's --temperature arrives as per-modality settings
-        if text_settings is not None and not getattr(text_settings, "greedy", True):
-            temperature = text_settings.temperature
+        if other:
+            raise AnygenError(f"the diffusion image head does not take {', '.join(sorted(other))}")
+        if text is not None and not text.is_greedy:
+            temperature = text.temperature
 
         new_ids, images = diffusion_generate(self.diffusion, self.vocab, ids, max_new_tokens=max_new_tokens,
                                              temperature=temperature, min_images=min_images,

@@ -218,6 +218,8 @@ def test_pipeline_and_cli_draw_with_a_diffusion_head(tmp_path, monkeypatch):
         gen.caption(a[0])
     with pytest.raises(AnygenError, match="steps"):
         gen.draw("a red circle", steps=0)
+    with pytest.raises(AnygenError, match="cfg_scale and steps, not temperature"):
+        gen.draw("a red circle", temperature=1.0)
     out = tmp_path / "d.png"
     assert cli_main(["draw", "a blue square", "--model", str(tmp_path / "m"), "--steps", "2", "--out", str(out)]) \
         in (0, None)

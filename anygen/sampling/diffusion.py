@@ -170,11 +170,12 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
             continue
         out.append(grid_token)
         ctx.commit(torch.tensor([[vocab.boi, grid_token]]))
-        if settings.guidance != 1.0:  # the null row is its own short context
-            null = _Context(model, [_null_prompt(vocab, grid_token)], vocab.pad)
-            velocity = lambda x, s: guide(ctx.velocity(x, s), null.velocity(x, s), settings.guidance)  # noqa: E731
-        else:
-            velocity = ctx.velocity
+        null = _Context(model, [_null_prompt(vocab, grid_token)], vocab.pad) if settings.guidance != 1.0 else None
+
+        def velocity(x, sigma):  # the null row is its own short context
+            v = ctx.velocity(x, sigma)
+            return v if null is None else guide(v, null.velocity(x, sigma), settings.guidance)
+
         x0 = _euler(velocity, 1, model, settings, generator)
         images.append(unpatchify(x0, model.head.patch_size).clamp(-1, 1)[0])
         ctx.commit(image=patchify(images[-1][None], model.head.patch_size))

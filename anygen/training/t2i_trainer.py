@@ -212,11 +212,8 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
             log.write(json.dumps(rec) + "\n")
             log.flush()
         if step % t.save_every == 0 or step == t.steps:
-            save_checkpoint(ckpt, model, opt, step, time.time() - t0, cfg, time.process_time() - c0)
-            state_file = ckpt / "state.json"
-            state = json.loads(state_file.read_text())
-            state.update(tokens=tokens, flops=flops)
-            atomic_write_bytes(state_file, json.dumps(state).encode())
+            save_checkpoint(ckpt, model, opt, step, time.time() - t0, cfg, time.process_time() - c0,
+                            extra={"tokens": tokens, "flops": flops})
     bar.close()
     log.close()
     summary = {"image_head": cfg.image_head, "steps": step, "tokens": tokens,

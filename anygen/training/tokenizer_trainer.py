@@ -186,15 +186,15 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    elapsed: float, recipe: TokenizerRecipe, cpu_s: float = 0.0) -> None:
-    """Model + optimizer + step + RNG states into `directory`, replaced atomically."""
+                    elapsed: float, recipe: TokenizerRecipe, cpu_s: float = 0.0, extra: dict | None = None) -> None:
+    """Model + optimizer + step + RNG states (+ `extra` entries in state.json) into `directory`, replaced atomically."""
     from safetensors.torch import save_file
 
     opt_tensors, opt_meta = optimizer_to_tensors(opt)
     rng_meta, rng_tensors = _rng_state()
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     state = {"format_version": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed, "cpu_s": cpu_s,
-             "optimizer": opt_meta, "rng": rng_meta, "recipe": to_dict(recipe)}
+             "optimizer": opt_meta, "rng": rng_meta, "recipe": to_dict(recipe), **(extra or {})}
     with atomic_directory(directory) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
         save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
