@@ -169,6 +169,11 @@ def block_ids_from_slots(slots: torch.Tensor, n_slots: int) -> torch.Tensor:
     return torch.where(slots, index, torch.full_like(index, -1))
 
 
+def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (B, T, V) against labels (B, T) shifted by one; -100 = no loss."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+
 def transfusion_loss(model: TransfusionModel, batch: dict, generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """CE on token targets + λ · flow-matching MSE on image slots (images noised here).
@@ -184,7 +189,7 @@ def transfusion_loss(model: TransfusionModel, batch: dict, generator: torch.Gene
     block = block_ids_from_slots(batch["slots"], head.n_slots)
     logits, velocity = model(batch["input_ids"], batch["slots"], block, x_t, sigma,
                              attention_mask=batch.get("attention_mask"))
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    ce = next_token_ce(logits, batch["labels"])
     mse = F.mse_loss(velocity.float(), (noise - x0).float())
     loss = ce + head.loss_weight * mse
     return loss, {"loss": loss.item(), "ce": ce.item(), "diffusion_mse": mse.item()}

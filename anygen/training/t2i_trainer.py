@@ -17,7 +17,6 @@ decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,9 @@ from anygen.config import check, choice, load_config, read_yaml, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
-from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, save_transfusion,
-                                      to_head_space, transfusion_loss)
+from anygen.training.decoder_trainer import OptimConfig, flops_per_token, lr_at
+from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, next_token_ce,
+                                      save_transfusion, to_head_space, transfusion_loss)
 
 
 @dataclass
@@ -51,11 +51,6 @@ class T2IData:
 class T2ITrain:
     out_dir: str = "runs/t2i"
     steps: int = 1000
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
     threads: int = 1
     seed: int = 0
     log_every: int = 20
@@ -64,8 +59,6 @@ class T2ITrain:
     def __post_init__(self):
         for name in ("steps", "threads", "log_every", "save_every"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        check(self.lr > 0 and math.isfinite(self.lr), "lr", f"must be a positive number, got {self.lr}")
-        check(0 <= self.warmup_steps, "warmup_steps", "must be >= 0")
 
 
 @dataclass
@@ -73,6 +66,7 @@ class T2IConfig:
     trainer: str = choice("t2i")
     image_head: str = choice("tokens", "diffusion")
     model: DecoderConfig = field(default_factory=DecoderConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)  # the decoder trainer's optimizer and lr schedule
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
     data: T2IData = field(default_factory=T2IData)
     train: T2ITrain = field(default_factory=T2ITrain)
@@ -139,25 +133,15 @@ class T2IBatches:
                 "attention_mask": attn, "images": images, "tokens": int(attn.sum())}
 
 
-def _lr(step: int, t: T2ITrain) -> float:
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    p = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
 def _token_loss(model, batch) -> tuple[torch.Tensor, dict]:
-    import torch.nn.functional as F
-
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100)
+    ce = next_token_ce(logits, batch["labels"])
     return ce, {"loss": ce.item(), "ce": ce.item()}
 
 
 def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
               progress: bool = True) -> Path:
     """Train one side of the side-by-side; returns `out_dir/model` (an `anygen.load` directory)."""
-    from anygen.training.decoder_trainer import flops_per_token
     from anygen.tokenizer import MultimodalTokenizer
     from anygen.training.tokenizer_trainer import load_checkpoint, save_checkpoint
 
@@ -174,12 +158,15 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     data = T2IBatches(cfg, tokenizer)
     lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
     model = TransfusionModel(lm, cfg.diffusion) if cfg.image_head == "diffusion" else lm
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=(0.9, 0.95), weight_decay=t.weight_decay)
+    o = cfg.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     step, elapsed, cpu, tokens, flops = 0, 0.0, 0.0, 0, 0.0
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, model, opt)
         step, elapsed, cpu = state["step"], state["elapsed_s"], state.get("cpu_s", 0.0)
         tokens, flops = state.get("tokens", 0), state.get("flops", 0.0)
+    flops_base, _ = flops_per_token(lm, 0)  # 6·N per position; the attention term grows with the row width
+    flops_per_width = flops_per_token(lm, 1)[0] - flops_base
     head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm.")) \
         if model is not lm else 0  # the diffusion head's patch/time projections
     log = (out / "metrics.jsonl").open("a", encoding="utf-8")
@@ -190,7 +177,7 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     while step < t.steps:
         batch = data.batch(step)
         for g in opt.param_groups:
-            g["lr"] = _lr(step, t)
+            g["lr"] = lr_at(step, o, t.steps)
         generator.manual_seed(t.seed * 1_000_003 + step)
         if cfg.image_head == "diffusion":
             loss, metrics = transfusion_loss(model, batch, generator)
@@ -198,16 +185,16 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
             loss, metrics = _token_loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
         opt.step()
         step += 1
         tokens += batch["tokens"]
-        per_token, n_params = flops_per_token(lm, batch["input_ids"].shape[1])
-        flops += per_token * batch["tokens"] + 6 * head_params * int(batch["slots"].sum())
+        flops += (flops_base + flops_per_width * batch["input_ids"].shape[1]) * batch["tokens"] + 6 * head_params * int(batch["slots"].sum())
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if step % t.log_every == 0 or step == t.steps:
-            rec = {"step": step, "lr": _lr(step - 1, t), **metrics, "tokens": tokens, "flops": flops,
+            rec = {"step": step, "lr": lr_at(step - 1, o, t.steps), **metrics, "tokens": tokens, "flops": flops,
                    "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
             log.write(json.dumps(rec) + "\n")
             log.flush()

@@ -29,7 +29,7 @@ def _tokenizer_dir(tmp_path):
 
 TINY = ["model.n_layers=1", "model.hidden=32", "model.n_heads=2", "model.n_kv_heads=2", "model.head_dim=16",
         "model.intermediate=64", "data.batch_size=4", "train.log_every=1", "train.save_every=3",
-        "train.warmup_steps=2", "train.lr=3e-3", "diffusion.image_size=16", "diffusion.patch_size=4",
+        "optim.warmup_steps=2", "optim.lr=3e-3", "optim.weight_decay=0", "diffusion.image_size=16", "diffusion.patch_size=4",
         "diffusion.time_dim=16"]
 
 
