@@ -28,7 +28,7 @@ default-model: setup
 	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer train tokenizers/shapes_image.yaml
 	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer train tokenizers/melody_audio.yaml
 	$(BIN)/anygen tokenizer assemble --text runs/tokenizers/text --image runs/tokenizers/shapes_image \
-		--audio runs/tokenizers/melody_audio --out runs/tokenizer
+		--audio runs/tokenizers/melody_audio --image-keep --out runs/tokenizer
 	ANYGEN_THREADS=1 $(BIN)/anygen pretokenize training/shapes_data.yaml
 	ANYGEN_THREADS=1 $(BIN)/anygen train training/shapes.yaml
 	$(BIN)/anygen bundle runs/decoder/shapes/model --out anygen/assets/default

@@ -81,11 +81,12 @@ def cmd_tokenizer_assemble(args) -> None:
     from anygen.tokenizer import MultimodalTokenizer
 
     tokenizer = MultimodalTokenizer.assemble(args.text, image_dir=args.image, audio_dir=args.audio,
-                                             audio_layout=args.layout)
+                                             audio_layout=args.layout, image_keep=args.image_keep)
     tokenizer.save(args.out)
     v = tokenizer.vocab
     print(f"tokenizer written to {args.out}: {v.size} ids (text {v.n_text}, image {v.image_codebook_size}, "
-          f"audio {v.audio_levels}x{v.audio_codebook_size}, layout {v.audio_layout})")
+          f"audio {v.audio_levels}x{v.audio_codebook_size}, layout {v.audio_layout}"
+          f"{', <keep>' if v.image_keep else ''})")
 
 
 # ---- decoder -----------------------------------------------------------------------------
@@ -333,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="image codec directory")
     p.add_argument("--audio", help="audio codec directory")
     p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")
+    p.add_argument("--image-keep", action="store_true",
+                   help="add <keep>: images after the first are coded as changes to the previous one "
+                        "(edits and stories copy what stays; see anygen/codecs/keep.py)")
     p.add_argument("--out", required=True, help="output tokenizer directory")
     p.set_defaults(func=cmd_tokenizer_assemble)
 

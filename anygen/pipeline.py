@@ -111,7 +111,7 @@ class AnyGen:
     def __init__(self, model, tokenizer: MultimodalTokenizer, config: GenerationConfig | None = None,
                  diffusion=None):
         self.model, self.tokenizer, self.vocab, self.diffusion = model, tokenizer, tokenizer.vocab, diffusion
-        self.config = config or GenerationConfig(image=SamplingSettings(greedy=True),
+        self.config = config or GenerationConfig(image=SamplingSettings(greedy=True, keep_threshold=0.5),
                                                  text=SamplingSettings(greedy=True),
                                                  audio=SamplingSettings(greedy=True))
         self.context = int(getattr(model.config, "max_position_embeddings", 4096))

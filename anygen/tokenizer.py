@@ -14,6 +14,9 @@ special tokens outside their grammar are dropped; an image span is kept only whe
 holds exactly H×W codes (a truncated or malformed span is dropped); an audio span keeps
 its whole frames (and is dropped when it has none); codes outside spans are dropped.
 `decode(..., report=True)` also returns how many spans were dropped.
+
+With `image_keep` (a vocab option) images after the first are coded against the
+previous image (`anygen.codecs.keep`): `encode` writes `<keep>`s, `decode` resolves them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anygen.codecs.keep import encode_keeps, resolve_keeps
 from anygen.codecs.layout import codes_to_stream, stream_to_codes
 from anygen.codecs.text import load_text_tokenizer
 from anygen.document import Audio, Document, Image, Segment, Text
@@ -36,7 +40,7 @@ FORMAT_VERSION = 1
 
 
 class MultimodalTokenizer:
-    def __init__(self, text, image=None, audio=None, audio_layout: str = "flat"):
+    def __init__(self, text, image=None, audio=None, audio_layout: str = "flat", image_keep: bool = False):
         self.text, self.image, self.audio = text, image, audio
         self.vocab = Vocab(
             n_text=text.vocab_size,
@@ -45,6 +49,7 @@ class MultimodalTokenizer:
             audio_codebook_size=audio.codebook_size if audio is not None else 0,
             audio_levels=audio.n_q if audio is not None else 0,
             audio_layout=audio_layout,
+            image_keep=image_keep and image is not None,
         )
 
     # ---- encoding -------------------------------------------------------------------
@@ -94,12 +99,12 @@ class MultimodalTokenizer:
         ids = [self.vocab.bos] if bos else []
         for segment in document:
             ids += self.encode_segment(segment)
-        return ids + ([self.vocab.eos] if eos else [])
+        return encode_keeps(ids + ([self.vocab.eos] if eos else []), self.vocab)
 
     # ---- decoding -------------------------------------------------------------------
     def decode(self, ids, report: bool = False):
         """ids -> Document (see the module docstring for the policy on malformed spans)."""
-        ids = [int(i) for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
+        ids = resolve_keeps(ids.tolist() if torch.is_tensor(ids) else ids, self.vocab)
         v = self.vocab
         segments: list[Segment] = []
         dropped = 0
@@ -168,7 +173,7 @@ class MultimodalTokenizer:
         """Parse after `<boa>`; returns (Audio or None, next index)."""
         v = self.vocab
         j = i
-        audio_ids = range(v.audio_start, v.size)
+        audio_ids = range(v.audio_start, v.audio_stop)
         while j < len(ids) and (ids[j] in audio_ids or ids[j] == v.apad):
             j += 1
         body = torch.tensor(ids[i:j], dtype=torch.long)
@@ -190,7 +195,8 @@ class MultimodalTokenizer:
         return Audio(waveform, self.audio.sample_rate), end
 
     @classmethod
-    def assemble(cls, text_dir, image_dir=None, audio_dir=None, audio_layout: str = "flat") -> "MultimodalTokenizer":
+    def assemble(cls, text_dir, image_dir=None, audio_dir=None, audio_layout: str = "flat",
+                 image_keep: bool = False) -> "MultimodalTokenizer":
         """Combine separately trained parts (text tokenizer, image codec, audio codec directories)."""
         text = load_text_tokenizer(text_dir)
         image = audio = None
@@ -202,7 +208,7 @@ class MultimodalTokenizer:
             from anygen.codecs.audio import AudioCodec
 
             audio = AudioCodec.load(audio_dir).eval()
-        return cls(text, image, audio, audio_layout=audio_layout)
+        return cls(text, image, audio, audio_layout=audio_layout, image_keep=image_keep)
 
     # ---- save / load ------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -245,7 +251,8 @@ class MultimodalTokenizer:
             from anygen.codecs.audio import AudioCodec
 
             audio = AudioCodec.load(directory / "audio").eval()
-        tokenizer = cls(text, image, audio, audio_layout=meta["vocab"].get("audio_layout", "flat"))
+        tokenizer = cls(text, image, audio, audio_layout=meta["vocab"].get("audio_layout", "flat"),
+                        image_keep=bool(meta["vocab"].get("image_keep", False)))
         if tokenizer.vocab.to_dict() != meta["vocab"]:
             raise AnygenError(f"{meta_path}: the saved vocab does not match the codecs in {directory} "
                               f"(saved {meta['vocab']}, codecs give {tokenizer.vocab.to_dict()})")

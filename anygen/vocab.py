@@ -7,11 +7,16 @@ Layout (nothing else in anygen hard-codes an id; ask the Vocab):
                                      then one grid token per image grid, e.g. <grid_8x8>
     image codes                      [image_start, image_start + image_codebook_size)
     audio codes, level l             [audio_start + l*K, audio_start + (l+1)*K), K = audio_codebook_size
+    <keep>                           the last id, only with `image_keep` (see anygen.codecs.keep)
 
 Sequences:
     image span  <boi> <grid_HxW> code*(H*W) <eoi>
     audio span  <boa> code* <eoa>      codes laid out per `audio_layout` (see anygen.codecs.layout)
     <null>      stands in for dropped conditioning text (classifier-free guidance)
+    <keep>      inside an image span: "the same code as the previous image here" (`image_keep`)
+
+`<keep>` comes last so that turning it on adds one row and moves no other id: a model
+trained without it is fine-tuned with it after growing its embeddings by that row.
 
 The sampler asks `Vocab` for boolean masks of the ids that are legal in each state.
 """
@@ -33,6 +38,7 @@ class Vocab:
     audio_codebook_size: int = 0
     audio_levels: int = 0
     audio_layout: str = "flat"  # "flat" (frame-major) or "delay" (MusicGen delay pattern)
+    image_keep: bool = False  # image spans coded against the previous image (anygen.codecs.keep)
     specials: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -58,8 +64,18 @@ class Vocab:
         return self.image_start + self.image_codebook_size
 
     @property
-    def size(self) -> int:
+    def audio_stop(self) -> int:
+        """One past the last audio code id."""
         return self.audio_start + self.audio_levels * self.audio_codebook_size
+
+    @property
+    def size(self) -> int:
+        return self.audio_stop + int(self.image_keep)
+
+    @property
+    def keep(self) -> int | None:
+        """The `<keep>` id, None when the vocab has none."""
+        return self.size - 1 if self.image_keep else None
 
     def __len__(self) -> int:
         return self.size
@@ -115,7 +131,9 @@ class Vocab:
         ids = ids.long()
         out = torch.zeros_like(ids)
         out[(ids >= self.image_start) & (ids < self.audio_start)] = 1
-        out[ids >= self.audio_start] = 2
+        out[(ids >= self.audio_start) & (ids < self.audio_stop)] = 2
+        if self.image_keep:
+            out[ids == self.keep] = 1
         return out
 
     # ---- legal-id masks for the sampler ---------------------------------------------
@@ -137,8 +155,11 @@ class Vocab:
             m[self.boa] = True
         return m
 
-    def image_code_mask(self) -> torch.Tensor:
-        return self.mask(self.image_range)
+    def image_code_mask(self, allow_keep: bool = False) -> torch.Tensor:
+        m = self.mask(self.image_range)
+        if allow_keep and self.image_keep:
+            m[self.keep] = True
+        return m
 
     def audio_level_mask(self, level: int, allow_end: bool = False, allow_pad: bool = False) -> torch.Tensor:
         m = self.mask(self.audio_range(level))
@@ -155,6 +176,8 @@ class Vocab:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("specials")
+        if not self.image_keep:  # vocabs saved before <keep> existed read back equal
+            d.pop("image_keep")
         d["image_grids"] = [list(g) for g in self.image_grids]
         return d
 

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from anygen.codecs.audio import AudioCodecConfig
 from anygen.codecs.image import ImageCodecConfig
+from anygen.codecs.keep import encode_keeps, resolve_keeps
 from anygen.config import ConfigError, build, load_config
 from anygen.data.pretokenize import PretokenizeConfig
 from anygen.document import Audio, Document, Image, Text
@@ -227,3 +228,24 @@ def test_complete_spans_survive_any_surrounding_noise():
     for noise in ([v.eoi, v.eoa], [v.image_start, v.audio_start], [v.boi], [v.boa, v.eoa]):
         doc = TOK.decode(noise + image + noise + audio)
         assert len(doc.images) == 1 and len(doc.audios) == 1
+
+
+KEEP_TOK = type(TOK)(TOK.text, TOK.image, TOK.audio, image_keep=True)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.lists(st.sampled_from([0, 1, 2, 3, "keep"]), min_size=3, max_size=5),
+                          st.booleans()), max_size=4))
+def test_keep_coded_sequences_decode_and_round_trip(images):
+    """Image spans holding <keep> (resolvable or not, whole or cut) decode to well-formed Documents;
+    spans of whole codes round-trip through encode_keeps/resolve_keeps."""
+    v = KEEP_TOK.vocab
+    ids = [v.bos]
+    for body, close in images:
+        ids += [v.boi, v.grid_id((2, 2))] + [v.keep if c == "keep" else v.image_start + c for c in body]
+        ids += [v.eoi] if close else []
+    doc, dropped = KEEP_TOK.decode(ids, report=True)
+    _well_formed(doc)
+    assert len(doc.images) + dropped <= len(images)
+    plain = [t for t in ids if t != v.keep]
+    assert resolve_keeps(encode_keeps(plain, v), v) == plain

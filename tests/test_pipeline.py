@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 import anygen
 from anygen.cli import main as cli_main
-from anygen.document import Audio, Document, wav_bytes
+from anygen.document import Audio, Document, Image, wav_bytes
 from anygen.errors import AnygenError
 from anygen.model.decoder import DecoderConfig, build_decoder, save_decoder
 
@@ -20,8 +20,18 @@ fake_codecs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_codecs)
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "keep"])
+def any_model_dir(request, tmp_path_factory):
+    """The tiny model with the plain vocab and with `<keep>` (image spans coded against the previous image)."""
+    yield from _model_dir(tmp_path_factory, image_keep=request.param)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
+    yield from _model_dir(tmp_path_factory)
+
+
+def _model_dir(tmp_path_factory, image_keep=False):
     mp = pytest.MonkeyPatch()
     import anygen.codecs.audio as audio_mod
     import anygen.codecs.image as image_mod
@@ -29,7 +39,7 @@ def model_dir(tmp_path_factory):
     mp.setattr(image_mod, "ImageCodec", fake_codecs.FakeImageCodec)
     mp.setattr(audio_mod, "AudioCodec", fake_codecs.FakeAudioCodec)
     root = tmp_path_factory.mktemp("model")
-    tokenizer = fake_codecs.make_tokenizer()
+    tokenizer = fake_codecs.make_tokenizer(image_keep=image_keep)
     tokenizer.save(root / "tok")
     cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, head_dim=16, intermediate=64, max_position=256)
     model = build_decoder(cfg, tokenizer.vocab, seed=0)
@@ -64,7 +74,8 @@ def test_caption_transcribe_say_edit(gen):
     assert edited.size == image.size
 
 
-def test_edit_mask_copies_source_codes(gen):
+def test_edit_mask_copies_source_codes(any_model_dir):
+    gen = anygen.load(any_model_dir)
     image = gen.draw("a small blue square at the center", seed=3)[0]
     source = gen.tokenizer.image_codes(image).reshape(-1)
     editable = [True, False, False, True]
@@ -72,6 +83,10 @@ def test_edit_mask_copies_source_codes(gen):
     for i, flag in enumerate(editable):
         if not flag:
             assert edited[i] == source[i]
+    if gen.vocab.image_keep:  # nothing editable: every code is a <keep>, and the image comes back exactly
+        same = gen.edit(image, "make it red", editable=[False] * 4, seed=5)
+        assert np.array_equal(np.asarray(same), np.asarray(gen.tokenizer.decode(
+            gen.tokenizer.encode(Document([Image(image)]))).images[0]))
 
 
 def test_generate_continues_a_document(gen):

@@ -26,7 +26,7 @@ import torch
 
 from anygen.errors import AnygenError
 from anygen.sampling.backends import make_decoder, resolve_lm
-from anygen.sampling.processors import apply_repetition_penalty, draw, guide, warp
+from anygen.sampling.processors import apply_repetition_penalty, draw, gate_keep, guide, warp
 from anygen.sampling.settings import GenerationConfig
 from anygen.sampling.state import AUDIO, IMAGE, TEXT, Grammar, RowState, Span
 from anygen.vocab import Vocab
@@ -205,7 +205,7 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
             free = [i for i in range(B) if forced[i] < 0]
             if free:
                 tok = _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen,
-                              chain_rows if guided else None, chain_of, scales, expand)
+                              chain_rows if guided else None, chain_of, scales, expand, vocab.keep)
                 tokens = [f if f >= 0 else t for f, t in zip(forced, tok)]
             else:
                 tokens = forced
@@ -250,7 +250,8 @@ def _window(nexts, col_lo, col_hi) -> tuple[int, int]:
     return lo, hi
 
 
-def _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen, chain_rows, chain_of, scales, expand):
+def _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen, chain_rows, chain_of, scales, expand,
+            keep=None):
     """Ids for the rows not forced this step (a list of B ints; forced rows get placeholders).
 
     logits (R, hi-lo) hold the columns [lo, hi) of the vocabulary.
@@ -268,23 +269,25 @@ def _choose(logits, lo, hi, B, nexts, free, illegal, settings, generator, seen, 
         x = x.masked_fill(illegal[idx, lo:hi], float("-inf"))
     if seen is not None:
         seen = seen[:, lo:hi]
+    keep_col = keep - lo if keep is not None and lo <= keep < hi else None
+
+    def pick(xs, m, seen_rows):  # (n, W) logits of rows of modality m -> their ids
+        s = settings[m]
+        if m == TEXT and seen_rows is not None:
+            xs = apply_repetition_penalty(xs, seen_rows, s.repetition_penalty)
+        if m == IMAGE and keep_col is not None and s.keep_threshold > 0:
+            xs = gate_keep(xs, keep_col, s.keep_threshold)
+        return (draw(warp(xs, s), s, generator) + lo).tolist()
+
     modalities = {nexts[i][2] for i in free}
     if len(modalities) == 1:
-        m = modalities.pop()
-        s = settings[m]
-        if m == TEXT and seen is not None:
-            x = apply_repetition_penalty(x, seen, s.repetition_penalty)
-        return (draw(warp(x, s), s, generator) + lo).tolist()
+        return pick(x, modalities.pop(), seen)
     out = [0] * B
     for m in (TEXT, IMAGE, AUDIO):
         rows = [i for i in free if nexts[i][2] == m]
         if not rows:
             continue
-        s = settings[m]
         idx = torch.tensor(rows, device=x.device)
-        xs = x[idx]
-        if m == TEXT and seen is not None:
-            xs = apply_repetition_penalty(xs, seen[idx], s.repetition_penalty)
-        for i, t in zip(rows, (draw(warp(xs, s), s, generator) + lo).tolist()):
+        for i, t in zip(rows, pick(x[idx], m, seen[idx] if seen is not None else None)):
             out[i] = t
     return out

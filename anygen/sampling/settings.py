@@ -22,6 +22,7 @@ class SamplingSettings:
     min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # text only; 1: off (HF/CTRL rule: divide positive logits, multiply negative)
     greedy: bool = False
+    keep_threshold: float = 0.0  # images, <keep> vocabs: <keep> only when its probability is at least this; 0: off
 
     def __post_init__(self):
         check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
@@ -29,6 +30,7 @@ class SamplingSettings:
         check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         check(0 <= self.min_p < 1, "min_p", f"must be in [0, 1), got {self.min_p}")
         check(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
+        check(0 <= self.keep_threshold < 1, "keep_threshold", f"must be in [0, 1), got {self.keep_threshold}")
 
     @property
     def is_greedy(self) -> bool:

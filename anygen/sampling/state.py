@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from anygen.codecs.keep import last_image
 from anygen.codecs.layout import AudioSpanState, stream_length
 from anygen.sampling.settings import GenerationConfig
 from anygen.vocab import Vocab
@@ -86,6 +87,10 @@ class Grammar:
         self.grid_of_id = dict(zip(self.grid_ids, self.grids))
         self.image_codes = len(rows)
         rows.append(vocab.image_code_mask() if vocab.image_codebook_size else torch.zeros(vocab.size, dtype=torch.bool))
+        self.image_codes_keep = len(rows)  # codes or <keep>: a previous image of the same grid exists
+        rows.append(vocab.image_code_mask(allow_keep=True) if vocab.image_codebook_size
+                    else torch.zeros(vocab.size, dtype=torch.bool))
+        self.keep = vocab.keep
         self.min_image_span = 3 + self.grid_sizes[0] if self.grids else None
         # audio: index audio_base + 2*level + may_end
         self.n_q, self.layout = vocab.audio_levels, vocab.audio_layout
@@ -128,10 +133,13 @@ class RowState:
     `force`: ids the output must start with (e.g. `[<boi>]` for text→image).
     `source`/`editable`: for editing, the H*W source code ids of the first image span and
     which positions may change; the others are copied through (forced).
+    `prev`: (grid, code ids) of the last finished image, from the prompt or generated; with a
+    `<keep>` vocab a drawn `<keep>` is recorded as prev's code at that position
+    (anygen.codecs.keep), so `ids` and `spans` hold plain codes while the model was fed `<keep>`.
     """
 
     __slots__ = ("g", "budget", "ids", "spans", "mode", "queue", "seg_start", "grid", "n_codes", "pos", "carried",
-                 "audio", "audio_slots", "source", "editable", "finish", "guide_lo", "guide_hi", "edited")
+                 "audio", "audio_slots", "source", "editable", "finish", "guide_lo", "guide_hi", "edited", "prev")
 
     def __init__(self, grammar: Grammar, budget: int, force=(), source=None, editable=None, prompt=()):
         self.g, self.budget = grammar, budget
@@ -148,6 +156,7 @@ class RowState:
         self.finish: str | None = None
         self.guide_lo, self.guide_hi = grammar.cfg.cfg_interval
         self.carried: list[int] = []
+        self.prev = last_image(prompt, grammar.vocab) if grammar.keep is not None else None
         self._resume(prompt)
 
     def _resume(self, prompt) -> None:
@@ -193,11 +202,13 @@ class RowState:
         if self.queue:
             return g.ANY, self.queue[-1], self.modality(), False
         if mode == _CODES:
-            pos = self.pos
+            pos, prev = self.pos, self.prev
+            keep_ok = prev is not None and prev[0] == self.grid
             if self.source is not None and not self.edited and self.editable is not None and not self.editable[pos]:
-                return g.ANY, self.source[pos], IMAGE, False
+                source = self.source[pos]
+                return g.ANY, g.keep if keep_ok and prev[1][pos] == source else source, IMAGE, False
             frac = pos / self.n_codes
-            return g.image_codes, -1, IMAGE, self.guide_lo <= frac < self.guide_hi
+            return g.image_codes_keep if keep_ok else g.image_codes, -1, IMAGE, self.guide_lo <= frac < self.guide_hi
         if mode == TEXT:
             return g.text_mask_index(self.budget - len(self.ids)), -1, TEXT, False
         if mode == _AUDIO:
@@ -239,10 +250,12 @@ class RowState:
         if self.queue:
             self.queue.pop()
         g = self.g
+        mode = self.mode
+        if mode == _CODES and tok == g.keep and self.prev is not None:
+            tok = self.prev[1][self.pos]
         ids = self.ids
         ids.append(tok)
         n = len(ids)
-        mode = self.mode
         if mode == _CODES:
             self.pos += 1
             if self.pos == self.n_codes:
@@ -266,7 +279,10 @@ class RowState:
             self.n_codes, self.pos = self.grid[0] * self.grid[1], 0
             self.mode = _CODES
         elif mode == _EOI:
-            self.spans.append(Span("image", self.seg_start, n, self._span_ids(self.seg_start, n), True, self.grid))
+            span = Span("image", self.seg_start, n, self._span_ids(self.seg_start, n), True, self.grid)
+            self.spans.append(span)
+            if g.keep is not None:
+                self.prev = (self.grid, list(span.codes))
             if self.source is not None:
                 self.edited = True
             self.mode, self.seg_start = TEXT, n

@@ -103,7 +103,7 @@ class TrainSection:
     init_from: str | None = None  # a local HF causal LM directory to extend (anygen.model.init_from)
     init_noise: float = 0.1  # new rows: mean + init_noise × std × N(0, 1)
     train_only_new_rows: bool = False  # with init_from: Anole's recipe (only new embedding rows train)
-    init_weights: str | None = None  # an anygen decoder directory (same architecture and vocab) to fine-tune
+    init_weights: str | None = None  # an anygen decoder directory (same architecture; vocab equal or a prefix)
 
     def __post_init__(self):
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
@@ -341,8 +341,13 @@ def _set_rng_state(state: dict, tensors: dict, rank: int) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _load_weights(model, directory: Path) -> None:
-    """Load a saved decoder's safetensors (sharded or not) into `model` in place."""
+def _load_weights(model, directory: Path, grow: bool = False) -> None:
+    """Load a saved decoder's safetensors (sharded or not) into `model` in place.
+
+    `grow` (fine-tuning onto a vocab that appends ids, e.g. `<keep>`): a checkpoint with fewer
+    embedding rows fills the first rows; the new rows start at the mean of the old ones, so
+    a new id's logit starts near the average (as in `anygen.model.init_from`).
+    """
     from safetensors.torch import load_file
 
     index = directory / "model.safetensors.index.json"
@@ -351,6 +356,12 @@ def _load_weights(model, directory: Path) -> None:
     sd = {}
     for f in files:
         sd.update(load_file(str(directory / f)))
+    if grow:
+        own = model.state_dict()
+        for name, w in sd.items():
+            rows = own[name].shape[0] if name in own else 0
+            if name.endswith(("embed_tokens.weight", "lm_head.weight")) and w.dim() == 2 and w.shape[0] < rows:
+                sd[name] = torch.cat([w, w.float().mean(0, keepdim=True).to(w.dtype).expand(rows - w.shape[0], -1)])
     missing, unexpected = model.load_state_dict(sd, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
     if unexpected or set(missing) - tied:
@@ -467,7 +478,7 @@ class Trainer:
         else:
             model = build_decoder(cfg.model, self.vocab)
             if cfg.train.init_weights and self.ckpt is None:  # fine-tuning: weights only, fresh optimizer
-                _load_weights(model, Path(cfg.train.init_weights))
+                _load_weights(model, Path(cfg.train.init_weights), grow=True)
         if model.config.vocab_size < self.vocab.size:
             raise AnygenError(f"the model has {model.config.vocab_size} rows but the vocab needs {self.vocab.size}")
         if cfg.train.train_only_new_rows:

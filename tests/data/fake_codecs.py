@@ -102,10 +102,11 @@ CORPUS = [
 ]
 
 
-def make_tokenizer(image: bool = True, audio: bool = True) -> MultimodalTokenizer:
+def make_tokenizer(image: bool = True, audio: bool = True, image_keep: bool = False) -> MultimodalTokenizer:
     """A MultimodalTokenizer with a small sentencepiece model and the fake codecs."""
     text = train_text_tokenizer(CORPUS * 4, vocab_size=320)
-    return MultimodalTokenizer(text, FakeImageCodec() if image else None, FakeAudioCodec() if audio else None)
+    return MultimodalTokenizer(text, FakeImageCodec() if image else None, FakeAudioCodec() if audio else None,
+                               image_keep=image_keep)
 
 
 def save_tokenizer(tokenizer: MultimodalTokenizer, directory) -> Path:

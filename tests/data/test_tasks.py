@@ -225,3 +225,25 @@ def test_task_mix_config():
     counts = allocate(TaskMix().weights(), 1000)
     assert sum(counts.values()) == 1000 and counts["text_to_image"] == 334
     assert allocate({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}
+
+
+def test_keep_vocab_writes_edit_targets_as_changes(tok, world):
+    """With <keep> the target span holds <keep> exactly where its codes equal the source's;
+    lengths and loss masks are those of the plain vocab, and decoding gives the same images."""
+    keep_tok = type(tok)(tok.text, tok.image, tok.audio, image_keep=True)
+    v = keep_tok.vocab
+    specs = [ShapesTasks(world, mix()).sample("edit", np.random.default_rng(s)) for s in range(4)]
+    plain = SequenceEncoder(tok).encode(specs)
+    coded = SequenceEncoder(keep_tok).encode(specs)
+    n_keeps = 0
+    for p, c in zip(plain, coded):
+        assert np.array_equal(p.loss, c.loss) and len(p.ids) == len(c.ids)
+        starts = np.flatnonzero(p.ids == v.boi)
+        src, tgt = (slice(s + 2, s + 2 + 4) for s in starts)  # the fake codec's 2x2 grid
+        same = p.ids[src] == p.ids[tgt]
+        assert np.array_equal(c.ids[tgt] == v.keep, same) and np.array_equal(c.ids[tgt][~same], p.ids[tgt][~same])
+        assert np.array_equal(c.ids[src], p.ids[src])
+        n_keeps += int(same.sum())
+        assert [np.asarray(im).tolist() for im in keep_tok.decode(c.ids).images] == \
+            [np.asarray(im).tolist() for im in tok.decode(p.ids).images]
+    assert n_keeps > 0

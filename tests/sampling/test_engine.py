@@ -349,3 +349,44 @@ def test_prompt_ending_inside_a_span_is_continued(layout):
     res = generate(model, vocab, [audio_head], GenerationConfig(max_new_tokens=30, audio_max_frames=3, seed=0))[0]
     assert res.spans[0].kind == "audio" and res.spans[0].start == -2
     check_grammar(vocab, audio_head[1:] + res.ids)
+
+
+# ---- <keep>: image codes copied from the previous image -------------------------------------------
+def keep_vocab():
+    return Vocab(n_text=24, image_codebook_size=16, image_grids=((2, 2), (2, 3)), audio_codebook_size=8,
+                 audio_levels=2, image_keep=True)
+
+
+def test_drawn_keeps_are_recorded_as_the_previous_images_codes():
+    vocab = keep_vocab()
+    source = [vocab.image_start + c for c in (5, 6, 7, 8)]
+    prompt = [vocab.bos, 3, vocab.boi, vocab.grid_id((2, 2))] + source + [vocab.eoi]
+    model = ScriptedLM(vocab, favour=[vocab.keep])
+    cfg = GenerationConfig(max_new_tokens=7, seed=0, image_grid=(2, 2))
+    res = generate(model, vocab, [Prompt(prompt, force=[vocab.boi])], cfg)[0]
+    assert res.spans[0].codes == tuple(source) and vocab.keep not in res.ids
+    # without a previous image <keep> is illegal: the same model draws plain codes
+    res = generate(model, vocab, [Prompt([vocab.bos, 3], force=[vocab.boi])], cfg)[0]
+    assert len(res.spans[0].codes) == 4 and all(c in vocab.image_range for c in res.spans[0].codes)
+
+
+def test_edit_mask_with_keep_feeds_keep_and_copies_the_source():
+    vocab = keep_vocab()
+    model = tiny_model(vocab)
+    source = [vocab.image_start + c for c in (1, 2, 3, 4, 5, 6)]
+    prompt = [vocab.bos, 7, vocab.boi, vocab.grid_id((2, 3))] + source + [vocab.eoi]
+    editable = [False, True, False, False, True, False]
+    fed = []
+    original_forward = model.forward
+
+    def recording_forward(input_ids=None, **kw):
+        fed.append(input_ids[0, -1].item())
+        return original_forward(input_ids=input_ids, **kw)
+
+    model.forward = recording_forward
+    cfg = GenerationConfig(max_new_tokens=9, seed=0, image=SamplingSettings(temperature=2.0), backend="hf")
+    res = generate(model, vocab, [Prompt(prompt, force=[vocab.boi], source=source, editable=editable)], cfg)[0]
+    codes = res.spans[0].codes
+    assert [c for c, may in zip(codes, editable) if not may] == [s for s, may in zip(source, editable) if not may]
+    assert vocab.keep not in res.ids
+    assert fed.count(vocab.keep) >= editable.count(False)  # the model saw <keep>, as in training

@@ -8,7 +8,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from anygen.config import ConfigError, load_config
 from anygen.sampling import GenerationConfig, SamplingSettings, rank_images_by_caption, score_sequences
-from anygen.sampling.processors import apply_repetition_penalty, draw, warp
+from anygen.sampling.processors import apply_repetition_penalty, draw, gate_keep, warp
 
 
 
@@ -108,3 +108,14 @@ def test_categorical_sampler_matches_the_distribution():
     freq = torch.bincount(draws, minlength=6).float() / 20000
     assert freq[[0, 2, 5]].sum() == 0
     assert (freq - probs).abs().max() < 0.02
+
+
+def test_gate_keep_decides_keep_or_change_first():
+    # column 0 is <keep>: 0.40 against codes 0.35 + 0.25 -> greedy would keep, the gate changes
+    probs = torch.tensor([[0.40, 0.35, 0.25], [0.60, 0.30, 0.10]])
+    logits = probs.log()
+    gated = gate_keep(logits, col=0, threshold=0.5)
+    assert gated[0, 0] == float("-inf") and torch.equal(gated[0, 1:], logits[0, 1:])
+    assert torch.equal(gated[1], logits[1])  # a likely keep stays
+    assert logits.argmax(-1).tolist() == [0, 0] and gated.argmax(-1).tolist() == [1, 0]
+    assert torch.equal(gate_keep(logits, col=0, threshold=0.0), logits)

@@ -182,3 +182,16 @@ def test_init_weights_fine_tunes_from_a_saved_decoder(tmp_path):
     assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
     with pytest.raises(ConfigError, match="init_weights"):
         load_train_config(None, recipe(tmp_path, "x", [f"train.init_weights={first}", f"train.init_from={first}"]))
+
+
+def test_init_weights_grows_the_embeddings_onto_a_keep_vocab(tmp_path):
+    """Fine-tuning onto `image_keep` adds the <keep> row at the mean of the old rows; old rows load unchanged."""
+    first = train_decoder(None, recipe(tmp_path, "first", ["train.steps=2"]))
+    keep = Vocab(**{**VOCAB.to_dict(), "image_keep": True})
+    (tmp_path / "keep.json").write_text(json.dumps(keep.to_dict()))
+    zero_lr = ["train.steps=1", "optim.lr=1e-12", "optim.warmup_steps=1", f"data.vocab_file={tmp_path / 'keep.json'}"]
+    tuned = train_decoder(None, recipe(tmp_path, "tuned", zero_lr + [f"train.init_weights={first}"]))
+    old, new = weights(first)["model.embed_tokens.weight"], weights(tuned)["model.embed_tokens.weight"]
+    assert new.shape == (keep.size, old.shape[1]) == (VOCAB.size + 1, old.shape[1])
+    assert torch.allclose(new[:VOCAB.size], old, atol=1e-6)
+    assert torch.allclose(new[keep.keep], old.mean(0), atol=1e-5)
