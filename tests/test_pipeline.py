@@ -23,7 +23,10 @@ _spec.loader.exec_module(fake_codecs)
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "keep"])
 def any_model_dir(request, tmp_path_factory):
     """The tiny model with the plain vocab and with `<keep>` (image spans coded against the previous image)."""
-    yield from _model_dir(tmp_path_factory, image_keep=request.param)
+    if not request.param:
+        yield request.getfixturevalue("model_dir")
+        return
+    yield from _model_dir(tmp_path_factory, image_keep=True)
 
 
 @pytest.fixture(scope="module")

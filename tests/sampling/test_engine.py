@@ -20,9 +20,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def make_vocab(layout="flat"):
+def make_vocab(layout="flat", image_keep=False):
     return Vocab(n_text=24, image_codebook_size=16, image_grids=((2, 2), (2, 3)), audio_codebook_size=8,
-                 audio_levels=2, audio_layout=layout)
+                 audio_levels=2, audio_layout=layout, image_keep=image_keep)
 
 
 def tiny_model(vocab, seed=0):
@@ -352,13 +352,8 @@ def test_prompt_ending_inside_a_span_is_continued(layout):
 
 
 # ---- <keep>: image codes copied from the previous image -------------------------------------------
-def keep_vocab():
-    return Vocab(n_text=24, image_codebook_size=16, image_grids=((2, 2), (2, 3)), audio_codebook_size=8,
-                 audio_levels=2, image_keep=True)
-
-
 def test_drawn_keeps_are_recorded_as_the_previous_images_codes():
-    vocab = keep_vocab()
+    vocab = make_vocab(image_keep=True)
     source = [vocab.image_start + c for c in (5, 6, 7, 8)]
     prompt = [vocab.bos, 3, vocab.boi, vocab.grid_id((2, 2))] + source + [vocab.eoi]
     model = ScriptedLM(vocab, favour=[vocab.keep])
@@ -371,7 +366,7 @@ def test_drawn_keeps_are_recorded_as_the_previous_images_codes():
 
 
 def test_edit_mask_with_keep_feeds_keep_and_copies_the_source():
-    vocab = keep_vocab()
+    vocab = make_vocab(image_keep=True)
     model = tiny_model(vocab)
     source = [vocab.image_start + c for c in (1, 2, 3, 4, 5, 6)]
     prompt = [vocab.bos, 7, vocab.boi, vocab.grid_id((2, 3))] + source + [vocab.eoi]
