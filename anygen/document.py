@@ -94,6 +94,17 @@ class Document:
     def __add__(self, other: "Document") -> "Document":
         return Document(self.segments + other.segments)
 
+    def with_text_joined(self) -> "Document":
+        """Adjacent Text segments joined into one: the canonical form (Text("m"), Text("a")
+        is the text "ma", which a subword tokenizer may spell with one token)."""
+        segments: list[Segment] = []
+        for segment in self.segments:
+            if isinstance(segment, Text) and segments and isinstance(segments[-1], Text):
+                segments[-1] = Text(segments[-1].text + segment.text)
+            else:
+                segments.append(segment)
+        return Document(segments)
+
     @property
     def text(self) -> str:
         """All text segments joined: handy for captions and transcripts."""

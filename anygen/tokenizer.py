@@ -97,7 +97,7 @@ class MultimodalTokenizer:
 
     def encode(self, document: Document, bos: bool = True, eos: bool = True) -> list[int]:
         ids = [self.vocab.bos] if bos else []
-        for segment in document:
+        for segment in document.with_text_joined():  # decode joins them too: round trips are exact
             ids += self.encode_segment(segment)
         return encode_keeps(ids + ([self.vocab.eos] if eos else []), self.vocab)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
@@ -38,6 +38,10 @@ def test_document_ids_round_trip():
     again = TOK.encode(back)
     cut = ids.index(TOK.vocab.boa)  # the fake audio codec is lossy; text and image codes are exact
     assert again[:cut] == ids[:cut] and len(again) == len(ids)
+
+
+def test_adjacent_texts_encode_as_one_text():
+    assert TOK.encode(Document([Text("m"), Text("a")])) == TOK.encode(Document.of("ma"))
 
 
 def test_image_span_layout():
@@ -87,6 +91,7 @@ def test_any_id_sequence_decodes_to_a_well_formed_document(ids):
     st.lists(st.integers(0, 15), min_size=4, max_size=4).map(
         lambda c: Image(TOK.image.decode_images(torch.tensor(c).reshape(1, 2, 2))[0])),
 ), max_size=5))
+@example([Text("m"), Text("a")])  # adjacent texts are one text: "ma" may be a single subword
 def test_random_documents_round_trip(segments):
     ids = TOK.encode(Document(segments))
     assert TOK.encode(TOK.decode(ids)) == ids
