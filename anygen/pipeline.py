@@ -201,7 +201,7 @@ class AnyGen:
                     continue
                 order, _ = rank_images_by_caption(self.model, [list(s.ids) for s in group],
                                                   self.tokenizer.encode_text(text), before=[self.vocab.bos],
-                                                  after=[self.vocab.eos], pad_id=self.vocab.pad)
+                                                  after=[self.vocab.eos], pad_id=self.vocab.pad, vocab=self.vocab)
                 chosen.append(group[order[0]])
             spans = chosen
         images = []

@@ -20,9 +20,10 @@ fake_codecs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_codecs)
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "keep"])
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "keep_aligned"])
 def any_model_dir(request, tmp_path_factory):
-    """The tiny model with the plain vocab and with `<keep>` (image spans coded against the previous image)."""
+    """The tiny model with the plain vocab, and with `<keep>` (image spans coded against the
+    previous image) and image-aligned positions (anygen.model.positions)."""
     if not request.param:
         yield request.getfixturevalue("model_dir")
         return
@@ -44,7 +45,8 @@ def _model_dir(tmp_path_factory, image_keep=False):
     root = tmp_path_factory.mktemp("model")
     tokenizer = fake_codecs.make_tokenizer(image_keep=image_keep)
     tokenizer.save(root / "tok")
-    cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, head_dim=16, intermediate=64, max_position=256)
+    cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, head_dim=16, intermediate=64, max_position=256,
+                        image_position_stride=16 if image_keep else 0)
     model = build_decoder(cfg, tokenizer.vocab, seed=0)
     save_decoder(model, root / "model", config=cfg, vocab=tokenizer.vocab, tokenizer_dir=root / "tok")
     yield root / "model"

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from anygen.config import build, check, choice, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_directory, atomic_write_bytes
+from anygen.model.positions import CONSECUTIVE, ImagePositions
 from anygen.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -54,6 +55,7 @@ class DecoderConfig:
     tie_embeddings: bool = True
     init_std: float = 0.02
     attn_implementation: str = choice("sdpa", "eager")
+    image_position_stride: int = 0  # > 0: image codes start at multiples of it (anygen.model.positions)
 
     def __post_init__(self):
         for name in ("n_layers", "hidden", "n_heads", "n_kv_heads", "head_dim", "intermediate", "max_position"):
@@ -61,6 +63,8 @@ class DecoderConfig:
         check(self.n_heads % self.n_kv_heads == 0, "n_kv_heads",
               f"must divide n_heads ({self.n_heads}), got {self.n_kv_heads}")
         check(self.rope_theta > 0, "rope_theta", "must be positive")
+        check(self.image_position_stride >= 0, "image_position_stride",
+              f"must be >= 0 (0 = consecutive positions), got {self.image_position_stride}")
 
     def qwen3_config(self, vocab_size: int, vocab: Vocab | None = None):
         from transformers import Qwen3Config
@@ -85,6 +89,8 @@ class DecoderConfig:
             **ids,
         )
         cfg._attn_implementation = self.attn_implementation
+        if self.image_position_stride:  # saved in config.json; read back by ImagePositions.of
+            cfg.image_position_stride = self.image_position_stride
         return cfg
 
 
@@ -250,15 +256,26 @@ def packed_attention_mask(document_ids: torch.Tensor, attn_implementation: str =
                      device=document_ids.device)
 
 
-def forward_logits(model, batch: dict, attn_implementation: str = "sdpa") -> torch.Tensor:
-    """Logits (B, T, V) for a packed batch; documents never attend to one another."""
+def forward_logits(model, batch: dict, attn_implementation: str = "sdpa",
+                   positions: ImagePositions = CONSECUTIVE) -> torch.Tensor:
+    """Logits (B, T, V) for a packed batch; documents never attend to one another.
+
+    `positions` turns the batch's consecutive position ids into the model's own
+    (image-aligned when it was trained so; see anygen.model.positions)."""
     input_ids = batch["input_ids"]
     doc = batch.get("document_ids")
     mask = None
     if doc is not None:
         dtype = next(model.parameters()).dtype
         mask = packed_attention_mask(doc, attn_implementation, dtype if dtype.is_floating_point else torch.float32)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=batch.get("position_ids"), use_cache=False)
+    position_ids = batch.get("position_ids")
+    if positions.stride:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        position_ids = positions.align(input_ids, position_ids, doc)
+        if mask is None:  # transformers reads a jump in unmasked position ids as a new packed document
+            mask = torch.ones_like(input_ids)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
     return out.logits
 
 

@@ -26,6 +26,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from anygen.model.positions import CONSECUTIVE, ImagePositions
+
 FAST_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 
 
@@ -62,8 +64,8 @@ def fast_supported(lm) -> bool:
 class HFDecoder:
     """Incremental decoding through the model's forward and a transformers `DynamicCache`."""
 
-    def __init__(self, lm, n_rows: int, max_len: int):
-        self.lm, self.n_rows, self.max_len = lm, n_rows, max_len
+    def __init__(self, lm, n_rows: int, max_len: int, positions: ImagePositions = CONSECUTIVE):
+        self.lm, self.n_rows, self.max_len, self.positions = lm, n_rows, max_len, positions
         self.device = lm.lm_head.weight.device if hasattr(lm, "lm_head") else next(lm.parameters()).device
 
     @torch.inference_mode()
@@ -74,11 +76,11 @@ class HFDecoder:
         cols = torch.arange(self.max_len, device=self.device)
         self.attn = (cols[None, :] >= n_pad[:, None]).long()  # (R, max_len)
         self.padded = bool((n_pad > 0).any())
-        self.pos = (L - n_pad).clone()  # (R,) position id of the next token
         self.t = L
         config = getattr(self.lm, "config", None)
         self.cache = DynamicCache(config=config) if hasattr(config, "get_text_config") else DynamicCache()
-        position_ids = (cols[None, :L] - n_pad[:, None]).clamp(min=0)
+        position_ids = self.positions.align(ids, (cols[None, :L] - n_pad[:, None]).clamp(min=0))  # (R, L)
+        self.pos = self.positions.after(position_ids[:, -1], ids[:, -1])  # (R,) position id of the next token
         out = self.lm(input_ids=ids, attention_mask=self.attn[:, :L] if self.padded else None,
                       position_ids=position_ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, lo:hi]
@@ -88,7 +90,7 @@ class HFDecoder:
         t = self.t
         out = self.lm(input_ids=tokens[:, None], attention_mask=self.attn[:, : t + 1] if self.padded else None,
                       position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
-        self.t, self.pos = t + 1, self.pos + 1
+        self.t, self.pos = t + 1, self.positions.after(self.pos, tokens)
         return out.logits[:, -1, lo:hi]
 
 
@@ -157,8 +159,9 @@ def _mm(x, w_t, b):
 class FastDecoder:
     """The same forward as a Qwen3/Llama module stack, as a lean loop over a static KV cache."""
 
-    def __init__(self, lm, n_rows: int, max_len: int):
+    def __init__(self, lm, n_rows: int, max_len: int, positions: ImagePositions = CONSECUTIVE):
         w = _prepare(lm)
+        self.positions = positions
         self.layers, self.embed, self.head_t, self.head_b, self.norm = (
             w["layers"], w["embed"], w["head_t"], w["head_b"], w["norm"])
         self.n_heads, self.n_kv, self.head_dim, self.scale = w["n_heads"], w["n_kv"], w["head_dim"], w["scale"]
@@ -168,7 +171,7 @@ class FastDecoder:
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         # RoPE tables from the model's own rotary module (honours its rope scaling); the
         # sine carries rotate_half's sign so that rotate_half(x) * sin == x.roll(D/2) * sin_signed.
-        pos = torch.arange(max_len, device=self.device)[None]
+        pos = torch.arange(positions.max_position(max_len), device=self.device)[None]
         probe = torch.zeros(1, 1, D, device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             cos, sin = lm.model.rotary_emb(probe, pos)  # (1, max_len, D)
@@ -206,7 +209,7 @@ class FastDecoder:
             allowed |= torch.eye(L, dtype=torch.bool, device=self.device)[None]  # pad queries see themselves
             prefill_mask = torch.zeros(R, 1, L, L, device=self.device, dtype=self.dtype)
             prefill_mask.masked_fill_(~allowed[:, None], neg)
-        pos = (cols[None, :L] - n_pad[:, None]).clamp(min=0)  # (R, L)
+        pos = self.positions.align(ids, (cols[None, :L] - n_pad[:, None]).clamp(min=0))  # (R, L)
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, L, 1, D)
         h = F.embedding(ids, self.embed).reshape(R * L, -1)  # (R*L, Dm)
         rms = self._rms
@@ -229,7 +232,7 @@ class FastDecoder:
             g, u = gu.chunk(2, -1)
             h = h + _mm(F.silu(g) * u, d_t, d_b)
         self.t = L
-        self.pos = pos[:, -1] + 1  # (R,)
+        self.pos = self.positions.after(pos[:, -1], ids[:, -1])  # (R,)
         return self._head(h.view(R, L, -1)[:, -1], lo, hi)
 
     def _head(self, h, lo, hi):
@@ -273,17 +276,17 @@ class FastDecoder:
             h = torch.addmm(h, F.silu(g).mul_(u), d_t)
             if d_b is not None:
                 h = h + d_b
-        self.t, self.pos = t + 1, pos + 1
+        self.t, self.pos = t + 1, self.positions.after(pos, tokens)
         return self._head(h, lo, hi)
 
 
-def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto"):
+def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions: ImagePositions = CONSECUTIVE):
     """`FastDecoder` where it reproduces the model (backend 'auto'/'fast'), else `HFDecoder`."""
     if backend == "hf":
-        return HFDecoder(lm, n_rows, max_len)
+        return HFDecoder(lm, n_rows, max_len, positions)
     if fast_supported(lm):
-        return FastDecoder(lm, n_rows, max_len)
+        return FastDecoder(lm, n_rows, max_len, positions)
     if backend == "fast":
         raise ValueError(f"the fast decoder does not support {type(lm).__name__} "
                          f"(model_type {getattr(lm.config, 'model_type', '?')}); use backend='hf'")
-    return HFDecoder(lm, n_rows, max_len)
+    return HFDecoder(lm, n_rows, max_len, positions)

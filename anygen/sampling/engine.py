@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 from anygen.errors import AnygenError
+from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import make_decoder, resolve_lm
 from anygen.sampling.processors import apply_repetition_penalty, draw, gate_keep, guide, warp
 from anygen.sampling.settings import GenerationConfig
@@ -182,7 +183,7 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     for j, row_ids in enumerate(all_ids):
         ids[j, L - len(row_ids):] = torch.tensor(row_ids)
         n_pad[j] = L - len(row_ids)
-    decoder = make_decoder(lm, R, L + max_new, cfg.backend)
+    decoder = make_decoder(lm, R, L + max_new, cfg.backend, ImagePositions.of(lm, vocab))
     was_training = lm.training
     lm.eval()
     if stats is not None:

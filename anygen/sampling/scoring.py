@@ -13,17 +13,21 @@ from typing import Sequence
 
 import torch
 
+from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import resolve_lm
+from anygen.vocab import Vocab
 
 
 @torch.inference_mode()
 def score_sequences(model, sequences: Sequence[Sequence[int]], target_mask: Sequence[Sequence[bool]],
-                    batch_size: int = 16, pad_id: int = 0) -> torch.Tensor:
+                    batch_size: int = 16, pad_id: int = 0, vocab: Vocab | None = None) -> torch.Tensor:
     """(N,) float64 sums of log p(seq[t] | seq[:t]) over t with target_mask[t] True (t >= 1).
 
-    target_mask[i] has the length of sequences[i]; position 0 cannot be a target.
+    target_mask[i] has the length of sequences[i]; position 0 cannot be a target. `vocab`
+    places the positions of a model trained with image-aligned positions.
     """
     lm = resolve_lm(model)
+    positions = ImagePositions.of(lm, vocab)
     if len(sequences) != len(target_mask):
         raise ValueError(f"{len(sequences)} sequences but {len(target_mask)} target masks")
     device = lm.lm_head.weight.device if hasattr(lm, "lm_head") else next(lm.parameters()).device
@@ -48,7 +52,8 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], target_mask: Sequ
                 attn[r, : len(seq)] = 1
                 target[r, : len(seq)] = torch.tensor(mask, dtype=torch.bool)
             ids, attn, target = ids.to(device), attn.to(device), target.to(device)
-            logits = lm(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (b, T-1, V)
+            position_ids = positions.align(ids, (attn.cumsum(-1) - 1).clamp(min=0))  # (b, T)
+            logits = lm(input_ids=ids, attention_mask=attn, position_ids=position_ids).logits[:, :-1].float()
             logp = logits.log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]  # (b, T-1)
             sums = (logp * target[:, 1:]).double().sum(-1).cpu()
             for r, i in enumerate(idx):
@@ -61,7 +66,8 @@ def score_sequences(model, sequences: Sequence[Sequence[int]], target_mask: Sequ
 
 def rank_images_by_caption(model, image_spans: Sequence[Sequence[int]], caption: Sequence[int],
                            before: Sequence[int] = (), between: Sequence[int] = (), after: Sequence[int] = (),
-                           batch_size: int = 16, pad_id: int = 0) -> tuple[list[int], torch.Tensor]:
+                           batch_size: int = 16, pad_id: int = 0, vocab: Vocab | None = None
+                           ) -> tuple[list[int], torch.Tensor]:
     """Best-of-N re-ranking: order of candidates (best first) and their log p(caption + after | image).
 
     image_spans  N candidates, each `<boi> <grid> codes <eoi>` ids (e.g. `Span.ids`)
@@ -74,6 +80,6 @@ def rank_images_by_caption(model, image_spans: Sequence[Sequence[int]], caption:
         tail = list(caption) + list(after)
         seqs.append(head + tail)
         masks.append([False] * len(head) + [True] * len(tail))
-    scores = score_sequences(model, seqs, masks, batch_size=batch_size, pad_id=pad_id)
+    scores = score_sequences(model, seqs, masks, batch_size=batch_size, pad_id=pad_id, vocab=vocab)
     order = sorted(range(len(seqs)), key=lambda i: -float(scores[i]))
     return order, scores

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -49,6 +50,7 @@ import torch
 from anygen.config import check, choice, load_config, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_directory, atomic_write_bytes
+from anygen.model.positions import ImagePositions
 from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_decoder, count_parameters,
                                   decoder_loss, forward_logits, save_decoder, stats_to_metrics)
 from anygen.vocab import Vocab
@@ -341,12 +343,41 @@ def _set_rng_state(state: dict, tensors: dict, rank: int) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
+
+
+def _deepen(sd: dict, n_layers: int) -> dict:
+    """A checkpoint of n layers -> one of `n_layers` (a multiple of n), computing the same function.
+
+    Block expansion as in LLaMA Pro: new layer j copies old layer j // m (m = n_layers / n);
+    the copies after the first of each group start with zero output projections (`o_proj`,
+    `down_proj`), so they add nothing to the residual stream until training moves them.
+    """
+    old = {int(m.group(1)) for m in map(_LAYER.match, sd) if m}
+    if not old or n_layers == len(old):
+        return sd
+    if n_layers % len(old):
+        raise AnygenError(f"cannot grow {len(old)} layers to {n_layers}: the new depth must be a multiple")
+    m = n_layers // len(old)
+    out = {k: w for k, w in sd.items() if not _LAYER.match(k)}
+    for k, w in sd.items():
+        match = _LAYER.match(k)
+        if not match:
+            continue
+        i, rest = int(match.group(1)), match.group(2)
+        for j in range(i * m, (i + 1) * m):
+            zero = j % m and rest.endswith(("o_proj.weight", "down_proj.weight", "o_proj.bias", "down_proj.bias"))
+            out[f"model.layers.{j}.{rest}"] = torch.zeros_like(w) if zero else w.clone()
+    return out
+
+
 def _load_weights(model, directory: Path, grow: bool = False) -> None:
     """Load a saved decoder's safetensors (sharded or not) into `model` in place.
 
-    `grow` (fine-tuning onto a vocab that appends ids, e.g. `<keep>`): a checkpoint with fewer
-    embedding rows fills the first rows; the new rows start at the mean of the old ones, so
-    a new id's logit starts near the average (as in `anygen.model.init_from`).
+    `grow` (fine-tuning a saved decoder into a larger model): a checkpoint with fewer
+    embedding rows (a vocab that appends ids, e.g. `<keep>`) fills the first rows and the new
+    rows start at the mean of the old ones, so a new id's logit starts near the average (as
+    in `anygen.model.init_from`); a checkpoint with fewer layers is deepened by `_deepen`.
     """
     from safetensors.torch import load_file
 
@@ -358,6 +389,7 @@ def _load_weights(model, directory: Path, grow: bool = False) -> None:
         sd.update(load_file(str(directory / f)))
     if grow:
         own = model.state_dict()
+        sd = _deepen(sd, model.config.num_hidden_layers)
         for name, w in sd.items():
             rows = own[name].shape[0] if name in own else 0
             if name.endswith(("embed_tokens.weight", "lm_head.weight")) and w.dim() == 2 and w.shape[0] < rows:
@@ -494,6 +526,7 @@ class Trainer:
                                       betas=o.betas, eps=o.eps, foreach=True)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.raw = acc.unwrap_model(self.model)
+        self.positions = ImagePositions.of(self.raw, self.vocab)
 
         # data
         rank, world = acc.process_index, acc.num_processes
@@ -630,7 +663,7 @@ class Trainer:
     def _micro(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         batch = _to(batch, self.acc.device)
         with self.acc.autocast():
-            logits = forward_logits(self.model, batch, self.attn)
+            logits = forward_logits(self.model, batch, self.attn, self.positions)
         return decoder_loss(logits, batch["labels"], self.cfg.loss, self.vocab, batch.get("document_ids"))
 
     def train_step(self) -> tuple[torch.Tensor, float, bool, int]:

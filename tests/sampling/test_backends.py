@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import FastDecoder, HFDecoder, fast_supported, make_decoder, resolve_lm
 
 
@@ -42,6 +43,27 @@ def test_cached_steps_match_full_forward(decoder_cls, kv_heads, attn):
         got.append(dec.step(ids[:, t]))
     got = torch.stack(got, 1)  # (3, 6, V)
     torch.testing.assert_close(got, ref[:, 8:14], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decoder_cls", [FastDecoder, HFDecoder])
+def test_image_aligned_positions_match_full_forward(decoder_cls):
+    rule = ImagePositions(8, torch.tensor([7]))  # token 7 plays <grid>: what follows starts at a multiple of 8
+    model = tiny(2)
+    ids = torch.randint(8, 60, (3, 16))
+    ids[0, 3] = ids[1, 8] = ids[2, 10] = ids[2, 12] = 7  # jumps inside the prompt and while stepping
+    n_pad = torch.tensor([0, 2, 1])
+    for r in range(3):
+        ids[r, : n_pad[r]] = 0
+    cols = torch.arange(16)
+    attn_mask = (cols[None] >= n_pad[:, None]).long()
+    position_ids = rule.align(ids, (cols[None] - n_pad[:, None]).clamp(min=0))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=attn_mask, position_ids=position_ids).logits  # (3, 16, V)
+    dec = decoder_cls(model, 3, 16, rule)
+    got = [dec.prefill(ids[:, :9], n_pad)]
+    for t in range(9, 16):
+        got.append(dec.step(ids[:, t]))
+    torch.testing.assert_close(torch.stack(got, 1), ref[:, 8:16], atol=1e-5, rtol=1e-5)
 
 
 def test_unpadded_batch_matches_full_forward():

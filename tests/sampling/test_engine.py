@@ -25,11 +25,13 @@ def make_vocab(layout="flat", image_keep=False):
                  audio_levels=2, audio_layout=layout, image_keep=image_keep)
 
 
-def tiny_model(vocab, seed=0):
+def tiny_model(vocab, seed=0, image_position_stride=0):
     torch.manual_seed(seed)
     cfg = Qwen3Config(vocab_size=vocab.size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=1, head_dim=16, intermediate_size=64, max_position_embeddings=256)
     cfg._attn_implementation = "sdpa"
+    if image_position_stride:
+        cfg.image_position_stride = image_position_stride
     return Qwen3ForCausalLM(cfg).eval()
 
 
@@ -180,14 +182,17 @@ def test_grid_choice_respects_budget():
 
 
 # ---- batching --------------------------------------------------------------------------------
-def test_mixed_state_batch_and_left_padding_match_rows_alone():
+@pytest.mark.parametrize("stride", [0, 8], ids=["consecutive", "image_aligned"])
+def test_mixed_state_batch_and_left_padding_match_rows_alone(stride):
     vocab = make_vocab()
-    model = tiny_model(vocab)
+    model = tiny_model(vocab, image_position_stride=stride)
     cfg = GenerationConfig(max_new_tokens=24, image_grid=(2, 2), text=SamplingSettings(greedy=True),
                            image=SamplingSettings(greedy=True), audio=SamplingSettings(greedy=True), stop_at_eos=False)
+    image = [vocab.boi, vocab.grid_id((2, 2))] + [vocab.image_start + c for c in (1, 2, 3, 4)] + [vocab.eoi]
     prompts = [Prompt([vocab.bos, 3, 4, 5, 6, 7], force=[vocab.boi]),  # starts inside an image
                Prompt([vocab.bos, 9]),  # starts in text (shorter: left-padded)
-               Prompt([vocab.bos, 11, 12, 13], force=[vocab.boa])]
+               Prompt([vocab.bos, 11, 12, 13], force=[vocab.boa]),
+               Prompt([vocab.bos, 5] + image + [6], force=[vocab.boi])]  # an image in the prompt, then another
     batch = generate(model, vocab, prompts, cfg)
     assert batch[0].ids[0] == vocab.boi and batch[1].ids[0] < vocab.n_text and batch[2].ids[0] == vocab.boa
     for p, got in zip(prompts, batch):

@@ -195,3 +195,23 @@ def test_init_weights_grows_the_embeddings_onto_a_keep_vocab(tmp_path):
     assert new.shape == (keep.size, old.shape[1]) == (VOCAB.size + 1, old.shape[1])
     assert torch.allclose(new[:VOCAB.size], old, atol=1e-6)
     assert torch.allclose(new[keep.keep], old.mean(0), atol=1e-5)
+
+
+def test_init_weights_deepens_a_decoder_without_changing_its_outputs(tmp_path):
+    """Loading 2 layers into 4: copies of each layer with zero output projections, same logits."""
+    from anygen.model.decoder import DecoderConfig, build_decoder, save_decoder
+    from anygen.training.decoder_trainer import _load_weights
+
+    small = dict(hidden=32, n_heads=2, n_kv_heads=2, head_dim=16, intermediate=64)
+    shallow = build_decoder(DecoderConfig(n_layers=2, **small), VOCAB, seed=0).eval()
+    save_decoder(shallow, tmp_path / "shallow")
+    deep = build_decoder(DecoderConfig(n_layers=4, **small), VOCAB, seed=1).eval()
+    _load_weights(deep, tmp_path / "shallow", grow=True)
+    ids = torch.randint(0, VOCAB.size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(deep(input_ids=ids).logits, shallow(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    layers = deep.model.layers
+    assert torch.equal(layers[1].self_attn.q_proj.weight, layers[0].self_attn.q_proj.weight)
+    assert not layers[1].mlp.down_proj.weight.any() and layers[0].mlp.down_proj.weight.any()
+    with pytest.raises(AnygenError, match="multiple"):
+        _load_weights(build_decoder(DecoderConfig(n_layers=3, **small), VOCAB), tmp_path / "shallow", grow=True)
