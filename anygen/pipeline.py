@@ -281,7 +281,7 @@ class AnyGen:
             raise AnygenError(f"{task} reads an image as codes; this model's image head is diffusion "
                               f"(use a tokens-head model for {task})")
 
-    def caption(self, image, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+    def caption(self, image, /, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """image -> text."""
         return self.caption_batch([image], max_new_tokens, seed, **settings)[0]
 
@@ -349,7 +349,7 @@ class AnyGen:
             raise AnygenError("the model did not produce audio within its token budget")
         return audios[0]
 
-    def edit(self, image, instruction: str, text_scale: float = 1.0, image_scale: float = 1.0,
+    def edit(self, image, instruction: str, /, text_scale: float = 1.0, image_scale: float = 1.0,
              editable: Sequence[bool] | None = None, seed: int | None = 0, **settings) -> PILImage.Image:
         """(image, instruction) -> edited image, with InstructPix2Pix-style dual guidance.
 

@@ -14,6 +14,7 @@ from anygen.cli import main as cli_main
 from anygen.document import Audio, Document, Image, wav_bytes
 from anygen.errors import AnygenError
 from anygen.model.decoder import DecoderConfig, build_decoder, save_decoder
+from anygen.sampling import SamplingSettings
 
 _spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_pipe", Path(__file__).parent / "data" / "fake_codecs.py")
 fake_codecs = importlib.util.module_from_spec(_spec)
@@ -77,6 +78,10 @@ def test_caption_transcribe_say_edit(gen):
     assert isinstance(gen.transcribe(audio), str)
     edited = gen.edit(image, "make the blue square red", text_scale=2.0, image_scale=1.5)
     assert edited.size == image.size
+    # the image argument is positional-only, so `image=` is the per-modality sampling settings
+    greedy = gen.edit(image, "make the blue square red", image=SamplingSettings(greedy=True), seed=1)
+    assert np.array_equal(np.asarray(greedy), np.asarray(gen.edit(image, "make the blue square red",
+                                                                     image=SamplingSettings(greedy=True), seed=2)))
 
 
 def test_edit_mask_copies_source_codes(any_model_dir):
