@@ -356,24 +356,38 @@ class AnyGen:
         `editable` (H*W booleans, row-major over the code grid) limits which codes may
         change; the rest are copied from the source.
         """
+        return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, **settings)[0]
+
+    def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
+                   image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
+                   **settings) -> list[PILImage.Image]:
+        """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch."""
         self._needs_token_images("edit")
-        instruction = _check_text(instruction, "instruction")
-        source = _as_image(image)
-        codes = self.tokenizer.image_codes(source)  # (H, W)
-        cond = tasks.task_prompt(self.tokenizer, "edit", image=codes, instruction=instruction)
+        if len(images) != len(instructions):
+            raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")
+        if not images:
+            raise AnygenError("no images given")
         guided = text_scale != 1.0 or image_scale != 1.0
-        chain = ()
-        if guided:
-            chain = [tasks.null_condition_prompt(self.tokenizer, "edit", drop="instruction", image=codes),
-                     tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
-        self._check_length(cond, self._image_budget())
-        source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
-        prompt = Prompt(cond, uncond=chain, force=[self.vocab.boi], source=source_ids if editable is not None else None,
-                        editable=list(editable) if editable is not None else None)
+        prompts = []
+        for image, instruction in zip(images, instructions):
+            instruction = _check_text(instruction, "instruction")
+            codes = self.tokenizer.image_codes(_as_image(image))  # (H, W)
+            cond = tasks.task_prompt(self.tokenizer, "edit", image=codes, instruction=instruction)
+            chain = ()
+            if guided:
+                chain = [tasks.null_condition_prompt(self.tokenizer, "edit", drop="instruction", image=codes),
+                         tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
+            self._check_length(cond, self._image_budget())
+            source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
+            prompts.append(Prompt(cond, uncond=chain, force=[self.vocab.boi],
+                                  source=source_ids if editable is not None else None,
+                                  editable=list(editable) if editable is not None else None))
         cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, allow_audio=False,
                            cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
-        [result] = generate(self.model, self.vocab, [prompt], cfg)
-        images = self._images_of(result)
-        if not images:
-            raise AnygenError("the model did not finish the edited image within its token budget")
-        return images[0]
+        edited = []
+        for result in generate(self.model, self.vocab, prompts, cfg):
+            images = self._images_of(result)
+            if not images:
+                raise AnygenError("the model did not finish the edited image within its token budget")
+            edited.append(images[0])
+        return edited

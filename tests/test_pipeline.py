@@ -99,6 +99,18 @@ def test_edit_mask_copies_source_codes(any_model_dir):
             gen.tokenizer.encode(Document([Image(image)]))).images[0]))
 
 
+def test_edit_batch_equals_edits_one_by_one(any_model_dir):
+    gen = anygen.load(any_model_dir)
+    images = [gen.draw("a small blue square at the center", seed=s)[0] for s in (3, 4)]
+    instructions = ["make it red", "remove the blue square now please"]  # different lengths: left padding
+    greedy = SamplingSettings(greedy=True)
+    batch = gen.edit_batch(images, instructions, image=greedy)
+    alone = [gen.edit(im, ins, image=greedy) for im, ins in zip(images, instructions)]
+    assert [np.asarray(a).tolist() for a in batch] == [np.asarray(b).tolist() for b in alone]
+    with pytest.raises(AnygenError, match="2 images but 1 instructions"):
+        gen.edit_batch(images, instructions[:1])
+
+
 def test_generate_continues_a_document(gen):
     doc = gen.generate("a large red circle", max_new_tokens=40, seed=0)
     assert isinstance(doc, Document)

@@ -169,12 +169,14 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
     if "edit" in suites:
         for kind in EDIT_KINDS:
             ok, psnrs = 0, []
-            for i in range(n):
-                e = world.sample_edit(rng, kind=kind)
-                source = render_scene(e.source)
-                edited = generator.edit(source, e.instruction, seed=seed + i)
-                ok += judge_image(edited) == e.target
-                psnrs.append(preservation_psnr(edited, source, _cells_touched(e.source, e.target)))
+            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
+            for lo in range(0, n, batch_size):
+                chunk = edits[lo:lo + batch_size]
+                sources = [render_scene(e.source) for e in chunk]
+                edited = generator.edit_batch(sources, [e.instruction for e in chunk], seed=seed + lo)
+                for e, source, image in zip(chunk, sources, edited):
+                    ok += judge_image(image) == e.target
+                    psnrs.append(preservation_psnr(image, source, _cells_touched(e.source, e.target)))
             results[f"edit.{kind}.success"] = ok / n
             results[f"edit.{kind}.preservation_db"] = float(np.mean(psnrs))
             tick(f"edit {kind}")

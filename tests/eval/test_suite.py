@@ -21,8 +21,8 @@ class Oracle:
     def caption_batch(self, images, seed=0):
         return [judge_image(im).caption() for im in images]
 
-    def edit(self, image, instruction, seed=0):
-        return render_scene(apply_instruction(judge_image(image), instruction))
+    def edit_batch(self, images, instructions, seed=0):
+        return [render_scene(apply_instruction(judge_image(im), ins)) for im, ins in zip(images, instructions)]
 
     def say(self, text, seed=0):
         return Audio(render_melody(parse_melody_text(text)), 16000)
