@@ -1,8 +1,9 @@
 """Image-aligned position ids: each image's first code sits at a multiple of a stride.
 
-With plain consecutive positions, cell k of an edit's target image and cell k of its
-source are (source span + instruction length) apart: a RoPE distance that changes with
-every instruction, so "copy or change the cell I am drawing" becomes a content search.
+With plain consecutive positions, cell k of a story's next image and cell k of the image
+before it are (image span + sentence length) apart: a RoPE distance that changes with every
+sentence, so "copy or change the cell I am drawing" becomes a content search. (An edit puts
+its instruction before the source image, so source and target are adjacent either way.)
 With `stride` S, the position after every `<grid_HxW>` token jumps up to the next
 multiple of S, so the same cell of consecutive images is always S (or 2S, ...) apart, a
 fixed offset attention finds by position alone. Text positions still count up by one;
@@ -30,6 +31,7 @@ class ImagePositions:
 
     stride: int
     grid_ids: torch.Tensor  # (G,) the vocab's <grid_HxW> ids
+    min_span: int = 3  # tokens in the shortest image span (<boi> <grid> codes <eoi>)
 
     @classmethod
     def of(cls, model, vocab: Vocab | None) -> "ImagePositions":
@@ -38,8 +40,9 @@ class ImagePositions:
         stride = int(getattr(config, "image_position_stride", 0) or 0)
         if stride and vocab is None:
             raise ValueError("a model with image_position_stride needs the vocab to place its positions")
-        grids = [vocab.grid_id(g) for g in vocab.image_grids] if vocab is not None else []
-        return cls(stride, torch.tensor(grids, dtype=torch.long))
+        grids = list(vocab.image_grids) if vocab is not None else []
+        return cls(stride, torch.tensor([vocab.grid_id(g) for g in grids], dtype=torch.long),
+                   3 + min((h * w for h, w in grids), default=0))
 
     def _is_grid(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.isin(ids, self.grid_ids.to(ids.device))
@@ -72,8 +75,8 @@ class ImagePositions:
         return torch.where(self._is_grid(tokens), nxt + (-nxt) % self.stride, nxt)
 
     def max_position(self, length: int) -> int:
-        """An upper bound on any position in a row of `length` tokens (an image span has >= 3)."""
-        return length + (self.stride * (length // 3 + 1) if self.stride else 0)
+        """An upper bound on any position in a row of `length` tokens (one jump per image span)."""
+        return length + (self.stride * (length // self.min_span + 1) if self.stride else 0)
 
 
 CONSECUTIVE = ImagePositions(0, torch.zeros(0, dtype=torch.long))

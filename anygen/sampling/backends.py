@@ -174,9 +174,9 @@ class FastDecoder:
         pos = torch.arange(positions.max_position(max_len), device=self.device)[None]
         probe = torch.zeros(1, 1, D, device=self.device, dtype=self.dtype)
         with torch.inference_mode():
-            cos, sin = lm.model.rotary_emb(probe, pos)  # (1, max_len, D)
+            cos, sin = lm.model.rotary_emb(probe, pos)  # (1, P, D), P = the largest position + 1
         sign = torch.cat([-torch.ones(D // 2), torch.ones(D - D // 2)]).to(self.device, self.dtype)
-        self.cos, self.sin = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)  # (max_len, D)
+        self.cos, self.sin = cos[0].to(self.dtype), (sin[0] * sign).to(self.dtype)  # (P, D)
         n_layers = len(self.layers)
         self.kv = torch.zeros(n_layers, 2, n_rows, K, max_len, D, device=self.device, dtype=self.dtype)
         self.k_caches = [self.kv[i, 0] for i in range(n_layers)]  # (R, K, max_len, D) views

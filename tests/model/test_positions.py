@@ -53,6 +53,7 @@ def test_stride_is_saved_in_the_model_config_and_read_back(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     rule = ImagePositions.of(loaded, vocab)
     assert rule.stride == 32 and rule.grid_ids.tolist() == [vocab.grid_id((8, 8))]
+    assert rule.min_span == 3 + 64 and rule.max_position(670) == 670 + 32 * 11
     assert ImagePositions.of(build_decoder(DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2,
                                                          head_dim=16, intermediate=64), vocab), vocab).stride == 0
 
