@@ -361,7 +361,8 @@ class AnyGen:
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
                    **settings) -> list[PILImage.Image]:
-        """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch."""
+        """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
+        `editable`, when given, applies to every image."""
         self._needs_token_images("edit")
         if len(images) != len(instructions):
             raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")

@@ -359,10 +359,11 @@ def _deepen(sd: dict, n_layers: int) -> dict:
     if n_layers % len(old):
         raise AnygenError(f"cannot grow {len(old)} layers to {n_layers}: the new depth must be a multiple")
     m = n_layers // len(old)
-    out = {k: w for k, w in sd.items() if not _LAYER.match(k)}
+    out = {}
     for k, w in sd.items():
         match = _LAYER.match(k)
         if not match:
+            out[k] = w
             continue
         i, rest = int(match.group(1)), match.group(2)
         for j in range(i * m, (i + 1) * m):

@@ -8,6 +8,13 @@ from anygen.vocab import Vocab
 
 GRID = 7
 RULE = ImagePositions(8, torch.tensor([GRID]))
+VOCAB = Vocab(n_text=40, image_codebook_size=16)
+
+
+def tiny_decoder(stride: int):
+    cfg = DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2, head_dim=16, intermediate=64,
+                        image_position_stride=stride)
+    return build_decoder(cfg, VOCAB, seed=0).eval()
 
 
 def test_codes_after_a_grid_token_start_at_a_stride_multiple():
@@ -44,24 +51,20 @@ def test_stepping_with_after_reproduces_align():
 
 
 def test_stride_is_saved_in_the_model_config_and_read_back(tmp_path):
-    vocab = Vocab(n_text=40, image_codebook_size=16)
-    model = build_decoder(DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2, head_dim=16,
-                                        intermediate=64, image_position_stride=32), vocab, seed=0)
-    model.save_pretrained(tmp_path)
+    vocab = VOCAB
+    tiny_decoder(32).save_pretrained(tmp_path)
     from transformers import AutoModelForCausalLM
 
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     rule = ImagePositions.of(loaded, vocab)
     assert rule.stride == 32 and rule.grid_ids.tolist() == [vocab.grid_id((8, 8))]
     assert rule.min_span == 3 + 64 and rule.max_position(670) == 670 + 32 * 11
-    assert ImagePositions.of(build_decoder(DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2,
-                                                         head_dim=16, intermediate=64), vocab), vocab).stride == 0
+    assert ImagePositions.of(tiny_decoder(0), vocab).stride == 0
 
 
 def test_packed_forward_with_aligned_positions_equals_each_document_alone():
-    vocab = Vocab(n_text=40, image_codebook_size=16)
-    model = build_decoder(DecoderConfig(n_layers=1, hidden=32, n_heads=2, n_kv_heads=2, head_dim=16,
-                                        intermediate=64, image_position_stride=32), vocab, seed=0).eval()
+    vocab = VOCAB
+    model = tiny_decoder(32)
     rule = ImagePositions.of(model, vocab)
     g = vocab.grid_id((8, 8))
     a = [vocab.bos, 5, vocab.boi, g] + list(range(vocab.image_start, vocab.image_start + 6))
