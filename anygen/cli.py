@@ -156,6 +156,10 @@ def cmd_draw(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_describe_edit(args) -> None:
+    print(_model(args).describe_edit(args.image, args.target, seed=args.seed))
+
+
 def cmd_caption(args) -> None:
     print(_model(args).caption(args.image, seed=args.seed))
 
@@ -179,7 +183,7 @@ def cmd_edit(args) -> None:
     if args.mask:
         editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
     image = model.edit(args.image, args.instruction, text_scale=args.text_scale, image_scale=args.image_scale,
-                       editable=editable, seed=args.seed)
+                       editable=editable, seed=args.seed, best_of=args.best_of)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -244,8 +248,9 @@ def cmd_eval_shapes(args) -> None:
         options["cfg_scale"] = args.cfg_scale
     if args.steps is not None:
         options["steps"] = args.steps
-    if options:
-        model = _DrawWith(model, **options)
+    if options or args.edit_best_of > 1 or args.story_best_of > 1:
+        model = _WithOptions(model, draw=options, edit={"best_of": args.edit_best_of},
+                             story={"best_of": args.story_best_of})
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -257,14 +262,21 @@ def cmd_eval_shapes(args) -> None:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-class _DrawWith:
-    """A generator whose text->image calls carry extra options (sampling, best-of, guidance, steps)."""
+class _WithOptions:
+    """A generator whose text->image, edit and story calls carry extra options (sampling, best-of,
+    guidance, steps)."""
 
-    def __init__(self, model, **options):
-        self.model, self.options = model, options
+    def __init__(self, model, draw: dict, edit: dict, story: dict):
+        self.model, self.draw_options, self.edit_options, self.story_options = model, draw, edit, story
 
     def draw_batch(self, texts, seed=0):
-        return self.model.draw_batch(texts, seed=seed, **self.options)
+        return self.model.draw_batch(texts, seed=seed, **self.draw_options)
+
+    def edit_batch(self, images, instructions, seed=0):
+        return self.model.edit_batch(images, instructions, seed=seed, **self.edit_options)
+
+    def story(self, opening, n_steps=3, seed=0):
+        return self.model.story(opening, n_steps=n_steps, seed=seed, **self.story_options)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -399,7 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-scale", type=float, default=1.0, dest="text_scale", help="instruction guidance")
     p.add_argument("--image-scale", type=float, default=1.0, dest="image_scale", help="source-image guidance")
     p.add_argument("--mask", help="cells that may change: '0,4' (3x3 cells, row-major) or 'box:r0,c0,r1,c1'")
+    p.add_argument("--best-of", type=int, default=1, dest="best_of",
+                   help="sample this many edits and keep the one that best explains the instruction "
+                        "(needs a model trained with the describe_edit task, as the bundled one)")
     p.set_defaults(func=cmd_edit)
+    p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
+                   "image", "source image file")
+    p.add_argument("target", help="edited image file")
+    p.set_defaults(func=cmd_describe_edit)
 
     # benchmarks
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="action", metavar="ACTION",
@@ -430,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text->image: sample K candidates and keep the best by caption likelihood")
     p.add_argument("--cfg-scale", type=float, default=None, dest="cfg_scale",
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
+    p.add_argument("--edit-best-of", type=int, default=1, dest="edit_best_of",
+                   help="edit: sample K edits each and keep the best by instruction likelihood (describe_edit)")
+    p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
+                   help="story: sample each picture K times and keep the one that best explains its sentence")
     p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_shapes)

@@ -130,9 +130,6 @@ class AnyGen:
         h, w = self.vocab.image_grids[0]
         return h * w + 4  # <boi> <grid> codes <eoi> <eos>
 
-    def _images_of(self, result) -> list[PILImage.Image]:
-        return [seg.image for seg in self.tokenizer.decode(result.ids) if isinstance(seg, Image)]
-
     # ---- tasks -----------------------------------------------------------------------
     def generate(self, prompt: Document | str, max_new_tokens: int = 512, seed: int | None = None,
                  callback: Callable[[Document], None] | None = None, **settings) -> Document:
@@ -292,26 +289,74 @@ class AnyGen:
         prompts = [tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(im)) for im in images]
         return self._text_answers(prompts, max_new_tokens, seed, **settings)
 
-    def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, **settings) -> Document:
+    def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, best_of: int = 1,
+              **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (image, next sentence) turns.
 
         `<eos>` is not allowed until the story has `n_steps` images, so the model cannot stop
         after the first picture (a caption followed by an image is also a whole text->image example).
+        best_of > 1 samples each picture that many times (temperature 1) and keeps the one that
+        best explains its text: the first by the opening as its caption, each later one by the
+        sentence before it as the edit of the previous picture (`describe_edit`).
         """
         opening = _check_text(opening, "opening")
         ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
         per_step = self._image_budget() + 40
         budget = n_steps * per_step
         self._check_length(ids, budget)
+        if best_of < 1:
+            raise AnygenError("best_of must be at least 1")
         if self.diffusion is not None:
+            if best_of != 1:
+                raise AnygenError("best_of is not supported by the diffusion image head")
             doc = self._generate_diffusion(ids, budget, seed, min_images=n_steps, max_images=n_steps, **settings)
             cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
             return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
+        if best_of > 1:
+            story_ids = self._story_best_of(ids, n_steps, seed, best_of, **settings)
+            return Document([Text(opening)]) + self.tokenizer.decode(story_ids[len(ids):])
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
         [result] = generate(self.model, self.vocab, [ids], cfg)
         image_ends = [span.end for span in result.spans if span.kind == "image"]
         cut = result.ids[:image_ends[n_steps - 1]] if len(image_ends) >= n_steps else result.ids
         return Document([Text(opening)]) + self.tokenizer.decode(cut)
+
+    def _story_best_of(self, ids: list[int], n_steps: int, seed: int | None, best_of: int,
+                       image: SamplingSettings | None = None, **settings) -> list[int]:
+        """The story's ids (`<keep>`-free) with each picture chosen among `best_of` samples."""
+        from anygen.codecs.keep import encode_keeps
+        from anygen.sampling.scoring import rank_images_by_caption
+
+        v = self.vocab
+        image = image or SamplingSettings(temperature=1.0)
+        text_ids = [t for t in ids if t < v.n_text]  # the opening
+        previous = None
+        for step in range(n_steps):
+            step_seed = None if seed is None else seed + 7919 * step
+            if step > 0:  # the text up to the next <boi> (a melody's text and audio may come first)
+                cfg = self._config(max_new_tokens=self._image_budget() + 40, seed=step_seed, stop_at_eos=False,
+                                   **settings)
+                [result] = generate(self.model, v, [encode_keeps(ids, v)], cfg)
+                new = result.ids[:result.ids.index(v.boi)] if v.boi in result.ids else result.ids  # else forced
+                ids = ids + new
+                tail = max((i + 1 for i, t in enumerate(new) if t >= v.n_text), default=0)
+                text_ids = new[tail:]  # the sentence right before the picture
+            cfg = self._config(max_new_tokens=self._image_budget(), seed=step_seed, image=image, allow_audio=False,
+                               **settings)
+            prompts = [Prompt(encode_keeps(ids, v), force=[v.boi])] * best_of
+            group = [c for c in (self._image_codes_of(r) for r in generate(self.model, v, prompts, cfg))
+                     if c is not None]
+            if not group:
+                break
+            if previous is None:
+                order, _ = rank_images_by_caption(self.model, [self.tokenizer.image_span(c) for c in group], text_ids,
+                                                  before=[v.bos], after=[v.eos], pad_id=v.pad, vocab=v)
+            else:
+                sentence = self.tokenizer.text.decode(text_ids).strip().strip(".").strip()
+                order = self._rank_edits(previous, group, sentence) if sentence else list(range(len(group)))
+            previous = group[order[0]]
+            ids = ids + self.tokenizer.image_span(previous)
+        return ids
 
     def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """audio (path, Audio or (waveform, sr)) -> text."""
@@ -350,29 +395,43 @@ class AnyGen:
         return audios[0]
 
     def edit(self, image, instruction: str, /, text_scale: float = 1.0, image_scale: float = 1.0,
-             editable: Sequence[bool] | None = None, seed: int | None = 0, **settings) -> PILImage.Image:
+             editable: Sequence[bool] | None = None, seed: int | None = 0, best_of: int = 1,
+             **settings) -> PILImage.Image:
         """(image, instruction) -> edited image, with InstructPix2Pix-style dual guidance.
 
         `editable` (H*W booleans, row-major over the code grid) limits which codes may
-        change; the rest are copied from the source.
+        change; the rest are copied from the source. `best_of` > 1 samples that many edits
+        and keeps the one under which the instruction is most likely (`describe_edit`).
         """
-        return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, **settings)[0]
+        return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, best_of,
+                               **settings)[0]
 
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
-                   **settings) -> list[PILImage.Image]:
+                   best_of: int = 1, **settings) -> list[PILImage.Image]:
         """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
-        `editable`, when given, applies to every image."""
+        `editable`, when given, applies to every image.
+
+        best_of > 1: each edit is sampled `best_of` times (image codes at temperature 1 unless
+        `image=` says otherwise) and the candidate that best explains the instruction is kept:
+        the highest log p(instruction | source, candidate) under the model's `describe_edit`
+        task, so the model must have been trained with it (`tasks.describe_edit.weight`).
+        """
         self._needs_token_images("edit")
         if len(images) != len(instructions):
             raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")
         if not images:
             raise AnygenError("no images given")
+        if best_of < 1:
+            raise AnygenError("best_of must be at least 1")
+        if best_of > 1:
+            settings.setdefault("image", SamplingSettings(temperature=1.0))
+        instructions = [_check_text(t, "instruction") for t in instructions]
         guided = text_scale != 1.0 or image_scale != 1.0
-        prompts = []
+        prompts, sources = [], []
         for image, instruction in zip(images, instructions):
-            instruction = _check_text(instruction, "instruction")
             codes = self.tokenizer.image_codes(_as_image(image))  # (H, W)
+            sources.append(codes)
             cond = tasks.task_prompt(self.tokenizer, "edit", image=codes, instruction=instruction)
             chain = ()
             if guided:
@@ -380,15 +439,46 @@ class AnyGen:
                          tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
             self._check_length(cond, self._image_budget())
             source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
-            prompts.append(Prompt(cond, uncond=chain, force=[self.vocab.boi],
-                                  source=source_ids if editable is not None else None,
-                                  editable=list(editable) if editable is not None else None))
+            prompts += [Prompt(cond, uncond=chain, force=[self.vocab.boi],
+                               source=source_ids if editable is not None else None,
+                               editable=list(editable) if editable is not None else None)] * best_of
         cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, allow_audio=False,
                            cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
+        candidates = [self._image_codes_of(result) for result in generate(self.model, self.vocab, prompts, cfg)]
         edited = []
-        for result in generate(self.model, self.vocab, prompts, cfg):
-            images = self._images_of(result)
-            if not images:
+        for k, (source, instruction) in enumerate(zip(sources, instructions)):
+            group = [c for c in candidates[k * best_of:(k + 1) * best_of] if c is not None]
+            if not group:
                 raise AnygenError("the model did not finish the edited image within its token budget")
-            edited.append(images[0])
+            best = group[0] if len(group) == 1 else group[self._rank_edits(source, group, instruction)[0]]
+            edited.append(self.tokenizer.image_from_codes(best))
         return edited
+
+    def _image_codes_of(self, result) -> torch.Tensor | None:
+        """The codes (H, W) of a result's first complete image span, or None."""
+        span = next((s for s in result.spans if s.kind == "image" and s.complete), None)
+        if span is None:
+            return None
+        h, w = self.vocab.grid_of(span.ids[1])
+        return self.vocab.image_codes(torch.tensor(span.ids[2:2 + h * w])).reshape(h, w)
+
+    def _rank_edits(self, source: torch.Tensor, candidates: Sequence[torch.Tensor], instruction: str) -> list[int]:
+        """Candidate indices, best first, by log p(instruction <eos> | source, candidate) (`describe_edit`)."""
+        from anygen.sampling.scoring import score_sequences
+
+        answer = self.tokenizer.encode_text(instruction) + [self.vocab.eos]
+        seqs, masks = [], []
+        for target in candidates:
+            prompt = tasks.task_prompt(self.tokenizer, "describe_edit", image=source, target=target)
+            seqs.append(prompt + answer)
+            masks.append([False] * len(prompt) + [True] * len(answer))
+        scores = score_sequences(self.model, seqs, masks, pad_id=self.vocab.pad, vocab=self.vocab)
+        return sorted(range(len(seqs)), key=lambda i: -float(scores[i]))
+
+    def describe_edit(self, source, target, /, max_new_tokens: int = 64, seed: int | None = 0,
+                      **settings) -> str:
+        """(source image, edited image) -> the instruction that turns one into the other."""
+        self._needs_token_images("describe_edit")
+        codes = [self.tokenizer.image_codes(_as_image(im)) for im in (source, target)]
+        ids = tasks.task_prompt(self.tokenizer, "describe_edit", image=codes[0], target=codes[1])
+        return self._text_answer(ids, max_new_tokens, seed, **settings)

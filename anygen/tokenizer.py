@@ -72,6 +72,11 @@ class MultimodalTokenizer:
         v = self.vocab
         return [v.boi, v.grid_id(tuple(codes.shape))] + v.image_ids(codes.reshape(-1)).tolist() + [v.eoi]
 
+    def image_from_codes(self, codes: torch.Tensor):
+        """codes (H, W) -> PIL image (the codec's decoder)."""
+        with torch.no_grad():
+            return self.image.decode_images(codes.reshape(1, *codes.shape))[0]
+
     def audio_codes(self, waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
         """waveform -> codes (n_q, F)."""
         if self.audio is None:
@@ -165,9 +170,7 @@ class MultimodalTokenizer:
             return None, j + (1 if j < len(ids) and ids[j] == v.eoi else 0)
         if end < len(ids) and ids[end] == v.eoi:
             end += 1
-        codes = v.image_codes(torch.tensor(body)).reshape(1, *grid)
-        with torch.no_grad():
-            return self.image.decode_images(codes)[0], end
+        return self.image_from_codes(v.image_codes(torch.tensor(body)).reshape(grid)), end
 
     def _decode_audio_span(self, ids: list[int], i: int):
         """Parse after `<boa>`; returns (Audio or None, next index)."""

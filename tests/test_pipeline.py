@@ -11,7 +11,7 @@ from PIL import Image as PILImage
 
 import anygen
 from anygen.cli import main as cli_main
-from anygen.document import Audio, Document, Image, wav_bytes
+from anygen.document import Audio, Document, Image, Text, wav_bytes
 from anygen.errors import AnygenError
 from anygen.model.decoder import DecoderConfig, build_decoder, save_decoder
 from anygen.sampling import SamplingSettings
@@ -111,6 +111,73 @@ def test_edit_batch_equals_edits_one_by_one(any_model_dir):
         gen.edit_batch(images, instructions[:1])
 
 
+def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any_model_dir, monkeypatch):
+    """best_of samples several edits and keeps the one with the highest
+    log p(instruction <eos> | <bos> span(source) span(candidate)) — checked here against a plain
+    forward of each whole describe_edit sequence (with the model's own positions)."""
+    from anygen.codecs.keep import encode_keeps
+    from anygen.model.decoder import forward_logits
+    from anygen.model.positions import ImagePositions
+
+    gen = anygen.load(any_model_dir)
+    v = gen.vocab
+    image = gen.draw("a small blue square at the center", seed=3)[0]
+    instruction = "make the blue square red"
+    seen = {}
+    rank = gen._rank_edits
+
+    def spy(*args):
+        seen.update(args=args, order=rank(*args))
+        return seen["order"]
+
+    monkeypatch.setattr(gen, "_rank_edits", spy)
+    edited = gen.edit(image, instruction, best_of=6, seed=1)
+    source, candidates, _ = seen["args"]
+    assert len(candidates) == 6 and len({tuple(c.reshape(-1).tolist()) for c in candidates}) > 1  # sampled
+    answer = gen.tokenizer.encode_text(instruction) + [v.eos]
+    reference = []
+    for c in candidates:
+        ids = encode_keeps([v.bos] + gen.tokenizer.image_span(source) + gen.tokenizer.image_span(c) + answer, v)
+        with torch.no_grad():
+            logits = forward_logits(gen.model, {"input_ids": torch.tensor([ids])},
+                                    positions=ImagePositions.of(gen.model, v))[0]
+        logp = logits[:-1].float().log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+        reference.append(float(logp[-len(answer):].sum()))
+    best = seen["order"][0]
+    assert reference[best] == pytest.approx(max(reference), abs=1e-4)
+    assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(candidates[best])))
+    with pytest.raises(AnygenError, match="best_of"):
+        gen.edit(image, instruction, best_of=0)
+
+
+def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_model_dir, monkeypatch):
+    """Each later picture is the describe_edit pick among its samples, given the picture before it."""
+    gen = anygen.load(any_model_dir)
+    picks = []
+    rank = gen._rank_edits
+
+    def spy(source, candidates, sentence):
+        order = rank(source, candidates, sentence)
+        picks.append((source, candidates[order[0]], len(candidates)))
+        return order
+
+    monkeypatch.setattr(gen, "_rank_edits", spy)
+    doc = gen.story("a small red circle", n_steps=3, seed=0, best_of=3)
+    segments = list(doc)
+    assert segments[0] == Text("a small red circle") and isinstance(segments[1], Image)  # the picture follows
+    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
+    assert len(codes) == 3 and len(picks) == 2
+    for (source, chosen, n), before, after in zip(picks, codes, codes[1:]):
+        assert n == 3 and torch.equal(source, before) and torch.equal(chosen, after)
+    with pytest.raises(AnygenError, match="best_of"):
+        gen.story("a small red circle", best_of=0)
+
+
+def test_describe_edit_returns_text(gen):
+    image = gen.draw("a small blue square at the center", seed=3)[0]
+    assert isinstance(gen.describe_edit(image, gen.edit(image, "make it red")), str)
+
+
 def test_generate_continues_a_document(gen):
     doc = gen.generate("a large red circle", max_new_tokens=40, seed=0)
     assert isinstance(doc, Document)
@@ -139,12 +206,22 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     assert cli_main(["generate", "a red", "--model", str(model_dir), "--out", str(tmp_path / "g"),
                      "--max-new-tokens", "20"]) == 0
     assert (tmp_path / "g" / "index.html").exists()
+    edited = tmp_path / "edited.png"
+    assert cli_main(["edit", str(out), "make it blue", "--best-of", "2", "--model", str(model_dir),
+                     "--out", str(edited)]) == 0
+    capsys.readouterr()
+    assert cli_main(["describe-edit", str(out), str(edited), "--model", str(model_dir)]) == 0
+    assert capsys.readouterr().out.strip() == anygen.load(model_dir).describe_edit(out, edited)
+    assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-best-of", "2",
+                     "--model", str(model_dir)]) == 0
+    assert "edit.remove.success" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [
     (["caption", "{tmp}/missing.png"], "not found"),
     (["draw", ""], "empty"),
     (["edit", "{tmp}/missing.png", "make it red"], "not found"),
+    (["describe-edit", "{tmp}/missing.png", "{tmp}/missing.png"], "not found"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", str(model_dir)]

@@ -24,6 +24,7 @@ Example recipe:
     tasks:
       text_to_image: {weight: 3, p_null: 0.1}
       edit: {weight: 2, p_null_instruction: 0.05, p_null_image: 0.05, p_null_both: 0.05}
+      describe_edit: {weight: 1}   # the verifier of best-of-N edits (default weight 0)
       story: {weight: 1}
 """
 
@@ -42,7 +43,7 @@ from anygen.config import check, choice, load_config, to_dict
 from anygen.data.shapes import WorldConfig
 from anygen.data.shards import ShardWriter
 from anygen.data.tasks import (EmojiTasks, SequenceEncoder, ShapesTasks, Spec, TaskMix, allocate, audio_to_text,
-                               document, edit, image_to_text, text_to_audio, text_to_image)
+                               describe_edit, document, edit, image_to_text, text_to_audio, text_to_image)
 from anygen.document import Audio, Image, Text
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
@@ -157,6 +158,9 @@ def _user_specs(cfg: PretokenizeConfig, split: str, rng: np.random.Generator) ->
         for i in pick(len(result.pairs)):
             p = result.pairs[i]
             makers += [lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng)] * repeat
+            if mix.describe_edit.weight > 0:
+                makers += [lambda p=p: describe_edit(p.source, p.target, p.instruction, mix.describe_edit,
+                                                     rng)] * repeat
     return makers
 
 
@@ -177,7 +181,8 @@ def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
 
 def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
     w = cfg.tasks.weights()
-    if tokenizer.image is None and any(w[t] > 0 for t in ("text_to_image", "image_to_text", "edit", "story")):
+    if tokenizer.image is None and any(w[t] > 0 for t in ("text_to_image", "image_to_text", "edit", "describe_edit",
+                                                                      "story")):
         raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no image codec, but the task mix has image tasks "
                           f"(set tasks.<task>.weight=0 for text_to_image, image_to_text, edit and story)")
     audio_tasks = [t for t in ("text_to_audio", "audio_to_text") if w[t] > 0]

@@ -8,6 +8,7 @@ Every example is one document of ids, `<bos> … <eos>`, with a parallel loss ma
     text_to_audio   <bos> melody text    span(audio)     <eos>
     audio_to_text   <bos> span(audio)    melody text     <eos>
     edit            <bos> instruction span(source) span(target) <eos>
+    describe_edit   <bos> span(source) span(target) instruction <eos>
     story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
     document        <bos> any user Document's segments <eos>
 
@@ -41,6 +42,12 @@ For edits the three drops are mutually exclusive with probabilities `p_null_inst
 With a `<keep>` vocab (`Vocab.image_keep`) every sequence is then `<keep>`-coded
 (`anygen.codecs.keep`): an edit's target span holds `<keep>` wherever it equals the source.
 
+`describe_edit` is the edit read backwards: which instruction turns the source into the
+target. It is the verifier of best-of-N editing (`AnyGen.edit(best_of=N)` keeps the candidate
+under which the instruction is most likely), because the edit model often samples the right
+edit but its own likelihood does not single it out. With `p_narrative` a share of ShapesWorld
+answers are the story sentence of the edit, so it also re-ranks story pictures (`AnyGen.story`).
+
 Building is split in two so the slow part (the codecs) can be cached and batched:
 `Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
 `SequenceEncoder.encode(specs)` encodes every missing image in batched codec calls, keeps
@@ -64,8 +71,9 @@ from anygen.config import check
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 
-TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "story", "document")
-CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit")
+TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit", "story",
+         "document")
+CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit")
 EDIT_DROPS = ("instruction", "image", "both")
 
 
@@ -121,6 +129,17 @@ class EditSpec:
 
 
 @dataclass
+class DescribeEditSpec(TaskSpec):
+    weight: float = 0.0  # off unless a recipe asks for it (the best-of-N edit verifier)
+    p_null: float = 0.0
+    p_narrative: float = 0.0  # ShapesWorld: answer with the story sentence instead ("then the red circle turns blue")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 <= self.p_narrative <= 1.0, "p_narrative", f"must be in [0, 1], got {self.p_narrative}")
+
+
+@dataclass
 class StorySpec:
     weight: float = 1.0  # interleaved stories: loss on every token
 
@@ -137,6 +156,7 @@ class TaskMix:
     text_to_audio: TextToAudioSpec = field(default_factory=TextToAudioSpec)
     audio_to_text: AudioToTextSpec = field(default_factory=AudioToTextSpec)
     edit: EditSpec = field(default_factory=EditSpec)
+    describe_edit: DescribeEditSpec = field(default_factory=DescribeEditSpec)
     story: StorySpec = field(default_factory=StorySpec)
 
     def __post_init__(self):
@@ -260,6 +280,9 @@ def _layout(task: str, *, text: str | None = None, media=None, instruction: str 
                else Piece("text", instruction, cond))
         prompt = [ins, src]  # instruction first: fixed source->target offset (module docstring)
         body = [Piece("image", _as_media("image", target), gen)] if target is not None else []
+    elif task == "describe_edit":
+        prompt = [Piece("image", _as_media("image", source), cond), Piece("image", _as_media("image", target), cond)]
+        body = [Piece("text", instruction, gen)] if instruction is not None else []
     else:
         raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")
     end = [Piece("ids", _Ids.EOS, True)] if body else []
@@ -309,6 +332,11 @@ def edit(source, instruction: str, target, spec: EditSpec, rng: np.random.Genera
     drop = _draw_drop("edit", spec, rng)
     return Spec("edit", _layout("edit", source=source, instruction=instruction, target=target, drop=drop,
                                 loss_on_prompt=spec.loss_on_prompt), drop)
+
+
+def describe_edit(source, target, instruction: str, spec: TaskSpec, rng: np.random.Generator) -> Spec:
+    return Spec("describe_edit", _layout("describe_edit", source=source, target=target, instruction=instruction,
+                                         loss_on_prompt=spec.loss_on_prompt))
 
 
 def document(doc: Document, task: str = "document", media_keys: dict[int, Any] | None = None) -> Spec:
@@ -372,11 +400,12 @@ def _codes_media(kind: str, value):
 
 
 def task_prompt(tokenizer, task: str, *, text: str | None = None, image=None, audio=None,
-                instruction: str | None = None, drop: str = "") -> list[int]:
+                instruction: str | None = None, target=None, drop: str = "") -> list[int]:
     """The ids a sampler feeds before generating `task`'s output: exactly the training prompt.
 
     text_to_image/text_to_audio: `text`; image_to_text: `image`; audio_to_text: `audio`;
-    edit: `image` (the source) and `instruction`. Images may be PIL images or codes (H, W);
+    edit: `image` (the source) and `instruction`; describe_edit: `image` (the source) and
+    `target`. Images may be PIL images or codes (H, W);
     audio (waveform, sample_rate), an Audio segment or codes (n_q, F). `drop` names the
     condition replaced by <null>: "condition" (single-condition tasks) or, for edits,
     "instruction", "image" or "both". The generated part then starts with `<boi>` (image),
@@ -387,6 +416,8 @@ def task_prompt(tokenizer, task: str, *, text: str | None = None, image=None, au
     if task == "edit":
         pieces = _layout("edit", source=_codes_media("image", image) if drop not in ("image", "both") else None,
                          instruction=instruction, drop=drop)
+    elif task == "describe_edit":
+        pieces = _layout(task, source=_codes_media("image", image), target=_codes_media("image", target))
     elif task in ("text_to_image", "text_to_audio"):
         pieces = _layout(task, text=text, drop=drop)
     else:
@@ -548,8 +579,12 @@ class ShapesTasks:
         if task == "audio_to_text":
             notes = w.sample_melody(rng)
             return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
-        if task == "edit":
+        if task in ("edit", "describe_edit"):
             e = w.sample_edit(rng, split=split)
+            if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
+                p = mix.describe_edit.p_narrative
+                text = e.narrative() if p > 0 and rng.random() < p else e.instruction
+                return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)
             return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)
         if task == "story":
             return self.story(w.sample_story(rng, split=split))
@@ -573,7 +608,7 @@ class ShapesTasks:
 class EmojiTasks:
     """Text->image, image->text and edits from an EmojiWorld; the emoji character is the cache key."""
 
-    TASKS = ("text_to_image", "image_to_text", "edit")
+    TASKS = ("text_to_image", "image_to_text", "edit", "describe_edit")
 
     def __init__(self, world, mix: TaskMix):
         self.world, self.mix = world, mix
@@ -588,7 +623,10 @@ class EmojiTasks:
         if task == "image_to_text":
             item = self.world.sample(rng, split)
             return image_to_text(self._image(item), item.name, self.mix.image_to_text, rng)
-        if task == "edit":
+        if task in ("edit", "describe_edit"):
             e = self.world.sample_edit(rng, split)
+            if task == "describe_edit":
+                return describe_edit(self._image(e.source), self._image(e.target), e.instruction,
+                                     self.mix.describe_edit, rng)
             return edit(self._image(e.source), e.instruction, self._image(e.target), self.mix.edit, rng)
         raise ValueError(f"EmojiWorld has no task {task!r} (tasks: {', '.join(self.TASKS)})")

@@ -17,7 +17,8 @@ Metrics
 - t2i.seconds_per_image: wall time of the text→image calls over the number of images.
 - i2t.exact: the generated caption parses to the exact scene.
 - edit.KIND.success: the judged edited image equals the target scene; edit.KIND.preservation_db:
-  PSNR between the edited image and the source render outside the cells the edit touches.
+  PSNR between the edited image and the source render outside the cells the edit touches;
+  edit.seconds_per_edit: wall time of the edit calls over the number of edits.
 - t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed).
 - story.image_coherence: share of story images whose judged scene equals the scene the text
   so far describes (opening caption, then each sentence applied as an edit);
@@ -167,19 +168,23 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
         results["i2t.exact"] = correct / n
 
     if "edit" in suites:
+        seconds = 0.0
         for kind in EDIT_KINDS:
             ok, psnrs = 0, []
             edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
             for lo in range(0, n, batch_size):
                 chunk = edits[lo:lo + batch_size]
                 sources = [render_scene(e.source) for e in chunk]
+                start = time.perf_counter()
                 edited = generator.edit_batch(sources, [e.instruction for e in chunk], seed=seed + lo)
+                seconds += time.perf_counter() - start
                 for e, source, image in zip(chunk, sources, edited):
                     ok += judge_image(image) == e.target
                     psnrs.append(preservation_psnr(image, source, _cells_touched(e.source, e.target)))
             results[f"edit.{kind}.success"] = ok / n
             results[f"edit.{kind}.preservation_db"] = float(np.mean(psnrs))
             tick(f"edit {kind}")
+        results["edit.seconds_per_edit"] = seconds / (n * len(EDIT_KINDS))
 
     if "t2a" in suites or "a2t" in suites:
         melodies = [world.sample_melody(rng) for _ in range(n)]

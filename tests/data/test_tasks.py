@@ -9,6 +9,7 @@ import pytest
 
 from anygen.config import ConfigError, build
 from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text
+from anygen.document import Document, Image, Text
 from anygen.data.tasks import (SequenceEncoder, ShapesTasks, TaskMix, allocate, edit, null_condition_prompt,
                                task_prompt, text_to_image)
 
@@ -80,6 +81,30 @@ def test_layouts_and_loss_masks(tok, world):
     first_src, first_tgt = len(prompt) - len(span_of(tok, src)) + 2, len(prompt) + 2
     assert first_tgt - first_src == len(span_of(tok, src))
     assert seq.loss.tolist() == [0] * len(prompt) + [1] * (len(seq.ids) - len(prompt))
+
+
+def test_describe_edit_is_the_edit_read_backwards(tok, world):
+    """<bos> span(src) span(tgt) instruction <eos>: the Document [source, target, instruction]
+    (so `<keep>` coding of the target works as in any document), loss on the instruction and
+    <eos>; the sampler's prompt is its prefix; off unless a recipe weights it."""
+    assert TaskMix().describe_edit.weight == 0
+    keep_tok = type(tok)(tok.text, tok.image, tok.audio, image_keep=True)
+    for t in (tok, keep_tok):
+        rng = np.random.default_rng(9)
+        spec = ShapesTasks(world, mix(describe_edit={"weight": 1})).sample("describe_edit", rng)
+        src, tgt, ins = spec.pieces[1].value.make(), spec.pieces[2].value.make(), spec.pieces[3].value
+        seq = SequenceEncoder(t).encode([spec])[0]
+        assert seq.ids.tolist() == t.encode(Document([Image(src), Image(tgt), Text(ins)]))
+        prompt = task_prompt(t, "describe_edit", image=t.image_codes(src), target=t.image_codes(tgt))
+        assert seq.ids[:len(prompt)].tolist() == prompt
+        assert seq.loss.tolist() == [0] * len(prompt) + [1] * (len(seq.ids) - len(prompt))
+        assert seq.ids[seq.loss == 1].tolist() == t.encode_text(ins) + [t.vocab.eos]
+    assert (seq.ids == keep_tok.vocab.keep).any()
+    # p_narrative: that share of the answers is the edit's story sentence
+    tasks = ShapesTasks(world, mix(describe_edit={"weight": 1, "p_narrative": 0.5}))
+    rng = np.random.default_rng(10)
+    answers = [tasks.sample("describe_edit", rng).pieces[3].value for _ in range(400)]
+    assert 0.4 < np.mean([a.startswith("then ") for a in answers]) < 0.6
 
 
 def test_loss_on_prompt_option(tok, world):

@@ -59,7 +59,7 @@ class RecolourEverything(Oracle):
 def test_perfect_generator_scores_100_percent():
     results = evaluate_shapes(Oracle(), n=6, seed=3)
     assert results.pop("t2i.fd_pool8") == pytest.approx(0.0, abs=1e-6)
-    assert results.pop("t2i.seconds_per_image") > 0
+    assert results.pop("t2i.seconds_per_image") > 0 and results.pop("edit.seconds_per_edit") > 0
     for key, value in results.items():
         if key.endswith("preservation_db"):
             assert value == 60.0, key
