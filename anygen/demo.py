@@ -37,7 +37,7 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
 
     t = time.perf_counter()
     opening = world.sample_scene(rng, n_objects=1).caption()
-    story = generator.story(opening, n_steps=3, seed=seed)
+    story = generator.story(opening, n_steps=3, seed=seed, best_of=8)  # pictures re-ranked by their text
     notes = world.sample_melody(rng, n_notes=3)
     story = story + Document([Text(melody_text(notes))]) + Document([generator.say(melody_text(notes), seed=seed)])
     parts.append(_section("An interleaved story", f"<div class='doc'>{story.html_body()}</div>"))
@@ -62,7 +62,7 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     t = time.perf_counter()
     edit = world.sample_edit(rng, kind="recolor")
     source = render_scene(edit.source)
-    edited = generator.edit(source, edit.instruction, seed=seed)
+    edited = generator.edit(source, edit.instruction, seed=seed, best_of=8)  # re-ranked by describe_edit
     parts.append(_section("Editing", _grid([(Document([Image(source)]), "before"),
                                             (Document([Image(edited)]), f"after: “{edit.instruction}”")])))
     timings["edit_s"] = time.perf_counter() - t
