@@ -181,10 +181,10 @@ def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
 
 def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
     w = cfg.tasks.weights()
-    if tokenizer.image is None and any(w[t] > 0 for t in ("text_to_image", "image_to_text", "edit", "describe_edit",
-                                                                      "story")):
+    image_tasks = ("text_to_image", "image_to_text", "edit", "describe_edit", "story")
+    if tokenizer.image is None and any(w[t] > 0 for t in image_tasks):
         raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no image codec, but the task mix has image tasks "
-                          f"(set tasks.<task>.weight=0 for text_to_image, image_to_text, edit and story)")
+                          f"(set tasks.<task>.weight=0 for {', '.join(image_tasks)})")
     audio_tasks = [t for t in ("text_to_audio", "audio_to_text") if w[t] > 0]
     if w["story"] > 0 and cfg.world.melody_prob > 0:
         audio_tasks.append("story (world.melody_prob > 0)")
