@@ -185,27 +185,15 @@ class AnyGen:
             prompts += [Prompt(cond, uncond=[uncond] if guided else (), force=[self.vocab.boi])] * best_of
         cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, cfg_scale=(cfg_scale,),
                            allow_audio=False, **settings)
-        results = generate(self.model, self.vocab, prompts, cfg)
-        spans = [next((s for s in r.spans if s.kind == "image" and s.complete), None) for r in results]
-        if best_of > 1:
-            from anygen.sampling.scoring import rank_images_by_caption
-
-            chosen = []
-            for k, text in enumerate(texts):
-                group = [s for s in spans[k * best_of:(k + 1) * best_of] if s is not None]
-                if not group:
-                    chosen.append(None)
-                    continue
-                order, _ = rank_images_by_caption(self.model, [list(s.ids) for s in group],
-                                                  self.tokenizer.encode_text(text), before=[self.vocab.bos],
-                                                  after=[self.vocab.eos], pad_id=self.vocab.pad, vocab=self.vocab)
-                chosen.append(group[order[0]])
-            spans = chosen
+        codes = [self._image_codes_of(r) for r in generate(self.model, self.vocab, prompts, cfg)]
         images = []
-        for span in spans:
-            if span is None:
+        for k, text in enumerate(texts):
+            group = [c for c in codes[k * best_of:(k + 1) * best_of] if c is not None]
+            if not group:
                 raise AnygenError("the model did not finish an image within its token budget")
-            images += [seg.image for seg in self.tokenizer.decode(list(span.ids)) if isinstance(seg, Image)]
+            caption = self.tokenizer.encode_text(text)
+            best = group[0] if len(group) == 1 else group[self._rank_by_caption(group, caption)[0]]
+            images.append(self.tokenizer.image_from_codes(best))
         return images
 
     # ---- the diffusion head ---------------------------------------------------------
@@ -325,7 +313,6 @@ class AnyGen:
                        image: SamplingSettings | None = None, **settings) -> list[int]:
         """The story's ids (`<keep>`-free) with each picture chosen among `best_of` samples."""
         from anygen.codecs.keep import encode_keeps
-        from anygen.sampling.scoring import rank_images_by_caption
 
         v = self.vocab
         image = image or SamplingSettings(temperature=1.0)
@@ -349,8 +336,7 @@ class AnyGen:
             if not group:
                 break
             if previous is None:
-                order, _ = rank_images_by_caption(self.model, [self.tokenizer.image_span(c) for c in group], text_ids,
-                                                  before=[v.bos], after=[v.eos], pad_id=v.pad, vocab=v)
+                order = self._rank_by_caption(group, text_ids)
             else:
                 sentence = self.tokenizer.text.decode(text_ids).strip().strip(".").strip()
                 order = self._rank_edits(previous, group, sentence) if sentence else list(range(len(group)))
@@ -461,6 +447,15 @@ class AnyGen:
             return None
         h, w = self.vocab.grid_of(span.ids[1])
         return self.vocab.image_codes(torch.tensor(span.ids[2:2 + h * w])).reshape(h, w)
+
+    def _rank_by_caption(self, candidates: Sequence[torch.Tensor], caption: Sequence[int]) -> list[int]:
+        """Candidate image codes (H, W), best first, by log p(caption <eos> | image) (the image_to_text task)."""
+        from anygen.sampling.scoring import rank_images_by_caption
+
+        v = self.vocab
+        order, _ = rank_images_by_caption(self.model, [self.tokenizer.image_span(c) for c in candidates], caption,
+                                          before=[v.bos], after=[v.eos], pad_id=v.pad, vocab=v)
+        return order
 
     def _rank_edits(self, source: torch.Tensor, candidates: Sequence[torch.Tensor], instruction: str) -> list[int]:
         """Candidate indices, best first, by log p(instruction <eos> | source, candidate) (`describe_edit`)."""
