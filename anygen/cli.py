@@ -182,8 +182,13 @@ def cmd_edit(args) -> None:
     editable = None
     if args.mask:
         editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
-    image = model.edit(args.image, args.instruction, text_scale=args.text_scale, image_scale=args.image_scale,
-                       editable=editable, seed=args.seed, best_of=args.best_of)
+    options = dict(text_scale=args.text_scale, image_scale=args.image_scale, editable=editable, seed=args.seed,
+                   best_of=args.best_of)
+    if args.reason:
+        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, **options)
+        print(reasoning)
+    else:
+        image = model.edit(args.image, args.instruction, **options)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -248,9 +253,10 @@ def cmd_eval_shapes(args) -> None:
         options["cfg_scale"] = args.cfg_scale
     if args.steps is not None:
         options["steps"] = args.steps
-    if options or args.edit_best_of > 1 or args.story_best_of > 1:
-        model = _WithOptions(model, draw=options, edit={"best_of": args.edit_best_of},
-                             story={"best_of": args.story_best_of})
+    edit = {"best_of": args.edit_best_of, "reason": args.edit_reason}
+    story = {"best_of": args.story_best_of, "reason": args.story_reason}
+    if options or any(o != {"best_of": 1, "reason": False} for o in (edit, story)):
+        model = _WithOptions(model, draw=options, edit=edit, story=story)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -414,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
                    help="sample this many edits and keep the one that best explains the instruction "
                         "(needs a model trained with the describe_edit task, as the bundled one)")
+    p.add_argument("--reason", action="store_true",
+                   help="the model first writes what the image shows and what it will show (printed), then "
+                        "draws it (needs a model trained with the reasoned_edit task)")
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")
@@ -451,8 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
     p.add_argument("--edit-best-of", type=int, default=1, dest="edit_best_of",
                    help="edit: sample K edits each and keep the best by instruction likelihood (describe_edit)")
+    p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
+                   help="edit: the model captions the source and the target in text before drawing (reasoned_edit)")
     p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
                    help="story: sample each picture K times and keep the one that best explains its sentence")
+    p.add_argument("--story-reason", action="store_true", dest="story_reason",
+                   help="story: draw each later picture as a reasoned edit of the one before (reasoned_edit)")
     p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_shapes)

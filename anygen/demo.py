@@ -62,9 +62,11 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     t = time.perf_counter()
     edit = world.sample_edit(rng, kind="recolor")
     source = render_scene(edit.source)
-    edited = generator.edit(source, edit.instruction, seed=seed, best_of=8)  # re-ranked by describe_edit
+    # the model says what it sees and will draw, 8 times, and describe_edit picks the best
+    edited, reasoning = generator.edit_with_reasoning(source, edit.instruction, seed=seed, best_of=8)
     parts.append(_section("Editing", _grid([(Document([Image(source)]), "before"),
-                                            (Document([Image(edited)]), f"after: “{edit.instruction}”")])))
+                                            (Document([Image(edited)]), f"after: “{edit.instruction}” "
+                                                                        f"(the model: “{reasoning}”)")])))
     timings["edit_s"] = time.perf_counter() - t
     progress("edit done")
 

@@ -277,7 +277,7 @@ class AnyGen:
         prompts = [tasks.task_prompt(self.tokenizer, "image_to_text", image=_as_image(im)) for im in images]
         return self._text_answers(prompts, max_new_tokens, seed, **settings)
 
-    def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, best_of: int = 1,
+    def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, best_of: int = 1, reason: bool = False,
               **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (image, next sentence) turns.
 
@@ -286,6 +286,8 @@ class AnyGen:
         best_of > 1 samples each picture that many times (temperature 1) and keeps the one that
         best explains its text: the first by the opening as its caption, each later one by the
         sentence before it as the edit of the previous picture (`describe_edit`).
+        reason: each later picture is a reasoned edit of the one before it with the sentence as
+        its instruction (`edit_with_reasoning`; the reasoning text is not part of the story).
         """
         opening = _check_text(opening, "opening")
         ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
@@ -295,13 +297,13 @@ class AnyGen:
         if best_of < 1:
             raise AnygenError("best_of must be at least 1")
         if self.diffusion is not None:
-            if best_of != 1:
-                raise AnygenError("best_of is not supported by the diffusion image head")
+            if best_of != 1 or reason:
+                raise AnygenError("best_of and reason are not supported by the diffusion image head")
             doc = self._generate_diffusion(ids, budget, seed, min_images=n_steps, max_images=n_steps, **settings)
             cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
             return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
-        if best_of > 1:
-            story_ids = self._story_best_of(ids, n_steps, seed, best_of, **settings)
+        if best_of > 1 or reason:
+            story_ids = self._story_stepwise(ids, n_steps, seed, best_of, reason, **settings)
             return Document([Text(opening)]) + self.tokenizer.decode(story_ids[len(ids):])
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
         [result] = generate(self.model, self.vocab, [ids], cfg)
@@ -309,13 +311,14 @@ class AnyGen:
         cut = result.ids[:image_ends[n_steps - 1]] if len(image_ends) >= n_steps else result.ids
         return Document([Text(opening)]) + self.tokenizer.decode(cut)
 
-    def _story_best_of(self, ids: list[int], n_steps: int, seed: int | None, best_of: int,
-                       image: SamplingSettings | None = None, **settings) -> list[int]:
-        """The story's ids (`<keep>`-free) with each picture chosen among `best_of` samples."""
+    def _story_stepwise(self, ids: list[int], n_steps: int, seed: int | None, best_of: int, reason: bool,
+                        image: SamplingSettings | None = None, **settings) -> list[int]:
+        """The story's ids (`<keep>`-free), one sentence and picture at a time: each picture chosen among
+        `best_of` samples, later ones drawn as reasoned edits of the picture before when `reason`."""
         from anygen.codecs.keep import encode_keeps
 
         v = self.vocab
-        image = image or SamplingSettings(temperature=1.0)
+        image = image or (SamplingSettings(temperature=1.0) if best_of > 1 else self.config.image)
         text_ids = [t for t in ids if t < v.n_text]  # the opening
         previous = None
         for step in range(n_steps):
@@ -328,6 +331,12 @@ class AnyGen:
                 ids = ids + new
                 tail = max((i + 1 for i, t in enumerate(new) if t >= v.n_text), default=0)
                 text_ids = new[tail:]  # the sentence right before the picture
+            sentence = self.tokenizer.text.decode(text_ids).strip().strip(".").strip()
+            if reason and previous is not None and sentence:
+                [(previous, _)] = self._edit_codes([previous], [sentence], seed=step_seed, best_of=best_of,
+                                                   reason=True, image=image, **settings)
+                ids = ids + self.tokenizer.image_span(previous)
+                continue
             cfg = self._config(max_new_tokens=self._image_budget(), seed=step_seed, image=image, allow_audio=False,
                                **settings)
             prompts = [Prompt(encode_keeps(ids, v), force=[v.boi])] * best_of
@@ -335,10 +344,11 @@ class AnyGen:
                      if c is not None]
             if not group:
                 break
-            if previous is None:
+            if len(group) == 1:
+                order = [0]
+            elif previous is None:
                 order = self._rank_by_caption(group, text_ids)
             else:
-                sentence = self.tokenizer.text.decode(text_ids).strip().strip(".").strip()
                 order = self._rank_edits(previous, group, sentence) if sentence else list(range(len(group)))
             previous = group[order[0]]
             ids = ids + self.tokenizer.image_span(previous)
@@ -381,20 +391,27 @@ class AnyGen:
         return audios[0]
 
     def edit(self, image, instruction: str, /, text_scale: float = 1.0, image_scale: float = 1.0,
-             editable: Sequence[bool] | None = None, seed: int | None = 0, best_of: int = 1,
+             editable: Sequence[bool] | None = None, seed: int | None = 0, best_of: int = 1, reason: bool = False,
              **settings) -> PILImage.Image:
         """(image, instruction) -> edited image, with InstructPix2Pix-style dual guidance.
 
         `editable` (H*W booleans, row-major over the code grid) limits which codes may
         change; the rest are copied from the source. `best_of` > 1 samples that many edits
         and keeps the one under which the instruction is most likely (`describe_edit`).
+        `reason`: the model first writes what it sees and what it will draw (`edit_with_reasoning`).
         """
-        return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, best_of,
+        return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, best_of, reason,
                                **settings)[0]
+
+    def edit_with_reasoning(self, image, instruction: str, /, **options) -> tuple[PILImage.Image, str]:
+        """`edit(..., reason=True)` that also returns the model's reasoning text,
+        `before <caption of the image> after <caption of the edited image>` (the `reasoned_edit` task)."""
+        [(edited, reasoning)] = self._edits([image], [instruction], reason=True, **options)
+        return edited, reasoning
 
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
-                   best_of: int = 1, **settings) -> list[PILImage.Image]:
+                   best_of: int = 1, reason: bool = False, **settings) -> list[PILImage.Image]:
         """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
         `editable`, when given, applies to every image.
 
@@ -402,43 +419,93 @@ class AnyGen:
         `image=` says otherwise) and the candidate that best explains the instruction is kept:
         the highest log p(instruction | source, candidate) under the model's `describe_edit`
         task, so the model must have been trained with it (`tasks.describe_edit.weight`).
+
+        reason: each row first writes `before <source caption> after <target caption>` and then
+        draws the edit (the `reasoned_edit` task; the model must have been trained with it).
+        Guidance and `editable` apply to the image as without reasoning; with `best_of` the
+        text is sampled too (temperature 1 unless `text=` says otherwise), so the candidates
+        differ in what they say the edit is, and the verifier picks among them.
         """
+        return [edited for edited, _ in self._edits(images, instructions, text_scale, image_scale, editable, seed,
+                                                     best_of, reason, **settings)]
+
+    def _edits(self, images: Sequence, instructions: Sequence[str], *options, **settings
+               ) -> list[tuple[PILImage.Image, str | None]]:
+        """`edit_batch`'s (edited image, reasoning text or None) per row."""
         self._needs_token_images("edit")
         if len(images) != len(instructions):
             raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")
         if not images:
             raise AnygenError("no images given")
+        sources = [self.tokenizer.image_codes(_as_image(image)) for image in images]  # (H, W) each
+        return [(self.tokenizer.image_from_codes(codes), reasoning)
+                for codes, reasoning in self._edit_codes(sources, instructions, *options, **settings)]
+
+    def _edit_codes(self, sources: Sequence[torch.Tensor], instructions: Sequence[str], text_scale: float = 1.0,
+                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
+                    best_of: int = 1, reason: bool = False, **settings) -> list[tuple[torch.Tensor, str | None]]:
+        """Source codes (H, W) -> (edited codes (H, W), reasoning text or None) per row."""
         if best_of < 1:
             raise AnygenError("best_of must be at least 1")
-        if best_of > 1:
+        if best_of > 1:  # the candidates differ; with reasoning, in what they say too (measured better)
             settings.setdefault("image", SamplingSettings(temperature=1.0))
+            if reason:
+                settings.setdefault("text", SamplingSettings(temperature=1.0))
         instructions = [_check_text(t, "instruction") for t in instructions]
         guided = text_scale != 1.0 or image_scale != 1.0
-        prompts, sources = [], []
-        for image, instruction in zip(images, instructions):
-            codes = self.tokenizer.image_codes(_as_image(image))  # (H, W)
-            sources.append(codes)
-            cond = tasks.task_prompt(self.tokenizer, "edit", image=codes, instruction=instruction)
+        task = "reasoned_edit" if reason else "edit"
+        force = self.tokenizer.encode_text(tasks.REASON_LEAD) if reason else [self.vocab.boi]
+        budget = self._image_budget() + (self.REASONING_BUDGET if reason else 0)
+        prompts = []
+        for codes, instruction in zip(sources, instructions):
+            cond = tasks.task_prompt(self.tokenizer, task, image=codes, instruction=instruction)
             chain = ()
             if guided:
                 chain = [tasks.null_condition_prompt(self.tokenizer, "edit", drop="instruction", image=codes),
                          tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
-            self._check_length(cond, self._image_budget())
+            self._check_length(cond, budget)
             source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
-            prompts += [Prompt(cond, uncond=chain, force=[self.vocab.boi],
+            prompts += [Prompt(cond, uncond=chain, force=force,
                                source=source_ids if editable is not None else None,
                                editable=list(editable) if editable is not None else None)] * best_of
-        cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, allow_audio=False,
+        cfg = self._config(max_new_tokens=budget, seed=seed, allow_audio=False,
                            cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
-        candidates = [self._image_codes_of(result) for result in generate(self.model, self.vocab, prompts, cfg)]
+        results = generate(self.model, self.vocab, prompts, cfg)
+        if reason:
+            results = self._draw_unfinished(prompts, results, cfg)
+        candidates = [(self._image_codes_of(r), self._reasoning_of(r) if reason else None) for r in results]
         edited = []
         for k, (source, instruction) in enumerate(zip(sources, instructions)):
-            group = [c for c in candidates[k * best_of:(k + 1) * best_of] if c is not None]
+            group = [c for c in candidates[k * best_of:(k + 1) * best_of] if c[0] is not None]
             if not group:
                 raise AnygenError("the model did not finish the edited image within its token budget")
-            best = group[0] if len(group) == 1 else group[self._rank_edits(source, group, instruction)[0]]
-            edited.append(self.tokenizer.image_from_codes(best))
+            best = 0 if len(group) == 1 else self._rank_edits(source, [c for c, _ in group], instruction)[0]
+            edited.append(group[best])
         return edited
+
+    REASONING_BUDGET = 96  # tokens of `before ... after ...` text ahead of a reasoned edit's image
+
+    def _draw_unfinished(self, prompts: list[Prompt], results: list, cfg: GenerationConfig) -> list:
+        """Rows whose text ran on without an image: keep their first REASONING_BUDGET text ids and draw
+        the image after them (<boi> forced), so that every reasoned edit ends with a picture."""
+        late = [i for i, r in enumerate(results) if self._image_codes_of(r) is None]
+        if not late:
+            return results
+        texts = {i: [t for t in results[i].ids if t < self.vocab.n_text and t != self.vocab.eos]
+                 [:self.REASONING_BUDGET] for i in late}
+        redo = [replace(prompts[i], ids=list(prompts[i].ids) + texts[i], force=[self.vocab.boi]) for i in late]
+        again = generate(self.model, self.vocab, redo, replace(cfg, max_new_tokens=self._image_budget()))
+        results = list(results)
+        for i, r in zip(late, again):
+            results[i] = replace(r, ids=texts[i] + r.ids,
+                                 spans=[replace(s, start=s.start + len(texts[i]), end=s.end + len(texts[i]))
+                                        for s in r.spans])
+        return results
+
+    def _reasoning_of(self, result) -> str:
+        """The text a reasoned edit wrote before its image (`<keep>`-free text ids only)."""
+        end = next((s.start for s in result.spans if s.kind == "image"), len(result.ids))
+        return self.tokenizer.text.decode([t for t in result.ids[:end] if t < self.vocab.n_text]).strip()
 
     def _image_codes_of(self, result) -> torch.Tensor | None:
         """The codes (H, W) of a result's first complete image span, or None."""

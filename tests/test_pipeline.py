@@ -173,6 +173,67 @@ def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_mo
         gen.story("a small red circle", best_of=0)
 
 
+def test_reasoned_edit_writes_its_captions_then_draws(any_model_dir, monkeypatch):
+    """reason=True: the row is forced to start with the lead word (not <boi>); its text comes back
+    as the reasoning and the image is the one drawn after it. A row whose text runs out of budget
+    (as the untrained test model's does) keeps its first REASONING_BUDGET text ids and gets its
+    image drawn after them with <boi> forced."""
+    import anygen.pipeline as pipeline_mod
+
+    gen = anygen.load(any_model_dir)
+    image = gen.draw("a small blue square at the center", seed=3)[0]
+    seen = []
+    real = pipeline_mod.generate
+
+    def spy(model, vocab, prompts, cfg):
+        results = real(model, vocab, prompts, cfg)
+        seen.append((prompts, results))
+        return results
+
+    monkeypatch.setattr(pipeline_mod, "generate", spy)
+    greedy = SamplingSettings(greedy=True)
+    edited, reasoning = gen.edit_with_reasoning(image, "make it red", image=greedy, seed=1)
+    [first], [result] = seen[0]
+    lead = gen.tokenizer.encode_text("before")
+    assert list(first.force) == lead and result.ids[:len(lead)] == lead
+    assert first.ids == gen.tokenizer.encode(Document([Text("make it red"), Image(image)]), eos=False)
+    text = [t for t in result.ids if t < gen.vocab.n_text and t != gen.vocab.eos]
+    if gen._image_codes_of(result) is None:  # the fallback: the image is drawn after the cut text
+        [(redo,), (result,)] = seen[1]
+        text = text[:gen.REASONING_BUDGET]
+        assert list(redo.ids) == list(first.ids) + text and list(redo.force) == [gen.vocab.boi]
+    else:
+        assert len(seen) == 1
+        text = text[:result.ids.index(gen.vocab.boi)]
+    assert reasoning == gen.tokenizer.text.decode(text).strip() and reasoning.startswith("before")
+    assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(gen._image_codes_of(result))))
+    again = gen.edit(image, "make it red", reason=True, image=greedy, seed=1)
+    assert np.array_equal(np.asarray(again), np.asarray(edited))
+
+
+def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir, monkeypatch):
+    """story(reason=True): picture k+1 is the reasoned edit of picture k with the sentence between them."""
+    gen = anygen.load(any_model_dir)
+    calls = []
+    edit_codes = gen._edit_codes
+
+    def spy(sources, instructions, **options):
+        out = edit_codes(sources, instructions, **options)
+        calls.append((sources[0], instructions[0], options["reason"], out[0][0]))
+        return out
+
+    monkeypatch.setattr(gen, "_edit_codes", spy)
+    doc = gen.story("a small red circle", n_steps=3, seed=0, reason=True)
+    segments = list(doc)
+    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
+    assert segments[0] == Text("a small red circle") and isinstance(segments[1], Image)
+    texts = [seg.text for seg in segments[2:] if isinstance(seg, Text)]
+    assert len(codes) == 3 and len(calls) == 2
+    for (source, sentence, reason, edited), before, after, text in zip(calls, codes, codes[1:], texts):
+        assert reason and torch.equal(source, before) and torch.equal(edited, after)
+        assert sentence == text.strip().strip(".").strip()
+
+
 def test_describe_edit_returns_text(gen):
     image = gen.draw("a small blue square at the center", seed=3)[0]
     assert isinstance(gen.describe_edit(image, gen.edit(image, "make it red")), str)
@@ -210,9 +271,15 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     assert cli_main(["edit", str(out), "make it blue", "--best-of", "2", "--model", str(model_dir),
                      "--out", str(edited)]) == 0
     capsys.readouterr()
+    assert cli_main(["edit", str(out), "make it blue", "--reason", "--model", str(model_dir),
+                     "--out", str(edited)]) == 0
+    assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(out, "make it blue")[1])
     assert cli_main(["describe-edit", str(out), str(edited), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out.strip() == anygen.load(model_dir).describe_edit(out, edited)
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-best-of", "2",
+                     "--model", str(model_dir)]) == 0
+    assert "edit.remove.success" in capsys.readouterr().out
+    assert cli_main(["eval", "shapes", "--only", "edit,story", "--n", "1", "--edit-reason", "--story-reason",
                      "--model", str(model_dir)]) == 0
     assert "edit.remove.success" in capsys.readouterr().out
 

@@ -181,7 +181,7 @@ def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
 
 def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
     w = cfg.tasks.weights()
-    image_tasks = ("text_to_image", "image_to_text", "edit", "describe_edit", "story")
+    image_tasks = ("text_to_image", "image_to_text", "edit", "describe_edit", "reasoned_edit", "story")
     if tokenizer.image is None and any(w[t] > 0 for t in image_tasks):
         raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no image codec, but the task mix has image tasks "
                           f"(set tasks.<task>.weight=0 for {', '.join(image_tasks)})")

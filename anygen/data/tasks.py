@@ -9,6 +9,8 @@ Every example is one document of ids, `<bos> … <eos>`, with a parallel loss ma
     audio_to_text   <bos> span(audio)    melody text     <eos>
     edit            <bos> instruction span(source) span(target) <eos>
     describe_edit   <bos> span(source) span(target) instruction <eos>
+    reasoned_edit   <bos> instruction span(source) "before" caption(source) "after" caption(target)
+                    span(target) <eos>
     story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
     document        <bos> any user Document's segments <eos>
 
@@ -48,6 +50,14 @@ under which the instruction is most likely), because the edit model often sample
 edit but its own likelihood does not single it out. With `p_narrative` a share of ShapesWorld
 answers are the story sentence of the edit, so it also re-ranks story pictures (`AnyGen.story`).
 
+`reasoned_edit` is an edit that says in words what it sees and what it will draw before
+drawing it: the source caption after `before`, the target caption after `after`. Its prompt
+is the edit's; the sampler forces the word `before` (`REASON_LEAD`) where a plain edit forces
+`<boi>` (`AnyGen.edit(reason=True)`). The model's image->text and text->image skills then
+carry the edit: which object "the red square" is gets decided in text, where the attributes
+are words, not codes (edit errors of the plain task are mostly the wrong object erased or a
+moved object's size lost). It needs captions of both images (ShapesWorld; not user pairs).
+
 Building is split in two so the slow part (the codecs) can be cached and batched:
 `Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
 `SequenceEncoder.encode(specs)` encodes every missing image in batched codec calls, keeps
@@ -71,10 +81,12 @@ from anygen.config import check
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 
-TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit", "story",
-         "document")
-CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit")
+TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
+         "reasoned_edit", "story", "document")
+CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
+               "reasoned_edit")
 EDIT_DROPS = ("instruction", "image", "both")
+REASON_LEAD, REASON_TURN = "before", "after"  # reasoned_edit: "before" caption(source) "after" caption(target)
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -140,6 +152,17 @@ class DescribeEditSpec(TaskSpec):
 
 
 @dataclass
+class ReasonedEditSpec(TaskSpec):
+    weight: float = 0.0  # off unless a recipe asks for it (AnyGen.edit(reason=True))
+    p_null: float = 0.0
+    p_narrative: float = 0.0  # ShapesWorld: the instruction is the story sentence (AnyGen.story(reason=True))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 <= self.p_narrative <= 1.0, "p_narrative", f"must be in [0, 1], got {self.p_narrative}")
+
+
+@dataclass
 class StorySpec:
     weight: float = 1.0  # interleaved stories: loss on every token
 
@@ -157,6 +180,7 @@ class TaskMix:
     audio_to_text: AudioToTextSpec = field(default_factory=AudioToTextSpec)
     edit: EditSpec = field(default_factory=EditSpec)
     describe_edit: DescribeEditSpec = field(default_factory=DescribeEditSpec)
+    reasoned_edit: ReasonedEditSpec = field(default_factory=ReasonedEditSpec)
     story: StorySpec = field(default_factory=StorySpec)
 
     def __post_init__(self):
@@ -259,7 +283,8 @@ def _marker(name: str) -> Piece:
 
 
 def _layout(task: str, *, text: str | None = None, media=None, instruction: str | None = None, source=None,
-            target=None, drop: str = "", loss_on_prompt: bool = False) -> list[Piece]:
+            target=None, captions: tuple[str, str] | None = None, drop: str = "",
+            loss_on_prompt: bool = False) -> list[Piece]:
     """The pieces of a conditional task; the one place the sequence layouts live (training and prompts)."""
     gen = True
     cond = loss_on_prompt
@@ -283,6 +308,10 @@ def _layout(task: str, *, text: str | None = None, media=None, instruction: str 
     elif task == "describe_edit":
         prompt = [Piece("image", _as_media("image", source), cond), Piece("image", _as_media("image", target), cond)]
         body = [Piece("text", instruction, gen)] if instruction is not None else []
+    elif task == "reasoned_edit":
+        prompt = [Piece("text", instruction, cond), Piece("image", _as_media("image", source), cond)]
+        body = ([Piece("text", reasoning(*captions), gen), Piece("image", _as_media("image", target), gen)]
+                if target is not None else [])
     else:
         raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")
     end = [Piece("ids", _Ids.EOS, True)] if body else []
@@ -337,6 +366,27 @@ def edit(source, instruction: str, target, spec: EditSpec, rng: np.random.Genera
 def describe_edit(source, target, instruction: str, spec: TaskSpec, rng: np.random.Generator) -> Spec:
     return Spec("describe_edit", _layout("describe_edit", source=source, target=target, instruction=instruction,
                                          loss_on_prompt=spec.loss_on_prompt))
+
+
+def reasoning(before: str, after: str) -> str:
+    """The text of a reasoned edit: `before <source caption> after <target caption>`."""
+    return f"{REASON_LEAD} {before} {REASON_TURN} {after}"
+
+
+def parse_reasoning(text: str) -> tuple[str, str] | None:
+    """(source caption, target caption) of a reasoned edit's text, or None when it is not one."""
+    lead, turn = f"{REASON_LEAD} ", f" {REASON_TURN} "
+    if not text.startswith(lead) or turn not in text:
+        return None
+    before, after = text[len(lead):].split(turn, 1)
+    return before.strip(), after.strip()
+
+
+def reasoned_edit(source, instruction: str, target, captions: tuple[str, str], spec: TaskSpec,
+                  rng: np.random.Generator) -> Spec:
+    """An edit that first captions the source and the target (`captions` = (source's, target's))."""
+    return Spec("reasoned_edit", _layout("reasoned_edit", source=source, instruction=instruction, target=target,
+                                         captions=captions, loss_on_prompt=spec.loss_on_prompt))
 
 
 def document(doc: Document, task: str = "document", media_keys: dict[int, Any] | None = None) -> Spec:
@@ -404,8 +454,8 @@ def task_prompt(tokenizer, task: str, *, text: str | None = None, image=None, au
     """The ids a sampler feeds before generating `task`'s output: exactly the training prompt.
 
     text_to_image/text_to_audio: `text`; image_to_text: `image`; audio_to_text: `audio`;
-    edit: `image` (the source) and `instruction`; describe_edit: `image` (the source) and
-    `target`. Images may be PIL images or codes (H, W);
+    edit and reasoned_edit: `image` (the source) and `instruction`; describe_edit: `image` (the
+    source) and `target`. Images may be PIL images or codes (H, W);
     audio (waveform, sample_rate), an Audio segment or codes (n_q, F). `drop` names the
     condition replaced by <null>: "condition" (single-condition tasks) or, for edits,
     "instruction", "image" or "both". The generated part then starts with `<boi>` (image),
@@ -416,6 +466,8 @@ def task_prompt(tokenizer, task: str, *, text: str | None = None, image=None, au
     if task == "edit":
         pieces = _layout("edit", source=_codes_media("image", image) if drop not in ("image", "both") else None,
                          instruction=instruction, drop=drop)
+    elif task == "reasoned_edit":
+        pieces = _layout(task, source=_codes_media("image", image), instruction=instruction)
     elif task == "describe_edit":
         pieces = _layout(task, source=_codes_media("image", image), target=_codes_media("image", target))
     elif task in ("text_to_image", "text_to_audio"):
@@ -579,11 +631,14 @@ class ShapesTasks:
         if task == "audio_to_text":
             notes = w.sample_melody(rng)
             return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
-        if task in ("edit", "describe_edit"):
+        if task in ("edit", "describe_edit", "reasoned_edit"):
             e = w.sample_edit(rng, split=split)
+            p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives
+            text = e.narrative() if p > 0 and rng.random() < p else e.instruction
+            if task == "reasoned_edit":
+                return reasoned_edit(self._scene(e.source), text, self._scene(e.target),
+                                     (e.source.caption(), e.target.caption()), mix.reasoned_edit, rng)
             if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
-                p = mix.describe_edit.p_narrative
-                text = e.narrative() if p > 0 and rng.random() < p else e.instruction
                 return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)
             return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)
         if task == "story":

@@ -10,8 +10,8 @@ import pytest
 from anygen.config import ConfigError, build
 from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text
 from anygen.document import Document, Image, Text
-from anygen.data.tasks import (SequenceEncoder, ShapesTasks, TaskMix, allocate, edit, null_condition_prompt,
-                               task_prompt, text_to_image)
+from anygen.data.tasks import (REASON_LEAD, SequenceEncoder, ShapesTasks, TaskMix, allocate, edit,
+                               null_condition_prompt, parse_reasoning, reasoning, task_prompt, text_to_image)
 
 _spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
 fake_codecs = importlib.util.module_from_spec(_spec)
@@ -105,6 +105,37 @@ def test_describe_edit_is_the_edit_read_backwards(tok, world):
     rng = np.random.default_rng(10)
     answers = [tasks.sample("describe_edit", rng).pieces[3].value for _ in range(400)]
     assert 0.4 < np.mean([a.startswith("then ") for a in answers]) < 0.6
+
+
+def test_reasoned_edit_captions_both_images_before_drawing(tok, world):
+    """<bos> instruction span(src) "before <src caption> after <tgt caption>" span(tgt) <eos>: the
+    prompt is the plain edit's, the loss covers the text, the target and <eos>, the target is
+    `<keep>`-coded against the source, and the sampler's forced lead is a prefix of the text's ids."""
+    assert TaskMix().reasoned_edit.weight == 0
+    keep_tok = type(tok)(tok.text, tok.image, tok.audio, image_keep=True)
+    for t in (tok, keep_tok):
+        rng = np.random.default_rng(11)
+        e = world.sample_edit(np.random.default_rng(11))
+        spec = ShapesTasks(world, mix(reasoned_edit={"weight": 1})).sample("reasoned_edit", rng)
+        ins, src, text, tgt = spec.pieces[1].value, spec.pieces[2].value.make(), spec.pieces[3].value, \
+            spec.pieces[4].value.make()
+        assert ins == e.instruction and text == f"before {e.source.caption()} after {e.target.caption()}"
+        assert parse_reasoning(text) == (e.source.caption(), e.target.caption())
+        seq = SequenceEncoder(t).encode([spec])[0]
+        assert seq.ids.tolist() == t.encode(Document([Text(ins), Image(src), Text(text), Image(tgt)]))
+        prompt = task_prompt(t, "reasoned_edit", image=t.image_codes(src), instruction=ins)
+        assert prompt == task_prompt(t, "edit", image=t.image_codes(src), instruction=ins)
+        assert seq.ids[:len(prompt)].tolist() == prompt
+        assert seq.loss.tolist() == [0] * len(prompt) + [1] * (len(seq.ids) - len(prompt))
+        lead = t.encode_text(REASON_LEAD)
+        assert seq.ids[len(prompt):len(prompt) + len(lead)].tolist() == lead
+    assert (seq.ids == keep_tok.vocab.keep).any()
+    assert parse_reasoning("a red circle") is None and parse_reasoning(reasoning("a", "b")) == ("a", "b")
+    # p_narrative: that share of the instructions is the story sentence (story(reason=True) edits with it)
+    tasks = ShapesTasks(world, mix(reasoned_edit={"weight": 1, "p_narrative": 0.5}))
+    rng = np.random.default_rng(12)
+    instructions = [tasks.sample("reasoned_edit", rng).pieces[1].value for _ in range(400)]
+    assert 0.4 < np.mean([a.startswith("then ") for a in instructions]) < 0.6
 
 
 def test_loss_on_prompt_option(tok, world):
