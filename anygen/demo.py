@@ -66,7 +66,7 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     edited, reasoning = generator.edit_with_reasoning(source, edit.instruction, seed=seed, best_of=8)
     parts.append(_section("Editing", _grid([(Document([Image(source)]), "before"),
                                             (Document([Image(edited)]), f"after: “{edit.instruction}” "
-                                                                        f"(the model: “{reasoning}”)")])))
+                                                                        f"(the model's sampled reasoning: “{reasoning}”)")])))
     timings["edit_s"] = time.perf_counter() - t
     progress("edit done")
 

@@ -493,7 +493,9 @@ class AnyGen:
             return results
         texts = {i: [t for t in results[i].ids if t < self.vocab.n_text and t != self.vocab.eos]
                  [:self.REASONING_BUDGET] for i in late}
-        redo = [replace(prompts[i], ids=list(prompts[i].ids) + texts[i], force=[self.vocab.boi]) for i in late]
+        redo = [replace(prompts[i], ids=list(prompts[i].ids) + texts[i], force=[self.vocab.boi],
+                        uncond=[list(row) + texts[i] for row in prompts[i].uncond])  # guidance rows see it too
+                for i in late]
         again = generate(self.model, self.vocab, redo, replace(cfg, max_new_tokens=self._image_budget()))
         results = list(results)
         for i, r in zip(late, again):

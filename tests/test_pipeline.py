@@ -209,6 +209,7 @@ def test_reasoned_edit_writes_its_captions_then_draws(any_model_dir, monkeypatch
     assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(gen._image_codes_of(result))))
     again = gen.edit(image, "make it red", reason=True, image=greedy, seed=1)
     assert np.array_equal(np.asarray(again), np.asarray(edited))
+    assert gen.edit(image, "make it red", reason=True, text_scale=2.0, image_scale=1.5).size == image.size  # guided
 
 
 def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir, monkeypatch):
