@@ -426,11 +426,12 @@ class AnyGen:
         text is sampled too (temperature 1 unless `text=` says otherwise), so the candidates
         differ in what they say the edit is, and the verifier picks among them.
         """
-        return [edited for edited, _ in self._edits(images, instructions, text_scale, image_scale, editable, seed,
-                                                     best_of, reason, **settings)]
+        return [edited for edited, _ in self._edits(images, instructions, text_scale=text_scale,
+                                                     image_scale=image_scale, editable=editable, seed=seed,
+                                                     best_of=best_of, reason=reason, **settings)]
 
-    def _edits(self, images: Sequence, instructions: Sequence[str], *options, **settings
-               ) -> list[tuple[PILImage.Image, str | None]]:
+    def _edits(self, images: Sequence, instructions: Sequence[str],
+               **options) -> list[tuple[PILImage.Image, str | None]]:
         """`edit_batch`'s (edited image, reasoning text or None) per row."""
         self._needs_token_images("edit")
         if len(images) != len(instructions):
@@ -439,7 +440,7 @@ class AnyGen:
             raise AnygenError("no images given")
         sources = [self.tokenizer.image_codes(_as_image(image)) for image in images]  # (H, W) each
         return [(self.tokenizer.image_from_codes(codes), reasoning)
-                for codes, reasoning in self._edit_codes(sources, instructions, *options, **settings)]
+                for codes, reasoning in self._edit_codes(sources, instructions, **options)]
 
     def _edit_codes(self, sources: Sequence[torch.Tensor], instructions: Sequence[str], text_scale: float = 1.0,
                     image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
