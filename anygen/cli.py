@@ -254,13 +254,13 @@ def cmd_eval_shapes(args) -> None:
     if args.steps is not None:
         options["steps"] = args.steps
     edit = {"best_of": args.edit_best_of, "reason": args.edit_reason}
-    story = {"best_of": args.story_best_of, "reason": args.story_reason}
-    if options or any(o != {"best_of": 1, "reason": False} for o in (edit, story)):
+    story = {"best_of": args.story_best_of, "reason": args.story_reason, "sentences": args.story_sentences}
+    if options or edit != {"best_of": 1, "reason": False} or story != {"best_of": 1, "reason": False, "sentences": 1}:
         model = _WithOptions(model, draw=options, edit=edit, story=story)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
-    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites,
+    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_table(results))
@@ -280,6 +280,10 @@ class _WithOptions:
 
     def edit_batch(self, images, instructions, seed=0):
         return self.model.edit_batch(images, instructions, seed=seed, **self.edit_options)
+
+    def edit_batch_with_reasoning(self, images, instructions, seed=0):
+        options = {k: v for k, v in self.edit_options.items() if k != "reason"}
+        return self.model.edit_batch_with_reasoning(images, instructions, seed=seed, **options)
 
     def story(self, opening, n_steps=3, seed=0):
         return self.model.story(opening, n_steps=n_steps, seed=seed, **self.story_options)
@@ -461,9 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-best-of", type=int, default=1, dest="edit_best_of",
                    help="edit: sample K edits each and keep the best by instruction likelihood (describe_edit)")
     p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
-                   help="edit: the model captions the source and the target in text before drawing (reasoned_edit)")
+                   help="edit: the model first says in words what it sees and what it will draw "
+                        "(reasoned_edit); also reports edit.KIND.reasoning_exact")
     p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
                    help="story: sample each picture K times and keep the one that best explains its sentence")
+    p.add_argument("--story-sentences", type=int, default=1, dest="story_sentences",
+                   help="story: write K sentences per step, draw each, keep the one its picture explains best")
     p.add_argument("--story-reason", action="store_true", dest="story_reason",
                    help="story: draw each later picture as a reasoned edit of the one before (reasoned_edit)")
     p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")

@@ -278,7 +278,7 @@ class AnyGen:
         return self._text_answers(prompts, max_new_tokens, seed, **settings)
 
     def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, best_of: int = 1, reason: bool = False,
-              **settings) -> Document:
+              sentences: int = 1, **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (image, next sentence) turns.
 
         `<eos>` is not allowed until the story has `n_steps` images, so the model cannot stop
@@ -288,22 +288,26 @@ class AnyGen:
         sentence before it as the edit of the previous picture (`describe_edit`).
         reason: each later picture is a reasoned edit of the one before it with the sentence as
         its instruction (`edit_with_reasoning`; the reasoning text is not part of the story).
+        sentences > 1: each later step writes that many sentences (the first with the text settings,
+        greedy by default, the others sampled at temperature 1), draws a picture for each, and keeps
+        the sentence whose picture explains it best per token under `describe_edit` (meant to drop
+        sentences that are no valid edit of the picture; measured gains are within noise, README).
         """
         opening = _check_text(opening, "opening")
         ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
         per_step = self._image_budget() + 40
         budget = n_steps * per_step
         self._check_length(ids, budget)
-        if best_of < 1:
-            raise AnygenError("best_of must be at least 1")
+        if best_of < 1 or sentences < 1:
+            raise AnygenError("best_of and sentences must be at least 1")
         if self.diffusion is not None:
-            if best_of != 1 or reason:
-                raise AnygenError("best_of and reason are not supported by the diffusion image head")
+            if best_of != 1 or reason or sentences != 1:
+                raise AnygenError("best_of, reason and sentences are not supported by the diffusion image head")
             doc = self._generate_diffusion(ids, budget, seed, min_images=n_steps, max_images=n_steps, **settings)
             cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
             return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
-        if best_of > 1 or reason:
-            story_ids = self._story_stepwise(ids, n_steps, seed, best_of, reason, **settings)
+        if best_of > 1 or reason or sentences > 1:
+            story_ids = self._story_stepwise(ids, n_steps, seed, best_of, reason, sentences, **settings)
             return Document([Text(opening)]) + self.tokenizer.decode(story_ids[len(ids):])
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
         [result] = generate(self.model, self.vocab, [ids], cfg)
@@ -312,47 +316,71 @@ class AnyGen:
         return Document([Text(opening)]) + self.tokenizer.decode(cut)
 
     def _story_stepwise(self, ids: list[int], n_steps: int, seed: int | None, best_of: int, reason: bool,
-                        image: SamplingSettings | None = None, **settings) -> list[int]:
+                        sentences: int = 1, image: SamplingSettings | None = None, **settings) -> list[int]:
         """The story's ids (`<keep>`-free), one sentence and picture at a time: each picture chosen among
-        `best_of` samples, later ones drawn as reasoned edits of the picture before when `reason`."""
+        `best_of` samples, later ones drawn as reasoned edits of the picture before when `reason`.
+        With `sentences` > 1 each later step writes that many sentences (greedy, then sampled), draws a
+        picture for each and keeps the pair whose picture best explains its sentence (`describe_edit`)."""
+        v = self.vocab
+        image = image or (SamplingSettings(temperature=1.0) if best_of > 1 else self.config.image)
+        previous, sentence = None, self.tokenizer.text.decode([t for t in ids if t < v.n_text]).strip()
+        for step in range(n_steps):
+            step_seed = None if seed is None else seed + 7919 * step
+            options = []
+            for new in ([[]] if step == 0 else self._story_sentences(ids, sentences, step_seed, **settings)):
+                if step > 0:
+                    tail = max((i + 1 for i, t in enumerate(new) if t >= v.n_text), default=0)
+                    sentence = self.tokenizer.text.decode(new[tail:]).strip().strip(".").strip()  # before the picture
+                picture = self._story_picture(ids + new, previous, sentence, best_of, reason, step_seed, image,
+                                              **settings)
+                if picture is not None:
+                    options.append((new, sentence, picture))
+            if not options:
+                break
+            best = 0
+            if len(options) > 1:
+                scores = self._edit_scores(previous, [p for _, _, p in options], [t for _, t, _ in options],
+                                           per_token=True)
+                best = max(range(len(options)), key=lambda k: scores[k])
+            new, _, previous = options[best]
+            ids = ids + new + self.tokenizer.image_span(previous)
+        return ids
+
+    def _story_sentences(self, ids: list[int], n: int, seed: int | None, **settings) -> list[list[int]]:
+        """`n` continuations of the story up to its next `<boi>` (a melody's text and audio may come
+        first): one with the text settings (greedy by default), then `n - 1` sampled at temperature 1."""
         from anygen.codecs.keep import encode_keeps
 
         v = self.vocab
-        image = image or (SamplingSettings(temperature=1.0) if best_of > 1 else self.config.image)
-        text_ids = [t for t in ids if t < v.n_text]  # the opening
-        previous = None
-        for step in range(n_steps):
-            step_seed = None if seed is None else seed + 7919 * step
-            if step > 0:  # the text up to the next <boi> (a melody's text and audio may come first)
-                cfg = self._config(max_new_tokens=self._image_budget() + 40, seed=step_seed, stop_at_eos=False,
-                                   **settings)
-                [result] = generate(self.model, v, [encode_keeps(ids, v)], cfg)
-                new = result.ids[:result.ids.index(v.boi)] if v.boi in result.ids else result.ids  # else forced
-                ids = ids + new
-                tail = max((i + 1 for i, t in enumerate(new) if t >= v.n_text), default=0)
-                text_ids = new[tail:]  # the sentence right before the picture
-            sentence = self.tokenizer.text.decode(text_ids).strip().strip(".").strip()
-            if reason and previous is not None and sentence:
-                [(previous, _)] = self._edit_codes([previous], [sentence], seed=step_seed, best_of=best_of,
-                                                   reason=True, image=image, **settings)
-                ids = ids + self.tokenizer.image_span(previous)
+        rows = []
+        for count, text in ((1, settings.pop("text", None)), (n - 1, SamplingSettings(temperature=1.0))):
+            if count < 1:
                 continue
-            cfg = self._config(max_new_tokens=self._image_budget(), seed=step_seed, image=image, allow_audio=False,
-                               **settings)
-            prompts = [Prompt(encode_keeps(ids, v), force=[v.boi])] * best_of
-            group = [c for c in (self._image_codes_of(r) for r in generate(self.model, v, prompts, cfg))
-                     if c is not None]
-            if not group:
-                break
-            if len(group) == 1:
-                order = [0]
-            elif previous is None:
-                order = self._rank_by_caption(group, text_ids)
-            else:
-                order = self._rank_edits(previous, group, sentence) if sentence else list(range(len(group)))
-            previous = group[order[0]]
-            ids = ids + self.tokenizer.image_span(previous)
-        return ids
+            cfg = self._config(max_new_tokens=self._image_budget() + 40, seed=seed, stop_at_eos=False,
+                               **({"text": text} if text is not None else {}), **settings)
+            rows += generate(self.model, v, [encode_keeps(ids, v)] * count, cfg)
+        return [r.ids[:r.ids.index(v.boi)] if v.boi in r.ids else r.ids for r in rows]  # else <boi> is forced
+
+    def _story_picture(self, ids: list[int], previous: torch.Tensor | None, sentence: str, best_of: int,
+                       reason: bool, seed: int | None, image: SamplingSettings, **settings) -> torch.Tensor | None:
+        """The codes (H, W) of the story's next picture after `ids`, or None when none was finished: the
+        first re-ranked by `sentence` as its caption, later ones by it as the edit of `previous`."""
+        from anygen.codecs.keep import encode_keeps
+
+        if reason and previous is not None and sentence:
+            [(codes, _)] = self._edit_codes([previous], [sentence], seed=seed, best_of=best_of, reason=True,
+                                            image=image, **settings)
+            return codes
+        v = self.vocab
+        cfg = self._config(max_new_tokens=self._image_budget(), seed=seed, image=image, allow_audio=False, **settings)
+        group = [c for c in (self._image_codes_of(r) for r in generate(self.model, v, [
+            Prompt(encode_keeps(ids, v), force=[v.boi])] * best_of, cfg)) if c is not None]
+        if len(group) <= 1 or (previous is not None and not sentence):
+            return group[0] if group else None
+        text_ids = self.tokenizer.encode_text(sentence)
+        order = self._rank_by_caption(group, text_ids) if previous is None else self._rank_edits(previous, group,
+                                                                                                sentence)
+        return group[order[0]]
 
     def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
         """audio (path, Audio or (waveform, sr)) -> text."""
@@ -405,9 +433,15 @@ class AnyGen:
 
     def edit_with_reasoning(self, image, instruction: str, /, **options) -> tuple[PILImage.Image, str]:
         """`edit(..., reason=True)` that also returns the model's reasoning text,
-        `before <caption of the image> after <caption of the edited image>` (the `reasoned_edit` task)."""
-        [(edited, reasoning)] = self._edits([image], [instruction], reason=True, **options)
+        `before <caption of the image> after <caption of the edited image>` for the bundled model
+        (the `reasoned_edit` task; `tasks.reasoned_edit.form` says which text a model learned)."""
+        [(edited, reasoning)] = self.edit_batch_with_reasoning([image], [instruction], **options)
         return edited, reasoning
+
+    def edit_batch_with_reasoning(self, images: Sequence, instructions: Sequence[str], /,
+                                  **options) -> list[tuple[PILImage.Image, str]]:
+        """`edit_batch(..., reason=True)` that also returns each row's reasoning text."""
+        return self._edits(images, instructions, reason=True, **options)
 
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
@@ -420,8 +454,9 @@ class AnyGen:
         the highest log p(instruction | source, candidate) under the model's `describe_edit`
         task, so the model must have been trained with it (`tasks.describe_edit.weight`).
 
-        reason: each row first writes `before <source caption> after <target caption>` and then
-        draws the edit (the `reasoned_edit` task; the model must have been trained with it).
+        reason: each row first writes what it sees and what it will draw (`before <source caption>
+        after <target caption>` for the bundled model) and then draws the edit (the `reasoned_edit`
+        task; the model must have been trained with it).
         Guidance and `editable` apply to the image as without reasoning; with `best_of` the
         text is sampled too (temperature 1 unless `text=` says otherwise), so the candidates
         differ in what they say the edit is, and the verifier picks among them.
@@ -484,7 +519,7 @@ class AnyGen:
             edited.append(group[best])
         return edited
 
-    REASONING_BUDGET = 96  # tokens of `before ... after ...` text ahead of a reasoned edit's image
+    REASONING_BUDGET = 96  # tokens of `before ...` text ahead of a reasoned edit's image
 
     def _draw_unfinished(self, prompts: list[Prompt], results: list, cfg: GenerationConfig) -> list:
         """Rows whose text ran on without an image: keep their first REASONING_BUDGET text ids and draw
@@ -529,16 +564,24 @@ class AnyGen:
 
     def _rank_edits(self, source: torch.Tensor, candidates: Sequence[torch.Tensor], instruction: str) -> list[int]:
         """Candidate indices, best first, by log p(instruction <eos> | source, candidate) (`describe_edit`)."""
+        scores = self._edit_scores(source, candidates, [instruction] * len(candidates))
+        return sorted(range(len(candidates)), key=lambda i: -scores[i])
+
+    def _edit_scores(self, source: torch.Tensor, targets: Sequence[torch.Tensor], instructions: Sequence[str],
+                     per_token: bool = False) -> list[float]:
+        """log p(instruction <eos> | source, target) per (target, instruction) pair under `describe_edit`;
+        `per_token` divides by the answer's length (to compare different instructions)."""
         from anygen.sampling.scoring import score_sequences
 
-        answer = self.tokenizer.encode_text(instruction) + [self.vocab.eos]
-        seqs, masks = [], []
-        for target in candidates:
+        seqs, masks, lengths = [], [], []
+        for target, instruction in zip(targets, instructions):
+            answer = self.tokenizer.encode_text(instruction) + [self.vocab.eos]
             prompt = tasks.task_prompt(self.tokenizer, "describe_edit", image=source, target=target)
             seqs.append(prompt + answer)
             masks.append([False] * len(prompt) + [True] * len(answer))
+            lengths.append(len(answer) if per_token else 1)
         scores = score_sequences(self.model, seqs, masks, pad_id=self.vocab.pad, vocab=self.vocab)
-        return sorted(range(len(seqs)), key=lambda i: -float(scores[i]))
+        return [float(x) / n for x, n in zip(scores, lengths)]
 
     def describe_edit(self, source, target, /, max_new_tokens: int = 64, seed: int | None = 0,
                       **settings) -> str:

@@ -235,6 +235,36 @@ def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir,
         assert sentence == text.strip().strip(".").strip()
 
 
+def test_story_sentences_keeps_the_sentence_its_picture_explains_best(any_model_dir, monkeypatch):
+    """sentences=3: each later step writes 3 sentences (the first the greedy one), draws a picture for
+    each, and keeps the pair with the best per-token describe_edit score of the sentence."""
+    gen = anygen.load(any_model_dir)
+    greedy = gen.story("a small red circle", n_steps=2, seed=0, reason=True)
+    picks = []
+    edit_scores = gen._edit_scores
+
+    def spy(source, targets, instructions, per_token=False):
+        scores = edit_scores(source, targets, instructions, per_token=per_token)
+        picks.append((source, targets, instructions, scores, per_token))
+        return scores
+
+    monkeypatch.setattr(gen, "_edit_scores", spy)
+    doc = gen.story("a small red circle", n_steps=3, seed=0, reason=True, sentences=3)
+    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
+    texts = [seg.text.strip().strip(".").strip() for seg in list(doc)[2:] if isinstance(seg, Text)]
+    assert len(codes) == 3 and len(picks) == 2
+    assert picks[0][2][0] == [seg.text for seg in list(greedy)[2:] if isinstance(seg, Text)][0].strip().strip(".")
+    for (source, targets, sentences, scores, per_token), before, after, text in zip(picks, codes, codes[1:], texts):
+        assert per_token and len(targets) == len(sentences) == 3 and torch.equal(source, before)
+        best = int(np.argmax(scores))
+        assert torch.equal(targets[best], after) and sentences[best] == text
+        totals = edit_scores(source, targets, sentences)
+        lengths = [len(gen.tokenizer.encode_text(t)) + 1 for t in sentences]  # + <eos>
+        assert scores == pytest.approx([t / n for t, n in zip(totals, lengths)])
+    with pytest.raises(AnygenError, match="sentences"):
+        gen.story("a small red circle", sentences=0)
+
+
 def test_describe_edit_returns_text(gen):
     image = gen.draw("a small blue square at the center", seed=3)[0]
     assert isinstance(gen.describe_edit(image, gen.edit(image, "make it red")), str)
@@ -281,8 +311,9 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--model", str(model_dir)]) == 0
     assert "edit.remove.success" in capsys.readouterr().out
     assert cli_main(["eval", "shapes", "--only", "edit,story", "--n", "1", "--edit-reason", "--story-reason",
-                     "--model", str(model_dir)]) == 0
-    assert "edit.remove.success" in capsys.readouterr().out
+                     "--story-sentences", "2", "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
 
 
 @pytest.mark.parametrize("argv,message", [

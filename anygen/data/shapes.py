@@ -46,7 +46,7 @@ __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
     "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "cell_center", "object_px",
     "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
-    "valid_edit_kinds", "render_melody", "melody_text", "parse_melody_text", "StoryStep", "Story",
+    "valid_edit_kinds", "NOTHING", "render_melody", "melody_text", "parse_melody_text", "StoryStep", "Story",
     "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",
 ]
 
@@ -68,6 +68,7 @@ MIN_OBJECTS, MAX_OBJECTS = 1, 3
 EDIT_KINDS = ("recolor", "move", "resize", "remove", "add")
 SPLITS = ("train", "holdout")
 SUPERSAMPLE = 8
+NOTHING = "nothing"  # Edit.change() of an object that is absent (before an add, after a remove)
 
 NOTES = ("C", "D", "E", "F", "G", "A", "B")
 NOTE_FREQS = {"C": 261.63, "D": 293.66, "E": 329.63, "F": 349.23, "G": 392.00, "A": 440.00, "B": 493.88}
@@ -280,6 +281,14 @@ class Edit:
     def narrative(self) -> str:
         """The same edit phrased as a story sentence (``then the red circle turns blue``)."""
         return narrate(self.instruction)
+
+    def change(self) -> tuple[str, str]:
+        """The edited object's full phrase in the source and in the target (``nothing`` where it is
+        absent: before an add, after a remove): what a reasoned edit says it changes
+        (`anygen.data.tasks.reasoning`)."""
+        before = [o for o in self.source.objects if o not in self.target.objects]
+        after = [o for o in self.target.objects if o not in self.source.objects]
+        return (before[0].phrase() if before else NOTHING), (after[0].phrase() if after else NOTHING)
 
 
 _INSTRUCTION_RES = (

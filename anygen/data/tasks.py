@@ -9,8 +9,7 @@ Every example is one document of ids, `<bos> … <eos>`, with a parallel loss ma
     audio_to_text   <bos> span(audio)    melody text     <eos>
     edit            <bos> instruction span(source) span(target) <eos>
     describe_edit   <bos> span(source) span(target) instruction <eos>
-    reasoned_edit   <bos> instruction span(source) "before" caption(source) "after" caption(target)
-                    span(target) <eos>
+    reasoned_edit   <bos> instruction span(source) reasoning ("before …") span(target) <eos>
     story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
     document        <bos> any user Document's segments <eos>
 
@@ -51,12 +50,18 @@ edit but its own likelihood does not single it out. With `p_narrative` a share o
 answers are the story sentence of the edit, so it also re-ranks story pictures (`AnyGen.story`).
 
 `reasoned_edit` is an edit that says in words what it sees and what it will draw before
-drawing it: the source caption after `before`, the target caption after `after`. Its prompt
-is the edit's; the sampler forces the word `before` (`REASON_LEAD`) where a plain edit forces
-`<boi>` (`AnyGen.edit(reason=True)`). The model's image->text and text->image skills then
-carry the edit: which object "the red square" is gets decided in text, where the attributes
-are words, not codes (edit errors of the plain task are mostly the wrong object erased or a
-moved object's size lost). It needs captions of both images (ShapesWorld; not user pairs).
+drawing it. Its prompt is the edit's; the sampler forces the word `before` (`REASON_LEAD`)
+where a plain edit forces `<boi>` (`AnyGen.edit(reason=True)`). Which object "the red circle"
+is, and which of its attributes the edit keeps, gets decided in text, where they are words,
+not codes (edit errors of the plain task are mostly the wrong object erased or a moved
+object's size lost). The text has one of three forms (`tasks.reasoned_edit.form`, see
+`reasoning`); `scene`, the default and the bundled model's, measured best:
+- `scene`: `before <source caption> after <target caption>`;
+- `object`: `before <edited object in the source> after <it in the target>` (`nothing` for
+  the absent side of an add or a remove), e.g. `before a large red circle at the left after
+  a large red circle at the top`;
+- `caption_object`: `before <source caption> change <edited object> to <it, edited>`.
+It needs the scenes (ShapesWorld; not user pairs).
 
 Building is split in two so the slow part (the codecs) can be cached and batched:
 `Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
@@ -86,7 +91,8 @@ TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "ed
 CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
                "reasoned_edit")
 EDIT_DROPS = ("instruction", "image", "both")
-REASON_LEAD, REASON_TURN = "before", "after"  # reasoned_edit: "before" caption(source) "after" caption(target)
+REASON_LEAD = "before"  # every reasoned edit's text starts with it (the sampler forces it)
+REASON_FORMS = ("scene", "object", "caption_object")  # what the text says (`reasoning`)
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -156,10 +162,12 @@ class ReasonedEditSpec(TaskSpec):
     weight: float = 0.0  # off unless a recipe asks for it (AnyGen.edit(reason=True))
     p_null: float = 0.0
     p_narrative: float = 0.0  # ShapesWorld: the instruction is the story sentence (AnyGen.story(reason=True))
+    form: str = "scene"  # what the text says (REASON_FORMS, `reasoning`)
 
     def __post_init__(self):
         super().__post_init__()
         check(0.0 <= self.p_narrative <= 1.0, "p_narrative", f"must be in [0, 1], got {self.p_narrative}")
+        check(self.form in REASON_FORMS, "form", f"must be one of {', '.join(REASON_FORMS)}, got {self.form!r}")
 
 
 @dataclass
@@ -283,7 +291,7 @@ def _marker(name: str) -> Piece:
 
 
 def _layout(task: str, *, text: str | None = None, media=None, instruction: str | None = None, source=None,
-            target=None, captions: tuple[str, str] | None = None, drop: str = "",
+            target=None, reasoning: str | None = None, drop: str = "",
             loss_on_prompt: bool = False) -> list[Piece]:
     """The pieces of a conditional task; the one place the sequence layouts live (training and prompts)."""
     gen = True
@@ -310,7 +318,7 @@ def _layout(task: str, *, text: str | None = None, media=None, instruction: str 
         body = [Piece("text", instruction, gen)] if instruction is not None else []
     elif task == "reasoned_edit":
         prompt = [Piece("text", instruction, cond), Piece("image", _as_media("image", source), cond)]
-        body = ([Piece("text", reasoning(*captions), gen), Piece("image", _as_media("image", target), gen)]
+        body = ([Piece("text", reasoning, gen), Piece("image", _as_media("image", target), gen)]
                 if target is not None else [])
     else:
         raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")
@@ -368,25 +376,33 @@ def describe_edit(source, target, instruction: str, spec: TaskSpec, rng: np.rand
                                          loss_on_prompt=spec.loss_on_prompt))
 
 
-def reasoning(before: str, after: str) -> str:
-    """The text of a reasoned edit: `before <source caption> after <target caption>`."""
-    return f"{REASON_LEAD} {before} {REASON_TURN} {after}"
+def reasoning(form: str, captions: tuple[str, str], change: tuple[str, str]) -> str:
+    """The text of a reasoned edit in `form` (REASON_FORMS), from the (source, target) captions and
+    the edited object's phrase before and after (`anygen.data.shapes.Edit.change()`)."""
+    (source, target), (before, after) = captions, change
+    if form == "scene":
+        return f"{REASON_LEAD} {source} after {target}"
+    if form == "object":
+        return f"{REASON_LEAD} {before} after {after}"
+    if form == "caption_object":
+        return f"{REASON_LEAD} {source} change {before} to {after}"
+    raise ValueError(f"reasoning form must be one of {', '.join(REASON_FORMS)}, got {form!r}")
 
 
 def parse_reasoning(text: str) -> tuple[str, str] | None:
-    """(source caption, target caption) of a reasoned edit's text, or None when it is not one."""
-    lead, turn = f"{REASON_LEAD} ", f" {REASON_TURN} "
+    """(what was before, what comes after) of a `scene` or `object` reasoning, else None."""
+    lead, turn = f"{REASON_LEAD} ", " after "
     if not text.startswith(lead) or turn not in text:
         return None
     before, after = text[len(lead):].split(turn, 1)
     return before.strip(), after.strip()
 
 
-def reasoned_edit(source, instruction: str, target, captions: tuple[str, str], spec: TaskSpec,
+def reasoned_edit(source, instruction: str, target, text: str, spec: TaskSpec,
                   rng: np.random.Generator) -> Spec:
-    """An edit that first captions the source and the target (`captions` = (source's, target's))."""
+    """An edit that first says what it sees and what it will draw (`text`, from `reasoning`), then draws it."""
     return Spec("reasoned_edit", _layout("reasoned_edit", source=source, instruction=instruction, target=target,
-                                         captions=captions, loss_on_prompt=spec.loss_on_prompt))
+                                         reasoning=text, loss_on_prompt=spec.loss_on_prompt))
 
 
 def document(doc: Document, task: str = "document", media_keys: dict[int, Any] | None = None) -> Spec:
@@ -636,8 +652,8 @@ class ShapesTasks:
             p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives
             text = e.narrative() if p > 0 and rng.random() < p else e.instruction
             if task == "reasoned_edit":
-                return reasoned_edit(self._scene(e.source), text, self._scene(e.target),
-                                     (e.source.caption(), e.target.caption()), mix.reasoned_edit, rng)
+                why = reasoning(mix.reasoned_edit.form, (e.source.caption(), e.target.caption()), e.change())
+                return reasoned_edit(self._scene(e.source), text, self._scene(e.target), why, mix.reasoned_edit, rng)
             if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
                 return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)
             return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)

@@ -18,7 +18,9 @@ Metrics
 - i2t.exact: the generated caption parses to the exact scene.
 - edit.KIND.success: the judged edited image equals the target scene; edit.KIND.preservation_db:
   PSNR between the edited image and the source render outside the cells the edit touches;
-  edit.seconds_per_edit: wall time of the edit calls over the number of edits.
+  edit.seconds_per_edit: wall time of the edit calls over the number of edits;
+  edit.KIND.reasoning_exact (reasoned edits only): the text before the picture is exactly right
+  (`anygen.data.tasks.reasoning` of the edit, in any form).
 - t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed).
 - story.image_coherence: share of story images whose judged scene equals the scene the text
   so far describes (opening caption, then each sentence applied as an edit);
@@ -36,6 +38,7 @@ import numpy as np
 
 from anygen.data.shapes import (EDIT_KINDS, Scene, ShapesWorld, WorldConfig, apply_instruction, melody_text,
                                 parse_caption, parse_melody_text, render_melody, render_scene)
+from anygen.data.tasks import REASON_FORMS, reasoning
 from anygen.document import Image, Text
 from anygen.eval.judges import judge_image, judge_melody
 
@@ -106,6 +109,11 @@ def preservation_psnr(edited, source_render, cells: set[int], image_size: int = 
     return 60.0 if mse == 0 else min(60.0, 10 * math.log10(255.0 ** 2 / mse))
 
 
+def _reasonings(edit) -> set[str]:
+    """The exactly right reasoning texts of a ShapesWorld edit, one per form."""
+    return {reasoning(form, (edit.source.caption(), edit.target.caption()), edit.change()) for form in REASON_FORMS}
+
+
 def story_scores(document) -> tuple[list[bool], list[bool]]:
     """(per image: judged scene == described scene, per later sentence: valid edit) of a story Document."""
     scene: Scene | None = None
@@ -130,8 +138,12 @@ def story_scores(document) -> tuple[list[bool], list[bool]]:
 
 
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
-                    story_steps: int = 3, progress=None) -> dict[str, float]:
-    """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`)."""
+                    story_steps: int = 3, edit_reason: bool = False, progress=None) -> dict[str, float]:
+    """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`).
+
+    `edit_reason`: edits are reasoned (`generator.edit_batch_with_reasoning`) and
+    `edit.KIND.reasoning_exact` is the share whose text is exactly right (in any of the forms
+    `anygen.data.tasks.reasoning` writes; a model is trained with one)."""
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng(seed + 7_000_000)  # far from training seeds
     results: dict[str, float] = {}
@@ -170,19 +182,26 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
     if "edit" in suites:
         seconds = 0.0
         for kind in EDIT_KINDS:
-            ok, psnrs = 0, []
+            ok, said, psnrs = 0, 0, []
             edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
             for lo in range(0, n, batch_size):
                 chunk = edits[lo:lo + batch_size]
                 sources = [render_scene(e.source) for e in chunk]
+                instructions = [e.instruction for e in chunk]
                 start = time.perf_counter()
-                edited = generator.edit_batch(sources, [e.instruction for e in chunk], seed=seed + lo)
+                if edit_reason:
+                    edited, texts = zip(*generator.edit_batch_with_reasoning(sources, instructions, seed=seed + lo))
+                else:
+                    edited, texts = generator.edit_batch(sources, instructions, seed=seed + lo), ()
                 seconds += time.perf_counter() - start
+                said += sum(text in _reasonings(e) for e, text in zip(chunk, texts))
                 for e, source, image in zip(chunk, sources, edited):
                     ok += judge_image(image) == e.target
                     psnrs.append(preservation_psnr(image, source, _cells_touched(e.source, e.target)))
             results[f"edit.{kind}.success"] = ok / n
             results[f"edit.{kind}.preservation_db"] = float(np.mean(psnrs))
+            if edit_reason:
+                results[f"edit.{kind}.reasoning_exact"] = said / n
             tick(f"edit {kind}")
         results["edit.seconds_per_edit"] = seconds / (n * len(EDIT_KINDS))
 

@@ -79,13 +79,16 @@ def test_every_edit_kind_has_exact_target(kind):
         changed_tgt = set(tgt.objects) - set(src.objects)
         if kind == "remove":
             assert len(changed_src) == 1 and not changed_tgt
+            assert e.change() == (next(iter(changed_src)).phrase(), "nothing")
         elif kind == "add":
             assert len(changed_tgt) == 1 and not changed_src
             assert e.instruction == f"add a {next(iter(changed_tgt)).phrase()[2:]}"
+            assert e.change() == ("nothing", next(iter(changed_tgt)).phrase())
         else:
             (old,), (new,) = changed_src, changed_tgt
             diffs = [f for f in ("shape", "color", "size", "cell") if getattr(old, f) != getattr(new, f)]
             assert diffs == {"recolor": ["color"], "move": ["cell"], "resize": ["size"]}[kind]
+            assert e.change() == (old.phrase(), new.phrase())
 
 
 def test_edit_kinds_respect_scene_size():

@@ -107,11 +107,11 @@ def test_describe_edit_is_the_edit_read_backwards(tok, world):
     assert 0.4 < np.mean([a.startswith("then ") for a in answers]) < 0.6
 
 
-def test_reasoned_edit_captions_both_images_before_drawing(tok, world):
-    """<bos> instruction span(src) "before <src caption> after <tgt caption>" span(tgt) <eos>: the
-    prompt is the plain edit's, the loss covers the text, the target and <eos>, the target is
-    `<keep>`-coded against the source, and the sampler's forced lead is a prefix of the text's ids."""
-    assert TaskMix().reasoned_edit.weight == 0
+def test_reasoned_edit_says_what_it_sees_and_draws_before_drawing(tok, world):
+    """<bos> instruction span(src) reasoning span(tgt) <eos>: the prompt is the plain edit's, the loss
+    covers the text, the target and <eos>, the target is `<keep>`-coded against the source, the
+    sampler's forced lead is a prefix of the text's ids; each form writes its text."""
+    assert TaskMix().reasoned_edit.weight == 0 and TaskMix().reasoned_edit.form == "scene"
     keep_tok = type(tok)(tok.text, tok.image, tok.audio, image_keep=True)
     for t in (tok, keep_tok):
         rng = np.random.default_rng(11)
@@ -130,7 +130,16 @@ def test_reasoned_edit_captions_both_images_before_drawing(tok, world):
         lead = t.encode_text(REASON_LEAD)
         assert seq.ids[len(prompt):len(prompt) + len(lead)].tolist() == lead
     assert (seq.ids == keep_tok.vocab.keep).any()
-    assert parse_reasoning("a red circle") is None and parse_reasoning(reasoning("a", "b")) == ("a", "b")
+    before, after = e.change()
+    expected = {"object": f"before {before} after {after}",
+                "caption_object": f"before {e.source.caption()} change {before} to {after}"}
+    for form, want in expected.items():
+        spec = ShapesTasks(world, mix(reasoned_edit={"weight": 1, "form": form})).sample(
+            "reasoned_edit", np.random.default_rng(11))
+        assert spec.pieces[3].value == want == reasoning(form, (e.source.caption(), e.target.caption()), e.change())
+    assert parse_reasoning("a red circle") is None and parse_reasoning(expected["object"]) == (before, after)
+    with pytest.raises(ConfigError, match="form"):
+        mix(reasoned_edit={"form": "poem"})
     # p_narrative: that share of the instructions is the story sentence (story(reason=True) edits with it)
     tasks = ShapesTasks(world, mix(reasoned_edit={"weight": 1, "p_narrative": 0.5}))
     rng = np.random.default_rng(12)

@@ -4,8 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from anygen.data.shapes import (COLORS, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
+from anygen.data.shapes import (COLORS, EDIT_KINDS, Edit, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
                                 parse_melody_text, render_melody, render_scene)
+from anygen.data.tasks import REASON_FORMS, reasoning
 from anygen.document import Audio, Document, Image, Text
 from anygen.eval.judges import judge_image, judge_melody
 from anygen.eval.suite import (evaluate_shapes, frechet_distance, pooled_features, preservation_psnr, score_scene,
@@ -76,6 +77,34 @@ def test_wrong_colours_score_exactly_what_they_should():
         assert results[f"t2i.objects_{k}.count"] == 1.0
     assert results["t2i.fd_pool8"] > 0.5  # every object a different colour: the pooled colours move
     assert results["i2t.exact"] < 0.5
+
+
+class Reasoner(Oracle):
+    """Edits perfectly and says so in reasoning `form`; with `always_erase` (`object` form) it claims
+    every edit leaves nothing (right for removals only)."""
+
+    def __init__(self, form="object", always_erase=False):
+        self.form, self.always_erase = form, always_erase
+
+    def edit_batch_with_reasoning(self, images, instructions, seed=0):
+        rows = []
+        for image, instruction, edited in zip(images, instructions, self.edit_batch(images, instructions)):
+            source, target = judge_image(image), judge_image(edited)
+            before, after = Edit("", instruction, source, target).change()
+            change = (before, "nothing" if self.always_erase else after)
+            rows.append((edited, reasoning(self.form, (source.caption(), target.caption()), change)))
+        return rows
+
+
+def test_reasoning_exact_counts_edits_whose_text_names_the_change():
+    for form in REASON_FORMS:
+        results = evaluate_shapes(Reasoner(form), n=5, seed=1, suites=("edit",), edit_reason=True)
+        assert all(results[f"edit.{kind}.{m}"] == 1.0 for kind in EDIT_KINDS for m in ("success", "reasoning_exact"))
+    results = evaluate_shapes(Reasoner(always_erase=True), n=5, seed=1, suites=("edit",), edit_reason=True)
+    assert {kind: results[f"edit.{kind}.reasoning_exact"] for kind in EDIT_KINDS} == {
+        "recolor": 0.0, "move": 0.0, "resize": 0.0, "remove": 1.0, "add": 0.0}
+    assert results["edit.move.success"] == 1.0  # the picture is scored on its own
+    assert "edit.move.reasoning_exact" not in evaluate_shapes(Oracle(), n=2, seed=1, suites=("edit",))
 
 
 def test_score_scene_partial_credit():
