@@ -9,6 +9,7 @@ tokenizer.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -290,8 +291,9 @@ class AnyGen:
         its instruction (`edit_with_reasoning`; the reasoning text is not part of the story).
         sentences > 1: each later step writes that many sentences (the first with the text settings,
         greedy by default, the others sampled at temperature 1), draws a picture for each, and keeps
-        the sentence whose picture explains it best per token under `describe_edit` (meant to drop
-        sentences that are no valid edit of the picture; measured gains are within noise, README).
+        the (non-empty) sentence whose picture explains it best per token under `describe_edit`
+        (meant to drop sentences that are no valid edit of the picture; measured gains are within
+        noise, README).
         """
         opening = _check_text(opening, "opening")
         ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
@@ -341,7 +343,7 @@ class AnyGen:
             if len(options) > 1:
                 scores = self._edit_scores(previous, [p for _, _, p in options], [t for _, t, _ in options],
                                            per_token=True)
-                best = max(range(len(options)), key=lambda k: scores[k])
+                best = max(range(len(options)), key=lambda k: scores[k] if options[k][1] else -math.inf)
             new, _, previous = options[best]
             ids = ids + new + self.tokenizer.image_span(previous)
         return ids
@@ -377,9 +379,10 @@ class AnyGen:
             Prompt(encode_keeps(ids, v), force=[v.boi])] * best_of, cfg)) if c is not None]
         if len(group) <= 1 or (previous is not None and not sentence):
             return group[0] if group else None
-        text_ids = self.tokenizer.encode_text(sentence)
-        order = self._rank_by_caption(group, text_ids) if previous is None else self._rank_edits(previous, group,
-                                                                                                sentence)
+        if previous is None:
+            order = self._rank_by_caption(group, self.tokenizer.encode_text(sentence))
+        else:
+            order = self._rank_edits(previous, group, sentence)
         return group[order[0]]
 
     def transcribe(self, audio, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
