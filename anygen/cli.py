@@ -253,10 +253,9 @@ def cmd_eval_shapes(args) -> None:
         options["cfg_scale"] = args.cfg_scale
     if args.steps is not None:
         options["steps"] = args.steps
-    edit = {"best_of": args.edit_best_of, "reason": args.edit_reason}
-    story = {"best_of": args.story_best_of, "reason": args.story_reason, "sentences": args.story_sentences}
-    if options or edit != {"best_of": 1, "reason": False} or story != {"best_of": 1, "reason": False, "sentences": 1}:
-        model = _WithOptions(model, draw=options, edit=edit, story=story)
+    model = _WithOptions(model, draw=options, edit={"best_of": args.edit_best_of, "reason": args.edit_reason},
+                         story={"best_of": args.story_best_of, "reason": args.story_reason,
+                                "sentences": args.story_sentences})
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")

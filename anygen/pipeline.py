@@ -354,13 +354,11 @@ class AnyGen:
         from anygen.codecs.keep import encode_keeps
 
         v = self.vocab
-        rows = []
-        for count, text in ((1, settings.pop("text", None)), (n - 1, SamplingSettings(temperature=1.0))):
-            if count < 1:
-                continue
-            cfg = self._config(max_new_tokens=self._image_budget() + 40, seed=seed, stop_at_eos=False,
-                               **({"text": text} if text is not None else {}), **settings)
-            rows += generate(self.model, v, [encode_keeps(ids, v)] * count, cfg)
+        prompt = encode_keeps(ids, v)
+        cfg = self._config(max_new_tokens=self._image_budget() + 40, seed=seed, stop_at_eos=False, **settings)
+        rows = generate(self.model, v, [prompt], cfg)
+        if n > 1:
+            rows += generate(self.model, v, [prompt] * (n - 1), replace(cfg, text=SamplingSettings(temperature=1.0)))
         return [r.ids[:r.ids.index(v.boi)] if v.boi in r.ids else r.ids for r in rows]  # else <boi> is forced
 
     def _story_picture(self, ids: list[int], previous: torch.Tensor | None, sentence: str, best_of: int,
