@@ -46,7 +46,8 @@ __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
     "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "cell_center", "object_px",
     "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
-    "valid_edit_kinds", "NOTHING", "render_melody", "melody_text", "parse_melody_text", "StoryStep", "Story",
+    "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
+    "Story",
     "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",
 ]
 
@@ -69,6 +70,7 @@ EDIT_KINDS = ("recolor", "move", "resize", "remove", "add")
 SPLITS = ("train", "holdout")
 SUPERSAMPLE = 8
 NOTHING = "nothing"  # Edit.change() of an object that is absent (before an add, after a remove)
+REMOVED = "removed"  # Edit.slots(): the position of a removed object
 
 NOTES = ("C", "D", "E", "F", "G", "A", "B")
 NOTE_FREQS = {"C": 261.63, "D": 293.66, "E": 329.63, "F": 349.23, "G": 392.00, "A": 440.00, "B": 493.88}
@@ -111,6 +113,10 @@ class Obj:
     def phrase(self) -> str:
         """``a large red circle at the top left``."""
         return f"a {self.size} {self.color} {self.shape} at the {self.position}"
+
+    def slot(self) -> str:
+        """``large red circle top left``: the phrase without the words every object repeats."""
+        return f"{self.size} {self.color} {self.shape} {self.position}"
 
     def to_dict(self) -> dict:
         return {"shape": self.shape, "color": self.color, "size": self.size, "cell": self.cell,
@@ -289,6 +295,23 @@ class Edit:
         before = [o for o in self.source.objects if o not in self.target.objects]
         after = [o for o in self.target.objects if o not in self.source.objects]
         return (before[0].phrase() if before else NOTHING), (after[0].phrase() if after else NOTHING)
+
+    def slots(self) -> tuple[str, str]:
+        """The source's objects as slots (`Obj.slot`, cell order, joined by ``, ``) and the same list
+        with the edit made in place: the edited object's slot changes where it stands (``removed``
+        for its position after a remove), an added object comes last. Unlike the target caption,
+        which re-sorts a moved object, the second list is the first with one slot changed."""
+        new = [o for o in self.target.objects if o not in self.source.objects]
+        after = []
+        for o in self.source.objects:
+            if o in self.target.objects:
+                after.append(o.slot())
+            elif new:
+                after.append(new.pop().slot())
+            else:
+                after.append(f"{o.size} {o.color} {o.shape} {REMOVED}")
+        after += [o.slot() for o in new]
+        return ", ".join(o.slot() for o in self.source.objects), ", ".join(after)
 
 
 _INSTRUCTION_RES = (

@@ -60,8 +60,20 @@ object's size lost). The text has one of three forms (`tasks.reasoned_edit.form`
 - `object`: `before <edited object in the source> after <it in the target>` (`nothing` for
   the absent side of an add or a remove), e.g. `before a large red circle at the left after
   a large red circle at the top`;
-- `caption_object`: `before <source caption> change <edited object> to <it, edited>`.
+- `caption_object`: `before <source caption> change <edited object> to <it, edited>`;
+- `slots`: `before <source objects> after <the same objects, edited in place>`, each object
+  a slot `size colour shape position` (`Obj.slot`, no `a`/`at the`), e.g. `before large red
+  circle left, small blue square center after large red circle top, small blue square center`
+  (`Edit.slots`). The scene form's target caption re-sorts a moved object and repeats `at the`
+  before every position, so copying an object's position means matching three words back; the
+  model often copies another object's (most `scene` errors). Here the second list is the first
+  with one slot changed, and a position follows its object's shape directly.
 It needs the scenes (ShapesWorld; not user pairs).
+
+`reasoned_text` is practice for that plan without the pictures: `<bos> instruction
+<before ...> <after ...> <eos>` with the loss on the plan only (`reasoning_parts` splits a
+reasoned edit's text into what the source shows and what the edit makes of it). It is
+about 50 tokens where a reasoned edit is about 170.
 
 Building is split in two so the slow part (the codecs) can be cached and batched:
 `Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
@@ -87,12 +99,12 @@ from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 
 TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
-         "reasoned_edit", "story", "document")
+         "reasoned_edit", "reasoned_text", "story", "document")
 CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
-               "reasoned_edit")
+               "reasoned_edit", "reasoned_text")
 EDIT_DROPS = ("instruction", "image", "both")
 REASON_LEAD = "before"  # every reasoned edit's text starts with it (the sampler forces it)
-REASON_FORMS = ("scene", "object", "caption_object")  # what the text says (`reasoning`)
+REASON_FORMS = ("scene", "object", "caption_object", "slots")  # what the text says (`reasoning`)
 
 
 # ---- configuration ------------------------------------------------------------------------
@@ -171,6 +183,17 @@ class ReasonedEditSpec(TaskSpec):
 
 
 @dataclass
+class ReasonedTextSpec(TaskSpec):
+    weight: float = 0.0  # off unless a recipe asks for it (practice for reasoned_edit's plan)
+    p_null: float = 0.0
+    p_narrative: float = 0.0  # as reasoned_edit's: that share of instructions are story sentences
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(0.0 <= self.p_narrative <= 1.0, "p_narrative", f"must be in [0, 1], got {self.p_narrative}")
+
+
+@dataclass
 class StorySpec:
     weight: float = 1.0  # interleaved stories: loss on every token
 
@@ -189,6 +212,7 @@ class TaskMix:
     edit: EditSpec = field(default_factory=EditSpec)
     describe_edit: DescribeEditSpec = field(default_factory=DescribeEditSpec)
     reasoned_edit: ReasonedEditSpec = field(default_factory=ReasonedEditSpec)
+    reasoned_text: ReasonedTextSpec = field(default_factory=ReasonedTextSpec)
     story: StorySpec = field(default_factory=StorySpec)
 
     def __post_init__(self):
@@ -291,7 +315,7 @@ def _marker(name: str) -> Piece:
 
 
 def _layout(task: str, *, text: str | None = None, media=None, instruction: str | None = None, source=None,
-            target=None, reasoning: str | None = None, drop: str = "",
+            target=None, reasoning: str | tuple[str, str] | None = None, drop: str = "",
             loss_on_prompt: bool = False) -> list[Piece]:
     """The pieces of a conditional task; the one place the sequence layouts live (training and prompts)."""
     gen = True
@@ -320,6 +344,12 @@ def _layout(task: str, *, text: str | None = None, media=None, instruction: str 
         prompt = [Piece("text", instruction, cond), Piece("image", _as_media("image", source), cond)]
         body = ([Piece("text", reasoning, gen), Piece("image", _as_media("image", target), gen)]
                 if target is not None else [])
+    elif task == "reasoned_text":  # `reasoning` = (what the source shows, the plan): the plan is the answer
+        if not isinstance(reasoning, tuple):
+            raise ValueError("reasoned_text needs reasoning=(seen, plan)")
+        seen, plan = reasoning
+        prompt = [Piece("text", instruction, cond), Piece("text", seen, cond)]
+        body = [Piece("text", plan, gen)]
     else:
         raise ValueError(f"unknown conditional task {task!r} (tasks: {', '.join(CONDITIONAL)})")
     end = [Piece("ids", _Ids.EOS, True)] if body else []
@@ -376,21 +406,29 @@ def describe_edit(source, target, instruction: str, spec: TaskSpec, rng: np.rand
                                          loss_on_prompt=spec.loss_on_prompt))
 
 
-def reasoning(form: str, captions: tuple[str, str], change: tuple[str, str]) -> str:
-    """The text of a reasoned edit in `form` (REASON_FORMS), from the (source, target) captions and
-    the edited object's phrase before and after (`anygen.data.shapes.Edit.change()`)."""
-    (source, target), (before, after) = captions, change
+def reasoning_parts(form: str, edit) -> tuple[str, str]:
+    """A reasoned edit's text in `form` (REASON_FORMS) of a ShapesWorld `Edit`, in two parts: what
+    the source shows (`before ...`) and what the edit makes of it (` after ...`, ` change ...`)."""
     if form == "scene":
-        return f"{REASON_LEAD} {source} after {target}"
+        return f"{REASON_LEAD} {edit.source.caption()}", f" after {edit.target.caption()}"
     if form == "object":
-        return f"{REASON_LEAD} {before} after {after}"
+        before, after = edit.change()
+        return f"{REASON_LEAD} {before}", f" after {after}"
     if form == "caption_object":
-        return f"{REASON_LEAD} {source} change {before} to {after}"
+        return f"{REASON_LEAD} {edit.source.caption()}", " change {} to {}".format(*edit.change())
+    if form == "slots":
+        before, after = edit.slots()
+        return f"{REASON_LEAD} {before}", f" after {after}"
     raise ValueError(f"reasoning form must be one of {', '.join(REASON_FORMS)}, got {form!r}")
 
 
+def reasoning(form: str, edit) -> str:
+    """The text of a reasoned edit in `form` (REASON_FORMS) of a ShapesWorld `Edit`."""
+    return "".join(reasoning_parts(form, edit))
+
+
 def parse_reasoning(text: str) -> tuple[str, str] | None:
-    """(what was before, what comes after) of a `scene` or `object` reasoning, else None."""
+    """(what was before, what comes after) of a `scene`, `object` or `slots` reasoning, else None."""
     lead, turn = f"{REASON_LEAD} ", " after "
     if not text.startswith(lead) or turn not in text:
         return None
@@ -403,6 +441,15 @@ def reasoned_edit(source, instruction: str, target, text: str, spec: TaskSpec,
     """An edit that first says what it sees and what it will draw (`text`, from `reasoning`), then draws it."""
     return Spec("reasoned_edit", _layout("reasoned_edit", source=source, instruction=instruction, target=target,
                                          reasoning=text, loss_on_prompt=spec.loss_on_prompt))
+
+
+def reasoned_text(instruction: str, seen: str, plan: str, spec: TaskSpec) -> Spec:
+    """The text half of a reasoned edit without its pictures: instruction and `seen` (what the source
+    shows, given) -> `plan` (what the edit makes of it). Dozens of tokens where the reasoned edit
+    spends about 170, so a step holds several times more of the decision the model gets wrong most:
+    which object the instruction names and what becomes of it."""
+    return Spec("reasoned_text", _layout("reasoned_text", instruction=instruction, reasoning=(seen, plan),
+                                         loss_on_prompt=spec.loss_on_prompt))
 
 
 def document(doc: Document, task: str = "document", media_keys: dict[int, Any] | None = None) -> Spec:
@@ -647,12 +694,14 @@ class ShapesTasks:
         if task == "audio_to_text":
             notes = w.sample_melody(rng)
             return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
-        if task in ("edit", "describe_edit", "reasoned_edit"):
+        if task in ("edit", "describe_edit", "reasoned_edit", "reasoned_text"):
             e = w.sample_edit(rng, split=split)
             p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives
             text = e.narrative() if p > 0 and rng.random() < p else e.instruction
+            if task == "reasoned_text":
+                return reasoned_text(text, *reasoning_parts(mix.reasoned_edit.form, e), mix.reasoned_text)
             if task == "reasoned_edit":
-                why = reasoning(mix.reasoned_edit.form, (e.source.caption(), e.target.caption()), e.change())
+                why = reasoning(mix.reasoned_edit.form, e)
                 return reasoned_edit(self._scene(e.source), text, self._scene(e.target), why, mix.reasoned_edit, rng)
             if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
                 return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)

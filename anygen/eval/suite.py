@@ -111,7 +111,7 @@ def preservation_psnr(edited, source_render, cells: set[int], image_size: int = 
 
 def _reasonings(edit) -> set[str]:
     """The exactly right reasoning texts of a ShapesWorld edit, one per form."""
-    return {reasoning(form, (edit.source.caption(), edit.target.caption()), edit.change()) for form in REASON_FORMS}
+    return {reasoning(form, edit) for form in REASON_FORMS}
 
 
 def story_scores(document) -> tuple[list[bool], list[bool]]:

@@ -91,6 +91,30 @@ def test_every_edit_kind_has_exact_target(kind):
             assert e.change() == (old.phrase(), new.phrase())
 
 
+def test_edit_slots_change_one_slot_in_place():
+    """The after list is the before list with the edited object's slot changed where it stood
+    (a moved object keeps its place even when the target caption re-sorts it)."""
+    src = Scene((Obj("square", "red", "large", 1), Obj("circle", "orange", "small", 3)))
+    before = "large red square top, small orange circle left"
+    def slots(instruction, kind):
+        return Edit(kind, instruction, src, apply_instruction(src, instruction)).slots()
+    assert slots("move the red square to the bottom right", "move") == (
+        before, "large red square bottom right, small orange circle left")
+    assert apply_instruction(src, "move the red square to the bottom right").caption().startswith("a small orange")
+    assert slots("make the orange circle blue", "recolor") == (before, "large red square top, small blue circle left")
+    assert slots("make the large red square small", "resize") == (
+        before, "small red square top, small orange circle left")
+    assert slots("remove the red square", "remove") == (before, "large red square removed, small orange circle left")
+    assert slots("add a small green triangle at the top left", "add") == (
+        before, "large red square top, small orange circle left, small green triangle top left")
+    world = _world(12)
+    for kind in EDIT_KINDS:  # sampled edits: same number of slots, exactly one differs (or one more)
+        for _ in range(50):
+            b, a = (x.split(", ") for x in world.sample_edit(kind=kind).slots())
+            assert len(a) == len(b) + (kind == "add")
+            assert sum(x != y for x, y in zip(b, a)) == (kind != "add")
+
+
 def test_edit_kinds_respect_scene_size():
     world = _world(2)
     one = Scene((Obj("circle", "red", "small", 4),))

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from anygen.config import ConfigError, build
-from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text
+from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text, render_scene
 from anygen.document import Document, Image, Text
 from anygen.data.tasks import (REASON_LEAD, SequenceEncoder, ShapesTasks, TaskMix, allocate, edit,
-                               null_condition_prompt, parse_reasoning, reasoning, task_prompt, text_to_image)
+                               null_condition_prompt, parse_reasoning, reasoned_edit, reasoned_text, reasoning,
+                               reasoning_parts, task_prompt, text_to_image)
 
 _spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
 fake_codecs = importlib.util.module_from_spec(_spec)
@@ -132,12 +133,14 @@ def test_reasoned_edit_says_what_it_sees_and_draws_before_drawing(tok, world):
     assert (seq.ids == keep_tok.vocab.keep).any()
     before, after = e.change()
     expected = {"object": f"before {before} after {after}",
-                "caption_object": f"before {e.source.caption()} change {before} to {after}"}
+                "caption_object": f"before {e.source.caption()} change {before} to {after}",
+                "slots": "before {} after {}".format(*e.slots())}
     for form, want in expected.items():
         spec = ShapesTasks(world, mix(reasoned_edit={"weight": 1, "form": form})).sample(
             "reasoned_edit", np.random.default_rng(11))
-        assert spec.pieces[3].value == want == reasoning(form, (e.source.caption(), e.target.caption()), e.change())
+        assert spec.pieces[3].value == want == reasoning(form, e)
     assert parse_reasoning("a red circle") is None and parse_reasoning(expected["object"]) == (before, after)
+    assert parse_reasoning(expected["slots"]) == e.slots()
     with pytest.raises(ConfigError, match="form"):
         mix(reasoned_edit={"form": "poem"})
     # p_narrative: that share of the instructions is the story sentence (story(reason=True) edits with it)
@@ -145,6 +148,30 @@ def test_reasoned_edit_says_what_it_sees_and_draws_before_drawing(tok, world):
     rng = np.random.default_rng(12)
     instructions = [tasks.sample("reasoned_edit", rng).pieces[1].value for _ in range(400)]
     assert 0.4 < np.mean([a.startswith("then ") for a in instructions]) < 0.6
+
+
+@pytest.mark.parametrize("form", ["scene", "slots"])
+def test_reasoned_text_is_the_reasoned_edit_text_without_pictures(tok, world, form):
+    """<bos> instruction <before ...> <after ...> <eos>: the ids are the reasoned edit's with both images
+    taken out, and the loss covers the plan (` after ...`) and <eos> only."""
+    m = mix(reasoned_text={"weight": 1}, reasoned_edit={"weight": 1, "form": form})
+    for kind in ("move", "remove"):
+        e = world.sample_edit(np.random.default_rng(13), kind=kind)
+        seen, plan = reasoning_parts(form, e)
+        assert seen + plan == reasoning(form, e) and plan.startswith(" after ")
+        spec = reasoned_text(e.instruction, seen, plan, m.reasoned_text)
+        seq = SequenceEncoder(tok).encode([spec])[0]
+        full = SequenceEncoder(tok).encode([reasoned_edit(render_scene(e.source), e.instruction,
+                                                          render_scene(e.target), seen + plan, m.reasoned_edit,
+                                                          np.random.default_rng(0))])[0]
+        text_ids = [int(i) for i in full.ids if int(i) < tok.vocab.n_text or int(i) in (tok.vocab.bos, tok.vocab.eos)]
+        assert seq.ids.tolist() == text_ids
+        n_plan = len(tok.encode_text(plan))
+        assert seq.loss.tolist() == [0] * (len(seq.ids) - n_plan - 1) + [1] * (n_plan + 1)
+    sampled = ShapesTasks(world, m).sample("reasoned_text", np.random.default_rng(13))
+    assert sampled.task == "reasoned_text" and sampled.pieces[3].value.startswith(" after ")
+    with pytest.raises(ValueError, match="seen, plan"):
+        task_prompt(tok, "reasoned_text", instruction="remove the red circle")
 
 
 def test_loss_on_prompt_option(tok, world):

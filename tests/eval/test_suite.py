@@ -89,10 +89,9 @@ class Reasoner(Oracle):
     def edit_batch_with_reasoning(self, images, instructions, seed=0):
         rows = []
         for image, instruction, edited in zip(images, instructions, self.edit_batch(images, instructions)):
-            source, target = judge_image(image), judge_image(edited)
-            before, after = Edit("", instruction, source, target).change()
-            change = (before, "nothing" if self.always_erase else after)
-            rows.append((edited, reasoning(self.form, (source.caption(), target.caption()), change)))
+            edit = Edit("", instruction, judge_image(image), judge_image(edited))
+            text = reasoning(self.form, edit)
+            rows.append((edited, f"before {edit.change()[0]} after nothing" if self.always_erase else text))
         return rows
 
 
