@@ -239,12 +239,16 @@ def cmd_bench_sample(args) -> None:
 
 # ---- model evaluation and demo -----------------------------------------------------------
 def cmd_eval_shapes(args) -> None:
-    from anygen.eval.suite import SUITES, evaluate_shapes, format_table
+    from anygen.eval.suite import EXTRA_SUITES, SUITES, evaluate_shapes, format_table
 
     suites = tuple(args.only.split(",")) if args.only else SUITES
-    unknown = [x for x in suites if x not in SUITES]
+    unknown = [x for x in suites if x not in SUITES + EXTRA_SUITES]
     if unknown:
-        raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
+        raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES + EXTRA_SUITES)})")
+    from anygen.data.tasks import REASON_FORMS
+
+    if args.reason_form not in REASON_FORMS:
+        raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     model = _model(args)
     options = {}
     if args.best_of > 1 or args.sample_images:
@@ -260,7 +264,7 @@ def cmd_eval_shapes(args) -> None:
 
     bar = tqdm(desc="eval", unit="part")
     results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
-                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+                              reason_form=args.reason_form, progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_table(results))
     if args.json:
@@ -454,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--n", type=int, default=200, help="samples per task (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story")
+    p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story (the default), "
+                                  "or plan: the reasoned edit's plan in words alone (models trained with reasoned_text)")
     p.add_argument("--sample-images", action="store_true", dest="sample_images",
                    help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
@@ -466,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
                    help="edit: the model first says in words what it sees and what it will draw "
                         "(reasoned_edit); also reports edit.KIND.reasoning_exact")
+    p.add_argument("--reason-form", default="scene", dest="reason_form",
+                   help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
+                        "object, caption_object or slots; default scene, the bundled model's)")
     p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
                    help="story: sample each picture K times and keep the one that best explains its sentence")
     p.add_argument("--story-sentences", type=int, default=1, dest="story_sentences",

@@ -444,6 +444,19 @@ class AnyGen:
         """`edit_batch(..., reason=True)` that also returns each row's reasoning text."""
         return self._edits(images, instructions, reason=True, **options)
 
+    def plan_edits(self, instructions: Sequence[str], seen: Sequence[str], /, max_new_tokens: int = 64,
+                   seed: int | None = 0) -> list[str]:
+        """The text half of `edit(reason=True)` without the pictures (the `reasoned_text` task): given
+        each instruction and what its source shows in words (`seen`, e.g. `before <source caption>`),
+        the plan the model writes next (e.g. `after <target caption>`). Measures the decision reasoned
+        edits get wrong most — which object the instruction names — apart from drawing
+        (`anygen eval shapes --only plan`)."""
+        if len(instructions) != len(seen):
+            raise AnygenError(f"{len(instructions)} instructions but {len(seen)} descriptions of the source")
+        prompts = [[self.vocab.bos] + self.tokenizer.encode_text(_check_text(ins, "instruction"))
+                   + self.tokenizer.encode_text(_check_text(s, "seen")) for ins, s in zip(instructions, seen)]
+        return self._text_answers(prompts, max_new_tokens, seed)
+
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
                    best_of: int = 1, reason: bool = False, **settings) -> list[PILImage.Image]:

@@ -212,6 +212,25 @@ def test_reasoned_edit_writes_its_captions_then_draws(any_model_dir, monkeypatch
     assert gen.edit(image, "make it red", reason=True, text_scale=2.0, image_scale=1.5).size == image.size  # guided
 
 
+def test_plan_edits_prompts_with_the_reasoned_text_layout(gen, monkeypatch):
+    """plan_edits: each row's prompt is the `reasoned_text` task's (<bos> instruction seen), so a model
+    trained on that task is asked exactly what it learned; the answers come back in order."""
+    from anygen.data import tasks
+
+    asked = []
+    monkeypatch.setattr(type(gen), "_text_answers", lambda self, prompts, n, seed: asked.extend(prompts) or
+                        [f"after {i}" for i in range(len(prompts))])
+    seen = ["before a small red circle at the top", "before a large blue square at the center"]
+    instructions = ["make the red circle green", "remove the blue square"]
+    assert gen.plan_edits(instructions, seen) == ["after 0", "after 1"]
+    for ins, s, prompt in zip(instructions, seen, asked):
+        full = tasks.SequenceEncoder(gen.tokenizer).encode([tasks.reasoned_text(ins, s, " after x",
+                                                                                tasks.TaskSpec())])[0]
+        assert prompt == full.ids[full.loss == 0].tolist()
+    with pytest.raises(AnygenError, match="2 instructions but 1"):
+        gen.plan_edits(instructions, seen[:1])
+
+
 def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir, monkeypatch):
     """story(reason=True): picture k+1 is the reasoned edit of picture k with the sentence between them."""
     gen = anygen.load(any_model_dir)
@@ -315,6 +334,9 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--story-sentences", "2", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
+    assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--reason-form", "slots",
+                     "--model", str(model_dir)]) == 0
+    assert "plan.remove.exact" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -322,6 +344,7 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     (["draw", ""], "empty"),
     (["edit", "{tmp}/missing.png", "make it red"], "not found"),
     (["describe-edit", "{tmp}/missing.png", "{tmp}/missing.png"], "not found"),
+    (["eval", "shapes", "--only", "plan", "--reason-form", "poem"], "--reason-form: 'poem'"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", str(model_dir)]

@@ -22,6 +22,10 @@ Metrics
   edit.KIND.reasoning_exact (reasoned edits only): the text before the picture is exactly right
   (`anygen.data.tasks.reasoning` of the edit, in any form).
 - t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed).
+- plan.KIND.exact (`--only plan`, models trained with `reasoned_text`): given the instruction and
+  the exact text a reasoned edit writes about its source (`before ...`, in `reason_form`), the
+  plan the generator writes (`generator.plan_edits`) equals the edit's (`after ...`): the
+  reasoned edit's decision in words, without the pictures.
 - story.image_coherence: share of story images whose judged scene equals the scene the text
   so far describes (opening caption, then each sentence applied as an edit);
   story.text_validity: share of sentences after the opening that are valid edits.
@@ -38,12 +42,13 @@ import numpy as np
 
 from anygen.data.shapes import (EDIT_KINDS, Scene, ShapesWorld, WorldConfig, apply_instruction, melody_text,
                                 parse_caption, parse_melody_text, render_melody, render_scene)
-from anygen.data.tasks import REASON_FORMS, reasoning
+from anygen.data.tasks import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.eval.judges import judge_image, judge_melody
 
 ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
-SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")
+SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
+EXTRA_SUITES = ("plan",)  # on request (`--only plan`): needs a model trained with reasoned_text
 
 
 def score_scene(target: Scene, judged: Scene | None) -> dict[str, float]:
@@ -138,12 +143,14 @@ def story_scores(document) -> tuple[list[bool], list[bool]]:
 
 
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
-                    story_steps: int = 3, edit_reason: bool = False, progress=None) -> dict[str, float]:
+                    story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
+                    progress=None) -> dict[str, float]:
     """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`).
 
     `edit_reason`: edits are reasoned (`generator.edit_batch_with_reasoning`) and
     `edit.KIND.reasoning_exact` is the share whose text is exactly right (in any of the forms
-    `anygen.data.tasks.reasoning` writes; a model is trained with one)."""
+    `anygen.data.tasks.reasoning` writes; a model is trained with one). `reason_form`: the form
+    the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`)."""
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng(seed + 7_000_000)  # far from training seeds
     results: dict[str, float] = {}
@@ -204,6 +211,19 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
                 results[f"edit.{kind}.reasoning_exact"] = said / n
             tick(f"edit {kind}")
         results["edit.seconds_per_edit"] = seconds / (n * len(EDIT_KINDS))
+
+    if "plan" in suites:
+        for kind in EDIT_KINDS:
+            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
+            parts = [reasoning_parts(reason_form, e) for e in edits]
+            ok = 0
+            for lo in range(0, n, batch_size):
+                chunk = parts[lo:lo + batch_size]
+                plans = generator.plan_edits([e.instruction for e in edits[lo:lo + batch_size]],
+                                             [seen for seen, _ in chunk], seed=seed + lo)
+                ok += sum(got.strip() == plan.strip() for got, (_, plan) in zip(plans, chunk))
+            results[f"plan.{kind}.exact"] = ok / n
+            tick(f"plan {kind}")
 
     if "t2a" in suites or "a2t" in suites:
         melodies = [world.sample_melody(rng) for _ in range(n)]

@@ -106,6 +106,26 @@ def test_reasoning_exact_counts_edits_whose_text_names_the_change():
     assert "edit.move.reasoning_exact" not in evaluate_shapes(Oracle(), n=2, seed=1, suites=("edit",))
 
 
+class Planner(Oracle):
+    """Plans every edit right from the source caption it is shown (`scene` form); with `lazy` it
+    plans that nothing changes (`after <source caption>`)."""
+
+    def __init__(self, lazy=False):
+        self.lazy = lazy
+
+    def plan_edits(self, instructions, seen, seed=0):
+        sources = [parse_caption(s.removeprefix("before ")) for s in seen]
+        return [f"after {(s if self.lazy else apply_instruction(s, ins)).caption()}"
+                for ins, s in zip(instructions, sources)]
+
+
+def test_plan_exact_scores_the_plan_in_words():
+    results = evaluate_shapes(Planner(), n=5, seed=1, suites=("plan",))
+    assert results == {f"plan.{kind}.exact": 1.0 for kind in EDIT_KINDS}
+    assert set(evaluate_shapes(Planner(lazy=True), n=5, seed=1, suites=("plan",)).values()) == {0.0}
+    assert "plan.move.exact" not in evaluate_shapes(Oracle(), n=2, seed=1, suites=("i2t",))
+
+
 def test_score_scene_partial_credit():
     target = Scene((Obj("circle", "red", "large", 0), Obj("square", "blue", "small", 4)))
     judged = Scene((Obj("circle", "red", "small", 0),))
