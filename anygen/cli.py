@@ -264,7 +264,8 @@ def cmd_eval_shapes(args) -> None:
 
     bar = tqdm(desc="eval", unit="part")
     results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
-                              reason_form=args.reason_form, progress=lambda name: (bar.set_postfix_str(name), bar.update()))
+                              reason_form=args.reason_form,
+                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_table(results))
     if args.json:
@@ -458,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: the bundled model)")
     p.add_argument("--n", type=int, default=200, help="samples per task (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story (the default), "
-                                  "or plan: the reasoned edit's plan in words alone (models trained with reasoned_text)")
+    p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story (the default), or "
+                                  "plan: the reasoned edit's plan in words alone (models trained with reasoned_text)")
     p.add_argument("--sample-images", action="store_true", dest="sample_images",
                    help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",

@@ -54,7 +54,7 @@ drawing it. Its prompt is the edit's; the sampler forces the word `before` (`REA
 where a plain edit forces `<boi>` (`AnyGen.edit(reason=True)`). Which object "the red circle"
 is, and which of its attributes the edit keeps, gets decided in text, where they are words,
 not codes (edit errors of the plain task are mostly the wrong object erased or a moved
-object's size lost). The text has one of three forms (`tasks.reasoned_edit.form`, see
+object's size lost). The text has one of four forms (`tasks.reasoned_edit.form`, see
 `reasoning`); `scene`, the default and the bundled model's, measured best:
 - `scene`: `before <source caption> after <target caption>`;
 - `object`: `before <edited object in the source> after <it in the target>` (`nothing` for
