@@ -472,9 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
                    help="edit: the model first says in words what it sees and what it will draw "
                         "(reasoned_edit); also reports edit.KIND.reasoning_exact")
-    p.add_argument("--reason-form", default="scene", dest="reason_form",
+    p.add_argument("--reason-form", default="slots", dest="reason_form",
                    help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
-                        "object, caption_object or slots; default scene, the bundled model's)")
+                        "object, caption_object or slots; default slots, the bundled model's)")
     p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
                    help="story: sample each picture K times and keep the one that best explains its sentence")
     p.add_argument("--story-sentences", type=int, default=1, dest="story_sentences",

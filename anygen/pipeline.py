@@ -434,7 +434,8 @@ class AnyGen:
 
     def edit_with_reasoning(self, image, instruction: str, /, **options) -> tuple[PILImage.Image, str]:
         """`edit(..., reason=True)` that also returns the model's reasoning text,
-        `before <caption of the image> after <caption of the edited image>` for the bundled model
+        `before <the image's objects> after <the same objects, edited in place>` for the bundled model
+        (e.g. `before large red circle top left after large red circle bottom`)
         (the `reasoned_edit` task; `tasks.reasoned_edit.form` says which text a model learned)."""
         [(edited, reasoning)] = self.edit_batch_with_reasoning([image], [instruction], **options)
         return edited, reasoning
@@ -468,8 +469,8 @@ class AnyGen:
         the highest log p(instruction | source, candidate) under the model's `describe_edit`
         task, so the model must have been trained with it (`tasks.describe_edit.weight`).
 
-        reason: each row first writes what it sees and what it will draw (`before <source caption>
-        after <target caption>` for the bundled model) and then draws the edit (the `reasoned_edit`
+        reason: each row first writes what it sees and what it will draw (`before <source objects>
+        after <the objects edited>` for the bundled model) and then draws the edit (the `reasoned_edit`
         task; the model must have been trained with it).
         Guidance and `editable` apply to the image as without reasoning; with `best_of` the
         text is sampled too (temperature 1 unless `text=` says otherwise), so the candidates

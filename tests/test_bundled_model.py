@@ -18,13 +18,14 @@ def test_bundled_model_loads_and_fits_the_budget():
 
 
 def test_bundled_model_reasons_about_an_edit_before_drawing_it():
-    """The bundled model was trained with reasoned_edit: it captions the image and the edit's result."""
-    from anygen.data.shapes import Obj, Scene, apply_instruction, render_scene
+    """The bundled model was trained with reasoned_edit in the `slots` form: it lists the image's objects,
+    then the same list with the edit made in place."""
+    from anygen.data.shapes import Edit, Obj, Scene, apply_instruction, render_scene
     from anygen.data.tasks import parse_reasoning
     from anygen.eval.judges import judge_image
 
     source = Scene((Obj("square", "blue", "small", 0), Obj("circle", "red", "large", 4)))
     target = apply_instruction(source, "make the red circle green")
     edited, reasoning = anygen.load().edit_with_reasoning(render_scene(source), "make the red circle green")
-    assert parse_reasoning(reasoning) == (source.caption(), target.caption())
+    assert parse_reasoning(reasoning) == Edit("recolor", "make the red circle green", source, target).slots()
     assert judge_image(edited) == target

@@ -55,7 +55,8 @@ where a plain edit forces `<boi>` (`AnyGen.edit(reason=True)`). Which object "th
 is, and which of its attributes the edit keeps, gets decided in text, where they are words,
 not codes (edit errors of the plain task are mostly the wrong object erased or a moved
 object's size lost). The text has one of four forms (`tasks.reasoned_edit.form`, see
-`reasoning`); `scene`, the default and the bundled model's, measured best:
+`reasoning`); `scene` is the default, the bundled model writes `slots` (it learned the plan
+in words first, `reasoned_text`; README "Default model", stages 11–12):
 - `scene`: `before <source caption> after <target caption>`;
 - `object`: `before <edited object in the source> after <it in the target>` (`nothing` for
   the absent side of an add or a remove), e.g. `before a large red circle at the left after
