@@ -257,7 +257,12 @@ def cmd_eval_shapes(args) -> None:
         options["cfg_scale"] = args.cfg_scale
     if args.steps is not None:
         options["steps"] = args.steps
-    model = _WithOptions(model, draw=options, edit={"best_of": args.edit_best_of, "reason": args.edit_reason},
+    edit_options = {"best_of": args.edit_best_of, "reason": args.edit_reason}
+    if args.edit_greedy_plan:
+        from anygen.sampling.settings import SamplingSettings
+
+        edit_options["text"] = SamplingSettings(greedy=True)
+    model = _WithOptions(model, draw=options, edit=edit_options,
                          story={"best_of": args.story_best_of, "reason": args.story_reason,
                                 "sentences": args.story_sentences})
     from tqdm import tqdm
@@ -472,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
                    help="edit: the model first says in words what it sees and what it will draw "
                         "(reasoned_edit); also reports edit.KIND.reasoning_exact")
+    p.add_argument("--edit-greedy-plan", action="store_true", dest="edit_greedy_plan",
+                   help="edit: with --edit-reason and --edit-best-of, keep the reasoning text greedy and sample "
+                        "only the pictures (best for recolour and remove on the bundled model)")
     p.add_argument("--reason-form", default="slots", dest="reason_form",
                    help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
                         "object, caption_object or slots; default slots, the bundled model's)")

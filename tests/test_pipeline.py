@@ -334,6 +334,9 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--story-sentences", "2", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
+    assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-reason", "--edit-best-of", "2",
+                     "--edit-greedy-plan", "--model", str(model_dir)]) == 0
+    assert "edit.remove.reasoning_exact" in capsys.readouterr().out
     assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--reason-form", "slots",
                      "--model", str(model_dir)]) == 0
     assert "plan.remove.exact" in capsys.readouterr().out
