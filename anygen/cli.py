@@ -178,12 +178,20 @@ def cmd_say(args) -> None:
 
 
 def cmd_edit(args) -> None:
+    if (args.plan_in_words or args.greedy_plan) and not args.reason:
+        raise AnygenError("--plan-in-words and --greedy-plan shape a reasoned edit: add --reason")
     model = _model(args)
     editable = None
     if args.mask:
         editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
     options = dict(text_scale=args.text_scale, image_scale=args.image_scale, editable=editable, seed=args.seed,
                    best_of=args.best_of)
+    if args.plan_in_words:
+        options["plan_in_words"] = True
+    if args.greedy_plan:
+        from anygen.sampling.settings import SamplingSettings
+
+        options["text"] = SamplingSettings(greedy=True)
     if args.reason:
         image, reasoning = model.edit_with_reasoning(args.image, args.instruction, **options)
         print(reasoning)
@@ -249,6 +257,8 @@ def cmd_eval_shapes(args) -> None:
 
     if args.reason_form not in REASON_FORMS:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
+    if (args.edit_plan_in_words or args.edit_greedy_plan) and not args.edit_reason:
+        raise AnygenError("--edit-plan-in-words and --edit-greedy-plan shape reasoned edits: add --edit-reason")
     model = _model(args)
     options = {}
     if args.best_of > 1 or args.sample_images:
@@ -258,6 +268,8 @@ def cmd_eval_shapes(args) -> None:
     if args.steps is not None:
         options["steps"] = args.steps
     edit_options = {"best_of": args.edit_best_of, "reason": args.edit_reason}
+    if args.edit_plan_in_words:
+        edit_options["plan_in_words"] = True
     if args.edit_greedy_plan:
         from anygen.sampling.settings import SamplingSettings
 
@@ -436,6 +448,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", action="store_true",
                    help="the model first writes what the image shows and what it will show (printed), then "
                         "draws it (needs a model trained with the reasoned_edit task)")
+    p.add_argument("--plan-in-words", action="store_true", dest="plan_in_words",
+                   help="with --reason: plan what to draw again from the instruction and what the image shows, "
+                        "in words alone, and draw that (needs the reasoned_text task, as the bundled model)")
+    p.add_argument("--greedy-plan", action="store_true", dest="greedy_plan",
+                   help="with --reason and --best-of: write the text greedily and sample only the pictures "
+                        "(the most accurate setting on the bundled model, with --plan-in-words)")
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")
@@ -479,7 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(reasoned_edit); also reports edit.KIND.reasoning_exact")
     p.add_argument("--edit-greedy-plan", action="store_true", dest="edit_greedy_plan",
                    help="edit: with --edit-reason and --edit-best-of, keep the reasoning text greedy and sample "
-                        "only the pictures (best for recolour and remove on the bundled model)")
+                        "only the pictures")
+    p.add_argument("--edit-plan-in-words", action="store_true", dest="edit_plan_in_words",
+                   help="edit: with --edit-reason, re-plan each edit in words alone and draw that plan "
+                        "(edit(plan_in_words=True); the bundled model's best setting with --edit-best-of 8 "
+                        "--edit-greedy-plan)")
     p.add_argument("--reason-form", default="slots", dest="reason_form",
                    help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
                         "object, caption_object or slots; default slots, the bundled model's)")

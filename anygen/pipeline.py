@@ -421,16 +421,17 @@ class AnyGen:
 
     def edit(self, image, instruction: str, /, text_scale: float = 1.0, image_scale: float = 1.0,
              editable: Sequence[bool] | None = None, seed: int | None = 0, best_of: int = 1, reason: bool = False,
-             **settings) -> PILImage.Image:
+             plan_in_words: bool = False, **settings) -> PILImage.Image:
         """(image, instruction) -> edited image, with InstructPix2Pix-style dual guidance.
 
         `editable` (H*W booleans, row-major over the code grid) limits which codes may
         change; the rest are copied from the source. `best_of` > 1 samples that many edits
         and keeps the one under which the instruction is most likely (`describe_edit`).
-        `reason`: the model first writes what it sees and what it will draw (`edit_with_reasoning`).
+        `reason`: the model first writes what it sees and what it will draw (`edit_with_reasoning`);
+        `plan_in_words`: with `reason`, what it will draw is planned again in words alone (`edit_batch`).
         """
         return self.edit_batch([image], [instruction], text_scale, image_scale, editable, seed, best_of, reason,
-                               **settings)[0]
+                               plan_in_words, **settings)[0]
 
     def edit_with_reasoning(self, image, instruction: str, /, **options) -> tuple[PILImage.Image, str]:
         """`edit(..., reason=True)` that also returns the model's reasoning text,
@@ -460,7 +461,8 @@ class AnyGen:
 
     def edit_batch(self, images: Sequence, instructions: Sequence[str], text_scale: float = 1.0,
                    image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
-                   best_of: int = 1, reason: bool = False, **settings) -> list[PILImage.Image]:
+                   best_of: int = 1, reason: bool = False, plan_in_words: bool = False,
+                   **settings) -> list[PILImage.Image]:
         """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
         `editable`, when given, applies to every image.
 
@@ -473,12 +475,21 @@ class AnyGen:
         after <the objects edited>` for the bundled model) and then draws the edit (the `reasoned_edit`
         task; the model must have been trained with it).
         Guidance and `editable` apply to the image as without reasoning; with `best_of` the
-        text is sampled too (temperature 1 unless `text=` says otherwise), so the candidates
-        differ in what they say the edit is, and the verifier picks among them.
+        text is sampled too (temperature 1 unless `text=` says otherwise, e.g.
+        `text=SamplingSettings(greedy=True)` to sample only the pictures), and the model checks its
+        own work: it captions every candidate picture, and a picture that shows the scene its text
+        planned (`tasks.follows_plan`) beats one that does not; then a plan more candidates wrote
+        beats a rarer one; the describe_edit verifier breaks the ties.
+
+        plan_in_words (with reason): the plan (` after ...`) is written again from the instruction and
+        the row's own `before ...` alone, with no pictures in context (`plan_edits`, the
+        `reasoned_text` task, which the model must have been trained with); where it differs, the
+        picture is redrawn after it. The bundled model plans right more often so (README).
         """
         return [edited for edited, _ in self._edits(images, instructions, text_scale=text_scale,
                                                      image_scale=image_scale, editable=editable, seed=seed,
-                                                     best_of=best_of, reason=reason, **settings)]
+                                                     best_of=best_of, reason=reason, plan_in_words=plan_in_words,
+                                                     **settings)]
 
     def _edits(self, images: Sequence, instructions: Sequence[str],
                **options) -> list[tuple[PILImage.Image, str | None]]:
@@ -494,10 +505,13 @@ class AnyGen:
 
     def _edit_codes(self, sources: Sequence[torch.Tensor], instructions: Sequence[str], text_scale: float = 1.0,
                     image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
-                    best_of: int = 1, reason: bool = False, **settings) -> list[tuple[torch.Tensor, str | None]]:
+                    best_of: int = 1, reason: bool = False, plan_in_words: bool = False,
+                    **settings) -> list[tuple[torch.Tensor, str | None]]:
         """Source codes (H, W) -> (edited codes (H, W), reasoning text or None) per row."""
         if best_of < 1:
             raise AnygenError("best_of must be at least 1")
+        if plan_in_words and not reason:
+            raise AnygenError("plan_in_words re-plans a reasoned edit: pass reason=True too")
         if best_of > 1:  # the candidates differ; with reasoning, in what they say too (measured better)
             settings.setdefault("image", SamplingSettings(temperature=1.0))
             if reason:
@@ -524,15 +538,33 @@ class AnyGen:
         results = generate(self.model, self.vocab, prompts, cfg)
         if reason:
             results = self._draw_unfinished(prompts, results, cfg)
+            if plan_in_words:
+                per_row = [t for t in instructions for _ in range(best_of)]
+                results = self._replan_in_words(prompts, results, per_row, cfg)
         candidates = [(self._image_codes_of(r), self._reasoning_of(r) if reason else None) for r in results]
+        followed = self._follows_plans(candidates) if reason and best_of > 1 else [False] * len(candidates)
         edited = []
         for k, (source, instruction) in enumerate(zip(sources, instructions)):
-            group = [c for c in candidates[k * best_of:(k + 1) * best_of] if c[0] is not None]
-            if not group:
+            rows = [i for i in range(k * best_of, (k + 1) * best_of) if candidates[i][0] is not None]
+            if not rows:
                 raise AnygenError("the model did not finish the edited image within its token budget")
-            best = 0 if len(group) == 1 else self._rank_edits(source, [c for c, _ in group], instruction)[0]
-            edited.append(group[best])
+            best = 0 if len(rows) == 1 else self._rank_edits(
+                source, [candidates[i][0] for i in rows], instruction,
+                reasonings=[candidates[i][1] for i in rows] if reason else None,
+                followed=[followed[i] for i in rows])[0]
+            edited.append(candidates[rows[best]])
         return edited
+
+    def _follows_plans(self, candidates: Sequence[tuple[torch.Tensor | None, str]]) -> list[bool]:
+        """Per (codes (H, W) or None, reasoning) candidate: does the model's own caption of the picture
+        name the scene its reasoning planned (`tasks.follows_plan`)? All captions in one batch."""
+        rows = [i for i, (codes, _) in enumerate(candidates) if codes is not None]
+        captions = self._text_answers([tasks.task_prompt(self.tokenizer, "image_to_text", image=candidates[i][0])
+                                       for i in rows], 64, 0) if rows else []
+        followed = [False] * len(candidates)
+        for i, caption in zip(rows, captions):
+            followed[i] = tasks.follows_plan(candidates[i][1], caption)
+        return followed
 
     REASONING_BUDGET = 96  # tokens of `before ...` text ahead of a reasoned edit's image
 
@@ -540,10 +572,35 @@ class AnyGen:
         """Rows whose text ran on without an image: keep their first REASONING_BUDGET text ids and draw
         the image after them (<boi> forced), so that every reasoned edit ends with a picture."""
         late = [i for i, r in enumerate(results) if self._image_codes_of(r) is None]
-        if not late:
+        return self._redraw(prompts, results, cfg, {
+            i: [t for t in results[i].ids if t < self.vocab.n_text and t != self.vocab.eos][:self.REASONING_BUDGET]
+            for i in late})
+
+    def _replan_in_words(self, prompts: list[Prompt], results: list, instructions: Sequence[str],
+                         cfg: GenerationConfig) -> list:
+        """Reasoned edits re-planned in words: each row's plan (` after ...`) is written again by
+        `plan_edits` from its instruction and its own `before ...` alone, with no pictures in context
+        (the `reasoned_text` task, which the bundled model gets right more often); rows whose plan
+        changes get that text and a picture redrawn after it."""
+        texts = [self._reasoning_of(r) for r in results]
+        seen = {i: parts[0] for i, parts in enumerate(map(tasks.parse_reasoning, texts)) if parts is not None}
+        keys = sorted({(instructions[i], before) for i, before in seen.items()})  # best-of copies plan once
+        if not keys:  # no row wrote a `before ... after ...` text to re-plan
             return results
-        texts = {i: [t for t in results[i].ids if t < self.vocab.n_text and t != self.vocab.eos]
-                 [:self.REASONING_BUDGET] for i in late}
+        plans = dict(zip(keys, self.plan_edits([k for k, _ in keys], [f"{tasks.REASON_LEAD} {b}" for _, b in keys])))
+        redo = {}
+        for i, before in seen.items():
+            text = f"{tasks.REASON_LEAD} {before} {plans[instructions[i], before]}"
+            if text != texts[i]:
+                redo[i] = self.tokenizer.encode_text(text)
+        return self._redraw(prompts, results, cfg, redo)
+
+    def _redraw(self, prompts: list[Prompt], results: list, cfg: GenerationConfig,
+                texts: dict[int, list[int]]) -> list:
+        """The rows in `texts` with that text as what they wrote and their image drawn again after it."""
+        if not texts:
+            return results
+        late = list(texts)
         redo = [replace(prompts[i], ids=list(prompts[i].ids) + texts[i], force=[self.vocab.boi],
                         uncond=[list(row) + texts[i] for row in prompts[i].uncond])  # guidance rows see it too
                 for i in late]
@@ -577,10 +634,17 @@ class AnyGen:
                                           before=[v.bos], after=[v.eos], pad_id=v.pad, vocab=v)
         return order
 
-    def _rank_edits(self, source: torch.Tensor, candidates: Sequence[torch.Tensor], instruction: str) -> list[int]:
-        """Candidate indices, best first, by log p(instruction <eos> | source, candidate) (`describe_edit`)."""
+    def _rank_edits(self, source: torch.Tensor, candidates: Sequence[torch.Tensor], instruction: str,
+                    reasonings: Sequence[str] | None = None, followed: Sequence[bool] | None = None) -> list[int]:
+        """Candidate indices, best first, by log p(instruction <eos> | source, candidate) (`describe_edit`).
+        Reasoned edits (each candidate's `reasonings` and whether its picture `followed` it) rank first
+        the pictures that show what their text planned, then plans that more candidates agree on
+        (`tasks.planned_scene`), and only then by describe_edit."""
         scores = self._edit_scores(source, candidates, [instruction] * len(candidates))
-        return sorted(range(len(candidates)), key=lambda i: -scores[i])
+        followed = followed or [False] * len(candidates)
+        plans = [tasks.planned_scene(r) for r in reasonings] if reasonings else [None] * len(candidates)
+        votes = [sum(p is not None and p == q for q in plans) for p in plans]
+        return sorted(range(len(candidates)), key=lambda i: (-followed[i], -votes[i], -scores[i]))
 
     def _edit_scores(self, source: torch.Tensor, targets: Sequence[torch.Tensor], instructions: Sequence[str],
                      per_token: bool = False) -> list[float]:

@@ -126,8 +126,8 @@ def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any
     seen = {}
     rank = gen._rank_edits
 
-    def spy(*args):
-        seen.update(args=args, order=rank(*args))
+    def spy(*args, **kw):
+        seen.update(args=args, kw=kw, order=rank(*args, **kw))
         return seen["order"]
 
     monkeypatch.setattr(gen, "_rank_edits", spy)
@@ -143,11 +143,42 @@ def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any
                                     positions=ImagePositions.of(gen.model, v))[0]
         logp = logits[:-1].float().log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
         reference.append(float(logp[-len(answer):].sum()))
+    assert seen["kw"]["reasonings"] is None  # plain edits: describe_edit alone
     best = seen["order"][0]
     assert reference[best] == pytest.approx(max(reference), abs=1e-4)
     assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(candidates[best])))
     with pytest.raises(AnygenError, match="best_of"):
         gen.edit(image, instruction, best_of=0)
+
+
+def test_reasoned_best_of_keeps_a_picture_that_shows_its_plan(gen, monkeypatch):
+    """Reasoned best_of: the model captions every candidate picture (image_to_text, one batch) and a
+    picture whose caption is the scene its own text planned beats better-scored ones; without such a
+    picture, the plan most candidates wrote wins; describe_edit breaks the ties."""
+    plan_a = "before small red circle top after small blue circle top"
+    plan_b = "before small red circle top after large red circle top"
+    texts = iter([plan_a, plan_b, plan_b, "before whatever", plan_a] + [plan_a, plan_b, plan_a, "before x", plan_a])
+    monkeypatch.setattr(gen, "_reasoning_of", lambda result: next(texts))
+    caption_b = "a large red circle at the top"
+    captions = []
+
+    def answers(prompts, max_new_tokens, seed, **settings):
+        captions.append(len(prompts))
+        assert all(p[:2] == [gen.vocab.bos, gen.vocab.boi] for p in prompts)  # image_to_text prompts
+        return [caption_b if k == 2 else "a small green square at the left" for k in range(len(prompts))]
+
+    monkeypatch.setattr(gen, "_text_answers", answers)
+    scores = iter([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    monkeypatch.setattr(gen, "_edit_scores", lambda source, targets, instructions: next(scores))
+    picked = []
+    rank = gen._rank_edits
+    monkeypatch.setattr(gen, "_rank_edits", lambda *a, **kw: picked.append(rank(*a, **kw)) or picked[-1])
+    image = gen.draw("a small red circle at the top", seed=0)[0]
+    gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)
+    assert captions == [5] and picked[-1][0] == 2  # the only picture that shows its plan (b), not the best score
+    monkeypatch.setattr(gen, "_text_answers", lambda prompts, *a, **kw: ["no caption"] * len(prompts))
+    gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)
+    assert picked[-1] == [4, 2, 0, 1, 3]  # plan a (3 votes) by score, then b, then the plan that does not parse
 
 
 def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_model_dir, monkeypatch):
@@ -210,6 +241,39 @@ def test_reasoned_edit_writes_its_captions_then_draws(any_model_dir, monkeypatch
     again = gen.edit(image, "make it red", reason=True, image=greedy, seed=1)
     assert np.array_equal(np.asarray(again), np.asarray(edited))
     assert gen.edit(image, "make it red", reason=True, text_scale=2.0, image_scale=1.5).size == image.size  # guided
+
+
+def test_plan_in_words_replans_each_edit_and_redraws_where_the_plan_changes(gen, monkeypatch):
+    """plan_in_words: the plan after the edit's own `before ...` is written again by plan_edits (one call,
+    best-of copies asked once); a row whose plan changes gets that text and its picture drawn after
+    it (<boi> forced); a row whose plan stays is not redrawn."""
+    import anygen.pipeline as pipeline_mod
+
+    first = "before small blue circle top after large blue circle top"
+    real_reasoning, real_generate = gen._reasoning_of, pipeline_mod.generate
+    calls, asked = [], []
+
+    def generate(model, vocab, prompts, cfg):
+        calls.append(prompts)
+        return real_generate(model, vocab, prompts, cfg)
+
+    monkeypatch.setattr(pipeline_mod, "generate", generate)
+    image = gen.draw("a small blue circle at the top", seed=0)[0]
+    greedy = SamplingSettings(greedy=True)
+    for plan, redrawn in (("after small red circle top", True), ("after large blue circle top", False)):
+        replanned = gen.tokenizer.encode_text(f"before small blue circle top {plan}")
+        monkeypatch.setattr(gen, "_reasoning_of", lambda r: real_reasoning(r) if r.ids[:len(replanned)] == replanned
+                            else first)
+        monkeypatch.setattr(gen, "plan_edits", lambda ins, seen: asked.append((ins, seen)) or [plan] * len(ins))
+        calls.clear()
+        _, reasoning = gen.edit_with_reasoning(image, "make it red", best_of=3, text=greedy, image=greedy,
+                                               plan_in_words=True)
+        assert asked[-1] == (["make it red"], ["before small blue circle top"])
+        redraws = [p for batch in calls for p in batch
+                   if hasattr(p, "force") and list(p.ids[-len(replanned):]) == replanned]
+        assert len(redraws) == (3 if redrawn else 0)
+        assert all(list(p.force) == [gen.vocab.boi] for p in redraws)
+        assert reasoning == (f"before small blue circle top {plan}" if redrawn else first)
 
 
 def test_plan_edits_prompts_with_the_reasoned_text_layout(gen, monkeypatch):
@@ -325,6 +389,10 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     assert cli_main(["edit", str(out), "make it blue", "--reason", "--model", str(model_dir),
                      "--out", str(edited)]) == 0
     assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(out, "make it blue")[1])
+    assert cli_main(["edit", str(out), "make it blue", "--reason", "--plan-in-words", "--greedy-plan", "--best-of", "2",
+                     "--model", str(model_dir), "--out", str(edited)]) == 0
+    assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(
+        out, "make it blue", best_of=2, plan_in_words=True, text=SamplingSettings(greedy=True))[1])
     assert cli_main(["describe-edit", str(out), str(edited), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out.strip() == anygen.load(model_dir).describe_edit(out, edited)
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-best-of", "2",
@@ -335,7 +403,7 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-reason", "--edit-best-of", "2",
-                     "--edit-greedy-plan", "--model", str(model_dir)]) == 0
+                     "--edit-greedy-plan", "--edit-plan-in-words", "--model", str(model_dir)]) == 0
     assert "edit.remove.reasoning_exact" in capsys.readouterr().out
     assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--reason-form", "slots",
                      "--model", str(model_dir)]) == 0
@@ -348,6 +416,8 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     (["edit", "{tmp}/missing.png", "make it red"], "not found"),
     (["describe-edit", "{tmp}/missing.png", "{tmp}/missing.png"], "not found"),
     (["eval", "shapes", "--only", "plan", "--reason-form", "poem"], "--reason-form: 'poem'"),
+    (["edit", "{tmp}/missing.png", "make it red", "--plan-in-words"], "add --reason"),
+    (["eval", "shapes", "--only", "edit", "--edit-greedy-plan"], "add --edit-reason"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", str(model_dir)]

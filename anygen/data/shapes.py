@@ -44,7 +44,7 @@ from anygen.document import Audio, Document, Image, Text
 
 __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
-    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "cell_center", "object_px",
+    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center", "object_px",
     "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
     "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
     "Story",
@@ -198,6 +198,26 @@ def parse_caption(text: str) -> Scene | None:
             return None
         size, color, shape, pos = m.groups()
         objs.append(Obj(shape, color, size, POSITIONS.index(pos)))
+    try:
+        return Scene(tuple(objs))
+    except ValueError:
+        return None
+
+
+_SLOT_RE = re.compile(rf"({_words(SIZES)}) ({_words(COLORS)}) ({_words(SHAPES)}) ({_POS}|{REMOVED})")
+
+
+def parse_slots(text: str) -> Scene | None:
+    """A list of `Obj.slot` texts joined by ``, `` (`Edit.slots`' form; ``removed`` slots are left out)
+    -> Scene, else None."""
+    objs = []
+    for part in _normalize(text).split(", "):
+        m = _SLOT_RE.fullmatch(part.strip())
+        if m is None:
+            return None
+        size, color, shape, pos = m.groups()
+        if pos != REMOVED:
+            objs.append(Obj(shape, color, size, POSITIONS.index(pos)))
     try:
         return Scene(tuple(objs))
     except ValueError:

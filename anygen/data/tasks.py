@@ -437,6 +437,27 @@ def parse_reasoning(text: str) -> tuple[str, str] | None:
     return before.strip(), after.strip()
 
 
+def planned_scene(text: str):
+    """The ShapesWorld `Scene` a `scene` or `slots` reasoning says the edit will draw (its ``after``
+    part), else None (another form, or text that does not parse): what a reasoned edit's picture
+    is checked against (`AnyGen.edit(reason=True, best_of=N)`)."""
+    from anygen.data.shapes import parse_caption, parse_slots
+
+    parts = parse_reasoning(text)
+    if parts is None:
+        return None
+    return parse_caption(parts[1]) or parse_slots(parts[1])
+
+
+def follows_plan(reasoning: str, caption: str) -> bool:
+    """Whether a caption of a reasoned edit's picture names the scene its reasoning planned
+    (`planned_scene`); False where either does not parse."""
+    from anygen.data.shapes import parse_caption
+
+    plan = planned_scene(reasoning)
+    return plan is not None and parse_caption(caption) == plan
+
+
 def reasoned_edit(source, instruction: str, target, text: str, spec: TaskSpec,
                   rng: np.random.Generator) -> Spec:
     """An edit that first says what it sees and what it will draw (`text`, from `reasoning`), then draws it."""

@@ -6,7 +6,7 @@ import pytest
 from anygen.config import ConfigError, build
 from anygen.data.shapes import (ALL_PAIRS, COLORS, EDIT_KINDS, NOTE_FREQS, NOTES, POSITIONS, Edit, Obj, Scene,
                                 ShapesWorld, WorldConfig, apply_instruction, melody_text, narrate, parse_caption,
-                                parse_melody_text, refer, render_melody, render_scene, story_document)
+                                parse_melody_text, parse_slots, refer, render_melody, render_scene, story_document)
 from anygen.document import Audio, Image, Text
 
 
@@ -250,3 +250,18 @@ def test_stories_and_documents():
         assert len(world.sample_document(kind)) >= 2
     with pytest.raises(ValueError, match="kind"):
         world.sample_document("emoji")
+
+
+def test_parse_slots_reads_edit_slots_lists():
+    """parse_slots: an `Edit.slots()` list -> its Scene (``removed`` slots left out); else None."""
+    world = _world(1)
+    rng = np.random.default_rng(2)
+    for kind in EDIT_KINDS:
+        for _ in range(30):
+            e = world.sample_edit(rng, kind=kind)
+            before, after = e.slots()
+            assert parse_slots(before) == e.source and parse_slots(after) == e.target
+    assert parse_slots("large red circle top, small blue square removed") == Scene((Obj("circle", "red", "large", 1),))
+    for bad in ["", "large red circle", "large red circle top, small blue square top",  # same cell
+                "small blue square removed", "a large red circle at the top"]:
+        assert parse_slots(bad) is None, bad

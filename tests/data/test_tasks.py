@@ -10,9 +10,9 @@ import pytest
 from anygen.config import ConfigError, build
 from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text, render_scene
 from anygen.document import Document, Image, Text
-from anygen.data.tasks import (REASON_LEAD, SequenceEncoder, ShapesTasks, TaskMix, allocate, edit,
-                               null_condition_prompt, parse_reasoning, reasoned_edit, reasoned_text, reasoning,
-                               reasoning_parts, task_prompt, text_to_image)
+from anygen.data.tasks import (REASON_LEAD, SequenceEncoder, ShapesTasks, TaskMix, allocate, edit, follows_plan,
+                               null_condition_prompt, parse_reasoning, planned_scene, reasoned_edit, reasoned_text,
+                               reasoning, reasoning_parts, task_prompt, text_to_image)
 
 _spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
 fake_codecs = importlib.util.module_from_spec(_spec)
@@ -339,3 +339,19 @@ def test_keep_vocab_writes_edit_targets_as_changes(tok, world):
         assert [np.asarray(im).tolist() for im in keep_tok.decode(c.ids).images] == \
             [np.asarray(im).tolist() for im in tok.decode(p.ids).images]
     assert n_keeps > 0
+
+
+def test_planned_scene_reads_what_a_reasoning_says_it_will_draw(world):
+    """planned_scene: the `scene` and `slots` forms' after part is the edit's target for every kind
+    (a removed slot left out); follows_plan holds for exactly the caption of that target."""
+    rng = np.random.default_rng(5)
+    for kind in ("recolor", "move", "resize", "remove", "add"):
+        for _ in range(20):
+            e = world.sample_edit(rng, kind=kind)
+            for form in ("scene", "slots"):
+                text = reasoning(form, e)
+                assert planned_scene(text) == e.target, (form, text)
+                assert follows_plan(text, e.target.caption()) and not follows_plan(text, e.source.caption())
+    assert planned_scene("before a red circle") is None and planned_scene("after small red circle top") is None
+    assert planned_scene("before small red circle top after small red circle everywhere") is None
+    assert not follows_plan("before x after y", "a small red circle at the top")
