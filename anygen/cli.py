@@ -259,6 +259,8 @@ def cmd_eval_shapes(args) -> None:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     if (args.edit_plan_in_words or args.edit_greedy_plan) and not args.edit_reason:
         raise AnygenError("--edit-plan-in-words and --edit-greedy-plan shape reasoned edits: add --edit-reason")
+    if args.story_plan_in_words and not args.story_reason:
+        raise AnygenError("--story-plan-in-words shapes the reasoned edits of --story-reason: add it")
     model = _model(args)
     options = {}
     if args.best_of > 1 or args.sample_images:
@@ -276,7 +278,7 @@ def cmd_eval_shapes(args) -> None:
         edit_options["text"] = SamplingSettings(greedy=True)
     model = _WithOptions(model, draw=options, edit=edit_options,
                          story={"best_of": args.story_best_of, "reason": args.story_reason,
-                                "sentences": args.story_sentences})
+                                "sentences": args.story_sentences, "plan_in_words": args.story_plan_in_words})
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -511,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="story: write K sentences per step, draw each, keep the one its picture explains best")
     p.add_argument("--story-reason", action="store_true", dest="story_reason",
                    help="story: draw each later picture as a reasoned edit of the one before (reasoned_edit)")
+    p.add_argument("--story-plan-in-words", action="store_true", dest="story_plan_in_words",
+                   help="story: with --story-reason, those edits keep their text greedy and re-plan it in words "
+                        "(story(plan_in_words=True))")
     p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_shapes)

@@ -16,6 +16,7 @@ import numpy as np
 from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text, render_melody, render_scene
 from anygen.document import Audio, Document, Image, Text
 from anygen.io import atomic_write_bytes
+from anygen.sampling.settings import SamplingSettings
 
 
 def _section(title: str, body: str) -> str:
@@ -62,11 +63,13 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     t = time.perf_counter()
     edit = world.sample_edit(rng, kind="recolor")
     source = render_scene(edit.source)
-    # the model says what it sees and will draw, 8 times, and describe_edit picks the best
-    edited, reasoning = generator.edit_with_reasoning(source, edit.instruction, seed=seed, best_of=8)
+    # the model says what it sees and will draw (re-planned in words), draws it 8 times and keeps a picture
+    # that shows its plan (the most accurate edit setting, README)
+    edited, reasoning = generator.edit_with_reasoning(source, edit.instruction, seed=seed, best_of=8,
+                                                      plan_in_words=True, text=SamplingSettings(greedy=True))
     parts.append(_section("Editing", _grid([(Document([Image(source)]), "before"),
                                             (Document([Image(edited)]), f"after: “{edit.instruction}” "
-                                                                        f"(the model's sampled reasoning: “{reasoning}”)")])))
+                                                                        f"(the model's reasoning: “{reasoning}”)")])))
     timings["edit_s"] = time.perf_counter() - t
     progress("edit done")
 

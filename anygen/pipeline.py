@@ -279,7 +279,7 @@ class AnyGen:
         return self._text_answers(prompts, max_new_tokens, seed, **settings)
 
     def story(self, opening: str, n_steps: int = 3, seed: int | None = 0, best_of: int = 1, reason: bool = False,
-              sentences: int = 1, **settings) -> Document:
+              sentences: int = 1, plan_in_words: bool = False, **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (image, next sentence) turns.
 
         `<eos>` is not allowed until the story has `n_steps` images, so the model cannot stop
@@ -289,6 +289,8 @@ class AnyGen:
         sentence before it as the edit of the previous picture (`describe_edit`).
         reason: each later picture is a reasoned edit of the one before it with the sentence as
         its instruction (`edit_with_reasoning`; the reasoning text is not part of the story).
+        plan_in_words (with reason): those edits write their text greedily and re-plan it in words
+        (`edit_batch(plan_in_words=True, text=SamplingSettings(greedy=True))`, the best edit setting).
         sentences > 1: each later step writes that many sentences (the first with the text settings,
         greedy by default, the others sampled at temperature 1), draws a picture for each, and keeps
         the (non-empty) sentence whose picture explains it best per token under `describe_edit`
@@ -302,6 +304,8 @@ class AnyGen:
         self._check_length(ids, budget)
         if best_of < 1 or sentences < 1:
             raise AnygenError("best_of and sentences must be at least 1")
+        if plan_in_words and not reason:
+            raise AnygenError("plan_in_words re-plans the reasoned edits of story(reason=True): pass reason=True too")
         if self.diffusion is not None:
             if best_of != 1 or reason or sentences != 1:
                 raise AnygenError("best_of, reason and sentences are not supported by the diffusion image head")
@@ -309,7 +313,8 @@ class AnyGen:
             cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
             return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
         if best_of > 1 or reason or sentences > 1:
-            story_ids = self._story_stepwise(ids, n_steps, seed, best_of, reason, sentences, **settings)
+            story_ids = self._story_stepwise(ids, n_steps, seed, best_of, reason, sentences,
+                                             plan_in_words=plan_in_words, **settings)
             return Document([Text(opening)]) + self.tokenizer.decode(story_ids[len(ids):])
         cfg = self._config(max_new_tokens=budget, seed=seed, stop_at_eos=False, **settings)
         [result] = generate(self.model, self.vocab, [ids], cfg)
@@ -318,7 +323,8 @@ class AnyGen:
         return Document([Text(opening)]) + self.tokenizer.decode(cut)
 
     def _story_stepwise(self, ids: list[int], n_steps: int, seed: int | None, best_of: int, reason: bool,
-                        sentences: int = 1, image: SamplingSettings | None = None, **settings) -> list[int]:
+                        sentences: int = 1, image: SamplingSettings | None = None, plan_in_words: bool = False,
+                        **settings) -> list[int]:
         """The story's ids (`<keep>`-free), one sentence and picture at a time: each picture chosen among
         `best_of` samples, later ones drawn as reasoned edits of the picture before when `reason`.
         With `sentences` > 1 each later step writes that many sentences (greedy, then sampled), draws a
@@ -334,7 +340,7 @@ class AnyGen:
                     tail = max((i + 1 for i, t in enumerate(new) if t >= v.n_text), default=0)
                     sentence = self.tokenizer.text.decode(new[tail:]).strip().strip(".").strip()  # before the picture
                 picture = self._story_picture(ids + new, previous, sentence, best_of, reason, step_seed, image,
-                                              **settings)
+                                              plan_in_words, **settings)
                 if picture is not None:
                     options.append((new, sentence, picture))
             if not options:
@@ -362,12 +368,15 @@ class AnyGen:
         return [r.ids[:r.ids.index(v.boi)] if v.boi in r.ids else r.ids for r in rows]  # else <boi> is forced
 
     def _story_picture(self, ids: list[int], previous: torch.Tensor | None, sentence: str, best_of: int,
-                       reason: bool, seed: int | None, image: SamplingSettings, **settings) -> torch.Tensor | None:
+                       reason: bool, seed: int | None, image: SamplingSettings, plan_in_words: bool = False,
+                       **settings) -> torch.Tensor | None:
         """The codes (H, W) of the story's next picture after `ids`, or None when none was finished: the
         first re-ranked by `sentence` as its caption, later ones by it as the edit of `previous`."""
         from anygen.codecs.keep import encode_keeps
 
         if reason and previous is not None and sentence:
+            if plan_in_words:
+                settings = {**settings, "text": SamplingSettings(greedy=True), "plan_in_words": True}
             [(codes, _)] = self._edit_codes([previous], [sentence], seed=seed, best_of=best_of, reason=True,
                                             image=image, **settings)
             return codes

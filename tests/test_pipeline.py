@@ -316,6 +316,13 @@ def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir,
     for (source, sentence, reason, edited), before, after, text in zip(calls, codes, codes[1:], texts):
         assert reason and torch.equal(source, before) and torch.equal(edited, after)
         assert sentence == text.strip().strip(".").strip()
+    seen = []
+    monkeypatch.setattr(gen, "_edit_codes", lambda sources, instructions, **options: seen.append(options) or
+                        edit_codes(sources, instructions, **options))
+    assert len(gen.story("a small red circle", n_steps=2, seed=0, reason=True, plan_in_words=True).images) == 2
+    assert [(o["plan_in_words"], o["text"].greedy) for o in seen] == [(True, True)]  # the best edit setting
+    with pytest.raises(AnygenError, match="reason=True"):
+        gen.story("a small red circle", plan_in_words=True)
 
 
 def test_story_sentences_keeps_the_sentence_its_picture_explains_best(any_model_dir, monkeypatch):
@@ -399,7 +406,7 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--model", str(model_dir)]) == 0
     assert "edit.remove.success" in capsys.readouterr().out
     assert cli_main(["eval", "shapes", "--only", "edit,story", "--n", "1", "--edit-reason", "--story-reason",
-                     "--story-sentences", "2", "--model", str(model_dir)]) == 0
+                     "--story-sentences", "2", "--story-plan-in-words", "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-reason", "--edit-best-of", "2",
