@@ -569,7 +569,7 @@ class AnyGen:
         name the scene its reasoning planned (`tasks.follows_plan`)? All captions in one batch."""
         rows = [i for i, (codes, _) in enumerate(candidates) if codes is not None]
         captions = self._text_answers([tasks.task_prompt(self.tokenizer, "image_to_text", image=candidates[i][0])
-                                       for i in rows], 64, 0) if rows else []
+                                       for i in rows], 64, 0, text=SamplingSettings(greedy=True)) if rows else []
         followed = [False] * len(candidates)
         for i, caption in zip(rows, captions):
             followed[i] = tasks.follows_plan(candidates[i][1], caption)

@@ -44,8 +44,8 @@ from anygen.document import Audio, Document, Image, Text
 
 __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
-    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center", "object_px",
-    "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
+    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center",
+    "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
     "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
     "Story",
     "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",

@@ -437,7 +437,7 @@ def parse_reasoning(text: str) -> tuple[str, str] | None:
     return before.strip(), after.strip()
 
 
-def planned_scene(text: str):
+def planned_scene(text: str) -> "Scene | None":  # noqa: F821 (anygen.data.shapes.Scene)
     """The ShapesWorld `Scene` a `scene` or `slots` reasoning says the edit will draw (its ``after``
     part), else None (another form, or text that does not parse): what a reasoned edit's picture
     is checked against (`AnyGen.edit(reason=True, best_of=N)`)."""
