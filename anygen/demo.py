@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text, render_melody, render_scene
+from anygen.data.shapes import EDIT_KINDS, ShapesWorld, WorldConfig, melody_text, render_melody, render_scene
 from anygen.document import Audio, Document, Image, Text
 from anygen.io import atomic_write_bytes
 from anygen.sampling.settings import SamplingSettings
@@ -38,7 +38,8 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
 
     t = time.perf_counter()
     opening = world.sample_scene(rng, n_objects=1).caption()
-    story = generator.story(opening, n_steps=3, seed=seed, best_of=8)  # pictures re-ranked by their text
+    # each later picture a reasoned edit of the one before, planned in words, 16 drawn, one that shows its plan kept
+    story = generator.story(opening, n_steps=3, seed=seed, best_of=16, reason=True, plan_in_words=True)
     notes = world.sample_melody(rng, n_notes=3)
     story = story + Document([Text(melody_text(notes))]) + Document([generator.say(melody_text(notes), seed=seed)])
     parts.append(_section("An interleaved story", f"<div class='doc'>{story.html_body()}</div>"))
@@ -61,15 +62,17 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     progress("captions done")
 
     t = time.perf_counter()
-    edit = world.sample_edit(rng, kind="recolor")
-    source = render_scene(edit.source)
-    # the model says what it sees and will draw (re-planned in words), draws it 8 times and keeps a picture
-    # that shows its plan (the most accurate edit setting, README)
-    edited, reasoning = generator.edit_with_reasoning(source, edit.instruction, seed=seed, best_of=8,
-                                                      plan_in_words=True, text=SamplingSettings(greedy=True))
-    parts.append(_section("Editing", _grid([(Document([Image(source)]), "before"),
-                                            (Document([Image(edited)]), f"after: “{edit.instruction}” "
-                                                                        f"(the model's reasoning: “{reasoning}”)")])))
+    edits = [world.sample_edit(rng, kind=kind) for kind in EDIT_KINDS]
+    sources = [render_scene(e.source) for e in edits]
+    # one edit of each kind: the model says what it sees and will draw (re-planned in words), draws it 8 times
+    # and keeps a picture that shows its plan (README: the most accurate setting after best of 16)
+    results = generator.edit_batch_with_reasoning(sources, [e.instruction for e in edits], seed=seed, best_of=8,
+                                                  plan_in_words=True, text=SamplingSettings(greedy=True))
+    cells = []
+    for e, source, (edited, reasoning) in zip(edits, sources, results):
+        cells += [(Document([Image(source)]), f"before ({e.kind})"),
+                  (Document([Image(edited)]), f"after: “{e.instruction}” (the model's reasoning: “{reasoning}”)")]
+    parts.append(_section("Editing", _grid(cells)))
     timings["edit_s"] = time.perf_counter() - t
     progress("edit done")
 

@@ -448,7 +448,7 @@ def test_missing_model_dir_and_mismatched_tokenizer(tmp_path, model_dir):
 def test_demo_and_eval_run_on_a_model(model_dir, tmp_path):
     assert cli_main(["demo", "--model", str(model_dir), "--out", str(tmp_path / "demo")]) == 0
     page = (tmp_path / "demo" / "index.html").read_text()
-    assert page.count("<img") >= 6 + 4 + 2 and "<audio controls" in page
+    assert page.count("<img") >= 6 + 4 + 2 * 5 and "<audio controls" in page  # grid, captions, an edit per kind
     from anygen.eval.suite import evaluate_shapes
 
     results = evaluate_shapes(anygen.load(model_dir), n=2, seed=0, suites=("t2i", "i2t", "edit", "a2t", "story"))
