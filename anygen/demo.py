@@ -70,8 +70,8 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
                                                   plan_in_words=True, text=SamplingSettings(greedy=True))
     cells = []
     for e, source, (edited, reasoning) in zip(edits, sources, results):
-        cells += [(Document([Image(source)]), f"before ({e.kind})"),
-                  (Document([Image(edited)]), f"after: “{e.instruction}” (the model's reasoning: “{reasoning}”)")]
+        said = f"after: “{e.instruction}” (the model's reasoning: “{reasoning}”)"
+        cells += [(Document([Image(source)]), f"before ({e.kind})"), (Document([Image(edited)]), said)]
     parts.append(_section("Editing", _grid(cells)))
     timings["edit_s"] = time.perf_counter() - t
     progress("edit done")
