@@ -606,13 +606,13 @@ class AnyGen:
         """The rows in `texts` with that text as what they wrote and their image drawn again after it."""
         if not texts:
             return results
-        late = list(texts)
+        rows = list(texts)
         redo = [replace(prompts[i], ids=list(prompts[i].ids) + texts[i], force=[self.vocab.boi],
                         uncond=[list(row) + texts[i] for row in prompts[i].uncond])  # guidance rows see it too
-                for i in late]
+                for i in rows]
         again = generate(self.model, self.vocab, redo, replace(cfg, max_new_tokens=self._image_budget()))
         results = list(results)
-        for i, r in zip(late, again):
+        for i, r in zip(rows, again):
             results[i] = replace(r, ids=texts[i] + r.ids,
                                  spans=[replace(s, start=s.start + len(texts[i]), end=s.end + len(texts[i]))
                                         for s in r.spans])
