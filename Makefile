@@ -20,15 +20,8 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
-# Reproduce the bundled default model from scratch (tokenizers -> shards -> decoder -> bundle).
-# One thread per job (faster than two on a busy 2-core machine). See README "Default model".
+# Reproduce the bundled default model from scratch (tokenizers -> shards -> decoder -> bundle), timed
+# step by step (codec logs in runs/logs/). See README "Default model" and training/default_model.sh.
 .PHONY: default-model
 default-model: setup
-	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer train tokenizers/text.yaml
-	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer train tokenizers/shapes_image.yaml
-	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer train tokenizers/melody_audio.yaml
-	$(BIN)/anygen tokenizer assemble --text runs/tokenizers/text --image runs/tokenizers/shapes_image \
-		--audio runs/tokenizers/melody_audio --image-keep --out runs/tokenizer
-	ANYGEN_THREADS=1 $(BIN)/anygen pretokenize training/shapes_data.yaml
-	ANYGEN_THREADS=1 $(BIN)/anygen train training/shapes.yaml
-	$(BIN)/anygen bundle runs/decoder/shapes/model --out anygen/assets/default
+	PATH=$(CURDIR)/$(BIN):$$PATH ./training/default_model.sh
