@@ -20,7 +20,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
-# Reproduce the bundled default model from scratch (tokenizers -> shards -> decoder -> bundle), timed
+# Train the default model from scratch (tokenizers -> shards -> decoder -> bundle in runs/default_model), timed
 # step by step (codec logs in runs/logs/). See README "Default model" and training/default_model.sh.
 .PHONY: default-model
 default-model: setup

@@ -2,12 +2,13 @@
 # Train the default any-to-any ShapesWorld model from scratch, timed: tokenizers -> <keep> tokenizer
 # -> token shards -> decoder -> bundle. `make default-model` runs this (README "Default model").
 #   RUNS    where the intermediate artifacts go           (default: runs)
-#   BUNDLE  where the bundled model is written             (default: anygen/assets/default)
+#   BUNDLE  where the bundled model is written             (default: runs/default_model; set
+#           BUNDLE=anygen/assets/default to replace the shipped model)
 # Budget on the 2-core CPU: the image and audio codecs train side by side (one thread each, about
 # 15 min), shards take a few minutes on one thread, the decoder uses both threads (about 2 steps/s).
 set -euo pipefail
 RUNS=${RUNS:-runs}
-BUNDLE=${BUNDLE:-anygen/assets/default}
+BUNDLE=${BUNDLE:-$RUNS/default_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
 start=$(date +%s)

@@ -26,13 +26,15 @@ def test_decoder_and_data_recipes_validate_and_agree():
     assert data.tasks.reasoned_edit.form == "slots"  # the form the edit self-check reads (tasks.planned_scene)
 
 
-def run_with_fake_anygen(tmp_path: Path) -> list[list[str]]:
+def run_with_fake_anygen(tmp_path: Path, bundle: bool = True) -> list[list[str]]:
     """Run the recipe with `anygen` replaced by a recorder; return each call's arguments in order."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake_anygen"
     fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {shlex.quote(str(calls))}\necho >> {calls}\n')
     fake.chmod(0o755)
     env = dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), BUNDLE=str(tmp_path / "bundle"))
+    if not bundle:
+        del env["BUNDLE"]
     done = subprocess.run([str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stdout
@@ -69,6 +71,11 @@ def test_script_chains_tokenizers_shards_decoder_and_bundle(tmp_path):
     assert bundle[1] == option(train, "train.out_dir") + "/model"
     assert option(bundle, "--out") == str(tmp_path / "bundle")
     assert all(path.startswith(str(tmp_path / "runs")) for path in [*recipes.values(), shards, bundle[1]])
+
+
+def test_script_leaves_the_shipped_model_alone_by_default(tmp_path):
+    bundle = run_with_fake_anygen(tmp_path, bundle=False)[-1]
+    assert option(bundle, "--out") == str(tmp_path / "runs" / "default_model")
 
 
 def test_script_stops_when_a_codec_fails(tmp_path):
