@@ -30,7 +30,8 @@ def run_with_fake_anygen(tmp_path: Path, bundle: bool = True) -> list[list[str]]
     """Run the recipe with `anygen` replaced by a recorder; return each call's arguments in order."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake_anygen"
-    fake.write_text(f'#!/usr/bin/env bash\nprintf "%q " "$@" >> {shlex.quote(str(calls))}\necho >> {calls}\n')
+    # one append per call (the two codecs run side by side): line=...; echo "$line" >> calls
+    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {shlex.quote(str(calls))}\n')
     fake.chmod(0o755)
     env = dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), BUNDLE=str(tmp_path / "bundle"))
     if not bundle:
