@@ -88,7 +88,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -98,6 +98,9 @@ from anygen.codecs.keep import encode_keeps
 from anygen.config import check
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
+
+if TYPE_CHECKING:  # imported where used: anygen.data.shapes is the ShapesWorld, not every task's need
+    from anygen.data.shapes import Scene
 
 TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
          "reasoned_edit", "reasoned_text", "story", "document")
@@ -437,7 +440,7 @@ def parse_reasoning(text: str) -> tuple[str, str] | None:
     return before.strip(), after.strip()
 
 
-def planned_scene(text: str) -> "Scene | None":  # noqa: F821 (anygen.data.shapes.Scene)
+def planned_scene(text: str) -> Scene | None:
     """The ShapesWorld `Scene` a `scene` or `slots` reasoning says the edit will draw (its ``after``
     part), else None (another form, or text that does not parse): what a reasoned edit's picture
     is checked against (`AnyGen.edit(reason=True, best_of=N)`)."""
