@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Train the default any-to-any ShapesWorld model from scratch, timed: tokenizers -> <keep> tokenizer
-# -> token shards -> decoder -> bundle. `make default-model` runs this (README "Default model").
+# -> token shards -> decoder (three phases) -> bundle. `make default-model` runs this (README "Default model").
 #   RUNS    where the intermediate artifacts go           (default: runs)
 #   BUNDLE  where the bundled model is written             (default: runs/default_model; set
 #           BUNDLE=anygen/assets/default to replace the shipped model)
-# Measured on the 2-core CPU (2 h 03 min in all): the codecs train side by side (one thread each,
-# 11.5 min), shards take 3 min on one thread, the decoder uses both threads (1.84 steps/s, 109 min).
+# Rerunning resumes: a step whose last output exists is kept, and an interrupted training run
+# continues from its last checkpoint.
+# Decoder phases: (1) everything, 12,000 steps; (2) the reasoned edit's plan in words alone
+# (reasoned_text, short text-only examples: many plans per step); (3) back on everything, weighted to
+# reasoned edits, so that the plan learned in words carries over to drawing the edit.
+# Measured on the 2-core CPU (2 h 48 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
+# 109 min on both threads (1.84 steps/s), phase 2 10.5 min, phase 3 34 min (README "The default model from scratch").
 set -euo pipefail
 RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/default_model}
@@ -13,26 +18,59 @@ ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
 start=$(date +%s)
 stamp() { echo "[default-model] $(( ($(date +%s) - start) / 60 )) min: $*"; }
+# step LAST CMD...: run CMD unless LAST, the step's last output, already exists
+step() { local last=$1; shift; if [[ -e $last ]]; then echo "[default-model] kept $last"; else "$@"; fi; }
+# Every shard set is the same recipe with other sizes, seeds and task weights.
+NO_TASKS="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
+  tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0
+  tasks.reasoned_text.weight=0 tasks.story.weight=0"
+PLANS_MIX="$NO_TASKS tasks.reasoned_text.weight=1 world.melody_prob=0"
+REASONED_MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.text_to_audio.weight=0.75
+  tasks.audio_to_text.weight=0.5 tasks.edit.weight=2 tasks.describe_edit.weight=3 tasks.reasoned_edit.weight=8
+  tasks.reasoned_text.weight=6 tasks.story.weight=3"
+codec() {  # codec NAME: train tokenizers/NAME.yaml on one thread, logging to $RUNS/logs/tokenizer_NAME.log
+  ANYGEN_THREADS=1 $ANYGEN tokenizer train "tokenizers/$1.yaml" out="$RUNS/tokenizers/$1" --resume \
+      >> "$RUNS/logs/tokenizer_$1.log" 2>&1
+}
+shards() {  # shards NAME [overrides...]
+  local name=$1; shift
+  step "$RUNS/shards/$name/val/index.json" env ANYGEN_THREADS=1 $ANYGEN pretokenize training/shapes_data.yaml \
+      tokenizer="$RUNS/tokenizer" out="$RUNS/shards/$name" "$@"
+}
+decoder() {  # decoder NAME SHARDS [overrides...]
+  local name=$1 data=$2; shift 2
+  step "$RUNS/decoder/$name/model" $ANYGEN train training/shapes.yaml train.out_dir="$RUNS/decoder/$name" \
+      data.shard_dir="$RUNS/shards/$data/train" data.eval_shard_dir="$RUNS/shards/$data/val" "$@" --resume
+}
 
 stamp "tokenizers (text; image and audio codecs side by side)"
-ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/text.yaml out="$RUNS/tokenizers/text"
-ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/shapes_image.yaml out="$RUNS/tokenizers/shapes_image" \
-    > "$RUNS/logs/tokenizer_image.log" 2>&1 &
+step "$RUNS/tokenizers/text/summary.json" env ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/text.yaml \
+    out="$RUNS/tokenizers/text"
+step "$RUNS/tokenizers/shapes_image/summary.json" codec shapes_image &
 image=$!
-ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/melody_audio.yaml out="$RUNS/tokenizers/melody_audio" \
-    > "$RUNS/logs/tokenizer_audio.log" 2>&1 &
+step "$RUNS/tokenizers/melody_audio/summary.json" codec melody_audio &
 audio=$!
-wait $image || { echo "image codec failed: $RUNS/logs/tokenizer_image.log" >&2; exit 1; }
-wait $audio || { echo "audio codec failed: $RUNS/logs/tokenizer_audio.log" >&2; exit 1; }
-$ANYGEN tokenizer assemble --text "$RUNS/tokenizers/text" --image "$RUNS/tokenizers/shapes_image" \
-    --audio "$RUNS/tokenizers/melody_audio" --image-keep --out "$RUNS/tokenizer"
+wait $image || { echo "image codec failed: $RUNS/logs/tokenizer_shapes_image.log" >&2; exit 1; }
+wait $audio || { echo "audio codec failed: $RUNS/logs/tokenizer_melody_audio.log" >&2; exit 1; }
+step "$RUNS/tokenizer/tokenizer.json" $ANYGEN tokenizer assemble --text "$RUNS/tokenizers/text" \
+    --image "$RUNS/tokenizers/shapes_image" --audio "$RUNS/tokenizers/melody_audio" --image-keep --out "$RUNS/tokenizer"
 
-stamp "token shards"
-ANYGEN_THREADS=1 $ANYGEN pretokenize training/shapes_data.yaml tokenizer="$RUNS/tokenizer" out="$RUNS/shards/shapes"
+stamp "token shards (the later phases' side by side)"
+# shellcheck disable=SC2086  # the mixes are word lists
+{ shards plans n_train=40000 n_val=200 world.seed=13 $PLANS_MIX
+  shards reasoned n_train=40000 n_val=200 world.seed=11 $REASONED_MIX; } >> "$RUNS/logs/shards_later.log" 2>&1 &
+later=$!
+shards shapes
+wait $later || { echo "token shards failed: $RUNS/logs/shards_later.log" >&2; exit 1; }
 
-stamp "decoder"
-$ANYGEN train training/shapes.yaml train.out_dir="$RUNS/decoder/shapes" \
-    data.shard_dir="$RUNS/shards/shapes/train" data.eval_shard_dir="$RUNS/shards/shapes/val"
+stamp "decoder, phase 1: everything"
+decoder shapes shapes
+stamp "decoder, phase 2: the edit's plan in words"
+decoder plans plans train.steps=1200 optim.lr=5e-4 optim.warmup_steps=20 train.seed=1 \
+    train.init_weights="$RUNS/decoder/shapes/model"
+stamp "decoder, phase 3: everything, weighted to reasoned edits"
+decoder reasoned reasoned train.steps=4000 optim.lr=3e-4 optim.warmup_steps=20 train.seed=2 \
+    train.init_weights="$RUNS/decoder/plans/model"
 
-$ANYGEN bundle "$RUNS/decoder/shapes/model" --out "$BUNDLE"
+$ANYGEN bundle "$RUNS/decoder/reasoned/model" --out "$BUNDLE"
 stamp "done: $BUNDLE"

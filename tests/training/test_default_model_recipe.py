@@ -30,7 +30,7 @@ def run_with_fake_anygen(tmp_path: Path, bundle: bool = True) -> list[list[str]]
     """Run the recipe with `anygen` replaced by a recorder; return each call's arguments in order."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake_anygen"
-    # one append per call (the two codecs run side by side): line=...; echo "$line" >> calls
+    # one append per call (steps run side by side): line=...; echo "$line" >> calls
     fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {shlex.quote(str(calls))}\n')
     fake.chmod(0o755)
     env = dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), BUNDLE=str(tmp_path / "bundle"))
@@ -39,7 +39,7 @@ def run_with_fake_anygen(tmp_path: Path, bundle: bool = True) -> list[list[str]]
     done = subprocess.run([str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stdout
-    return [shlex.split(line) for line in calls.read_text().splitlines()]
+    return [shlex.split(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
 def option(args: list[str], key: str) -> str:
@@ -52,26 +52,67 @@ def option(args: list[str], key: str) -> str:
     raise AssertionError(f"{key} not in {args}")
 
 
-def test_script_chains_tokenizers_shards_decoder_and_bundle(tmp_path):
+def overrides(args: list[str]) -> list[str]:
+    return [a for a in args[2:] if "=" in a and not a.startswith("-")]
+
+
+def by_verb(calls: list[list[str]], verb: str) -> list[list[str]]:
+    return [c for c in calls if " ".join(c[:2]).startswith(verb)]
+
+
+def test_script_chains_tokenizers_shards_decoder_phases_and_bundle(tmp_path):
     calls = run_with_fake_anygen(tmp_path)
-    verbs = [" ".join(c[:2]) for c in calls]
-    assert verbs[:3] == ["tokenizer train"] * 3
-    assert verbs[3:] == ["tokenizer assemble", "pretokenize training/shapes_data.yaml", "train training/shapes.yaml",
-                         f"bundle {tmp_path}/runs/decoder/shapes/model"]
+    assert [" ".join(c[:2]) for c in calls[:3]] == ["tokenizer train"] * 3
+    assert calls[3][:2] == ["tokenizer", "assemble"]
+    assert calls[-1][0] == "bundle" and len(calls) == 4 + 3 + 3 + 1  # 3 shard sets, 3 decoder phases
     recipes = {c[2]: option(c, "out") for c in calls[:3]}
     assert set(recipes) == {"tokenizers/text.yaml", "tokenizers/shapes_image.yaml", "tokenizers/melody_audio.yaml"}
-    assemble, pretokenize, train, bundle = calls[3:]
+    assemble, bundle = calls[3], calls[-1]
     assert option(assemble, "--text") == recipes["tokenizers/text.yaml"]
     assert option(assemble, "--image") == recipes["tokenizers/shapes_image.yaml"]
     assert option(assemble, "--audio") == recipes["tokenizers/melody_audio.yaml"]
     assert "--image-keep" in assemble
-    assert option(pretokenize, "tokenizer") == option(assemble, "--out")
-    shards = option(pretokenize, "out")
-    assert option(train, "data.shard_dir") == f"{shards}/train"
-    assert option(train, "data.eval_shard_dir") == f"{shards}/val"
-    assert bundle[1] == option(train, "train.out_dir") + "/model"
-    assert option(bundle, "--out") == str(tmp_path / "bundle")
-    assert all(path.startswith(str(tmp_path / "runs")) for path in [*recipes.values(), shards, bundle[1]])
+
+    shard_sets = {}
+    for call in by_verb(calls, "pretokenize training/shapes_data.yaml"):
+        assert option(call, "tokenizer") == option(assemble, "--out")
+        shard_sets[option(call, "out")] = load_config(PretokenizeConfig, ROOT / call[1], overrides(call))
+    assert len(shard_sets) == 3 and len({cfg.world.seed for cfg in shard_sets.values()}) == 3  # fresh examples
+    trains = by_verb(calls, "train training/shapes.yaml")
+    assert len(trains) == 3 and all("--resume" in t for t in trains)  # a rerun continues an interrupted phase
+    previous = None
+    for train in trains:  # each phase reads one shard set and starts from the phase before
+        cfg = load_train_config(ROOT / train[1], overrides(train))
+        shards = cfg.data.shard_dir.removesuffix("/train")
+        assert shards in shard_sets and cfg.data.eval_shard_dir == f"{shards}/val"
+        assert cfg.train.init_weights == previous
+        previous = f"{cfg.train.out_dir}/model"
+    assert bundle[1] == previous and option(bundle, "--out") == str(tmp_path / "bundle")
+
+    # phase 2 practises the plan in words alone; phase 3 goes back to every task, most on reasoned edits
+    plans = shard_sets[load_train_config(ROOT / trains[1][1], overrides(trains[1])).data.shard_dir[:-len("/train")]]
+    assert {t for t, w in plans.tasks.weights().items() if w > 0} == {"reasoned_text"}
+    mixed = shard_sets[load_train_config(ROOT / trains[2][1], overrides(trains[2])).data.shard_dir[:-len("/train")]]
+    weights = mixed.tasks.weights()
+    assert all(weights.get(task, 0) > 0 for task in load_config(
+        PretokenizeConfig, ROOT / "training" / "shapes_data.yaml").tasks.weights())
+    assert max(weights, key=weights.get) == "reasoned_edit"
+    assert all(path.startswith(str(tmp_path / "runs")) for path in [*recipes.values(), *shard_sets, bundle[1]])
+
+
+def test_script_keeps_finished_steps_when_rerun(tmp_path):
+    runs = tmp_path / "runs"
+    finished = ["tokenizers/text/summary.json", "tokenizers/shapes_image/summary.json",
+                "tokenizers/melody_audio/summary.json", "tokenizer/tokenizer.json", "shards/shapes/val/index.json",
+                "decoder/shapes/model"]
+    for path in finished:
+        (runs / path).parent.mkdir(parents=True, exist_ok=True)
+        (runs / path).touch()
+    calls = run_with_fake_anygen(tmp_path)
+    assert sorted(" ".join(c[:2]) for c in calls) == sorted(
+        ["pretokenize training/shapes_data.yaml"] * 2 + ["train training/shapes.yaml"] * 2
+        + [f"bundle {runs}/decoder/reasoned/model"])
+    assert all(option(c, "out") != f"{runs}/shards/shapes" for c in by_verb(calls, "pretokenize"))
 
 
 def test_script_leaves_the_shipped_model_alone_by_default(tmp_path):
