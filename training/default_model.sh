@@ -9,8 +9,8 @@
 # Decoder phases: (1) everything, 12,000 steps; (2) the reasoned edit's plan in words alone
 # (reasoned_text, short text-only examples: many plans per step); (3) back on everything, weighted to
 # reasoned edits, so that the plan learned in words carries over to drawing the edit.
-# Measured on the 2-core CPU (2 h 48 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
-# 109 min on both threads (1.84 steps/s), phase 2 10.5 min, phase 3 34 min (README "The default model from scratch").
+# Measured on the 2-core CPU (2 h 49 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
+# 109 min on both threads (1.84 steps/s), phase 2 15.7 min, phase 3 30 min (README "The default model from scratch").
 set -euo pipefail
 RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/default_model}
@@ -66,10 +66,10 @@ wait $later || { echo "token shards failed: $RUNS/logs/shards_later.log" >&2; ex
 stamp "decoder, phase 1: everything"
 decoder shapes shapes
 stamp "decoder, phase 2: the edit's plan in words"
-decoder plans plans train.steps=1200 optim.lr=5e-4 optim.warmup_steps=20 train.seed=1 \
+decoder plans plans train.steps=2000 optim.lr=5e-4 optim.warmup_steps=20 train.seed=1 \
     train.init_weights="$RUNS/decoder/shapes/model"
 stamp "decoder, phase 3: everything, weighted to reasoned edits"
-decoder reasoned reasoned train.steps=4000 optim.lr=3e-4 optim.warmup_steps=20 train.seed=2 \
+decoder reasoned reasoned train.steps=3600 optim.lr=3e-4 optim.warmup_steps=20 train.seed=2 \
     train.init_weights="$RUNS/decoder/plans/model"
 
 $ANYGEN bundle "$RUNS/decoder/reasoned/model" --out "$BUNDLE"
