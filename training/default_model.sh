@@ -21,13 +21,14 @@ stamp() { echo "[default-model] $(( ($(date +%s) - start) / 60 )) min: $*"; }
 # step LAST CMD...: run CMD unless LAST, the step's last output, already exists
 step() { local last=$1; shift; if [[ -e $last ]]; then echo "[default-model] kept $last"; else "$@"; fi; }
 # Every shard set is the same recipe with other sizes, seeds and task weights.
-NO_TASKS="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
+PLANS_MIX="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
   tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0
-  tasks.reasoned_text.weight=0 tasks.story.weight=0"
-PLANS_MIX="$NO_TASKS tasks.reasoned_text.weight=1 world.melody_prob=0"
+  tasks.reasoned_text.weight=1 tasks.story.weight=0 world.melody_prob=0"
 REASONED_MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.text_to_audio.weight=0.75
   tasks.audio_to_text.weight=0.5 tasks.edit.weight=2 tasks.describe_edit.weight=3 tasks.reasoned_edit.weight=8
   tasks.reasoned_text.weight=6 tasks.story.weight=3"
+# await PID WHAT LOG: wait for a step run in the background; stop the script if it failed
+await() { wait "$1" || { echo "$2 failed: $3" >&2; exit 1; }; }
 codec() {  # codec NAME: train tokenizers/NAME.yaml on one thread, logging to $RUNS/logs/tokenizer_NAME.log
   ANYGEN_THREADS=1 $ANYGEN tokenizer train "tokenizers/$1.yaml" out="$RUNS/tokenizers/$1" --resume \
       >> "$RUNS/logs/tokenizer_$1.log" 2>&1
@@ -50,8 +51,8 @@ step "$RUNS/tokenizers/shapes_image/summary.json" codec shapes_image &
 image=$!
 step "$RUNS/tokenizers/melody_audio/summary.json" codec melody_audio &
 audio=$!
-wait $image || { echo "image codec failed: $RUNS/logs/tokenizer_shapes_image.log" >&2; exit 1; }
-wait $audio || { echo "audio codec failed: $RUNS/logs/tokenizer_melody_audio.log" >&2; exit 1; }
+await $image "image codec" "$RUNS/logs/tokenizer_shapes_image.log"
+await $audio "audio codec" "$RUNS/logs/tokenizer_melody_audio.log"
 step "$RUNS/tokenizer/tokenizer.json" $ANYGEN tokenizer assemble --text "$RUNS/tokenizers/text" \
     --image "$RUNS/tokenizers/shapes_image" --audio "$RUNS/tokenizers/melody_audio" --image-keep --out "$RUNS/tokenizer"
 
@@ -61,7 +62,7 @@ stamp "token shards (the later phases' side by side)"
   shards reasoned n_train=40000 n_val=200 world.seed=11 $REASONED_MIX; } >> "$RUNS/logs/shards_later.log" 2>&1 &
 later=$!
 shards shapes
-wait $later || { echo "token shards failed: $RUNS/logs/shards_later.log" >&2; exit 1; }
+await $later "token shards" "$RUNS/logs/shards_later.log"
 
 stamp "decoder, phase 1: everything"
 decoder shapes shapes
