@@ -23,10 +23,10 @@ step() { local last=$1; shift; if [[ -e $last ]]; then echo "[default-model] kep
 # Every shard set is the same recipe with other sizes, seeds and task weights.
 PLANS_MIX="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
   tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0
-  tasks.reasoned_text.weight=1 tasks.story.weight=0 world.melody_prob=0"
+  tasks.reasoned_text.weight=1 tasks.story.weight=0 world.melody_prob=0 world.lookalike_prob=0.5"
 REASONED_MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.text_to_audio.weight=0.75
   tasks.audio_to_text.weight=0.5 tasks.edit.weight=2 tasks.describe_edit.weight=3 tasks.reasoned_edit.weight=8
-  tasks.reasoned_text.weight=6 tasks.story.weight=3"
+  tasks.reasoned_text.weight=6 tasks.story.weight=3 world.lookalike_prob=0.5"
 # await PID WHAT LOG: wait for a step run in the background; stop the script if it failed
 await() { wait "$1" || { echo "$2 failed: $3" >&2; exit 1; }; }
 codec() {  # codec NAME: train tokenizers/NAME.yaml on one thread, logging to $RUNS/logs/tokenizer_NAME.log

@@ -482,6 +482,10 @@ class WorldConfig:
     min_steps: int = 2
     max_steps: int = 4
     melody_prob: float = 0.3  # chance that a story step carries a melody
+    # chance that a sampled edit's scene gives the edited object a look-alike (another object
+    # recoloured to its colour, the distractor small models confuse it with); a story's opening
+    # scene gets one for a random object
+    lookalike_prob: float = 0.0
 
     def __post_init__(self):
         check(MIN_OBJECTS <= self.min_objects <= self.max_objects <= MAX_OBJECTS, "min_objects/max_objects",
@@ -500,6 +504,7 @@ class WorldConfig:
         check(2 <= self.min_steps <= self.max_steps, "min_steps/max_steps",
               f"need 2 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
         check(0.0 <= self.melody_prob <= 1.0, "melody_prob", f"must be in [0, 1], got {self.melody_prob}")
+        check(0.0 <= self.lookalike_prob <= 1.0, "lookalike_prob", f"must be in [0, 1], got {self.lookalike_prob}")
 
 
 class ShapesWorld:
@@ -561,6 +566,7 @@ class ShapesWorld:
         self._check_split(split)
         if kind is not None and kind not in EDIT_KINDS:
             raise ValueError(f"kind: {kind!r} is not one of {', '.join(EDIT_KINDS)}")
+        sampled = scene is None
         if scene is None:
             lo, hi = self.config.min_objects, self.config.max_objects
             if kind == "remove":
@@ -577,9 +583,11 @@ class ShapesWorld:
         elif kind not in valid_edit_kinds(scene):
             raise ValueError(f"kind: cannot {kind} in a scene of {len(scene.objects)} object(s)")
         allowed = set(self.train_pairs) if split == "train" else set(ALL_PAIRS)
+        obj = scene.objects[rng.integers(len(scene.objects))]
+        if sampled and kind != "add" and self.config.lookalike_prob > 0 and rng.random() < self.config.lookalike_prob:
+            scene = self._with_lookalike(rng, scene, obj, split)
         free = [c for c in range(9) if c not in scene.cells]
         objs = scene.objects
-        obj = objs[rng.integers(len(objs))]
         if kind == "recolor":
             colors = [c for c in COLORS if c != obj.color and f"{c} {obj.shape}" in allowed]
             if not colors:  # every other colour of this shape is held out: pick another object
@@ -612,6 +620,19 @@ class ShapesWorld:
             raise RuntimeError(f"internal error: edit {instruction!r} of {scene.caption()!r} does not parse back")
         return Edit(kind, instruction, scene, target)
 
+    def _with_lookalike(self, rng: np.random.Generator, scene: Scene, obj: Obj, split: str) -> Scene:
+        """`scene` with one other object recoloured to `obj`'s colour: a look-alike that only the
+        shape (or size, or position) tells apart. Colour, because a shared colour is the rarer
+        coincidence (6 colours against 3 shapes) and the distractor small models fall for
+        (README, "The default model from scratch"). Unchanged when `scene` has no other object
+        or the recoloured one would leave `split`."""
+        others = [o for o in scene.objects if o.color != obj.color]
+        if not others:
+            return scene
+        other = others[rng.integers(len(others))]
+        changed = _replace_obj(scene, other, replace(other, color=obj.color))
+        return changed if changed is not None and self.in_split(changed, split) else scene
+
     # -- melodies --
     def sample_melody(self, rng: np.random.Generator | None = None, n_notes: int | None = None) -> tuple[str, ...]:
         rng = self._rng(rng)
@@ -634,6 +655,8 @@ class ShapesWorld:
         if n < 1:
             raise ValueError(f"n_steps: must be >= 1, got {n}")
         scene = self.sample_scene(rng, split=split)
+        if c.lookalike_prob > 0 and rng.random() < c.lookalike_prob:  # two objects of one colour to tell apart
+            scene = self._with_lookalike(rng, scene, scene.objects[rng.integers(len(scene.objects))], split)
         steps = [StoryStep(scene.caption(), scene, self._maybe_melody(rng))]
         for _ in range(n - 1):
             edit = self.sample_edit(rng, scene=scene, split=split)

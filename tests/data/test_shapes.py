@@ -187,6 +187,43 @@ def test_holdout_split():
     assert len(ALL_PAIRS) == 18
 
 
+def _share_colour_with_edited(e: Edit) -> bool:
+    edited = [o for o in e.source.objects if o not in e.target.objects][0]
+    return any(o.color == edited.color for o in e.source.objects if o != edited)
+
+
+def test_lookalike_prob_gives_the_edited_object_a_same_colour_distractor():
+    def edits(world, n=600):
+        rng = np.random.default_rng(0)
+        return [e for e in (world.sample_edit(rng) for _ in range(n)) if e.kind != "add"]
+
+    # off by default, and then the world draws exactly what it drew before the option existed
+    assert edits(_world(3)) == edits(_world(3, lookalike_prob=0.0))
+    plain, always = edits(_world(3)), edits(_world(3, lookalike_prob=1.0))
+    multi = [e for e in always if len(e.source.objects) > 1]
+    assert sum(map(_share_colour_with_edited, plain)) / len(plain) < 0.25
+    assert all(map(_share_colour_with_edited, multi))  # every scene with another object gets one
+    for e in always:  # still exact, unambiguous edits
+        assert apply_instruction(e.source, e.instruction) == e.target
+    # stories: unchanged when off; with it on, every opening of 2+ objects repeats a colour
+    rng = np.random.default_rng(1)
+    off, zero = _world(2), _world(2, lookalike_prob=0.0)
+    assert [off.sample_story() for _ in range(20)] == [zero.sample_story() for _ in range(20)]
+    openings = [_world(2, lookalike_prob=1.0).sample_story(rng).steps[0].scene for _ in range(200)]
+    assert all(len({o.color for o in s.objects}) < len(s.objects) for s in openings if len(s.objects) > 1)
+    # a given scene (a story's next step) is never changed
+    scene = Scene((Obj("circle", "red", "small", 0), Obj("square", "blue", "large", 4)))
+    for _ in range(20):
+        assert _world(1, lookalike_prob=1.0).sample_edit(scene=scene, kind="remove").source == scene
+    # the look-alike never brings a held-out pair into the train split
+    held = _world(5, holdout=["red triangle", "blue circle"], lookalike_prob=1.0)
+    for _ in range(300):
+        e = held.sample_edit()
+        assert not (e.source.pairs | e.target.pairs) & {"red triangle", "blue circle"}
+    with pytest.raises(ConfigError, match="lookalike_prob"):
+        build(WorldConfig, {"lookalike_prob": 1.5})
+
+
 def test_render_scene():
     scene = Scene((Obj("square", "red", "large", 0), Obj("circle", "blue", "small", 4),
                    Obj("triangle", "yellow", "large", 8)))

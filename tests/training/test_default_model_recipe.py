@@ -90,8 +90,10 @@ def test_script_chains_tokenizers_shards_decoder_phases_and_bundle(tmp_path):
         phase_data.append(shard_sets[shards])
     assert bundle[1] == previous and option(bundle, "--out") == str(tmp_path / "bundle")
 
-    # phase 2 practises the plan in words alone; phase 3 goes back to every task, most on reasoned edits
-    _, plans, mixed = phase_data
+    # phase 2 practises the plan in words alone; phase 3 goes back to every task, most on reasoned edits;
+    # both see more edits whose object has a same-colour look-alike than phase 1's plain world
+    everything, plans, mixed = phase_data
+    assert everything.world.lookalike_prob == 0 and plans.world.lookalike_prob > 0 and mixed.world.lookalike_prob > 0
     assert {t for t, w in plans.tasks.weights().items() if w > 0} == {"reasoned_text"}
     weights = mixed.tasks.weights()
     assert all(weights.get(task, 0) > 0 for task in load_config(
