@@ -180,12 +180,16 @@ def cmd_say(args) -> None:
 def cmd_edit(args) -> None:
     if (args.plan_in_words or args.greedy_plan) and not args.reason:
         raise AnygenError("--plan-in-words and --greedy-plan shape a reasoned edit: add --reason")
+    if args.retries and not (args.reason and args.best_of > 1):
+        raise AnygenError("--retries samples again where no picture shows its plan: add --reason and --best-of K")
     model = _model(args)
     editable = None
     if args.mask:
         editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
     options = dict(text_scale=args.text_scale, image_scale=args.image_scale, editable=editable, seed=args.seed,
                    best_of=args.best_of)
+    if args.retries:
+        options["retries"] = args.retries
     if args.plan_in_words:
         options["plan_in_words"] = True
     if args.greedy_plan:
@@ -259,6 +263,9 @@ def cmd_eval_shapes(args) -> None:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     if (args.edit_plan_in_words or args.edit_greedy_plan) and not args.edit_reason:
         raise AnygenError("--edit-plan-in-words and --edit-greedy-plan shape reasoned edits: add --edit-reason")
+    if args.edit_retries and not (args.edit_reason and args.edit_best_of > 1):
+        raise AnygenError("--edit-retries samples again where no picture shows its plan: "
+                          "add --edit-reason and --edit-best-of K")
     if args.story_plan_in_words and not args.story_reason:
         raise AnygenError("--story-plan-in-words shapes the reasoned edits of --story-reason: add it")
     model = _model(args)
@@ -270,6 +277,8 @@ def cmd_eval_shapes(args) -> None:
     if args.steps is not None:
         options["steps"] = args.steps
     edit_options = {"best_of": args.edit_best_of, "reason": args.edit_reason}
+    if args.edit_retries:
+        edit_options["retries"] = args.edit_retries
     if args.edit_plan_in_words:
         edit_options["plan_in_words"] = True
     if args.edit_greedy_plan:
@@ -456,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy-plan", action="store_true", dest="greedy_plan",
                    help="with --reason and --best-of: write the text greedily and sample only the pictures "
                         "(the most accurate setting on the bundled model, with --plan-in-words)")
+    p.add_argument("--retries", type=int, default=0,
+                   help="with --reason and --best-of K: where none of the K pictures shows its plan, sample K more, "
+                        "up to this many times (costs time only on those edits)")
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")
@@ -504,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edit: with --edit-reason, re-plan each edit in words alone and draw that plan "
                         "(edit(plan_in_words=True); the bundled model's best setting with --edit-best-of 8 "
                         "--edit-greedy-plan)")
+    p.add_argument("--edit-retries", type=int, default=0, dest="edit_retries",
+                   help="edit: with --edit-reason and --edit-best-of K, sample K more where no picture shows its "
+                        "plan, up to this many times (edit(retries=N))")
     p.add_argument("--reason-form", default="slots", dest="reason_form",
                    help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
                         "object, caption_object or slots; default slots, the bundled model's)")

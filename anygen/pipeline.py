@@ -493,6 +493,10 @@ class AnyGen:
         the row's own `before ...` alone, with no pictures in context (`plan_edits`, the
         `reasoned_text` task, which the model must have been trained with); where it differs, the
         picture is redrawn after it. The bundled model plans right more often so (README).
+
+        retries (with reason and best_of > 1): rows none of whose pictures shows its plan are sampled
+        `best_of` times again (another seed), up to `retries` times, and ranked with all their
+        candidates: the extra time goes only to the edits that need it.
         """
         return [edited for edited, _ in self._edits(images, instructions, text_scale=text_scale,
                                                      image_scale=image_scale, editable=editable, seed=seed,
@@ -513,13 +517,15 @@ class AnyGen:
 
     def _edit_codes(self, sources: Sequence[torch.Tensor], instructions: Sequence[str], text_scale: float = 1.0,
                     image_scale: float = 1.0, editable: Sequence[bool] | None = None, seed: int | None = 0,
-                    best_of: int = 1, reason: bool = False, plan_in_words: bool = False,
+                    best_of: int = 1, reason: bool = False, plan_in_words: bool = False, retries: int = 0,
                     **settings) -> list[tuple[torch.Tensor, str | None]]:
         """Source codes (H, W) -> (edited codes (H, W), reasoning text or None) per row."""
-        if best_of < 1:
-            raise AnygenError("best_of must be at least 1")
+        if best_of < 1 or retries < 0:
+            raise AnygenError("best_of must be at least 1 and retries at least 0")
         if plan_in_words and not reason:
             raise AnygenError("plan_in_words re-plans a reasoned edit: pass reason=True too")
+        if retries and not (reason and best_of > 1):
+            raise AnygenError("retries draw again where no picture shows its plan: pass reason=True and best_of > 1")
         if best_of > 1:  # the candidates differ; with reasoning, in what they say too (measured better)
             settings.setdefault("image", SamplingSettings(temperature=1.0))
             if reason:
@@ -529,7 +535,7 @@ class AnyGen:
         task = "reasoned_edit" if reason else "edit"
         force = self.tokenizer.encode_text(tasks.REASON_LEAD) if reason else [self.vocab.boi]
         budget = self._image_budget() + (self.REASONING_BUDGET if reason else 0)
-        prompts = []
+        prompts = []  # one per row
         for codes, instruction in zip(sources, instructions):
             cond = tasks.task_prompt(self.tokenizer, task, image=codes, instruction=instruction)
             chain = ()
@@ -538,27 +544,36 @@ class AnyGen:
                          tasks.null_condition_prompt(self.tokenizer, "edit", drop="both")]
             self._check_length(cond, budget)
             source_ids = self.vocab.image_ids(codes.reshape(-1)).tolist()
-            prompts += [Prompt(cond, uncond=chain, force=force,
-                               source=source_ids if editable is not None else None,
-                               editable=list(editable) if editable is not None else None)] * best_of
-        cfg = self._config(max_new_tokens=budget, seed=seed, allow_audio=False,
-                           cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
-        results = generate(self.model, self.vocab, prompts, cfg)
-        if reason:
-            results = self._draw_unfinished(prompts, results, cfg)
-            if plan_in_words:
-                per_row = [t for t in instructions for _ in range(best_of)]
-                results = self._replan_in_words(prompts, results, per_row, cfg)
-        candidates = [(self._image_codes_of(r), self._reasoning_of(r) if reason else None) for r in results]
-        followed = self._follows_plans(candidates) if reason and best_of > 1 else [False] * len(candidates)
-        edited = []
-        for k, (source, instruction) in enumerate(zip(sources, instructions)):
-            rows = [i for i in range(k * best_of, (k + 1) * best_of) if candidates[i][0] is not None]
+            prompts.append(Prompt(cond, uncond=chain, force=force,
+                                  source=source_ids if editable is not None else None,
+                                  editable=list(editable) if editable is not None else None))
+        candidates = [[] for _ in prompts]  # per row: (codes (H, W) or None, reasoning or None, followed)
+        rows = list(range(len(prompts)))
+        for attempt in range(retries + 1):  # each retry samples again the rows no picture of which shows its plan
+            batch = [prompts[k] for k in rows for _ in range(best_of)]
+            batch_instructions = [instructions[k] for k in rows for _ in range(best_of)]
+            cfg = self._config(max_new_tokens=budget, seed=None if seed is None else seed + 7919 * attempt,
+                               allow_audio=False, cfg_scale=(text_scale, image_scale) if guided else (1.0,), **settings)
+            results = generate(self.model, self.vocab, batch, cfg)
+            if reason:
+                results = self._draw_unfinished(batch, results, cfg)
+                if plan_in_words:
+                    results = self._replan_in_words(batch, results, batch_instructions, cfg)
+            drawn = [(self._image_codes_of(r), self._reasoning_of(r) if reason else None) for r in results]
+            followed = self._follows_plans(drawn) if reason and best_of > 1 else [False] * len(drawn)
+            for i, (one, ok) in enumerate(zip(drawn, followed)):
+                candidates[rows[i // best_of]].append((*one, ok))
+            rows = [k for k in rows if not any(ok for *_, ok in candidates[k])]
             if not rows:
+                break
+        edited = []
+        for source, instruction, row in zip(sources, instructions, candidates):
+            row = [c for c in row if c[0] is not None]
+            if not row:
                 raise AnygenError("the model did not finish the edited image within its token budget")
-            best = 0 if len(rows) == 1 else self._rank_edits(
-                source, [candidates[i][0] for i in rows], instruction, followed=[followed[i] for i in rows])[0]
-            edited.append(candidates[rows[best]])
+            best = 0 if len(row) == 1 else self._rank_edits(
+                source, [codes for codes, _, _ in row], instruction, followed=[ok for *_, ok in row])[0]
+            edited.append(row[best][:2])
         return edited
 
     def _follows_plans(self, candidates: Sequence[tuple[torch.Tensor | None, str]]) -> list[bool]:

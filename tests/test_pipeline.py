@@ -181,6 +181,37 @@ def test_reasoned_best_of_keeps_a_picture_that_shows_its_plan(gen, monkeypatch):
     assert picked[-1] == [4, 3, 2, 1, 0]  # no picture shows its plan: by score (no vote for plan a)
 
 
+def test_reasoned_best_of_retries_only_the_edits_none_of_whose_pictures_shows_its_plan(gen, monkeypatch):
+    """retries: a row none of whose best_of pictures shows its plan is sampled again (another seed)
+    and ranked with all its candidates; a row that has one is not sampled again."""
+    import anygen.pipeline as pipeline
+
+    plan = "before small red circle top after large red circle top"
+    monkeypatch.setattr(gen, "_reasoning_of", lambda result: plan)
+    shows = iter([[False, True, False, False, False, False], [False, False, True]])  # per round, per picture
+    captioned = []
+
+    def answers(prompts, max_new_tokens, seed, **settings):
+        captioned.append(len(prompts))
+        return ["a large red circle at the top" if ok else "a small green square at the left" for ok in next(shows)]
+
+    monkeypatch.setattr(gen, "_text_answers", answers)
+    image = gen.draw("a small red circle at the top", seed=0)[0]
+    seeds, run = [], pipeline.generate
+    monkeypatch.setattr(pipeline, "generate", lambda model, vocab, prompts, cfg: seeds.append(cfg.seed) or
+                        run(model, vocab, prompts, cfg))
+    picked, rank = [], gen._rank_edits
+    monkeypatch.setattr(gen, "_rank_edits", lambda *a, **kw: picked.append((kw["followed"], rank(*a, **kw)[0]))
+                        or [picked[-1][1]])
+    gen.edit_batch([image, image], ["make it large", "make the red circle large"], reason=True, best_of=3,
+                   retries=2, seed=5)
+    assert captioned == [6, 3]  # round 2: the second row alone, and no third round once it has a picture
+    assert seeds[0] == 5 and len(set(seeds)) == 2  # the second round draws with another seed
+    assert picked == [([False, True, False], 1), ([False] * 5 + [True], 5)]  # its pick: the second round's
+    with pytest.raises(AnygenError, match="retries"):
+        gen.edit(image, "make it large", best_of=3, retries=1)  # without reason there is no plan to show
+
+
 def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_model_dir, monkeypatch):
     """Each later picture is the describe_edit pick among its samples, given the picture before it."""
     gen = anygen.load(any_model_dir)
@@ -397,9 +428,9 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--out", str(edited)]) == 0
     assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(out, "make it blue")[1])
     assert cli_main(["edit", str(out), "make it blue", "--reason", "--plan-in-words", "--greedy-plan", "--best-of", "2",
-                     "--model", str(model_dir), "--out", str(edited)]) == 0
+                     "--retries", "1", "--model", str(model_dir), "--out", str(edited)]) == 0
     assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(
-        out, "make it blue", best_of=2, plan_in_words=True, text=SamplingSettings(greedy=True))[1])
+        out, "make it blue", best_of=2, plan_in_words=True, text=SamplingSettings(greedy=True), retries=1)[1])
     assert cli_main(["describe-edit", str(out), str(edited), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out.strip() == anygen.load(model_dir).describe_edit(out, edited)
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-best-of", "2",
@@ -410,7 +441,8 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "edit.remove.success" in out and "edit.remove.reasoning_exact" in out and "story.image_coherence" in out
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-reason", "--edit-best-of", "2",
-                     "--edit-greedy-plan", "--edit-plan-in-words", "--model", str(model_dir)]) == 0
+                     "--edit-greedy-plan", "--edit-plan-in-words", "--edit-retries", "1",
+                     "--model", str(model_dir)]) == 0
     assert "edit.remove.reasoning_exact" in capsys.readouterr().out
     assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--reason-form", "slots",
                      "--model", str(model_dir)]) == 0
@@ -425,6 +457,8 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     (["eval", "shapes", "--only", "plan", "--reason-form", "poem"], "--reason-form: 'poem'"),
     (["edit", "{tmp}/missing.png", "make it red", "--plan-in-words"], "add --reason"),
     (["eval", "shapes", "--only", "edit", "--edit-greedy-plan"], "add --edit-reason"),
+    (["edit", "{tmp}/missing.png", "make it red", "--reason", "--retries", "1"], "add --reason and --best-of"),
+    (["eval", "shapes", "--only", "edit", "--edit-reason", "--edit-retries", "2"], "--edit-best-of"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", str(model_dir)]

@@ -8,7 +8,9 @@
 # continues from its last checkpoint.
 # Decoder phases: (1) everything, 12,000 steps; (2) the reasoned edit's plan in words alone
 # (reasoned_text, short text-only examples: many plans per step); (3) back on everything, weighted to
-# reasoned edits, so that the plan learned in words carries over to drawing the edit.
+# reasoned edits, so that the plan learned in words carries over to drawing the edit. Phases 2 and 3 see
+# half their edits (and story openings) with a same-colour look-alike of the edited object
+# (world.lookalike_prob=0.5): telling those apart is what the plans got wrong without it.
 # Measured on the 2-core CPU (2 h 49 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
 # 109 min on both threads (1.84 steps/s), phase 2 15.7 min, phase 3 30 min (README "The default model from scratch").
 set -euo pipefail
