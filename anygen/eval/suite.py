@@ -26,6 +26,9 @@ Metrics
   the exact text a reasoned edit writes about its source (`before ...`, in `reason_form`), the
   plan the generator writes (`generator.plan_edits`) equals the edit's (`after ...`): the
   reasoned edit's decision in words, without the pictures.
+  plan.wrong.MISTAKE (`slots` form): share of all plans that edit another single object than the
+  instruction names, sharing its colour (same_colour), its shape (same_shape) or both
+  (same_colour_shape), or are wrong otherwise (other) (`plan_mistake`).
 - story.image_coherence: share of story images whose judged scene equals the scene the text
   so far describes (opening caption, then each sentence applied as an edit);
   story.text_validity: share of sentences after the opening that are valid edits.
@@ -142,6 +145,28 @@ def story_scores(document) -> tuple[list[bool], list[bool]]:
     return images_ok, texts_ok
 
 
+PLAN_MISTAKES = ("same_colour", "same_shape", "same_colour_shape", "other")
+
+
+def plan_mistake(edit, plan: str) -> str | None:
+    """What a `slots`-form plan (``after <slots>``) of a ShapesWorld `Edit` gets wrong: None when it
+    is right; `same_colour` / `same_shape` / `same_colour_shape` when it edits one other object that
+    shares the named object's colour / shape / both instead of it; `other` for any other mistake."""
+    _, after = edit.slots()
+    got = plan.strip().removeprefix("after ")
+    if got == after:
+        return None
+    source = edit.source.objects
+    named = [o for o in source if o not in edit.target.objects]
+    slots = got.split(", ")
+    changed = [o for o, slot in zip(source, slots) if o.slot() != slot]
+    if not named or len(slots) != len(source) or len(changed) != 1 or changed[0] == named[0]:
+        return "other"
+    shared = (changed[0].color == named[0].color, changed[0].shape == named[0].shape)
+    return {(True, False): "same_colour", (False, True): "same_shape", (True, True): "same_colour_shape"}.get(
+        shared, "other")
+
+
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
                     story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
                     progress=None) -> dict[str, float]:
@@ -213,6 +238,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
         results["edit.seconds_per_edit"] = seconds / (n * len(EDIT_KINDS))
 
     if "plan" in suites:
+        mistakes = dict.fromkeys(PLAN_MISTAKES, 0)
         for kind in EDIT_KINDS:
             edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
             parts = [reasoning_parts(reason_form, e) for e in edits]
@@ -222,8 +248,14 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
                 plans = generator.plan_edits([e.instruction for e in edits[lo:lo + batch_size]],
                                              [seen for seen, _ in chunk], seed=seed + lo)
                 ok += sum(got.strip() == plan.strip() for got, (_, plan) in zip(plans, chunk))
+                if reason_form == "slots":
+                    for e, got in zip(edits[lo:lo + batch_size], plans):
+                        if (mistake := plan_mistake(e, got)) is not None:
+                            mistakes[mistake] += 1
             results[f"plan.{kind}.exact"] = ok / n
             tick(f"plan {kind}")
+        if reason_form == "slots":
+            results.update({f"plan.wrong.{m}": count / (n * len(EDIT_KINDS)) for m, count in mistakes.items()})
 
     if "t2a" in suites or "a2t" in suites:
         melodies = [world.sample_melody(rng) for _ in range(n)]

@@ -5,12 +5,12 @@ from dataclasses import replace
 import pytest
 
 from anygen.data.shapes import (COLORS, EDIT_KINDS, Edit, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
-                                parse_melody_text, render_melody, render_scene)
+                                parse_melody_text, parse_slots, render_melody, render_scene)
 from anygen.data.tasks import REASON_FORMS, reasoning
 from anygen.document import Audio, Document, Image, Text
 from anygen.eval.judges import judge_image, judge_melody
-from anygen.eval.suite import (evaluate_shapes, frechet_distance, pooled_features, preservation_psnr, score_scene,
-                               story_scores)
+from anygen.eval.suite import (PLAN_MISTAKES, evaluate_shapes, frechet_distance, plan_mistake, pooled_features,
+                               preservation_psnr, score_scene, story_scores)
 
 
 class Oracle:
@@ -124,6 +124,44 @@ def test_plan_exact_scores_the_plan_in_words():
     assert results == {f"plan.{kind}.exact": 1.0 for kind in EDIT_KINDS}
     assert set(evaluate_shapes(Planner(lazy=True), n=5, seed=1, suites=("plan",)).values()) == {0.0}
     assert "plan.move.exact" not in evaluate_shapes(Oracle(), n=2, seed=1, suites=("i2t",))
+
+
+class SlotsPlanner(Oracle):
+    """Plans in the `slots` form: every edit right, or with `lazy` the source unchanged."""
+
+    def __init__(self, lazy=False):
+        self.lazy = lazy
+
+    def plan_edits(self, instructions, seen, seed=0):
+        sources = [parse_slots(s.removeprefix("before ")) for s in seen]
+        return [f"after {Edit('any', ins, s, s if self.lazy else apply_instruction(s, ins)).slots()[1]}"
+                for ins, s in zip(instructions, sources)]
+
+
+def test_plan_mistakes_name_the_object_edited_instead():
+    red_square, red_circle, blue_square = (Obj("square", "red", "small", 0), Obj("circle", "red", "large", 4),
+                                           Obj("square", "blue", "small", 7))
+    scene = Scene((red_square, red_circle, blue_square))
+    edit = Edit("recolor", "make the red square green", scene, apply_instruction(scene, "make the red square green"))
+
+    def plan_turning(obj):  # `after` slots with `obj` made green in place
+        return "after " + ", ".join((replace(o, color="green") if o == obj else o).slot() for o in scene.objects)
+
+    assert plan_mistake(edit, plan_turning(red_square)) is None
+    assert plan_mistake(edit, plan_turning(red_circle)) == "same_colour"
+    assert plan_mistake(edit, plan_turning(blue_square)) == "same_shape"
+    assert plan_mistake(edit, "after " + edit.slots()[0]) == "other"  # nothing changed
+    assert plan_mistake(edit, "after small red square") == "other"  # objects missing
+    twins = Scene((red_square, replace(red_square, size="large", cell=4)))
+    instruction = "make the large red square blue"
+    edit = Edit("recolor", instruction, twins, apply_instruction(twins, instruction))
+    assert plan_mistake(edit, "after small blue square top left, large red square center") == "same_colour_shape"
+    # in the suite: shares of all plans, slots form only
+    right = evaluate_shapes(SlotsPlanner(), n=4, seed=2, suites=("plan",), reason_form="slots")
+    assert all(right[f"plan.{kind}.exact"] == 1.0 for kind in EDIT_KINDS)
+    assert {m: right[f"plan.wrong.{m}"] for m in PLAN_MISTAKES} == dict.fromkeys(PLAN_MISTAKES, 0.0)
+    lazy = evaluate_shapes(SlotsPlanner(lazy=True), n=4, seed=2, suites=("plan",), reason_form="slots")
+    assert lazy["plan.wrong.other"] == 1.0 and lazy["plan.wrong.same_colour"] == 0.0
 
 
 def test_score_scene_partial_credit():
