@@ -107,16 +107,22 @@ def test_reasoning_exact_counts_edits_whose_text_names_the_change():
 
 
 class Planner(Oracle):
-    """Plans every edit right from the source caption it is shown (`scene` form); with `lazy` it
-    plans that nothing changes (`after <source caption>`)."""
+    """Plans every edit right from the source it is shown, in the `scene` form (`after <target
+    caption>`) or the `slots` form (`after <source slots, edited in place>`); with `lazy` it plans
+    that nothing changes."""
 
-    def __init__(self, lazy=False):
-        self.lazy = lazy
+    def __init__(self, lazy=False, form="scene"):
+        self.lazy, self.form = lazy, form
 
     def plan_edits(self, instructions, seen, seed=0):
-        sources = [parse_caption(s.removeprefix("before ")) for s in seen]
-        return [f"after {(s if self.lazy else apply_instruction(s, ins)).caption()}"
-                for ins, s in zip(instructions, sources)]
+        parse = parse_slots if self.form == "slots" else parse_caption
+        plans = []
+        for ins, s in zip(instructions, seen):
+            source = parse(s.removeprefix("before "))
+            target = source if self.lazy else apply_instruction(source, ins)
+            after = Edit("any", ins, source, target).slots()[1] if self.form == "slots" else target.caption()
+            plans.append(f"after {after}")
+        return plans
 
 
 def test_plan_exact_scores_the_plan_in_words():
@@ -124,18 +130,6 @@ def test_plan_exact_scores_the_plan_in_words():
     assert results == {f"plan.{kind}.exact": 1.0 for kind in EDIT_KINDS}
     assert set(evaluate_shapes(Planner(lazy=True), n=5, seed=1, suites=("plan",)).values()) == {0.0}
     assert "plan.move.exact" not in evaluate_shapes(Oracle(), n=2, seed=1, suites=("i2t",))
-
-
-class SlotsPlanner(Oracle):
-    """Plans in the `slots` form: every edit right, or with `lazy` the source unchanged."""
-
-    def __init__(self, lazy=False):
-        self.lazy = lazy
-
-    def plan_edits(self, instructions, seen, seed=0):
-        sources = [parse_slots(s.removeprefix("before ")) for s in seen]
-        return [f"after {Edit('any', ins, s, s if self.lazy else apply_instruction(s, ins)).slots()[1]}"
-                for ins, s in zip(instructions, sources)]
 
 
 def test_plan_mistakes_name_the_object_edited_instead():
@@ -157,10 +151,10 @@ def test_plan_mistakes_name_the_object_edited_instead():
     edit = Edit("recolor", instruction, twins, apply_instruction(twins, instruction))
     assert plan_mistake(edit, "after small blue square top left, large red square center") == "same_colour_shape"
     # in the suite: shares of all plans, slots form only
-    right = evaluate_shapes(SlotsPlanner(), n=4, seed=2, suites=("plan",), reason_form="slots")
+    right = evaluate_shapes(Planner(form="slots"), n=4, seed=2, suites=("plan",), reason_form="slots")
     assert all(right[f"plan.{kind}.exact"] == 1.0 for kind in EDIT_KINDS)
     assert {m: right[f"plan.wrong.{m}"] for m in PLAN_MISTAKES} == dict.fromkeys(PLAN_MISTAKES, 0.0)
-    lazy = evaluate_shapes(SlotsPlanner(lazy=True), n=4, seed=2, suites=("plan",), reason_form="slots")
+    lazy = evaluate_shapes(Planner(lazy=True, form="slots"), n=4, seed=2, suites=("plan",), reason_form="slots")
     assert lazy["plan.wrong.other"] == 1.0 and lazy["plan.wrong.same_colour"] == 0.0
 
 
