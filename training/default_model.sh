@@ -11,8 +11,8 @@
 # reasoned edits, so that the plan learned in words carries over to drawing the edit. Phases 2 and 3 see
 # half their edits (and story openings) with a same-colour look-alike of the edited object
 # (world.lookalike_prob=0.5): telling those apart is what the plans got wrong without it.
-# Measured on the 2-core CPU (2 h 49 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
-# 109 min on both threads (1.84 steps/s), phase 2 15.7 min, phase 3 30 min (README "The default model from scratch").
+# Measured on the 2-core CPU (2 h 50 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
+# 109 min on both threads (1.84 steps/s), phase 2 16.5 min, phase 3 30 min (README "The default model from scratch").
 set -euo pipefail
 RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/default_model}
