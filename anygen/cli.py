@@ -257,8 +257,12 @@ def cmd_eval_shapes(args) -> None:
     unknown = [x for x in suites if x not in SUITES + EXTRA_SUITES]
     if unknown:
         raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES + EXTRA_SUITES)})")
+    from anygen.data.shapes import EDIT_KINDS
     from anygen.data.tasks import REASON_FORMS
 
+    edit_kinds = tuple(args.edit_kinds.split(",")) if args.edit_kinds else EDIT_KINDS
+    if unknown := [k for k in edit_kinds if k not in EDIT_KINDS]:
+        raise AnygenError(f"--edit-kinds: unknown kind {unknown[0]!r} (choose from {', '.join(EDIT_KINDS)})")
     if args.reason_form not in REASON_FORMS:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     if (args.edit_plan_in_words or args.edit_greedy_plan) and not args.edit_reason:
@@ -292,7 +296,7 @@ def cmd_eval_shapes(args) -> None:
 
     bar = tqdm(desc="eval", unit="part")
     results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
-                              reason_form=args.reason_form,
+                              edit_kinds=edit_kinds, reason_form=args.reason_form,
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_table(results))
@@ -516,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edit: with --edit-reason, re-plan each edit in words alone and draw that plan "
                         "(edit(plan_in_words=True); the bundled model's best setting with --edit-best-of 8 "
                         "--edit-greedy-plan)")
+    p.add_argument("--edit-kinds", dest="edit_kinds",
+                   help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "
+                        "each kind scores the same samples as in a run of all kinds")
     p.add_argument("--edit-retries", type=int, default=0, dest="edit_retries",
                    help="edit: with --edit-reason and --edit-best-of K, sample K more where no picture shows its "
                         "plan, up to this many times (edit(retries=N))")

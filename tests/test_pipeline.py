@@ -447,6 +447,10 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--reason-form", "slots",
                      "--model", str(model_dir)]) == 0
     assert "plan.remove.exact" in capsys.readouterr().out
+    assert cli_main(["eval", "shapes", "--only", "plan", "--n", "1", "--edit-kinds", "move",
+                     "--model", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "plan.move.exact" in out and "plan.remove.exact" not in out
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -459,6 +463,7 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     (["eval", "shapes", "--only", "edit", "--edit-greedy-plan"], "add --edit-reason"),
     (["edit", "{tmp}/missing.png", "make it red", "--reason", "--retries", "1"], "add --reason and --best-of"),
     (["eval", "shapes", "--only", "edit", "--edit-reason", "--edit-retries", "2"], "--edit-best-of"),
+    (["eval", "shapes", "--only", "edit", "--edit-kinds", "move,rotate"], "--edit-kinds: unknown kind 'rotate'"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--model", str(model_dir)]

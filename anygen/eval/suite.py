@@ -169,13 +169,18 @@ def plan_mistake(edit, plan: str) -> str | None:
 
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
                     story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
-                    progress=None) -> dict[str, float]:
+                    edit_kinds=EDIT_KINDS, progress=None) -> dict[str, float]:
     """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`).
 
     `edit_reason`: edits are reasoned (`generator.edit_batch_with_reasoning`) and
     `edit.KIND.reasoning_exact` is the share whose text is exactly right (in any of the forms
     `anygen.data.tasks.reasoning` writes; a model is trained with one). `reason_form`: the form
-    the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`)."""
+    the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`). `edit_kinds`:
+    the edit kinds the `edit` and `plan` suites run; the others' samples are still drawn, so a kind
+    scores the same samples as in a run of all kinds."""
+    unknown = [k for k in edit_kinds if k not in EDIT_KINDS]
+    if unknown or not edit_kinds:
+        raise ValueError(f"edit_kinds: {unknown[0] if unknown else 'none'!r} is not a subset of {', '.join(EDIT_KINDS)}")
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng(seed + 7_000_000)  # far from training seeds
     results: dict[str, float] = {}
@@ -215,7 +220,9 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
         seconds = 0.0
         for kind in EDIT_KINDS:
             ok, said, psnrs = 0, 0, []
-            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
+            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]  # drawn for every kind: same samples
+            if kind not in edit_kinds:
+                continue
             for lo in range(0, n, batch_size):
                 chunk = edits[lo:lo + batch_size]
                 sources = [render_scene(e.source) for e in chunk]
@@ -235,12 +242,14 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             if edit_reason:
                 results[f"edit.{kind}.reasoning_exact"] = said / n
             tick(f"edit {kind}")
-        results["edit.seconds_per_edit"] = seconds / (n * len(EDIT_KINDS))
+        results["edit.seconds_per_edit"] = seconds / (n * len(edit_kinds))
 
     if "plan" in suites:
         mistakes = dict.fromkeys(PLAN_MISTAKES, 0)
         for kind in EDIT_KINDS:
             edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
+            if kind not in edit_kinds:
+                continue
             parts = [reasoning_parts(reason_form, e) for e in edits]
             ok = 0
             for lo in range(0, n, batch_size):
@@ -255,7 +264,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             results[f"plan.{kind}.exact"] = ok / n
             tick(f"plan {kind}")
         if reason_form == "slots":
-            results.update({f"plan.wrong.{m}": count / (n * len(EDIT_KINDS)) for m, count in mistakes.items()})
+            results.update({f"plan.wrong.{m}": count / (n * len(edit_kinds)) for m, count in mistakes.items()})
 
     if "t2a" in suites or "a2t" in suites:
         melodies = [world.sample_melody(rng) for _ in range(n)]

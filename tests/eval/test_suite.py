@@ -158,6 +158,28 @@ def test_plan_mistakes_name_the_object_edited_instead():
     assert lazy["plan.wrong.other"] == 1.0 and lazy["plan.wrong.same_colour"] == 0.0
 
 
+def test_edit_kinds_score_the_same_samples_as_a_run_of_all_kinds():
+    class Spy(Planner):
+        def __init__(self):
+            super().__init__(form="slots")
+            self.asked = []
+
+        def edit_batch(self, images, instructions, seed=0):
+            self.asked += instructions
+            return super().edit_batch(images, instructions, seed)
+
+    every, move = Spy(), Spy()
+    full = evaluate_shapes(every, n=3, seed=4, suites=("edit", "plan"), reason_form="slots")
+    only = evaluate_shapes(move, n=3, seed=4, suites=("edit", "plan"), reason_form="slots", edit_kinds=("move",))
+    assert move.asked == every.asked[3:6] and all(a.startswith("move") for a in move.asked)
+    assert {k for k in only if k.startswith(("edit.", "plan."))} == {
+        "edit.move.success", "edit.move.preservation_db", "edit.seconds_per_edit", "plan.move.exact",
+        *(f"plan.wrong.{m}" for m in PLAN_MISTAKES)}
+    assert only["edit.move.success"] == full["edit.move.success"] == 1.0
+    with pytest.raises(ValueError, match="edit_kinds"):
+        evaluate_shapes(Oracle(), n=1, suites=("edit",), edit_kinds=("rotate",))
+
+
 def test_score_scene_partial_credit():
     target = Scene((Obj("circle", "red", "large", 0), Obj("square", "blue", "small", 4)))
     judged = Scene((Obj("circle", "red", "small", 0),))
