@@ -584,8 +584,8 @@ class ShapesWorld:
             raise ValueError(f"kind: cannot {kind} in a scene of {len(scene.objects)} object(s)")
         allowed = set(self.train_pairs) if split == "train" else set(ALL_PAIRS)
         obj = scene.objects[rng.integers(len(scene.objects))]
-        if sampled and kind != "add" and self.config.lookalike_prob > 0 and rng.random() < self.config.lookalike_prob:
-            scene = self._with_lookalike(rng, scene, obj, split)
+        if sampled and kind != "add":
+            scene = self._maybe_lookalike(rng, scene, obj, split)
         free = [c for c in range(9) if c not in scene.cells]
         objs = scene.objects
         if kind == "recolor":
@@ -620,12 +620,17 @@ class ShapesWorld:
             raise RuntimeError(f"internal error: edit {instruction!r} of {scene.caption()!r} does not parse back")
         return Edit(kind, instruction, scene, target)
 
-    def _with_lookalike(self, rng: np.random.Generator, scene: Scene, obj: Obj, split: str) -> Scene:
-        """`scene` with one other object recoloured to `obj`'s colour: a look-alike that only the
-        shape (or size, or position) tells apart. Colour, because a shared colour is the rarer
-        coincidence (6 colours against 3 shapes) and the distractor small models fall for
-        (README, "The default model from scratch"). Unchanged when `scene` has no other object
-        or the recoloured one would leave `split`."""
+    def _maybe_lookalike(self, rng: np.random.Generator, scene: Scene, obj: Obj | None, split: str) -> Scene:
+        """With chance `config.lookalike_prob`, `scene` with one other object recoloured to `obj`'s
+        colour (a random object's when None): a look-alike that only the shape (or size, or position)
+        tells apart. Colour, because a shared colour is the rarer coincidence (6 colours against 3
+        shapes) and the distractor small models fall for (README, "The default model from scratch").
+        Unchanged otherwise, when `scene` has no other object, or when the recoloured one would leave
+        `split`; draws nothing from `rng` when off."""
+        p = self.config.lookalike_prob
+        if p <= 0 or rng.random() >= p:
+            return scene
+        obj = obj or scene.objects[rng.integers(len(scene.objects))]
         others = [o for o in scene.objects if o.color != obj.color]
         if not others:
             return scene
@@ -655,8 +660,7 @@ class ShapesWorld:
         if n < 1:
             raise ValueError(f"n_steps: must be >= 1, got {n}")
         scene = self.sample_scene(rng, split=split)
-        if c.lookalike_prob > 0 and rng.random() < c.lookalike_prob:  # two objects of one colour to tell apart
-            scene = self._with_lookalike(rng, scene, scene.objects[rng.integers(len(scene.objects))], split)
+        scene = self._maybe_lookalike(rng, scene, None, split)  # two objects of one colour to tell apart
         steps = [StoryStep(scene.caption(), scene, self._maybe_melody(rng))]
         for _ in range(n - 1):
             edit = self.sample_edit(rng, scene=scene, split=split)

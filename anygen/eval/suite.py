@@ -167,6 +167,15 @@ def plan_mistake(edit, plan: str) -> str | None:
         shared, "other")
 
 
+def _edits_by_kind(world, rng, n: int, kinds):
+    """(kind, n sampled edits) for each of `kinds`, in EDIT_KINDS order. Every kind's edits are drawn,
+    kept or not, so that a kind scores the same samples whichever others run with it."""
+    for kind in EDIT_KINDS:
+        edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
+        if kind in kinds:
+            yield kind, edits
+
+
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
                     story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
                     edit_kinds=EDIT_KINDS, progress=None) -> dict[str, float]:
@@ -178,9 +187,8 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
     the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`). `edit_kinds`:
     the edit kinds the `edit` and `plan` suites run; the others' samples are still drawn, so a kind
     scores the same samples as in a run of all kinds."""
-    unknown = [k for k in edit_kinds if k not in EDIT_KINDS]
-    if unknown or not edit_kinds:
-        raise ValueError(f"edit_kinds: {unknown[0] if unknown else 'none'!r} is not a subset of {', '.join(EDIT_KINDS)}")
+    if not edit_kinds or not set(edit_kinds) <= set(EDIT_KINDS):
+        raise ValueError(f"edit_kinds: {edit_kinds!r} is not a non-empty subset of {', '.join(EDIT_KINDS)}")
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng(seed + 7_000_000)  # far from training seeds
     results: dict[str, float] = {}
@@ -218,11 +226,8 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
 
     if "edit" in suites:
         seconds = 0.0
-        for kind in EDIT_KINDS:
+        for kind, edits in _edits_by_kind(world, rng, n, edit_kinds):
             ok, said, psnrs = 0, 0, []
-            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]  # drawn for every kind: same samples
-            if kind not in edit_kinds:
-                continue
             for lo in range(0, n, batch_size):
                 chunk = edits[lo:lo + batch_size]
                 sources = [render_scene(e.source) for e in chunk]
@@ -246,10 +251,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
 
     if "plan" in suites:
         mistakes = dict.fromkeys(PLAN_MISTAKES, 0)
-        for kind in EDIT_KINDS:
-            edits = [world.sample_edit(rng, kind=kind) for _ in range(n)]
-            if kind not in edit_kinds:
-                continue
+        for kind, edits in _edits_by_kind(world, rng, n, edit_kinds):
             parts = [reasoning_parts(reason_form, e) for e in edits]
             ok = 0
             for lo in range(0, n, batch_size):
