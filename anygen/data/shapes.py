@@ -67,6 +67,7 @@ SIZE_PX = {"small": 10.0, "large": 18.0}  # bounding-box side at 64 px
 REFERENCE_SIZE = 64
 MIN_OBJECTS, MAX_OBJECTS = 1, 3
 EDIT_KINDS = ("recolor", "move", "resize", "remove", "add")
+ALWAYS_VALID_EDITS = ("recolor", "move", "resize")  # remove needs 2+ objects, add a free slot
 SPLITS = ("train", "holdout")
 SUPERSAMPLE = 8
 NOTHING = "nothing"  # Edit.change() of an object that is absent (before an add, after a remove)
@@ -486,6 +487,9 @@ class WorldConfig:
     # recoloured to its colour, the distractor small models confuse it with); a story's opening
     # scene gets one for a random object
     lookalike_prob: float = 0.0
+    # relative chance of each edit kind when a sampled edit's kind is not given (unlisted kinds: 1;
+    # e.g. {move: 2} makes moves twice as likely as each other kind); empty = uniform, the old stream
+    edit_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         check(MIN_OBJECTS <= self.min_objects <= self.max_objects <= MAX_OBJECTS, "min_objects/max_objects",
@@ -505,6 +509,15 @@ class WorldConfig:
               f"need 2 <= min_steps <= max_steps, got {self.min_steps}, {self.max_steps}")
         check(0.0 <= self.melody_prob <= 1.0, "melody_prob", f"must be in [0, 1], got {self.melody_prob}")
         check(0.0 <= self.lookalike_prob <= 1.0, "lookalike_prob", f"must be in [0, 1], got {self.lookalike_prob}")
+        for kind, weight in self.edit_weights.items():
+            check(kind in EDIT_KINDS, f"edit_weights.{kind}", f"not an edit kind ({', '.join(EDIT_KINDS)})")
+            check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf"),
+                  f"edit_weights.{kind}", f"must be a number >= 0, got {weight!r}")
+        check(any(self.edit_weight(k) > 0 for k in ALWAYS_VALID_EDITS), "edit_weights",
+              f"one of {', '.join(ALWAYS_VALID_EDITS)} (valid in every scene) needs a weight > 0")
+
+    def edit_weight(self, kind: str) -> float:
+        return float(self.edit_weights.get(kind, 1.0))
 
 
 class ShapesWorld:
@@ -578,8 +591,7 @@ class ShapesWorld:
                                  f"max_objects={self.config.max_objects}")
             scene = self.sample_scene(rng, int(rng.integers(lo, hi + 1)), split)
         if kind is None:
-            kinds = valid_edit_kinds(scene, self.config.max_objects)
-            kind = kinds[rng.integers(len(kinds))]
+            kind = self._sample_kind(rng, valid_edit_kinds(scene, self.config.max_objects))
         elif kind not in valid_edit_kinds(scene):
             raise ValueError(f"kind: cannot {kind} in a scene of {len(scene.objects)} object(s)")
         allowed = set(self.train_pairs) if split == "train" else set(ALL_PAIRS)
@@ -619,6 +631,14 @@ class ShapesWorld:
         if target is None or apply_instruction(scene, instruction) != target:  # generator/parser disagree
             raise RuntimeError(f"internal error: edit {instruction!r} of {scene.caption()!r} does not parse back")
         return Edit(kind, instruction, scene, target)
+
+    def _sample_kind(self, rng: np.random.Generator, kinds: tuple[str, ...]) -> str:
+        """One of `kinds` by `config.edit_weights`; uniform (one `integers` draw, the old stream) when
+        they are all weighted alike."""
+        weights = np.array([self.config.edit_weight(k) for k in kinds])
+        if np.all(weights == weights[0]) and weights[0] > 0:
+            return kinds[rng.integers(len(kinds))]
+        return kinds[rng.choice(len(kinds), p=weights / weights.sum())]
 
     def _maybe_lookalike(self, rng: np.random.Generator, scene: Scene, obj: Obj | None, split: str) -> Scene:
         """With chance `config.lookalike_prob`, `scene` with one other object recoloured to `obj`'s

@@ -224,6 +224,34 @@ def test_lookalike_prob_gives_the_edited_object_a_same_colour_distractor():
         build(WorldConfig, {"lookalike_prob": 1.5})
 
 
+def test_edit_weights_set_how_often_each_kind_is_sampled():
+    def kinds(world, n=3000):
+        rng = np.random.default_rng(0)
+        return [world.sample_edit(rng).kind for _ in range(n)]
+
+    # unlisted kinds weigh 1, so equal weights are the uniform draw: the very same stream as before
+    assert kinds(_world(4)) == kinds(_world(4, edit_weights={"move": 1, "add": 1}))
+    uniform, weighted = kinds(_world(4)), kinds(_world(4, edit_weights={"move": 2, "add": 0}))
+    assert "add" not in weighted and "add" in uniform
+    # recolor, move and resize are valid in every scene: with move at 2, moves are ~twice each of them
+    assert 1.7 < weighted.count("move") / weighted.count("recolor") < 2.3
+    assert 1.7 < weighted.count("move") / weighted.count("resize") < 2.3
+    assert 0.8 < uniform.count("move") / uniform.count("recolor") < 1.2
+    # a given kind is still honoured, whatever its weight; a story's steps follow the weights too
+    assert _world(4, edit_weights={"move": 0}).sample_edit(kind="move").kind == "move"
+    moves_only = _world(2, edit_weights={"recolor": 0, "resize": 0, "remove": 0, "add": 0})
+    for story in (moves_only.sample_story() for _ in range(20)):
+        for before, after in zip(story.steps, story.steps[1:]):  # the same objects, one in another cell
+            assert after.scene != before.scene
+            assert sorted((o.shape, o.color, o.size) for o in after.scene.objects) == \
+                sorted((o.shape, o.color, o.size) for o in before.scene.objects)
+    for bad, match in (({"jump": 1}, "edit_weights.jump: not an edit kind"),
+                       ({"move": -1}, "edit_weights.move: must be a number >= 0"),
+                       ({"recolor": 0, "move": 0, "resize": 0}, "needs a weight > 0")):
+        with pytest.raises(ConfigError, match=match):
+            build(WorldConfig, {"edit_weights": bad})
+
+
 def test_render_scene():
     scene = Scene((Obj("square", "red", "large", 0), Obj("circle", "blue", "small", 4),
                    Obj("triangle", "yellow", "large", 8)))
