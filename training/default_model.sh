@@ -10,9 +10,10 @@
 # (reasoned_text, short text-only examples: many plans per step); (3) back on everything, weighted to
 # reasoned edits, so that the plan learned in words carries over to drawing the edit. Phases 2 and 3 see
 # half their edits (and story openings) with a same-colour look-alike of the edited object
-# (world.lookalike_prob=0.5): telling those apart is what the plans got wrong without it.
-# Measured on the 2-core CPU (2 h 50 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
-# 109 min on both threads (1.84 steps/s), phase 2 16.5 min, phase 3 30 min (README "The default model from scratch").
+# (world.lookalike_prob=0.5): telling those apart is what the plans got wrong without it; and twice as
+# many moves as each other edit kind (world.edit_weights.move=2), the kind furthest from its target.
+# Measured on the 2-core CPU (2 h 49 min in all): codecs side by side (one thread each) 11.5 min, shards 3 min, phase 1
+# 109 min on both threads (1.84 steps/s), phase 2 16.4 min, phase 3 28.6 min (README "The default model from scratch").
 set -euo pipefail
 RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/default_model}
@@ -25,10 +26,10 @@ step() { local last=$1; shift; if [[ -e $last ]]; then echo "[default-model] kep
 # Every shard set is the same recipe with other sizes, seeds and task weights.
 PLANS_MIX="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
   tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0
-  tasks.reasoned_text.weight=1 tasks.story.weight=0 world.melody_prob=0 world.lookalike_prob=0.5"
+  tasks.reasoned_text.weight=1 tasks.story.weight=0 world.melody_prob=0 world.lookalike_prob=0.5 world.edit_weights.move=2"
 REASONED_MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.text_to_audio.weight=0.75
   tasks.audio_to_text.weight=0.5 tasks.edit.weight=2 tasks.describe_edit.weight=3 tasks.reasoned_edit.weight=8
-  tasks.reasoned_text.weight=6 tasks.story.weight=3 world.lookalike_prob=0.5"
+  tasks.reasoned_text.weight=6 tasks.story.weight=3 world.lookalike_prob=0.5 world.edit_weights.move=2"
 # await PID WHAT LOG: wait for a step run in the background; stop the script if it failed
 await() { wait "$1" || { echo "$2 failed: $3" >&2; exit 1; }; }
 codec() {  # codec NAME: train tokenizers/NAME.yaml on one thread, logging to $RUNS/logs/tokenizer_NAME.log

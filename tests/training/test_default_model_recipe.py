@@ -8,6 +8,7 @@ from pathlib import Path
 
 from anygen.config import load_config
 from anygen.data.pretokenize import PretokenizeConfig
+from anygen.data.shapes import EDIT_KINDS
 from anygen.training.decoder_trainer import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,9 +92,13 @@ def test_script_chains_tokenizers_shards_decoder_phases_and_bundle(tmp_path):
     assert bundle[1] == previous and option(bundle, "--out") == str(tmp_path / "bundle")
 
     # phase 2 practises the plan in words alone; phase 3 goes back to every task, most on reasoned edits;
-    # both see more edits whose object has a same-colour look-alike than phase 1's plain world
+    # both see more edits whose object has a same-colour look-alike than phase 1's plain world,
     everything, plans, mixed = phase_data
     assert everything.world.lookalike_prob == 0 and plans.world.lookalike_prob > 0 and mixed.world.lookalike_prob > 0
+    # ... and more moves, the kind left furthest from its target without them
+    assert everything.world.edit_weights == {}
+    assert all(p.world.edit_weight("move") > p.world.edit_weight(k) for p in (plans, mixed) for k in EDIT_KINDS
+               if k != "move")
     assert {t for t, w in plans.tasks.weights().items() if w > 0} == {"reasoned_text"}
     weights = mixed.tasks.weights()
     assert all(weights.get(task, 0) > 0 for task in load_config(
