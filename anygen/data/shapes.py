@@ -518,6 +518,7 @@ class WorldConfig:
               f"one of {', '.join(ALWAYS_VALID_EDITS)} (valid in every scene) needs a weight > 0")
 
     def edit_weight(self, kind: str) -> float:
+        """`kind`'s relative chance in a sampled edit (1 unless `edit_weights` says otherwise)."""
         return float(self.edit_weights.get(kind, 1.0))
 
 
@@ -686,7 +687,7 @@ class ShapesWorld:
         steps = [StoryStep(scene.caption(), scene, self._maybe_melody(rng))]
         for _ in range(n - 1):
             # uniform kinds: a story trained on weighted ones writes the favoured kind nearly every time
-            # (greedy text), e.g. moves onto occupied cells (README, "The default model from scratch")
+            # (greedy text), e.g. moves to the cell the object stands on (README, "More moves")
             edit = self.sample_edit(rng, scene=scene, split=split, weighted=False)
             scene = edit.target
             steps.append(StoryStep(edit.narrative(), scene, self._maybe_melody(rng)))
