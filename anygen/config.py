@@ -80,7 +80,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
+        key_type, value_type = args or (Any, Any)
+        return {_coerce(k, key_type, name): _coerce(v, value_type, f"{name}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

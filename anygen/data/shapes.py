@@ -512,8 +512,7 @@ class WorldConfig:
         check(0.0 <= self.lookalike_prob <= 1.0, "lookalike_prob", f"must be in [0, 1], got {self.lookalike_prob}")
         for kind, weight in self.edit_weights.items():
             check(kind in EDIT_KINDS, f"edit_weights.{kind}", f"not an edit kind ({', '.join(EDIT_KINDS)})")
-            check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and 0 <= weight < float("inf"),
-                  f"edit_weights.{kind}", f"must be a number >= 0, got {weight!r}")
+            check(0 <= weight < float("inf"), f"edit_weights.{kind}", f"must be a number >= 0, got {weight!r}")
         check(any(self.edit_weight(k) > 0 for k in ALWAYS_VALID_EDITS), "edit_weights",
               f"one of {', '.join(ALWAYS_VALID_EDITS)} (valid in every scene) needs a weight > 0")
 
