@@ -4,7 +4,12 @@ __version__ = "0.1.0"
 
 
 def load(directory=None, device: str = "cpu"):
-    """Load a model directory (default: the bundled model) -> `anygen.pipeline.AnyGen`."""
-    from anygen.pipeline import load as _load
+    """Load a model directory (default: $ANYGEN_MODEL or the bundled model) -> `anygen.api.AnyGen`.
 
-    return _load(directory, device)
+    The worlds the directory records (`anygen_decoder.json` "worlds") bring their strategies:
+    the first one with a plan format enables reasoned edits.
+    """
+    from anygen.api import load_model, model_meta
+    from anygen.worlds import plan_format_of
+
+    return load_model(directory, device, plan_format=plan_format_of(model_meta(directory).get("worlds", ())))

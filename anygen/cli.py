@@ -7,57 +7,27 @@ User mistakes (bad files, prompts, configs, model directories) print one line
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from anygen.errors import AnygenError
-
-WORLDS = ("shapes", "stories", "melodies", "edits", "emoji", "speech")
+from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
 
 def _print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-# ---- worlds and judges -------------------------------------------------------------------
+# ---- worlds -------------------------------------------------------------------
 def cmd_worlds_sample(args) -> None:
-    from anygen.data.preview import sample_world_document
+    from anygen.worlds import preview_document
 
-    document = sample_world_document(args.world, n=args.n, seed=args.seed)
+    document = preview_document(args.world, n=args.n, seed=args.seed)
     out = document.save(args.out)
     print(f"wrote {len(document)} segments to {out / 'index.html'}")
-
-
-def cmd_judge_image(args) -> None:
-    from anygen.eval.judges import judge_image
-    from anygen.io import read_image_file
-
-    scene = judge_image(read_image_file(args.file))
-    _print_json(None if scene is None else {"caption": scene.caption(),
-                                            "objects": [vars(o) for o in scene.objects]})
-
-
-def cmd_judge_melody(args) -> None:
-    from anygen.eval.judges import judge_melody
-    from anygen.io import read_audio_file
-
-    waveform, sr = read_audio_file(args.file)
-    notes = judge_melody(waveform, sr)
-    _print_json(None if notes is None else {"notes": list(notes)})
-
-
-def cmd_eval_judges(args) -> None:
-    from anygen.eval.judges import measure_judges
-
-    results = {}
-    for degraded in (False, True):
-        for key, value in measure_judges(n=args.n, seed=args.seed, degraded=degraded).items():
-            results[f"{'degraded' if degraded else 'clean'}.{key}"] = value
-    _print_json(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 # ---- tokenizers --------------------------------------------------------------------------
@@ -113,9 +83,9 @@ def cmd_train(args) -> None:
 
 # ---- generation --------------------------------------------------------------------------
 def _model(args):
-    from anygen.pipeline import load
+    import anygen
 
-    return load(args.model)
+    return anygen.load(args.model)
 
 
 def _settings(args) -> dict:
@@ -130,12 +100,12 @@ def _settings(args) -> dict:
 
 def cmd_generate(args) -> None:
     from anygen.document import Document, Text
-    from anygen.pipeline import _check_text
+    from anygen.api.inputs import check_text
 
     if args.prompt.strip() and Path(args.prompt).is_dir():  # Path("") is the current directory
         prompt = Document.load(args.prompt)
     else:
-        prompt = Document([Text(_check_text(args.prompt))])
+        prompt = Document([Text(check_text(args.prompt))])
     model = _model(args)
     continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **_settings(args))
     out = (prompt + continuation).save(args.out)
@@ -143,10 +113,11 @@ def cmd_generate(args) -> None:
 
 
 def cmd_draw(args) -> None:
-    model = _model(args)
-    extra = {"steps": args.steps} if args.steps is not None else {}
-    images = model.draw(args.text, n=args.n, cfg_scale=args.cfg_scale, seed=args.seed, best_of=args.best_of,
-                        **extra, **_settings(args))
+    from anygen.api.options import DrawOptions
+
+    options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
+                          best_of=args.best_of)
+    images = _model(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
@@ -172,43 +143,36 @@ def cmd_say(args) -> None:
     from anygen.document import wav_bytes
     from anygen.io import atomic_write_bytes
 
-    audio = _model(args).say(args.text, cfg_scale=args.cfg_scale, seed=args.seed)
+    audio = _model(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
     atomic_write_bytes(args.out, wav_bytes(audio.waveform, audio.sample_rate))
     print(f"wrote {args.out} ({audio.seconds:.2f} s)")
 
 
 def cmd_edit(args) -> None:
-    if (args.plan_in_words or args.greedy_plan) and not args.reason:
-        raise AnygenError("--plan-in-words and --greedy-plan shape a reasoned edit: add --reason")
-    if args.retries and not (args.reason and args.best_of > 1):
-        raise AnygenError("--retries samples again where no picture shows its plan: add --reason and --best-of K")
-    model = _model(args)
-    editable = None
-    if args.mask:
-        editable = parse_cell_mask(args.mask, model.vocab.image_grids[0])
-    options = dict(text_scale=args.text_scale, image_scale=args.image_scale, editable=editable, seed=args.seed,
-                   best_of=args.best_of)
-    if args.retries:
-        options["retries"] = args.retries
-    if args.plan_in_words:
-        options["plan_in_words"] = True
-    if args.greedy_plan:
-        from anygen.sampling.settings import SamplingSettings
+    from anygen.api.options import EditOptions
 
-        options["text"] = SamplingSettings(greedy=True)
+    options = EditOptions(guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
+                          best_of=args.best_of, reason=args.reason, plan_in_words=args.plan_in_words,
+                          greedy_plan=args.greedy_plan, retries=args.retries)  # checked before the model loads
+    model = _model(args)
+    if args.mask:
+        from dataclasses import replace
+
+        options = replace(options, editable=parse_mask(args.mask, model.vocab.image_grids[0],
+                                                       model.meta.get("worlds", ())))
     if args.reason:
-        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, **options)
+        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, seed=args.seed, options=options)
         print(reasoning)
     else:
-        image = model.edit(args.image, args.instruction, **options)
+        image = model.edit(args.image, args.instruction, seed=args.seed, options=options)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
 
 
-def parse_cell_mask(text: str, grid: tuple[int, int]) -> list[bool]:
-    """`--mask` as ShapesWorld cells ("0,4": top left and center of a 3x3 layout) or code boxes
-    ("box:r0,c0,r1,c1" over the code grid, inclusive) -> H*W editable flags."""
+def parse_mask(text: str, grid: tuple[int, int], worlds=()) -> list[bool]:
+    """`--mask` -> H*W editable flags: code boxes ("box:r0,c0,r1,c1" over the code grid, inclusive),
+    or a region the model's world names (shapes: cells "0,4" of its 3x3 layout); parts joined by ";"."""
     h, w = grid
     editable = [False] * (h * w)
     for part in text.split(";"):
@@ -221,16 +185,23 @@ def parse_cell_mask(text: str, grid: tuple[int, int]) -> list[bool]:
             for r in range(max(r0, 0), min(r1, h - 1) + 1):
                 for c in range(max(c0, 0), min(c1, w - 1) + 1):
                     editable[r * w + c] = True
-        else:
-            for cell in part.split(","):
-                if not cell.strip().isdigit() or not 0 <= int(cell) <= 8:
-                    raise AnygenError(f"--mask: {cell!r} is not a cell 0-8 (row-major 3x3) or box:r0,c0,r1,c1")
-                row, col = divmod(int(cell), 3)
-                for r in range(h):
-                    for c in range(w):
-                        if r * 3 // h == row and c * 3 // w == col:
-                            editable[r * w + c] = True
+            continue
+        regions = _world_regions(worlds)
+        if regions is None:
+            raise AnygenError(f"--mask {part!r}: this model's worlds name no regions; use box:r0,c0,r1,c1")
+        editable = [a or b for a, b in zip(editable, regions(part, grid))]
     return editable
+
+
+def _world_regions(worlds):
+    """The `regions(spec, grid)` of the first of the model's worlds that has one, else None."""
+    from anygen.worlds import WORLDS, get_world
+
+    for name in worlds:
+        regions = getattr(get_world(name), "regions", None) if name in WORLDS else None
+        if regions is not None:
+            return regions
+    return None
 
 
 # ---- benchmarks --------------------------------------------------------------------------
@@ -250,90 +221,6 @@ def cmd_bench_sample(args) -> None:
 
 
 # ---- model evaluation and demo -----------------------------------------------------------
-def cmd_eval_shapes(args) -> None:
-    from anygen.eval.suite import EXTRA_SUITES, SUITES, evaluate_shapes, format_table
-
-    suites = tuple(args.only.split(",")) if args.only else SUITES
-    unknown = [x for x in suites if x not in SUITES + EXTRA_SUITES]
-    if unknown:
-        raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES + EXTRA_SUITES)})")
-    from anygen.data.shapes import EDIT_KINDS
-    from anygen.data.tasks import REASON_FORMS
-
-    edit_kinds = tuple(args.edit_kinds.split(",")) if args.edit_kinds else EDIT_KINDS
-    if unknown := [k for k in edit_kinds if k not in EDIT_KINDS]:
-        raise AnygenError(f"--edit-kinds: unknown kind {unknown[0]!r} (choose from {', '.join(EDIT_KINDS)})")
-    if args.reason_form not in REASON_FORMS:
-        raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
-    if (args.edit_plan_in_words or args.edit_greedy_plan) and not args.edit_reason:
-        raise AnygenError("--edit-plan-in-words and --edit-greedy-plan shape reasoned edits: add --edit-reason")
-    if args.edit_retries and not (args.edit_reason and args.edit_best_of > 1):
-        raise AnygenError("--edit-retries samples again where no picture shows its plan: "
-                          "add --edit-reason and --edit-best-of K")
-    if args.story_plan_in_words and not args.story_reason:
-        raise AnygenError("--story-plan-in-words shapes the reasoned edits of --story-reason: add it")
-    model = _model(args)
-    options = {}
-    if args.best_of > 1 or args.sample_images:
-        options.update(best_of=args.best_of, image={"temperature": 1.0, "top_k": 64})
-    if args.cfg_scale is not None:
-        options["cfg_scale"] = args.cfg_scale
-    if args.steps is not None:
-        options["steps"] = args.steps
-    edit_options = {"best_of": args.edit_best_of, "reason": args.edit_reason}
-    if args.edit_retries:
-        edit_options["retries"] = args.edit_retries
-    if args.edit_plan_in_words:
-        edit_options["plan_in_words"] = True
-    if args.edit_greedy_plan:
-        from anygen.sampling.settings import SamplingSettings
-
-        edit_options["text"] = SamplingSettings(greedy=True)
-    model = _WithOptions(model, draw=options, edit=edit_options,
-                         story={"best_of": args.story_best_of, "reason": args.story_reason,
-                                "sentences": args.story_sentences, "plan_in_words": args.story_plan_in_words})
-    from tqdm import tqdm
-
-    bar = tqdm(desc="eval", unit="part")
-    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
-                              edit_kinds=edit_kinds, reason_form=args.reason_form,
-                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
-    bar.close()
-    print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-
-
-class _WithOptions:
-    """A generator whose text->image, edit and story calls carry extra options (sampling, best-of,
-    guidance, steps)."""
-
-    def __init__(self, model, draw: dict, edit: dict, story: dict):
-        self.model, self.draw_options, self.edit_options, self.story_options = model, draw, edit, story
-
-    def draw_batch(self, texts, seed=0):
-        return self.model.draw_batch(texts, seed=seed, **self.draw_options)
-
-    def edit_batch(self, images, instructions, seed=0):
-        return self.model.edit_batch(images, instructions, seed=seed, **self.edit_options)
-
-    def edit_batch_with_reasoning(self, images, instructions, seed=0):
-        options = {k: v for k, v in self.edit_options.items() if k != "reason"}
-        return self.model.edit_batch_with_reasoning(images, instructions, seed=seed, **options)
-
-    def story(self, opening, n_steps=3, seed=0):
-        return self.model.story(opening, n_steps=n_steps, seed=seed, **self.story_options)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
-def cmd_demo(args) -> None:
-    from anygen.demo import run_demo
-
-    run_demo(args.out, args.model, seed=args.seed)
-
-
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
@@ -353,22 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     worlds = sub.add_parser("worlds", help="sample the built-in data worlds").add_subparsers(
         dest="action", metavar="ACTION", required=True)
     p = worlds.add_parser("sample", help="write a Document (JSON + HTML) of samples from a world")
-    p.add_argument("world", choices=WORLDS, help="which world to sample")
+    p.add_argument("world", choices=tuple(PREVIEWS), help="which world (and kind of sample) to preview")
     p.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="out/world", help="output directory (default out/world)")
     p.set_defaults(func=cmd_worlds_sample)
-
-    # judges
-    judge = sub.add_parser("judge", help="parse an image into a scene or audio into notes").add_subparsers(
-        dest="action", metavar="ACTION", required=True)
-    p = judge.add_parser("image", help="print the ShapesWorld scene the judge sees in an image, as JSON")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_judge_image)
-    p = judge.add_parser("melody", help="print the notes the judge hears in a WAV file, as JSON")
-    p.add_argument("file")
-    p.set_defaults(func=cmd_judge_melody)
-
 
     # tokenizers
     tk = sub.add_parser("tokenizer", help="train, evaluate and assemble codebook tokenizers").add_subparsers(
@@ -436,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = gen_parser("draw", "text -> image(s)", "text", "what to draw")
     p.add_argument("--out", default="out/draw.png", help="output PNG (with --n > 1: NAME_i.png)")
     p.add_argument("--n", type=int, default=1, help="number of images (batched)")
-    p.add_argument("--cfg-scale", type=float, default=None, dest="cfg_scale",
-                   help="guidance scale, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps of a diffusion-head model (default 25)")
+    p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
+                   help="classifier-free guidance, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
+    p.add_argument("--num-inference-steps", type=int, default=None, dest="num_inference_steps",
+                   help="denoising steps of a diffusion-head model (default 25)")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
                    help="sample this many per image and keep the one that best explains the prompt")
     sampling_args(p)
@@ -449,14 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcribe)
     p = gen_parser("say", "text -> audio (WAV)", "text", "what to say/play, e.g. 'the notes C E G'")
     p.add_argument("--out", default="out/say.wav")
-    p.add_argument("--cfg-scale", type=float, default=1.0, dest="cfg_scale")
+    p.add_argument("--guidance-scale", type=float, default=1.0, dest="guidance_scale",
+                   help="classifier-free guidance, 1 = none (default 1)")
     p.set_defaults(func=cmd_say)
     p = gen_parser("edit", "edit an image by instruction", "image", "source image file")
     p.add_argument("instruction", help='e.g. "make the red circle blue"')
     p.add_argument("--out", default="out/edit.png")
-    p.add_argument("--text-scale", type=float, default=1.0, dest="text_scale", help="instruction guidance")
-    p.add_argument("--image-scale", type=float, default=1.0, dest="image_scale", help="source-image guidance")
-    p.add_argument("--mask", help="cells that may change: '0,4' (3x3 cells, row-major) or 'box:r0,c0,r1,c1'")
+    p.add_argument("--guidance-scale", type=float, default=1.0, dest="guidance_scale",
+                   help="instruction guidance, 1 = none (default 1)")
+    p.add_argument("--image-guidance-scale", type=float, default=1.0, dest="image_guidance_scale",
+                   help="source-image guidance, 1 = none (default 1)")
+    p.add_argument("--mask", help="what may change: 'box:r0,c0,r1,c1' over the code grid, or a region the model's "
+                                  "world names (shapes: cells '0,4' of its 3x3 layout, row-major)")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
                    help="sample this many edits and keep the one that best explains the instruction "
                         "(needs a model trained with the describe_edit task, as the bundled one)")
@@ -490,68 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")
     ev_sub = ev.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = ev_sub.add_parser("judges", help="accuracy of the scene and melody judges on clean and degraded renders")
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the results to this JSON file")
-    p.set_defaults(func=cmd_eval_judges)
-    p = ev_sub.add_parser("shapes", help="text->image, image->text, editing, melodies and story coherence, "
-                                         "judged on fresh ShapesWorld samples")
-    p.add_argument("--model", help="model directory (default: the bundled model)")
-    p.add_argument("--n", type=int, default=200, help="samples per task (default 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story (the default), or "
-                                  "plan: the reasoned edit's plan in words alone (models trained with reasoned_text)")
-    p.add_argument("--sample-images", action="store_true", dest="sample_images",
-                   help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
-    p.add_argument("--best-of", type=int, default=1, dest="best_of",
-                   help="text->image: sample K candidates and keep the best by caption likelihood")
-    p.add_argument("--cfg-scale", type=float, default=None, dest="cfg_scale",
-                   help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
-    p.add_argument("--edit-best-of", type=int, default=1, dest="edit_best_of",
-                   help="edit: sample K edits each and keep the best by instruction likelihood (describe_edit)")
-    p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
-                   help="edit: the model first says in words what it sees and what it will draw "
-                        "(reasoned_edit); also reports edit.KIND.reasoning_exact")
-    p.add_argument("--edit-greedy-plan", action="store_true", dest="edit_greedy_plan",
-                   help="edit: with --edit-reason and --edit-best-of, keep the reasoning text greedy and sample "
-                        "only the pictures")
-    p.add_argument("--edit-plan-in-words", action="store_true", dest="edit_plan_in_words",
-                   help="edit: with --edit-reason, re-plan each edit in words alone and draw that plan "
-                        "(edit(plan_in_words=True); the bundled model's best setting with --edit-best-of 8 "
-                        "--edit-greedy-plan)")
-    p.add_argument("--edit-kinds", dest="edit_kinds",
-                   help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "
-                        "each kind scores the same samples as in a run of all kinds")
-    p.add_argument("--edit-retries", type=int, default=0, dest="edit_retries",
-                   help="edit: with --edit-reason and --edit-best-of K, sample K more where no picture shows its "
-                        "plan, up to this many times (edit(retries=N))")
-    p.add_argument("--reason-form", default="slots", dest="reason_form",
-                   help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
-                        "object, caption_object or slots; default slots, the bundled model's)")
-    p.add_argument("--story-best-of", type=int, default=1, dest="story_best_of",
-                   help="story: sample each picture K times and keep the one that best explains its sentence")
-    p.add_argument("--story-sentences", type=int, default=1, dest="story_sentences",
-                   help="story: write K sentences per step, draw each, keep the one its picture explains best")
-    p.add_argument("--story-reason", action="store_true", dest="story_reason",
-                   help="story: draw each later picture as a reasoned edit of the one before (reasoned_edit)")
-    p.add_argument("--story-plan-in-words", action="store_true", dest="story_plan_in_words",
-                   help="story: with --story-reason, those edits keep their text greedy and re-plan it in words "
-                        "(story(plan_in_words=True))")
-    p.add_argument("--steps", type=int, default=None, help="text->image denoising steps (diffusion-head models)")
-    p.add_argument("--json", help="also write the flat results to this JSON file")
-    p.set_defaults(func=cmd_eval_shapes)
-
+    for name in WORLD_COMMANDS:  # the verbs worlds bring: `anygen eval shapes`, `anygen judge`, ...
+        importlib.import_module(name).add_commands(sub, ev_sub)
     p = sub.add_parser("bundle", help="copy a model directory with float16 weights (for shipping)")
     p.add_argument("source", help="model directory (decoder + tokenizer/)")
     p.add_argument("--out", required=True, help="output directory, e.g. anygen/assets/default")
     p.set_defaults(func=cmd_bundle)
 
-    p = sub.add_parser("demo", help="write an HTML page of interleaved documents generated by the bundled model")
-    p.add_argument("--out", default="out/demo", help="output directory (default out/demo)")
-    p.add_argument("--model", help="model directory (default: the bundled model)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -6,7 +6,7 @@ import anygen
 
 
 def test_bundled_model_loads_and_fits_the_budget():
-    from anygen.pipeline import DEFAULT_MODEL
+    from anygen.api import DEFAULT_MODEL
 
     assert DEFAULT_MODEL.is_dir(), "the package ships its default model in anygen/assets/default"
     size = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*") if p.is_file())
@@ -20,9 +20,9 @@ def test_bundled_model_loads_and_fits_the_budget():
 def test_bundled_model_reasons_about_an_edit_before_drawing_it():
     """The bundled model was trained with reasoned_edit in the `slots` form: it lists the image's objects,
     then the same list with the edit made in place."""
-    from anygen.data.shapes import Edit, Obj, Scene, apply_instruction, render_scene
-    from anygen.data.tasks import parse_reasoning
-    from anygen.eval.judges import judge_image
+    from anygen.worlds.shapes.world import Edit, Obj, Scene, apply_instruction, render_scene
+    from anygen.worlds.shapes.plans import parse_reasoning
+    from anygen.worlds.shapes.judges import judge_image
 
     source = Scene((Obj("square", "blue", "small", 0), Obj("circle", "red", "large", 4)))
     target = apply_instruction(source, "make the red circle green")

@@ -4,7 +4,6 @@ decode to a well-formed Document. (tests/test_tokenizer.py fuzzes plain random i
 Document round trips; this file adds the structured cases.)"""
 
 import dataclasses
-import importlib.util
 import math
 import re
 import typing
@@ -160,10 +159,7 @@ def test_a_default_section_that_fails_its_checks_is_named():
 
 
 # ---- id sequences ------------------------------------------------------------------------------
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_fuzz",
-                                               Path(__file__).parent / "data" / "fake_codecs.py")
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+import fakes as fake_codecs
 TOK = fake_codecs.make_tokenizer()
 V = TOK.vocab
 SPECIALS = sorted(set(range(V.n_text, V.image_start)))

@@ -1,7 +1,6 @@
 """The whole chain on a tiny random model: load a model directory, then draw, caption, say,
 transcribe, edit and generate through the Python API and the CLI, with clear errors for bad input."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,53 +15,20 @@ from anygen.errors import AnygenError
 from anygen.model.decoder import DecoderConfig, build_decoder, save_decoder
 from anygen.sampling import SamplingSettings
 
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_pipe", Path(__file__).parent / "data" / "fake_codecs.py")
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+from anygen.api import load_model
+from anygen.api.editing import Editor
+from anygen.api.options import StoryOptions
+from anygen.api.rerank import Verifier
+from anygen.api.story import StoryWriter
+from anygen.worlds.shapes.plans import ShapesPlanFormat
 
-
-@pytest.fixture(scope="module", params=[False, True], ids=["plain", "keep_aligned"])
-def any_model_dir(request, tmp_path_factory):
-    """The tiny model with the plain vocab, and with `<keep>` (image spans coded against the
-    previous image) and image-aligned positions (anygen.model.positions)."""
-    if not request.param:
-        yield request.getfixturevalue("model_dir")
-        return
-    yield from _model_dir(tmp_path_factory, image_keep=True)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    yield from _model_dir(tmp_path_factory)
-
-
-def _model_dir(tmp_path_factory, image_keep=False):
-    mp = pytest.MonkeyPatch()
-    import anygen.codecs.audio as audio_mod
-    import anygen.codecs.image as image_mod
-
-    mp.setattr(image_mod, "ImageCodec", fake_codecs.FakeImageCodec)
-    mp.setattr(audio_mod, "AudioCodec", fake_codecs.FakeAudioCodec)
-    root = tmp_path_factory.mktemp("model")
-    tokenizer = fake_codecs.make_tokenizer(image_keep=image_keep)
-    tokenizer.save(root / "tok")
-    cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, head_dim=16, intermediate=64, max_position=256,
-                        image_position_stride=16 if image_keep else 0)
-    model = build_decoder(cfg, tokenizer.vocab, seed=0)
-    save_decoder(model, root / "model", config=cfg, vocab=tokenizer.vocab, tokenizer_dir=root / "tok")
-    yield root / "model"
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def gen(model_dir):
-    return anygen.load(model_dir)
+import fakes
 
 
 def test_draw_returns_images_and_is_seeded(gen):
-    images = gen.draw("a large red circle at the top left", n=2, seed=0, cfg_scale=3.0)
+    images = gen.draw("a large red circle at the top left", n=2, seed=0, guidance_scale=3.0)
     assert len(images) == 2 and all(isinstance(im, PILImage.Image) for im in images)
-    again = gen.draw("a large red circle at the top left", n=2, seed=0, cfg_scale=3.0)
+    again = gen.draw("a large red circle at the top left", n=2, seed=0, guidance_scale=3.0)
     assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in again]
 
 
@@ -76,7 +42,7 @@ def test_caption_transcribe_say_edit(gen):
     audio = gen.say("the notes C E G", max_frames=4)
     assert isinstance(audio, Audio) and 0 < len(audio.waveform) <= 4 * gen.tokenizer.audio.hop
     assert isinstance(gen.transcribe(audio), str)
-    edited = gen.edit(image, "make the blue square red", text_scale=2.0, image_scale=1.5)
+    edited = gen.edit(image, "make the blue square red", guidance_scale=2.0, image_guidance_scale=1.5)
     assert edited.size == image.size
     # the image argument is positional-only, so `image=` is the per-modality sampling settings
     greedy = gen.edit(image, "make the blue square red", image=SamplingSettings(greedy=True), seed=1)
@@ -111,7 +77,78 @@ def test_edit_batch_equals_edits_one_by_one(any_model_dir):
         gen.edit_batch(images, instructions[:1])
 
 
-def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any_model_dir, monkeypatch):
+class SpyVerifier(Verifier):
+    """The real verifier, recording every score it gives: (kind, candidates, texts, scores)."""
+
+    calls: list = []
+    scripted: list = []  # scores to return instead, one list per call, while any are left
+
+    def caption_scores(self, candidates, caption):
+        scores = super().caption_scores(candidates, caption)
+        SpyVerifier.calls.append(("caption", candidates, caption, scores))
+        return scores
+
+    def edit_scores(self, source, targets, instructions, per_token=False):
+        scores = super().edit_scores(source, targets, instructions, per_token=per_token)
+        if SpyVerifier.scripted:
+            scores = SpyVerifier.scripted.pop(0)
+        SpyVerifier.calls.append(("edit", source, list(targets), list(instructions), scores, per_token))
+        return scores
+
+
+@pytest.fixture
+def spy_verifier():
+    SpyVerifier.calls, SpyVerifier.scripted = [], []
+    return SpyVerifier
+
+
+class ScriptedPlan:
+    """A plan format whose pictures follow their plan as scripted (one bool per picture, in order),
+    that parses every text as (the text, an empty plan) and joins a new plan after it."""
+
+    lead, budget = "before", 8
+
+    def __init__(self, shows=()):
+        self.shows, self.asked = list(shows), []
+
+    def split(self, text):
+        return text, ""
+
+    def seen_prompt(self, seen):
+        return seen
+
+    def join(self, seen, plan):
+        return f"{seen} {plan}".strip()
+
+    def follows(self, text, caption):
+        self.asked.append((text, caption))
+        return self.shows.pop(0) if self.shows else False
+
+
+class Recorder:
+    """A sampler that runs the real one and records (prompts, config, results) of every call;
+    `answers` maps the first ids of a text prompt to the text its row answers instead."""
+
+    def __init__(self, answers=None):
+        self.calls, self.answers = [], answers or {}
+
+    def __call__(self, model, vocab, prompts, cfg, callback=None):
+        from anygen.sampling.engine import SampleResult, generate
+
+        results = generate(model, vocab, prompts, cfg, callback=callback)
+        for i, p in enumerate(prompts):
+            for head, ids in self.answers.items():
+                if isinstance(p, list) and tuple(p[:len(head)]) == head:
+                    results[i] = SampleResult(list(ids), [], "eos")
+        self.calls.append((prompts, cfg, results))
+        return results
+
+
+def codes_of(gen, image):
+    return gen.tokenizer.image_codes(image)
+
+
+def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any_model_dir, spy_verifier):
     """best_of samples several edits and keeps the one with the highest
     log p(instruction <eos> | <bos> span(source) span(candidate)) — checked here against a plain
     forward of each whole describe_edit sequence (with the model's own positions)."""
@@ -119,20 +156,12 @@ def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any
     from anygen.model.decoder import forward_logits
     from anygen.model.positions import ImagePositions
 
-    gen = anygen.load(any_model_dir)
+    gen = load_model(any_model_dir, verifier=spy_verifier)
     v = gen.vocab
     image = gen.draw("a small blue square at the center", seed=3)[0]
     instruction = "make the blue square red"
-    seen = {}
-    rank = gen._rank_edits
-
-    def spy(*args, **kw):
-        seen.update(args=args, kw=kw, order=rank(*args, **kw))
-        return seen["order"]
-
-    monkeypatch.setattr(gen, "_rank_edits", spy)
     edited = gen.edit(image, instruction, best_of=6, seed=1)
-    source, candidates, _ = seen["args"]
+    [(_, source, candidates, _, _, _)] = [c for c in spy_verifier.calls if c[0] == "edit"]
     assert len(candidates) == 6 and len({tuple(c.reshape(-1).tolist()) for c in candidates}) > 1  # sampled
     answer = gen.tokenizer.encode_text(instruction) + [v.eos]
     reference = []
@@ -143,248 +172,216 @@ def test_edit_best_of_keeps_the_candidate_that_best_explains_the_instruction(any
                                     positions=ImagePositions.of(gen.model, v))[0]
         logp = logits[:-1].float().log_softmax(-1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
         reference.append(float(logp[-len(answer):].sum()))
-    assert not any(seen["kw"]["followed"])  # plain edits: describe_edit alone
-    best = seen["order"][0]
-    assert reference[best] == pytest.approx(max(reference), abs=1e-4)
-    assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(candidates[best])))
+    best = max(range(6), key=lambda i: reference[i])
+    assert torch.equal(codes_of(gen, edited), candidates[best])
     with pytest.raises(AnygenError, match="best_of"):
         gen.edit(image, instruction, best_of=0)
 
 
-def test_reasoned_best_of_keeps_a_picture_that_shows_its_plan(gen, monkeypatch):
+def test_reasoned_best_of_keeps_a_picture_that_shows_its_plan(model_dir, spy_verifier):
     """Reasoned best_of: the model captions every candidate picture (image_to_text, one batch) and a
-    picture whose caption is the scene its own text planned beats better-scored ones; describe_edit
-    ranks the rest."""
-    plan_a = "before small red circle top after small blue circle top"
-    plan_b = "before small red circle top after large red circle top"
-    texts = iter([plan_a, plan_b, plan_b, "before whatever", plan_a] + [plan_a, plan_b, plan_a, "before x", plan_a])
-    monkeypatch.setattr(gen, "_reasoning_of", lambda result: next(texts))
-    caption_b = "a large red circle at the top"
-    captions = []
-
-    def answers(prompts, max_new_tokens, seed, **settings):
-        captions.append(len(prompts))
-        assert all(p[:2] == [gen.vocab.bos, gen.vocab.boi] for p in prompts)  # image_to_text prompts
-        return [caption_b if k == 2 else "a small green square at the left" for k in range(len(prompts))]
-
-    monkeypatch.setattr(gen, "_text_answers", answers)
-    scores = iter([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
-    monkeypatch.setattr(gen, "_edit_scores", lambda source, targets, instructions: next(scores))
-    picked = []
-    rank = gen._rank_edits
-    monkeypatch.setattr(gen, "_rank_edits", lambda *a, **kw: picked.append(rank(*a, **kw)) or picked[-1])
+    picture that shows what its text planned beats better-scored ones; describe_edit ranks the rest."""
+    plan = ScriptedPlan([False, False, True, False, False])
+    recorder = Recorder()
+    gen = load_model(model_dir, plan_format=plan, sampler=recorder, verifier=spy_verifier)
     image = gen.draw("a small red circle at the top", seed=0)[0]
-    gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)
-    assert captions == [5] and picked[-1][0] == 2  # the only picture that shows its plan (b), not the best score
-    monkeypatch.setattr(gen, "_text_answers", lambda prompts, *a, **kw: ["no caption"] * len(prompts))
-    gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)
-    assert picked[-1] == [4, 3, 2, 1, 0]  # no picture shows its plan: by score (no vote for plan a)
+    spy_verifier.scripted = [[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]]
+    edited = gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)
+    captioning = [prompts for prompts, _, _ in recorder.calls
+                  if isinstance(prompts[0], list) and prompts[0][:2] == [gen.vocab.bos, gen.vocab.boi]]
+    assert len(plan.asked) == 5 and len(captioning) == 1 and len(captioning[0]) == 5  # one batch of captions
+    candidates = spy_verifier.calls[-1][2]
+    assert torch.equal(codes_of(gen, edited), candidates[2])  # the only picture that shows its plan, not the best score
+    edited = gen.edit(image, "make it blue", reason=True, best_of=5, seed=0)  # no picture shows its plan: by score
+    assert torch.equal(codes_of(gen, edited), spy_verifier.calls[-1][2][4])
 
 
-def test_reasoned_best_of_retries_only_the_edits_none_of_whose_pictures_shows_its_plan(gen, monkeypatch):
+def test_reasoned_best_of_retries_only_the_edits_none_of_whose_pictures_shows_its_plan(model_dir, spy_verifier):
     """retries: a row none of whose best_of pictures shows its plan is sampled again (another seed)
     and ranked with all its candidates; a row that has one is not sampled again."""
-    import anygen.pipeline as pipeline
-
-    plan = "before small red circle top after large red circle top"
-    monkeypatch.setattr(gen, "_reasoning_of", lambda result: plan)
-    shows = iter([[False, True, False, False, False, False], [False, False, True]])  # per round, per picture
-    captioned = []
-
-    def answers(prompts, max_new_tokens, seed, **settings):
-        captioned.append(len(prompts))
-        return ["a large red circle at the top" if ok else "a small green square at the left" for ok in next(shows)]
-
-    monkeypatch.setattr(gen, "_text_answers", answers)
+    plan = ScriptedPlan([False, True, False, False, False, False] + [False, False, True])  # per round, per picture
+    recorder = Recorder()
+    gen = load_model(model_dir, plan_format=plan, sampler=recorder, verifier=spy_verifier)
     image = gen.draw("a small red circle at the top", seed=0)[0]
-    seeds, run = [], pipeline.generate
-    monkeypatch.setattr(pipeline, "generate", lambda model, vocab, prompts, cfg: seeds.append(cfg.seed) or
-                        run(model, vocab, prompts, cfg))
-    picked, rank = [], gen._rank_edits
-    monkeypatch.setattr(gen, "_rank_edits", lambda *a, **kw: picked.append((kw["followed"], rank(*a, **kw)[0]))
-                        or [picked[-1][1]])
-    gen.edit_batch([image, image], ["make it large", "make the red circle large"], reason=True, best_of=3,
-                   retries=2, seed=5)
-    assert captioned == [6, 3]  # round 2: the second row alone, and no third round once it has a picture
-    assert seeds[0] == 5 and len(set(seeds)) == 2  # the second round draws with another seed
-    assert picked == [([False, True, False], 1), ([False] * 5 + [True], 5)]  # its pick: the second round's
+    recorder.calls.clear()
+    edited = gen.edit_batch([image, image], ["make it large", "make the red circle large"], reason=True, best_of=3,
+                            retries=2, seed=5)
+    edits = [cfg.seed for prompts, cfg, _ in recorder.calls if not isinstance(prompts[0], list)]
+    assert len(plan.asked) == 9 and not plan.shows  # round 2: the second row alone; no third round
+    assert edits[0] == 5 and len(set(edits)) == 2  # the second round draws with another seed
+    first, second = [c for c in spy_verifier.calls if c[0] == "edit"]
+    assert len(first[2]) == 3 and len(second[2]) == 6  # the second row ranks all six of its candidates
+    assert torch.equal(codes_of(gen, edited[0]), first[2][1]) and torch.equal(codes_of(gen, edited[1]), second[2][5])
     with pytest.raises(AnygenError, match="retries"):
         gen.edit(image, "make it large", best_of=3, retries=1)  # without reason there is no plan to show
 
 
-def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_model_dir, monkeypatch):
-    """Each later picture is the describe_edit pick among its samples, given the picture before it."""
-    gen = anygen.load(any_model_dir)
-    picks = []
-    rank = gen._rank_edits
-
-    def spy(source, candidates, sentence):
-        order = rank(source, candidates, sentence)
-        picks.append((source, candidates[order[0]], len(candidates)))
-        return order
-
-    monkeypatch.setattr(gen, "_rank_edits", spy)
+def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_model_dir, spy_verifier):
+    """The first picture is the caption-likelihood pick of its samples; each later one the describe_edit
+    pick among its samples, given the picture before it."""
+    gen = load_model(any_model_dir, verifier=spy_verifier)
     doc = gen.story("a small red circle", n_steps=3, seed=0, best_of=3)
     segments = list(doc)
     assert segments[0] == Text("a small red circle") and isinstance(segments[1], Image)  # the picture follows
-    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
-    assert len(codes) == 3 and len(picks) == 2
-    for (source, chosen, n), before, after in zip(picks, codes, codes[1:]):
-        assert n == 3 and torch.equal(source, before) and torch.equal(chosen, after)
+    codes = [codes_of(gen, im) for im in doc.images]
+    caption, *edits = spy_verifier.calls
+    assert caption[0] == "caption" and len(codes) == 3 and len(edits) == 2
+    first = max(range(len(caption[1])), key=lambda i: caption[3][i])
+    assert torch.equal(caption[1][first], codes[0])
+    for (_, source, targets, _, scores, _), before, after in zip(edits, codes, codes[1:]):
+        assert len(targets) == 3 and torch.equal(source, before)
+        assert torch.equal(targets[max(range(3), key=lambda i: scores[i])], after)
     with pytest.raises(AnygenError, match="best_of"):
         gen.story("a small red circle", best_of=0)
 
 
-def test_reasoned_edit_writes_its_captions_then_draws(any_model_dir, monkeypatch):
-    """reason=True: the row is forced to start with the lead word (not <boi>); its text comes back
-    as the reasoning and the image is the one drawn after it. A row whose text runs out of budget
-    (as the untrained test model's does) keeps its first REASONING_BUDGET text ids and gets its
-    image drawn after them with <boi> forced."""
-    import anygen.pipeline as pipeline_mod
-
-    gen = anygen.load(any_model_dir)
+def test_reasoned_edit_writes_its_plan_then_draws(any_model_dir):
+    """reason=True: the row is forced to start with the plan format's lead (not <boi>); its text comes
+    back as the plan and the image is the one drawn after it. A row whose text runs out of budget (as
+    the untrained test model's does) keeps its first `budget` text ids and gets its image drawn after
+    them with <boi> forced."""
+    recorder = Recorder()
+    plan = ShapesPlanFormat()
+    gen = load_model(any_model_dir, plan_format=plan, sampler=recorder)
     image = gen.draw("a small blue square at the center", seed=3)[0]
-    seen = []
-    real = pipeline_mod.generate
-
-    def spy(model, vocab, prompts, cfg):
-        results = real(model, vocab, prompts, cfg)
-        seen.append((prompts, results))
-        return results
-
-    monkeypatch.setattr(pipeline_mod, "generate", spy)
+    recorder.calls.clear()
     greedy = SamplingSettings(greedy=True)
     edited, reasoning = gen.edit_with_reasoning(image, "make it red", image=greedy, seed=1)
-    [first], [result] = seen[0]
-    lead = gen.tokenizer.encode_text("before")
+    [first], _, [result] = recorder.calls[0]
+    lead = gen.tokenizer.encode_text(plan.lead)
     assert list(first.force) == lead and result.ids[:len(lead)] == lead
     assert first.ids == gen.tokenizer.encode(Document([Text("make it red"), Image(image)]), eos=False)
     text = [t for t in result.ids if t < gen.vocab.n_text and t != gen.vocab.eos]
-    if gen._image_codes_of(result) is None:  # the fallback: the image is drawn after the cut text
-        [(redo,), (result,)] = seen[1]
-        text = text[:gen.REASONING_BUDGET]
+    if gen.session.image_codes_of(result) is None:  # the fallback: the image is drawn after the cut text
+        [redo], _, [result] = recorder.calls[1]
+        text = text[:plan.budget]
         assert list(redo.ids) == list(first.ids) + text and list(redo.force) == [gen.vocab.boi]
     else:
-        assert len(seen) == 1
+        assert len(recorder.calls) == 1
         text = text[:result.ids.index(gen.vocab.boi)]
-    assert reasoning == gen.tokenizer.text.decode(text).strip() and reasoning.startswith("before")
-    assert np.array_equal(np.asarray(edited), np.asarray(gen.tokenizer.image_from_codes(gen._image_codes_of(result))))
+    assert reasoning == gen.tokenizer.text.decode(text).strip() and reasoning.startswith(plan.lead)
+    assert torch.equal(codes_of(gen, edited), gen.session.image_codes_of(result))
     again = gen.edit(image, "make it red", reason=True, image=greedy, seed=1)
     assert np.array_equal(np.asarray(again), np.asarray(edited))
-    assert gen.edit(image, "make it red", reason=True, text_scale=2.0, image_scale=1.5).size == image.size  # guided
+    assert gen.edit(image, "make it red", reason=True, guidance_scale=2.0,
+                    image_guidance_scale=1.5).size == image.size  # guided
 
 
-def test_plan_in_words_replans_each_edit_and_redraws_where_the_plan_changes(gen, monkeypatch):
-    """plan_in_words: the plan after the edit's own `before ...` is written again by plan_edits (one call,
-    best-of copies asked once); a row whose plan changes gets that text and its picture drawn after
-    it (<boi> forced); a row whose plan stays is not redrawn."""
-    import anygen.pipeline as pipeline_mod
-
-    first = "before small blue circle top after large blue circle top"
-    real_reasoning, real_generate = gen._reasoning_of, pipeline_mod.generate
-    calls, asked = [], []
-
-    def generate(model, vocab, prompts, cfg):
-        calls.append(prompts)
-        return real_generate(model, vocab, prompts, cfg)
-
-    monkeypatch.setattr(pipeline_mod, "generate", generate)
-    image = gen.draw("a small blue circle at the top", seed=0)[0]
+def test_plan_in_words_replans_each_edit_and_redraws_where_the_plan_changes(model_dir):
+    """plan_in_words: each row's plan is written again after its instruction and what it saw (one
+    prompt per distinct pair: best-of copies ask once); a row whose text changes gets that text and
+    its picture drawn after it (<boi> forced); a row whose text stays is not redrawn."""
     greedy = SamplingSettings(greedy=True)
-    for plan, redrawn in (("after small red circle top", True), ("after large blue circle top", False)):
-        replanned = gen.tokenizer.encode_text(f"before small blue circle top {plan}")
-        monkeypatch.setattr(gen, "_reasoning_of", lambda r: real_reasoning(r) if r.ids[:len(replanned)] == replanned
-                            else first)
-        monkeypatch.setattr(gen, "plan_edits", lambda ins, seen: asked.append((ins, seen)) or [plan] * len(ins))
-        calls.clear()
+    for plan_text, redrawn in (("after small red circle top", True), ("", False)):
+        gen = load_model(model_dir, plan_format=ScriptedPlan())
+        instruction = gen.tokenizer.encode_text("make it red")
+        recorder = Recorder({(gen.vocab.bos, *instruction): gen.tokenizer.encode_text(plan_text) + [gen.vocab.eos]})
+        gen = load_model(model_dir, plan_format=ScriptedPlan(), sampler=recorder)
+        image = gen.draw("a small blue circle at the top", seed=0)[0]
+        recorder.calls.clear()
         _, reasoning = gen.edit_with_reasoning(image, "make it red", best_of=3, text=greedy, image=greedy,
                                                plan_in_words=True)
-        assert asked[-1] == (["make it red"], ["before small blue circle top"])
-        redraws = [p for batch in calls for p in batch
-                   if hasattr(p, "force") and list(p.ids[-len(replanned):]) == replanned]
-        assert len(redraws) == (3 if redrawn else 0)
+        planned = [k for k, (prompts, _, _) in enumerate(recorder.calls)
+                   if isinstance(prompts[0], list) and prompts[0][1:1 + len(instruction)] == instruction]
+        [k] = planned
+        [asked] = recorder.calls[k][0]  # three identical candidates: one plan
+        seen = gen.tokenizer.text.decode(asked[1 + len(instruction):])
+        redraws = [p for prompts, _, _ in recorder.calls[k + 1:] for p in prompts if not isinstance(p, list)]
+        assert len(redraws) == (3 if redrawn else 0)  # after the plan: only its redraws (then captions)
         assert all(list(p.force) == [gen.vocab.boi] for p in redraws)
-        assert reasoning == (f"before small blue circle top {plan}" if redrawn else first)
+        assert reasoning == (f"{seen} {plan_text}" if redrawn else seen)
 
 
-def test_plan_edits_prompts_with_the_reasoned_text_layout(gen, monkeypatch):
+def test_plan_edits_prompts_with_the_reasoned_text_layout(model_dir):
     """plan_edits: each row's prompt is the `reasoned_text` task's (<bos> instruction seen), so a model
     trained on that task is asked exactly what it learned; the answers come back in order."""
-    from anygen.data import tasks
+    from anygen.tasks.encoder import SequenceEncoder
+    from anygen.tasks.layouts import TaskSpec, reasoned_text
 
-    asked = []
-    monkeypatch.setattr(type(gen), "_text_answers", lambda self, prompts, n, seed: asked.extend(prompts) or
-                        [f"after {i}" for i in range(len(prompts))])
+    probe = load_model(model_dir)
     seen = ["before a small red circle at the top", "before a large blue square at the center"]
     instructions = ["make the red circle green", "remove the blue square"]
+    recorder = Recorder({(probe.vocab.bos, *probe.tokenizer.encode_text(ins)): probe.tokenizer.encode_text(
+        f"after {i}") + [probe.vocab.eos] for i, ins in enumerate(instructions)})
+    gen = load_model(model_dir, sampler=recorder)
     assert gen.plan_edits(instructions, seen) == ["after 0", "after 1"]
+    [(asked, _, _)] = recorder.calls
     for ins, s, prompt in zip(instructions, seen, asked):
-        full = tasks.SequenceEncoder(gen.tokenizer).encode([tasks.reasoned_text(ins, s, " after x",
-                                                                                tasks.TaskSpec())])[0]
+        full = SequenceEncoder(gen.tokenizer).encode([reasoned_text(ins, s, " after x", TaskSpec())])[0]
         assert prompt == full.ids[full.loss == 0].tolist()
     with pytest.raises(AnygenError, match="2 instructions but 1"):
         gen.plan_edits(instructions, seen[:1])
 
 
-def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir, monkeypatch):
-    """story(reason=True): picture k+1 is the reasoned edit of picture k with the sentence between them."""
-    gen = anygen.load(any_model_dir)
-    calls = []
-    edit_codes = gen._edit_codes
+class SpyEditor(Editor):
+    """The real editor, recording (sources, instructions, options, settings, result) of every edit."""
 
-    def spy(sources, instructions, **options):
-        out = edit_codes(sources, instructions, **options)
-        calls.append((sources[0], instructions[0], options["reason"], out[0][0]))
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def edit(self, sources, instructions, options, seed, **settings):
+        out = super().edit(sources, instructions, options, seed, **settings)
+        self.calls.append((sources[0], instructions[0], options, settings, out[0][0]))
         return out
 
-    monkeypatch.setattr(gen, "_edit_codes", spy)
-    doc = gen.story("a small red circle", n_steps=3, seed=0, reason=True)
+
+def test_story_reason_draws_each_later_picture_as_a_reasoned_edit(any_model_dir):
+    """story(reason=True): picture k+1 is the reasoned edit of picture k with the sentence between them."""
+    gen = load_model(any_model_dir, plan_format=ShapesPlanFormat())
+    editor = SpyEditor(gen.session, gen.plan_format)
+    writer = StoryWriter(gen.session, editor)
+    doc = writer.write("a small red circle", StoryOptions(n_steps=3, reason=True), seed=0)
     segments = list(doc)
-    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
+    codes = [codes_of(gen, im) for im in doc.images]
     assert segments[0] == Text("a small red circle") and isinstance(segments[1], Image)
     texts = [seg.text for seg in segments[2:] if isinstance(seg, Text)]
-    assert len(codes) == 3 and len(calls) == 2
-    for (source, sentence, reason, edited), before, after, text in zip(calls, codes, codes[1:], texts):
-        assert reason and torch.equal(source, before) and torch.equal(edited, after)
+    assert len(codes) == 3 and len(editor.calls) == 2
+    for (source, sentence, options, _, edited), before, after, text in zip(editor.calls, codes, codes[1:], texts):
+        assert options.reason and torch.equal(source, before) and torch.equal(edited, after)
         assert sentence == text.strip().strip(".").strip()
-    seen = []
-    monkeypatch.setattr(gen, "_edit_codes", lambda sources, instructions, **options: seen.append(options) or
-                        edit_codes(sources, instructions, **options))
-    assert len(gen.story("a small red circle", n_steps=2, seed=0, reason=True, plan_in_words=True).images) == 2
-    assert [(o["plan_in_words"], o["text"].greedy) for o in seen] == [(True, True)]  # the best edit setting
-    with pytest.raises(AnygenError, match="reason=True"):
+    editor.calls.clear()
+    assert len(writer.write("a small red circle", StoryOptions(n_steps=2, reason=True, plan_in_words=True),
+                            seed=0).images) == 2
+    assert [(c[2].plan_in_words, c[2].greedy_plan) for c in editor.calls] == [(True, True)]  # the best edit setting
+    with pytest.raises(AnygenError, match="needs reason"):
         gen.story("a small red circle", plan_in_words=True)
 
 
-def test_story_sentences_keeps_the_sentence_its_picture_explains_best(any_model_dir, monkeypatch):
+def test_story_sentences_keeps_the_sentence_its_picture_explains_best(any_model_dir, spy_verifier):
     """sentences=3: each later step writes 3 sentences (the first the greedy one), draws a picture for
     each, and keeps the pair with the best per-token describe_edit score of the sentence (an empty
     sentence only when all are)."""
-    gen = anygen.load(any_model_dir)
+    gen = load_model(any_model_dir, plan_format=ShapesPlanFormat(), verifier=spy_verifier)
     greedy = gen.story("a small red circle", n_steps=2, seed=0, reason=True)
-    picks = []
-    edit_scores = gen._edit_scores
-
-    def spy(source, targets, instructions, per_token=False):
-        scores = edit_scores(source, targets, instructions, per_token=per_token)
-        picks.append((source, targets, instructions, scores, per_token))
-        return scores
-
-    monkeypatch.setattr(gen, "_edit_scores", spy)
+    spy_verifier.calls.clear()
     doc = gen.story("a small red circle", n_steps=3, seed=0, reason=True, sentences=3)
-    codes = [gen.tokenizer.image_codes(im) for im in doc.images]
+    codes = [codes_of(gen, im) for im in doc.images]
     texts = [seg.text.strip().strip(".").strip() for seg in list(doc)[2:] if isinstance(seg, Text)]
+    picks = [c for c in spy_verifier.calls if c[0] == "edit" and c[5]]  # the per-token sentence scores
     assert len(codes) == 3 and len(picks) == 2
-    assert picks[0][2][0] == [seg.text for seg in list(greedy)[2:] if isinstance(seg, Text)][0].strip().strip(".")
-    for (source, targets, sentences, scores, per_token), before, after, text in zip(picks, codes, codes[1:], texts):
-        assert per_token and len(targets) == len(sentences) == 3 and torch.equal(source, before)
+    assert picks[0][3][0] == [seg.text for seg in list(greedy)[2:] if isinstance(seg, Text)][0].strip().strip(".")
+    for (_, source, targets, sentences, scores, _), before, after, text in zip(picks, codes, codes[1:], texts):
+        assert len(targets) == len(sentences) == 3 and torch.equal(source, before)
         best = max(range(3), key=lambda k: scores[k] if sentences[k] else -np.inf)  # a written sentence first
         assert torch.equal(targets[best], after) and sentences[best] == text
-        totals = edit_scores(source, targets, sentences)
+        totals = Verifier(gen.session).edit_scores(source, targets, sentences)
         lengths = [len(gen.tokenizer.encode_text(t)) + 1 for t in sentences]  # + <eos>
         assert scores == pytest.approx([t / n for t, n in zip(totals, lengths)])
     with pytest.raises(AnygenError, match="sentences"):
         gen.story("a small red circle", sentences=0)
+
+
+def test_reasoned_edits_need_a_plan_format(model_dir):
+    """A model whose worlds bring no plan format cannot reason: a clear error, before any sampling."""
+    recorder = Recorder()
+    gen = load_model(model_dir, sampler=recorder)
+    image = PILImage.new("RGB", (8, 8), "white")
+    with pytest.raises(AnygenError, match="plan format"):
+        gen.edit(image, "make it red", reason=True)
+    with pytest.raises(AnygenError, match="plan format"):
+        gen.story("a small red circle", reason=True)
+    assert recorder.calls == []
 
 
 def test_describe_edit_returns_text(gen):
@@ -430,7 +427,7 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     assert cli_main(["edit", str(out), "make it blue", "--reason", "--plan-in-words", "--greedy-plan", "--best-of", "2",
                      "--retries", "1", "--model", str(model_dir), "--out", str(edited)]) == 0
     assert capsys.readouterr().out.startswith(anygen.load(model_dir).edit_with_reasoning(
-        out, "make it blue", best_of=2, plan_in_words=True, text=SamplingSettings(greedy=True), retries=1)[1])
+        out, "make it blue", best_of=2, plan_in_words=True, greedy_plan=True, retries=1)[1])
     assert cli_main(["describe-edit", str(out), str(edited), "--model", str(model_dir)]) == 0
     assert capsys.readouterr().out.strip() == anygen.load(model_dir).describe_edit(out, edited)
     assert cli_main(["eval", "shapes", "--only", "edit", "--n", "1", "--edit-best-of", "2",
@@ -459,10 +456,12 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
     (["edit", "{tmp}/missing.png", "make it red"], "not found"),
     (["describe-edit", "{tmp}/missing.png", "{tmp}/missing.png"], "not found"),
     (["eval", "shapes", "--only", "plan", "--reason-form", "poem"], "--reason-form: 'poem'"),
-    (["edit", "{tmp}/missing.png", "make it red", "--plan-in-words"], "add --reason"),
-    (["eval", "shapes", "--only", "edit", "--edit-greedy-plan"], "add --edit-reason"),
-    (["edit", "{tmp}/missing.png", "make it red", "--reason", "--retries", "1"], "add --reason and --best-of"),
-    (["eval", "shapes", "--only", "edit", "--edit-reason", "--edit-retries", "2"], "--edit-best-of"),
+    (["edit", "{tmp}/missing.png", "make it red", "--plan-in-words"], "they need reason"),
+    (["eval", "shapes", "--only", "edit", "--edit-greedy-plan"], "they need reason"),
+    (["edit", "{tmp}/missing.png", "make it red", "--reason", "--retries", "1"], "need reason and best_of > 1"),
+    (["eval", "shapes", "--only", "edit", "--edit-reason", "--edit-retries", "2"], "need reason and best_of > 1"),
+    (["draw", "a red circle", "--guidance-scale", "inf"], "guidance_scale must be a number"),
+    (["eval", "shapes", "--only", "story", "--story-plan-in-words"], "it needs reason"),
     (["eval", "shapes", "--only", "edit", "--edit-kinds", "move,rotate"], "--edit-kinds: unknown kind 'rotate'"),
 ])
 def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
@@ -475,7 +474,7 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, capsys, argv, message):
 def test_missing_model_dir_and_mismatched_tokenizer(tmp_path, model_dir):
     with pytest.raises(AnygenError, match="not found"):
         anygen.load(tmp_path / "nope")
-    small = fake_codecs.make_tokenizer(audio=False)
+    small = fakes.make_tokenizer(audio=False)
     cfg = DecoderConfig(n_layers=1, hidden=16, n_heads=1, n_kv_heads=1, head_dim=16, intermediate=32)
     model = build_decoder(cfg, 50, seed=0)
     small.save(tmp_path / "tok")
@@ -488,7 +487,7 @@ def test_demo_and_eval_run_on_a_model(model_dir, tmp_path):
     assert cli_main(["demo", "--model", str(model_dir), "--out", str(tmp_path / "demo")]) == 0
     page = (tmp_path / "demo" / "index.html").read_text()
     assert page.count("<img") >= 6 + 4 + 2 * 5 and "<audio controls" in page  # grid, captions, an edit per kind
-    from anygen.eval.suite import evaluate_shapes
+    from anygen.worlds.shapes.suite import evaluate_shapes
 
     results = evaluate_shapes(anygen.load(model_dir), n=2, seed=0, suites=("t2i", "i2t", "edit", "a2t", "story"))
     assert "t2i.objects_3.all_correct" in results and "story.image_coherence" in results

@@ -6,7 +6,6 @@ rates, stereo, ...) work. Cases already covered elsewhere are not repeated: see 
 "Reliability" section for the full table.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from scipy.io import wavfile
 
 import anygen
 import anygen.io as aio
-import anygen.pipeline as pipeline
+from anygen.api.inputs import MAX_PROMPT_CHARS
 from anygen.cli import main as cli_main
 from anygen.codecs.audio import AudioCodec, AudioCodecConfig
 from anygen.codecs.image import ImageCodec, ImageCodecConfig
@@ -36,10 +35,7 @@ from anygen.tokenizer import MultimodalTokenizer
 
 torch.set_num_threads(1)
 
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_rel",
-                                               Path(__file__).parent / "data" / "fake_codecs.py")
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+import fakes as fake_codecs
 
 SR = 8000
 TINY_AUDIO = dict(sample_rate=SR, n_q=2, codebook_size=8, latent_dim=8, num_filters=4, upsampling_ratios=[4, 2],
@@ -76,7 +72,7 @@ def gen(model_dir):
 @pytest.fixture
 def cached_load(gen, monkeypatch):
     """The CLI's model loading returns the already loaded model (the input handling is what is tested)."""
-    monkeypatch.setattr(pipeline, "load", lambda directory=None, device="cpu": gen)
+    monkeypatch.setattr(anygen, "load", lambda directory=None, device="cpu": gen)
 
 
 def cli_error(argv, capsys) -> str:
@@ -318,8 +314,8 @@ SURROGATES = os.fsdecode(b"a red \xff\xfe circle")  # how undecodable argv bytes
     (lambda g: g.draw(SURROGATES), "not valid UTF-8"),
     (lambda g: g.edit(scene(), SURROGATES), "instruction is not valid UTF-8"),
     (lambda g: g.generate(Document([Text(SURROGATES)])), "not valid UTF-8"),
-    (lambda g: g.draw("x" * (pipeline.MAX_PROMPT_CHARS + 1)), "over the 20000-character limit"),
-    (lambda g: g.say("y" * (pipeline.MAX_PROMPT_CHARS + 1)), "over the 20000-character limit"),
+    (lambda g: g.draw("x" * (MAX_PROMPT_CHARS + 1)), "over the 20000-character limit"),
+    (lambda g: g.say("y" * (MAX_PROMPT_CHARS + 1)), "over the 20000-character limit"),
     (lambda g: g.draw("make the red circle blue " * 100), "context"),
     (lambda g: g.caption(12), "expected an image path or PIL image"),
     (lambda g: g.transcribe([1, 2, 3]), "expected an audio path"),
@@ -336,7 +332,7 @@ def test_bad_prompts(gen, call, message):
     (["generate", ""], "prompt is empty"),  # not the current directory (Path("") == ".")
     (["generate", SURROGATES], "not valid UTF-8"),
     (["edit", "{img}", ""], "instruction is empty"),
-    (["draw", "z" * (pipeline.MAX_PROMPT_CHARS + 1)], "20000-character limit"),
+    (["draw", "z" * (MAX_PROMPT_CHARS + 1)], "20000-character limit"),
     (["draw", "a red circle", "--temperature", "-1"], "temperature"),
     (["draw", "a red circle", "--top-p", "0"], "top_p"),
 ])
@@ -364,7 +360,7 @@ def test_special_token_strings_stay_text(gen, tmp_path, capsys, cached_load):
     assert ids and all(0 <= i < v.n_text for i in ids)
     assert gen.tokenizer.decode(ids).text == LITERALS
     assert len(gen.draw(LITERALS)) == 1  # the task prompt holds exactly the task's own specials
-    from anygen.data import tasks
+    from anygen.tasks import layouts as tasks
 
     prompt = tasks.task_prompt(gen.tokenizer, "text_to_image", text=LITERALS)
     plain = tasks.task_prompt(gen.tokenizer, "text_to_image", text="a red circle")

@@ -1,6 +1,5 @@
 """MultimodalTokenizer: Document <-> ids round trips, special-token injection, malformed-span policy."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +11,7 @@ from PIL import Image as PILImage
 
 from anygen.document import Audio, Document, Image, Text
 
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_tok", Path(__file__).parent / "data" / "fake_codecs.py")
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+import fakes as fake_codecs
 
 TOK = fake_codecs.make_tokenizer()
 

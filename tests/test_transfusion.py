@@ -122,8 +122,8 @@ def test_guidance_scale_one_equals_unguided():
     assert not torch.allclose(diffusion.guide(v_both[:2], v_both[2:], 3.0), v_alone, atol=1e-3)
     # end to end: scale 1 (no null rows) and a scale of 1 + tiny give nearly the same images
     prompts = [cond[0]]
-    a = sample_images(model, VOCAB, prompts, DiffusionSettings(steps=4, guidance=1.0), seed=3)
-    b = sample_images(model, VOCAB, prompts, DiffusionSettings(steps=4, guidance=1.0 + 1e-6), seed=3)
+    a = sample_images(model, VOCAB, prompts, DiffusionSettings(num_inference_steps=4, guidance_scale=1.0), seed=3)
+    b = sample_images(model, VOCAB, prompts, DiffusionSettings(num_inference_steps=4, guidance_scale=1.0 + 1e-6), seed=3)
     assert torch.allclose(a, b, atol=1e-4)
 
 
@@ -138,7 +138,7 @@ def test_sampler_runs_k_steps_and_returns_images(monkeypatch):
 
     monkeypatch.setattr(diffusion._Context, "velocity", counting)
     prompts = [[VOCAB.bos, 5, VOCAB.boi, GRID], [VOCAB.bos, 6, 7, 8, VOCAB.boi, GRID]]
-    images = sample_images(model, VOCAB, prompts, DiffusionSettings(steps=7, guidance=2.0), seed=0)
+    images = sample_images(model, VOCAB, prompts, DiffusionSettings(num_inference_steps=7, guidance_scale=2.0), seed=0)
     assert images.shape == (2, 3, 16, 16)
     assert images.min() >= -1 and images.max() <= 1
     assert len(calls) == 7  # one batched forward per step, conditional and null rows together
@@ -157,7 +157,7 @@ def test_interleaved_generate_places_images_between_text():
 
     model.lm.lm_head = Boosted()
     ids, images = diffusion.generate(model, VOCAB, [VOCAB.bos, 5, 6], max_new_tokens=12, min_images=1,
-                                     max_images=1, settings=DiffusionSettings(steps=2, guidance=2.0), seed=0)
+                                     max_images=1, settings=DiffusionSettings(num_inference_steps=2, guidance_scale=2.0), seed=0)
     assert len(images) == 1 and images[0].shape == (3, 16, 16)
     i = ids.index(VOCAB.boi)
     assert ids[i + 1:i + 3] == [GRID, VOCAB.eoi]
@@ -173,7 +173,7 @@ def test_save_load_round_trip(tmp_path):
     assert meta["image_head"] == "diffusion"
     loaded = load_transfusion(tmp_path / "m", load_decoder(tmp_path / "m"), meta).eval()
     prompts = [[VOCAB.bos, 5, VOCAB.boi, GRID]]
-    settings = DiffusionSettings(steps=3, guidance=1.5)
+    settings = DiffusionSettings(num_inference_steps=3, guidance_scale=1.5)
     assert torch.allclose(sample_images(model, VOCAB, prompts, settings, seed=1),
                           sample_images(loaded, VOCAB, prompts, settings, seed=1), atol=1e-5)
     (tmp_path / "m" / "diffusion_head.safetensors").unlink()
@@ -185,19 +185,13 @@ def test_save_load_round_trip(tmp_path):
 
 def test_pipeline_and_cli_draw_with_a_diffusion_head(tmp_path, monkeypatch):
     """`anygen.load` picks the head from the model directory; draw/CLI work, image-reading tasks refuse."""
-    import importlib.util
-    from pathlib import Path
-
     import anygen
     import anygen.codecs.audio as audio_mod
     import anygen.codecs.image as image_mod
     from anygen.cli import main as cli_main
     from anygen.errors import AnygenError
 
-    spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs_tf", Path(__file__).parent / "data" /
-                                                  "fake_codecs.py")
-    fake = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fake)
+    import fakes as fake
     monkeypatch.setattr(image_mod, "ImageCodec", fake.FakeImageCodec)
     monkeypatch.setattr(audio_mod, "AudioCodec", fake.FakeAudioCodec)
     tokenizer = fake.make_tokenizer()  # image grid 2x2
@@ -210,24 +204,24 @@ def test_pipeline_and_cli_draw_with_a_diffusion_head(tmp_path, monkeypatch):
 
     gen = anygen.load(tmp_path / "m")
     assert gen.diffusion is not None
-    a = gen.draw("a red circle", n=2, steps=2, seed=5)
-    b = gen.draw("a red circle", n=2, steps=2, seed=5)
+    a = gen.draw("a red circle", n=2, num_inference_steps=2, seed=5)
+    b = gen.draw("a red circle", n=2, num_inference_steps=2, seed=5)
     assert [im.size for im in a] == [(16, 16)] * 2
     assert all((x.tobytes() == y.tobytes()) for x, y in zip(a, b))  # seeded
     with pytest.raises(AnygenError, match="image head is diffusion"):
         gen.caption(a[0])
-    with pytest.raises(AnygenError, match="steps"):
-        gen.draw("a red circle", steps=0)
-    with pytest.raises(AnygenError, match="cfg_scale and steps, not temperature"):
+    with pytest.raises(AnygenError, match="num_inference_steps"):
+        gen.draw("a red circle", num_inference_steps=0)
+    with pytest.raises(AnygenError, match="guidance_scale and num_inference_steps, not temperature"):
         gen.draw("a red circle", temperature=1.0)
     out = tmp_path / "d.png"
-    assert cli_main(["draw", "a blue square", "--model", str(tmp_path / "m"), "--steps", "2", "--out", str(out)]) \
+    assert cli_main(["draw", "a blue square", "--model", str(tmp_path / "m"), "--num-inference-steps", "2", "--out", str(out)]) \
         in (0, None)
     assert out.exists()
     # the eval harness through the CLI (`--suite` spelling), with the head's own options
     report = tmp_path / "eval.json"
     assert cli_main(["eval", "--suite", "shapes", "--model", str(tmp_path / "m"), "--only", "t2i", "--n", "2",
-                     "--steps", "2", "--cfg-scale", "2", "--json", str(report)]) in (0, None)
+                     "--num-inference-steps", "2", "--guidance-scale", "2", "--json", str(report)]) in (0, None)
     import json
 
     results = json.loads(report.read_text())

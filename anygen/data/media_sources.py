@@ -5,9 +5,9 @@ exactly the batches the uninterrupted run would have seen (`batches(start=k)`), 
 background thread can render ahead without touching any shared random state.
 
 Images come as (B, 3, S, S) float tensors in [-1, 1]; audio as (B, 1, T) float in [-1, 1].
-Sources: `shapes` (ShapesWorld scenes), `emoji` (Noto emoji), `image-folder` (user
-images, converted per `anygen.io.fit_image`); `melodies` (ShapesWorld melodies),
-`speech` (espeak-ng sentences), `audio-folder` (user WAV files, resampled and mixed down).
+Sources: a world's media by name (`anygen.worlds.MEDIA_SOURCES`: shapes, emoji, melodies,
+speech), `image-folder` (user images, converted per `anygen.io.fit_image`) and
+`audio-folder` (user WAV files, resampled and mixed down).
 """
 
 from __future__ import annotations
@@ -121,54 +121,6 @@ def _prefetched(fn: Callable[[int], torch.Tensor], start: int, depth: int) -> It
 
 
 # ---- images -------------------------------------------------------------------------------
-class ShapesImages(BatchSource):
-    """Fresh random ShapesWorld scenes, rendered at `image_size`.
-
-    With `fill` > 0 the scenes are denser than the world's 1–3 objects: every cell holds an
-    object with probability `fill` (at least one). Codes are local, so a dense scene shows the
-    codec the same patches as sparse ones, only more of them per image (about 2.7× the object
-    pixels per step at fill 0.6): the same training signal for less compute. Objects are drawn
-    from the split's colour–shape pairs and rendered exactly like `render_scene`.
-    """
-
-    def __init__(self, batch_size: int, image_size: int = 64, seed: int = 0, world_seed: int = 0,
-                 split: str = "train", max_objects: int = 3, prefetch: int = 0, fill: float = 0.0):
-        super().__init__(batch_size, seed, prefetch)
-        from anygen.data.shapes import ShapesWorld, WorldConfig, render_scene
-
-        self.world = ShapesWorld(WorldConfig(seed=world_seed))
-        self.render = render_scene
-        self.image_size, self.split, self.max_objects, self.fill = image_size, split, max_objects, fill
-
-    def dense_image(self, rng) -> PILImage.Image:
-        from anygen.data import shapes
-
-        cells = [c for c in range(9) if rng.random() < self.fill] or [int(rng.integers(9))]
-        pairs = self.world.train_pairs if self.split == "train" else shapes.ALL_PAIRS
-        size = self.image_size
-        canvas = np.full((size, size, 3), 255.0, np.float32)  # (H, W, 3), as in shapes.render_scene
-        for cell in cells:
-            color, shape = pairs[int(rng.integers(len(pairs)))].split()
-            obj_size = shapes.SIZES[int(rng.integers(len(shapes.SIZES)))]
-            cx, cy = shapes.cell_center(cell, size)
-            alpha = shapes.shape_coverage(shape, cx, cy, shapes.object_px(obj_size, size), size, size)[..., None]
-            canvas = canvas * (1 - alpha) + np.asarray(shapes.COLORS[color], np.float32) * alpha
-        return PILImage.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8), mode="RGB")
-
-    def scenes(self, rng, n: int) -> list:
-        out = []
-        for _ in range(n):
-            k = int(rng.integers(1, self.max_objects + 1))
-            out.append(self.world.sample_scene(rng, n_objects=k, split=self.split))
-        return out
-
-    def make_batch(self, rng, batch_size):
-        if self.fill > 0:
-            return images_to_tensor([self.dense_image(rng) for _ in range(batch_size)], self.image_size)
-        scenes = self.scenes(rng, batch_size)
-        return images_to_tensor([self.render(s, size=self.image_size) for s in scenes], self.image_size)
-
-
 class ImageListSource(BatchSource):
     """Random batches (without replacement within an epoch) from a fixed list of images."""
 
@@ -193,12 +145,6 @@ class ImageListSource(BatchSource):
             flip = torch.from_numpy(batch_rng(self.seed, index, stream=3).random(len(batch)) < 0.5)
             batch[flip] = batch[flip].flip(-1)
         return batch
-
-
-def emoji_images(split: str = "train") -> list[PILImage.Image]:
-    from anygen.data.emoji import EmojiWorld
-
-    return [item.image for item in EmojiWorld().items(split)]
 
 
 def folder_files(path: str | Path, extensions: tuple[str, ...], what: str) -> list[Path]:
@@ -230,26 +176,6 @@ def fixed_length(wave: np.ndarray, length: int, rng: np.random.Generator | None 
     return np.pad(wave, (0, length - len(wave)))
 
 
-class MelodyAudio(BatchSource):
-    """ShapesWorld melodies (1–4 notes of 0.25 s): a shorter melody is padded with silence
-    to `clip_seconds`, a longer one cropped at a random multiple of `crop_align` samples
-    (short, frame-aligned crops: more note onsets per CPU second, never all silence)."""
-
-    def __init__(self, batch_size: int, sample_rate: int = 16000, clip_seconds: float = 1.0,
-                 seed: int = 0, world_seed: int = 0, prefetch: int = 0, crop_align: int = 1):
-        super().__init__(batch_size, seed, prefetch)
-        from anygen.data.shapes import ShapesWorld, WorldConfig, render_melody
-
-        self.world, self.render = ShapesWorld(WorldConfig(seed=world_seed)), render_melody
-        self.sample_rate, self.length = sample_rate, int(round(clip_seconds * sample_rate))
-        self.align = crop_align
-
-    def make_batch(self, rng, batch_size):
-        waves = [fixed_length(self.render(self.world.sample_melody(rng), sample_rate=self.sample_rate),
-                              self.length, rng, self.align) for _ in range(batch_size)]
-        return torch.from_numpy(np.stack(waves))[:, None, :]  # (B,1,T)
-
-
 class WaveListSource(BatchSource):
     """Random crops of `clip_seconds` from a fixed list of waveforms."""
 
@@ -269,13 +195,6 @@ class WaveListSource(BatchSource):
         return torch.from_numpy(np.stack(clips))[:, None, :]
 
 
-def speech_waves(n: int, sample_rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
-    """`n` synthesized sentences from SpeechWorld (espeak-ng; several voices, speeds, pitches)."""
-    from anygen.data.speech import SpeechWorld
-
-    return [item.waveform for item in SpeechWorld(seed=seed, sample_rate=sample_rate).items(n)]
-
-
 def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:
     from anygen.io import read_audio_file
 
@@ -285,23 +204,19 @@ def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:
 # ---- factory ------------------------------------------------------------------------------
 def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int = 64,
                 sample_rate: int | None = None) -> BatchSource:
-    """The batch source a recipe's `data:` section describes."""
+    """The batch source a recipe's `data:` section describes: a folder, or a world's media
+    (`anygen.worlds.MEDIA_SOURCES`)."""
+    from anygen.worlds import media_source
+
     sr = sample_rate or data.sample_rate
-    if data.source == "shapes":
-        return ShapesImages(batch_size, image_size, seed, data.seed, data.split, data.max_objects, data.prefetch,
-                            data.fill)
-    if data.source == "emoji":
-        return ImageListSource(emoji_images(data.split), batch_size, image_size, seed, data.prefetch, "emoji",
-                               data.hflip)
     if data.source == "image-folder":
         return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path,
                                data.hflip)
-    if data.source == "melodies":
-        return MelodyAudio(batch_size, sr, data.clip_seconds, seed, data.seed, data.prefetch, data.crop_align)
-    if data.source == "speech":
-        return WaveListSource(speech_waves(400, sr, data.seed), batch_size, sr, data.clip_seconds, seed,
-                              data.prefetch, "speech", data.crop_align)
     if data.source == "audio-folder":
         return WaveListSource(folder_waves(data.path, sr), batch_size, sr, data.clip_seconds, seed,
                               data.prefetch, data.path, data.crop_align)
+    if data.source in IMAGE_SOURCES:
+        return media_source(data.source, "image").image_batches(data, batch_size, seed, image_size)
+    if data.source in AUDIO_SOURCES:
+        return media_source(data.source, "audio").audio_batches(data, batch_size, seed, sr)
     raise AnygenError(f"data.source: {data.source!r} does not produce media batches")

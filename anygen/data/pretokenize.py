@@ -40,10 +40,12 @@ import numpy as np
 import yaml
 
 from anygen.config import check, choice, load_config, to_dict
-from anygen.data.shapes import WorldConfig
 from anygen.data.shards import ShardWriter
-from anygen.data.tasks import (EmojiTasks, SequenceEncoder, ShapesTasks, Spec, TaskMix, allocate, audio_to_text,
-                               describe_edit, document, edit, image_to_text, text_to_audio, text_to_image)
+from anygen.tasks.encoder import SequenceEncoder
+from anygen.tasks.layouts import (Spec, TaskMix, allocate, audio_to_text, describe_edit, document, edit, image_to_text,
+                                  text_to_audio, text_to_image)
+from anygen.worlds import get_world
+from anygen.worlds.shapes.world import WorldConfig
 from anygen.document import Audio, Image, Text
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
@@ -69,7 +71,7 @@ class UserData:
     documents: JSONL documents (task `document`, loss on every token); image_folders:
     captioned images (one text->image and one image->text example each; uncaptioned images
     become one-image documents); audio_folders: transcribed WAVs (text->audio, audio->text);
-    edits: edit-pair JSONL files (task `edit`). Formats: `anygen.data.user`.
+    edits: edit-pair JSONL files (task `edit`). Formats: `anygen.worlds.user`.
     """
 
     documents: list[str] = field(default_factory=list)
@@ -122,7 +124,7 @@ def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> lis
     counts = allocate(cfg.tasks.weights(), n)
     plan = []
     for task, k in counts.items():
-        n_emoji = int(round(k * cfg.emoji.share)) if task in EmojiTasks.TASKS else 0
+        n_emoji = int(round(k * cfg.emoji.share)) if task in get_world("emoji").tasks else 0
         plan += [(task, "emoji")] * n_emoji + [(task, "shapes")] * (k - n_emoji)
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
@@ -130,7 +132,7 @@ def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> lis
 
 def _user_specs(cfg: PretokenizeConfig, split: str, rng: np.random.Generator) -> list:
     """Zero-argument callables that make the user data's Specs for `split` (loaded lazily)."""
-    from anygen.data import user as user_data
+    from anygen.worlds import user as user_data
 
     u, mix = cfg.user, cfg.tasks
     makers = []
@@ -179,6 +181,16 @@ def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
             lambda: audio_to_text(m, text, mix.audio_to_text, rng)]
 
 
+def trained_on(cfg: PretokenizeConfig) -> dict:
+    """{"worlds": [...], "tasks": [...]}: what a model trained on this recipe's shards knows (the
+    decoder trainer records it in `anygen_decoder.json`, and `anygen.load` picks strategies by it)."""
+    worlds = ["shapes"] + (["emoji"] if cfg.emoji.share > 0 else [])
+    user = cfg.user
+    if user.documents or user.image_folders or user.audio_folders or user.edits:
+        worlds.append("user")
+    return {"worlds": worlds, "tasks": [t for t, w in cfg.tasks.weights().items() if w > 0]}
+
+
 def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
     w = cfg.tasks.weights()
     image_tasks = ("text_to_image", "image_to_text", "edit", "describe_edit", "reasoned_edit", "story")
@@ -198,23 +210,18 @@ def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, spl
     """Sample, encode and write one split; returns the writer's per-task summary."""
     from tqdm import tqdm
 
-    from anygen.data.shapes import ShapesWorld
-
     rng = np.random.default_rng([cfg.world.seed, SPLITS.index(split)])
-    world = ShapesWorld(cfg.world)
-    sources = {"shapes": ShapesTasks(world, cfg.tasks)}
+    sources = {"shapes": get_world("shapes", cfg.world).task_source(cfg.tasks)}
     plan = _world_plan(cfg, n, rng)
     if any(src == "emoji" for _, src in plan):
-        from anygen.data.emoji import EmojiWorld
-
-        sources["emoji"] = EmojiTasks(EmojiWorld(size=cfg.emoji.size), cfg.tasks)
+        sources["emoji"] = get_world("emoji", size=cfg.emoji.size).task_source(cfg.tasks)
     world_split = "holdout" if split == "holdout" else "train"
     emoji_split = "heldout" if split == "holdout" else "train"
     makers = [lambda t=t, s=s: sources[s].sample(t, rng, emoji_split if s == "emoji" else world_split)
               for t, s in plan]
     if split != "holdout":
         makers += _user_specs(cfg, split, rng)
-    meta = {"split": split, "recipe": to_dict(cfg)}
+    meta = {"split": split, "recipe": to_dict(cfg), **trained_on(cfg)}
     with ShardWriter(directory, tokenizer.vocab, cfg.seq_len, cfg.overflow, cfg.shard_tokens, meta) as writer:
         bar = tqdm(total=len(makers), desc=f"pretokenize {split}", unit="ex", disable=not progress,
                    dynamic_ncols=True, file=sys.stderr)

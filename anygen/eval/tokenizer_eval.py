@@ -1,16 +1,15 @@
 """`anygen tokenizer eval DIR --data ...`: measure a trained codec on held-out data.
 
 Image codecs: PSNR and SSIM of reconstructions, codebook usage and perplexity over the
-whole evaluation set, and on ShapesWorld the scene judge's exact-scene accuracy on the
-reconstructions (overall and per object count; the judge's accuracy on the original
-renders is reported as a sanity baseline). Audio codecs: SI-SNR, per-level usage and
-perplexity, and on melodies the melody judge's exact-notes accuracy. Text tokenizers:
+whole evaluation set, and where the data's world has a judge (shapes, melodies) its accuracy
+on the reconstructions (`World.judge_images` / `judge_audio`; the judge's accuracy on the
+originals is reported as a sanity baseline). Audio codecs: SI-SNR, per-level usage and
+perplexity. Text tokenizers:
 characters per token and exact round trips. Every codec: encode+decode throughput
 (items/s, median of three timed passes). Results are one flat dict of floats.
 
-Held-out data: ShapesWorld scenes and melodies come from a generator seeded by `seed` on a
-stream that training never uses (training draws batch k from `[seed, k, 0]`); emoji from the
-"heldout" split (by concept name); folders are used as they are.
+Held-out data: each world's `eval_images` / `eval_audio` of `seed`, on a stream that training
+never uses (`anygen.tasks.world.EVAL_STREAM`); folders are used as they are.
 
 Metric conventions: pixels in [0, 1]; PSNR per image, capped at `PSNR_CAP` dB for identical
 images, then averaged; SSIM is Wang et al. (2004) with an 11×11 Gaussian window (σ 1.5),
@@ -31,9 +30,9 @@ import torch.nn.functional as F
 
 from anygen.codecs.image import usage_and_perplexity
 from anygen.errors import AnygenError
+from anygen.worlds import MEDIA_SOURCES, get_world, media_source
 
 PSNR_CAP = 100.0
-EVAL_STREAM = 0x5EED  # eval streams never collide with training batch streams (which use stream 0..2)
 
 
 # ---- metrics -----------------------------------------------------------------------------
@@ -140,37 +139,24 @@ def _recipe_source(directory: Path) -> str:
 
 
 # ---- images --------------------------------------------------------------------------------
-def heldout_scenes(n: int, seed: int) -> list:
-    """`n` ShapesWorld scenes (1–3 objects, uniform) from the evaluation stream of `seed`."""
-    from anygen.data.shapes import ShapesWorld, WorldConfig
-
-    world = ShapesWorld(WorldConfig(seed=seed))
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, EVAL_STREAM])
-    return [world.sample_scene(rng) for _ in range(n)]
-
-
 def _eval_images(data: str, n: int, seed: int):
-    """(PIL images, scenes or None) for an image `data` spec."""
-    if data == "shapes":
-        from anygen.data.shapes import render_scene
-
-        scenes = heldout_scenes(n, seed)
-        return [render_scene(s) for s in scenes], scenes
-    if data == "emoji":
-        from anygen.data.emoji import EmojiWorld
-
-        items = EmojiWorld().items("heldout")
-        return [it.image for it in items[:n]], None
+    """(PIL images, the world with their ground truth or None, that truth) for an image `data` spec:
+    a world's media source (`anygen.worlds.MEDIA_SOURCES`) or an image folder."""
     path = Path(data)
-    if path.is_dir():
+    if data not in MEDIA_SOURCES and path.is_dir():
         from anygen.data.media_sources import folder_images
 
-        return folder_images(path)[:n], None
-    raise AnygenError(f"--data {data!r}: expected shapes, emoji or an image folder")
+        return folder_images(path)[:n], None, None
+    try:
+        world = media_source(data, "image")
+    except AnygenError:
+        raise AnygenError(f"--data {data!r}: expected shapes, emoji or an image folder") from None
+    images, truth = world.eval_images(n, seed)
+    return images, world, truth
 
 
 def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch_size: int = 64) -> dict[str, float]:
-    images, scenes = _eval_images(data, n, seed)
+    images, world, truth = _eval_images(data, n, seed)
     if not images:
         raise AnygenError(f"--data {data!r}: no images to evaluate")
     codec.eval()
@@ -191,18 +177,8 @@ def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch
         "codebook_size": float(codec.codebook_size),
         "codes_per_image": float(codec.grid[0] * codec.grid[1]),
     }
-    if scenes is not None:
-        from anygen.eval.judges import judge_image
-
-        recon_images = codec.tensor_to_images(recon)
-        right = np.array([judge_image(im) == s for im, s in zip(recon_images, scenes)])
-        baseline = np.array([judge_image(im) == s for im, s in zip(images, scenes)])
-        out["judge_accuracy"] = float(right.mean())
-        out["judge_accuracy_originals"] = float(baseline.mean())
-        counts = np.array([len(s.objects) for s in scenes])
-        for k in (1, 2, 3):
-            if (counts == k).any():
-                out[f"judge_accuracy_{k}obj"] = float(right[counts == k].mean())
+    if truth is not None:
+        out.update(world.judge_images(images, codec.tensor_to_images(recon), truth))
     sample = x[:batch_size]
     seconds = _timed(lambda: codec.decode(codec.encode(sample)))
     out["items_per_s"] = float(len(sample) / seconds)
@@ -211,31 +187,24 @@ def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch
 
 # ---- audio ---------------------------------------------------------------------------------
 def _eval_waves(data: str, n: int, seed: int, sample_rate: int):
-    """(list of waveforms, list of note tuples or None)."""
-    if data == "melodies":
-        from anygen.data.shapes import ShapesWorld, WorldConfig, render_melody
-
-        world = ShapesWorld(WorldConfig(seed=seed))
-        rng = np.random.default_rng([seed & 0xFFFFFFFF, EVAL_STREAM])
-        notes = [world.sample_melody(rng) for _ in range(n)]
-        return [render_melody(m, sample_rate=sample_rate) for m in notes], notes
-    if data == "speech":
-        from anygen.data.speech import SpeechWorld
-
-        items = SpeechWorld(seed=seed + EVAL_STREAM, sample_rate=sample_rate).items(n)
-        return [it.waveform for it in items], None
+    """(waveforms, the world with their ground truth or None, that truth) for an audio `data` spec."""
     path = Path(data)
-    if path.is_dir():
+    if data not in MEDIA_SOURCES and path.is_dir():
         from anygen.data.media_sources import folder_waves
 
-        return folder_waves(path, sample_rate)[:n], None
-    raise AnygenError(f"--data {data!r}: expected melodies, speech or a folder of WAV files")
+        return folder_waves(path, sample_rate)[:n], None, None
+    try:
+        world = media_source(data, "audio")
+    except AnygenError:
+        raise AnygenError(f"--data {data!r}: expected melodies, speech or a folder of WAV files") from None
+    waves, truth = world.eval_audio(n, seed, sample_rate)
+    return waves, world, truth
 
 
 def evaluate_audio_codec(codec, data: str, n: int = 200, seed: int = 1234, batch_size: int = 16) -> dict[str, float]:
     from anygen.codecs.audio import si_snr
 
-    waves, notes = _eval_waves(data, n, seed, codec.sample_rate)
+    waves, world, truth = _eval_waves(data, n, seed, codec.sample_rate)
     if not waves:
         raise AnygenError(f"--data {data!r}: no audio to evaluate")
     codec.eval()
@@ -255,13 +224,8 @@ def evaluate_audio_codec(codec, data: str, n: int = 200, seed: int = 1234, batch
     out["perplexity"] = float(np.mean([p for _, p in levels]))
     for q, (u, _) in enumerate(levels):
         out[f"usage_l{q}"] = u
-    if notes is not None:
-        from anygen.eval.judges import judge_melody
-
-        right = [judge_melody(r, codec.sample_rate) == tuple(m) for r, m in zip(recons, notes)]
-        base = [judge_melody(w, codec.sample_rate) == tuple(m) for w, m in zip(waves, notes)]
-        out["note_accuracy"] = float(np.mean(right))
-        out["note_accuracy_originals"] = float(np.mean(base))
+    if truth is not None:
+        out.update(world.judge_audio(waves, recons, truth, codec.sample_rate))
     sample = waves[: min(len(waves), batch_size)]
     seconds = _timed(lambda: [codec.decode_audio(codec.encode_audio(w, codec.sample_rate)) for w in sample])
     out["items_per_s"] = float(len(sample) / seconds)
@@ -275,8 +239,7 @@ def evaluate_text_tokenizer(directory: Path, data: str, n: int = 500, seed: int 
 
     tok = load_text_tokenizer(directory)
     if data == "shapes":
-        scenes = heldout_scenes(n, seed)
-        lines = [s.caption() for s in scenes]
+        lines = [s.caption() for s in get_world("shapes").eval_scenes(n, seed)]
     elif Path(data).is_file():
         lines = [ln for ln in Path(data).read_text(encoding="utf-8").splitlines() if ln.strip()][:n]
     else:
@@ -291,4 +254,4 @@ def evaluate_text_tokenizer(directory: Path, data: str, n: int = 500, seed: int 
 
 
 __all__ = ["evaluate_tokenizer", "evaluate_image_codec", "evaluate_audio_codec", "evaluate_text_tokenizer",
-           "psnr", "ssim", "usage_and_perplexity", "heldout_scenes", "PSNR_CAP"]
+           "psnr", "ssim", "usage_and_perplexity", "PSNR_CAP"]

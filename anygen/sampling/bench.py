@@ -88,7 +88,7 @@ def _median(xs):
 
 
 def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n_tokens: int = 128,
-                     prompt_len: int = 16, repeats: int = 5, cfg_scale: float = 3.0,
+                     prompt_len: int = 16, repeats: int = 5, guidance_scale: float = 3.0,
                      codec_decode: Callable | None = None, bandwidth_mb: int = 256,
                      include_hf_backend: bool = True, progress: Callable[[str], None] | None = None) -> dict:
     """Run the sampler benchmark and return its figures (see the module doc).
@@ -107,13 +107,13 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(lm, vocab, threads, n_tokens, prompt_len, repeats, cfg_scale, codec_decode, bandwidth_mb,
+        return _run(lm, vocab, threads, n_tokens, prompt_len, repeats, guidance_scale, codec_decode, bandwidth_mb,
                     include_hf_backend, say)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(lm, vocab, threads, n_tokens, prompt_len, repeats, cfg_scale, codec_decode, bandwidth_mb,
+def _run(lm, vocab, threads, n_tokens, prompt_len, repeats, guidance_scale, codec_decode, bandwidth_mb,
          include_hf_backend, say):
     device = lm.lm_head.weight.device
     g = torch.Generator().manual_seed(0)
@@ -165,7 +165,7 @@ def _run(lm, vocab, threads, n_tokens, prompt_len, repeats, cfg_scale, codec_dec
     n_codes = grid[0] * grid[1]
     image_cfg = GenerationConfig(max_new_tokens=n_codes + 3, image_grid=grid, allow_audio=False, seed=0,
                                  image=SamplingSettings(temperature=1.0))
-    guided_cfg = GenerationConfig(**{**image_cfg.__dict__, "cfg_scale": (cfg_scale,)})
+    guided_cfg = GenerationConfig(**{**image_cfg.__dict__, "guidance_scales": (guidance_scale,)})
     draw_prompt = Prompt(prompt, force=[vocab.boi])
     guided_prompt = Prompt(prompt, uncond=[[vocab.bos, vocab.null]], force=[vocab.boi])
     unguided_t, guided_t, prefill_t, codes_t, codec_t = [], [], [], [], []
@@ -211,7 +211,7 @@ def _run(lm, vocab, threads, n_tokens, prompt_len, repeats, cfg_scale, codec_dec
             "goal_utilisation": 0.35,
         },
         "guidance": {
-            "cfg_scale": cfg_scale, "image_tokens": n_codes + 3,
+            "guidance_scale": guidance_scale, "image_tokens": n_codes + 3,
             "unguided_s": _median(unguided_t), "guided_s": _median(guided_t),
             "ratio": _median(guided_t) / _median(unguided_t), "goal_ratio": 1.3,
         },
@@ -238,7 +238,7 @@ def format_sample_bench(r: dict) -> str:
            if d.get("engine_hf_backend_tokens_per_s") else ""),
         f"bandwidth: {b['bytes_per_decode_token'] / 1e6:.1f} MB/token × decode rate = {b['achieved_gb_per_s']:.2f} GB/s "
         f"of {b['copy_gb_per_s']:.1f} GB/s copy -> {100 * b['utilisation']:.0f}% (goal ≥ {100 * b['goal_utilisation']:.0f}%)",
-        f"guidance (scale {gd['cfg_scale']}, {gd['image_tokens']}-token image): guided {gd['guided_s'] * 1e3:.0f} ms / "
+        f"guidance (scale {gd['guidance_scale']}, {gd['image_tokens']}-token image): guided {gd['guided_s'] * 1e3:.0f} ms / "
         f"unguided {gd['unguided_s'] * 1e3:.0f} ms = {gd['ratio']:.2f}× (goal ≤ {gd['goal_ratio']}×)",
         f"first image: prefill {fi['prefill_s'] * 1e3:.1f} ms + code sampling {fi['code_sampling_s'] * 1e3:.0f} ms"
         + (f" + codec decode {fi['codec_decode_s'] * 1e3:.1f} ms" if fi["codec_decode_s"] is not None else "")

@@ -26,15 +26,17 @@ from anygen.vocab import Vocab
 
 @dataclass
 class DiffusionSettings:
-    """How images are denoised: K Euler steps, guidance scale, timestep shift."""
+    """How images are denoised: `num_inference_steps` Euler steps, guidance scale, timestep shift."""
 
-    steps: int = 25
-    guidance: float = 3.0  # classifier-free guidance on the velocity; 1 = off (no null rows)
+    num_inference_steps: int = 25
+    guidance_scale: float = 3.0  # classifier-free guidance on the velocity; 1 = off (no null rows)
     shift: float = 1.0  # FlowMatchEulerDiscreteScheduler's shift (>1 spends more steps at high noise)
 
     def __post_init__(self):
-        check(1 <= self.steps <= 1000, "steps", f"must be 1..1000, got {self.steps}")
-        check(self.guidance >= 0 and self.guidance == self.guidance, "guidance", f"must be >= 0, got {self.guidance}")
+        check(1 <= self.num_inference_steps <= 1000, "num_inference_steps",
+              f"must be 1..1000, got {self.num_inference_steps}")
+        check(self.guidance_scale >= 0 and self.guidance_scale == self.guidance_scale, "guidance_scale",
+              f"must be >= 0, got {self.guidance_scale}")
         check(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
 
 
@@ -99,7 +101,7 @@ def _euler(velocity, n: int, model: TransfusionModel, settings: DiffusionSetting
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=settings.shift)
-    scheduler.set_timesteps(settings.steps)
+    scheduler.set_timesteps(settings.num_inference_steps)
     x = torch.randn(n, model.head.n_slots, model.head.patch_dim, generator=generator)
     for t in scheduler.timesteps:
         x = scheduler.step(velocity(x, float(t) / 1000).float(), t, x).prev_sample
@@ -121,7 +123,7 @@ def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]
     """Denoised images (N, C, S, S) in the head's space (pixels or codec latents) for prompts that end
     in `<boi> <grid>`; one batched forward per step."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    n, guided = len(prompts), settings.guidance != 1.0
+    n, guided = len(prompts), settings.guidance_scale != 1.0
     rows = [list(p) for p in prompts] + ([_null_prompt(vocab, prompts[0][-1])] * n if guided else [])
     ctx = _Context(model, rows, vocab.pad)
 
@@ -129,7 +131,7 @@ def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]
         if not guided:
             return ctx.velocity(x, sigma)
         v = ctx.velocity(torch.cat([x, x]), sigma)
-        return guide(v[:n], v[n:], settings.guidance)
+        return guide(v[:n], v[n:], settings.guidance_scale)
 
     return unpatchify(_euler(velocity, n, model, settings, generator), model.head.patch_size).clamp(-1, 1)
 
@@ -170,11 +172,11 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
             continue
         out.append(grid_token)
         ctx.commit(torch.tensor([[vocab.boi, grid_token]]))
-        null = _Context(model, [_null_prompt(vocab, grid_token)], vocab.pad) if settings.guidance != 1.0 else None
+        null = _Context(model, [_null_prompt(vocab, grid_token)], vocab.pad) if settings.guidance_scale != 1.0 else None
 
         def velocity(x, sigma):  # the null row is its own short context
             v = ctx.velocity(x, sigma)
-            return v if null is None else guide(v, null.velocity(x, sigma), settings.guidance)
+            return v if null is None else guide(v, null.velocity(x, sigma), settings.guidance_scale)
 
         x0 = _euler(velocity, 1, model, settings, generator)
         images.append(unpatchify(x0, model.head.patch_size).clamp(-1, 1)[0])

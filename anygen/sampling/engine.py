@@ -11,7 +11,7 @@ Guidance: a prompt may bring a chain of guidance rows (`Prompt.uncond`), each dr
 more conditioning: `[null]` for classifier-free guidance, `[image_only, null]` for
 InstructPix2Pix editing. They are extra rows of the same batch with their own prompts
 and caches, fed the conditional row's tokens; inside image/audio spans (within
-`cfg_interval`) the conditional row samples from `processors.guide`. Unconditional
+`guidance_interval`) the conditional row samples from `processors.guide`. Unconditional
 prompts are the caller's: e.g. `[<bos>, <null>]` where the conditional prompt is
 `[<bos>, caption...]`, with the same forced prefix after them.
 """
@@ -39,7 +39,7 @@ class Prompt:
 
     ids       the conditional prompt (must be non-empty, e.g. starts with <bos>)
     uncond    guidance chain: prompts with progressively less conditioning (see module doc);
-              one scale per entry in `GenerationConfig.cfg_scale`
+              one scale per entry in `GenerationConfig.guidance_scales`
     force     ids the output must start with (`[<boi>]` for text→image; `[<boa>]` for speech)
     source    editing: the H*W image-code ids of the source image; the first image span
               uses its grid, and positions where `editable` is False copy the source id
@@ -129,9 +129,9 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     for i, r in enumerate(rows):
         if not r.uncond or not cfg.guided:  # every scale 1: guidance is the identity, skip its rows
             continue
-        if len(r.uncond) != len(cfg.cfg_scale):
-            raise AnygenError(f"prompt {i}: {len(r.uncond)} guidance prompts but cfg_scale has "
-                              f"{len(cfg.cfg_scale)} scales (one per guidance prompt)")
+        if len(r.uncond) != len(cfg.guidance_scales):
+            raise AnygenError(f"prompt {i}: {len(r.uncond)} guidance prompts but guidance_scales has "
+                              f"{len(cfg.guidance_scales)} scales (one per guidance prompt)")
         chain = [i]
         for u in r.uncond:
             chain.append(len(all_ids))
@@ -176,7 +176,7 @@ def generate(model, vocab: Vocab, prompts: Sequence[Sequence[int] | Prompt], con
     guided = cfg.guided and bool(chains)
     chain_rows = torch.tensor(chains, device=device) if chains else None  # (G, K+1)
     chain_of = {c[0]: g for g, c in enumerate(chains)}
-    scales = cfg.cfg_scale
+    scales = cfg.guidance_scales
 
     ids = torch.full((R, L), vocab.pad, dtype=torch.long)
     n_pad = torch.zeros(R, dtype=torch.long)

@@ -41,10 +41,10 @@ class SamplingSettings:
 class GenerationConfig:
     """One generation run.
 
-    Guidance: `cfg_scale` is one scale per guidance row of a prompt (plain CFG: one
-    unconditional row; editing: `(text_scale, image_scale)` for the image-only and null
+    Guidance: `guidance_scales` is one scale per guidance row of a prompt (plain CFG: one
+    unconditional row; editing: `(guidance_scale, image_guidance_scale)` for the image-only and null
     rows). A scale of 1 is exactly unguided. Guidance acts inside image/audio spans only,
-    on the fraction `cfg_interval = (start, end)` of each span's code positions.
+    on the fraction `guidance_interval = (start, end)` of each span's code positions.
     """
 
     max_new_tokens: int = 256
@@ -56,24 +56,24 @@ class GenerationConfig:
     image_grid: tuple[int, int] | None = None  # None: the model picks among the vocab's grids that fit
     audio_max_frames: int = 64
     audio_min_frames: int = 1
-    cfg_scale: float | tuple[float, ...] = (1.0,)
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    guidance_scales: float | tuple[float, ...] = (1.0,)
+    guidance_interval: tuple[float, float] = (0.0, 1.0)
     stop_at_eos: bool = True  # False: <eos> is never drawn and rows run to max_new_tokens
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
 
     def __post_init__(self):
-        if isinstance(self.cfg_scale, (int, float)):
-            self.cfg_scale = (float(self.cfg_scale),)
-        self.cfg_scale = tuple(float(s) for s in self.cfg_scale)
-        self.cfg_interval = tuple(float(x) for x in self.cfg_interval)
+        if isinstance(self.guidance_scales, (int, float)):
+            self.guidance_scales = (float(self.guidance_scales),)
+        self.guidance_scales = tuple(float(s) for s in self.guidance_scales)
+        self.guidance_interval = tuple(float(x) for x in self.guidance_interval)
         if self.image_grid is not None:
             self.image_grid = tuple(int(x) for x in self.image_grid)
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be positive, got {self.max_new_tokens}")
-        check(len(self.cfg_scale) >= 1, "cfg_scale", "needs at least one scale")
-        check(all(s >= 0 for s in self.cfg_scale), "cfg_scale", f"scales must be >= 0, got {self.cfg_scale}")
-        check(len(self.cfg_interval) == 2 and 0 <= self.cfg_interval[0] <= self.cfg_interval[1] <= 1,
-              "cfg_interval", f"must be (start, end) with 0 <= start <= end <= 1, got {self.cfg_interval}")
+        check(len(self.guidance_scales) >= 1, "guidance_scales", "needs at least one scale")
+        check(all(s >= 0 for s in self.guidance_scales), "guidance_scales", f"scales must be >= 0, got {self.guidance_scales}")
+        check(len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1,
+              "guidance_interval", f"must be (start, end) with 0 <= start <= end <= 1, got {self.guidance_interval}")
         check(self.image_grid is None or len(self.image_grid) == 2, "image_grid", "must be [H, W]")
         check(self.audio_max_frames >= 1, "audio_max_frames", f"must be >= 1, got {self.audio_max_frames}")
         check(1 <= self.audio_min_frames <= self.audio_max_frames, "audio_min_frames",
@@ -86,4 +86,4 @@ class GenerationConfig:
 
     @property
     def guided(self) -> bool:
-        return any(s != 1.0 for s in self.cfg_scale)
+        return any(s != 1.0 for s in self.guidance_scales)

@@ -154,7 +154,7 @@ class RowState:
         self.editable = list(editable) if editable is not None else None
         self.edited = False  # the copy-through applies to the first image span only
         self.finish: str | None = None
-        self.guide_lo, self.guide_hi = grammar.cfg.cfg_interval
+        self.guide_lo, self.guide_hi = grammar.cfg.guidance_interval
         self.carried: list[int] = []
         self.prev = last_image(prompt, grammar.vocab) if grammar.keep is not None else None
         self._resume(prompt)

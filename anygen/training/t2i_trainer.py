@@ -80,7 +80,7 @@ class T2IBatches:
     """Batch k: `batch_size` fresh ShapesWorld scenes, captions and renders, from (seed, k)."""
 
     def __init__(self, cfg: T2IConfig, tokenizer):
-        from anygen.data.shapes import ShapesWorld, WorldConfig
+        from anygen.worlds.shapes.world import ShapesWorld, WorldConfig
 
         self.cfg, self.tok, self.vocab = cfg, tokenizer, tokenizer.vocab
         self.world = ShapesWorld(WorldConfig(seed=cfg.data.world_seed))
@@ -95,7 +95,7 @@ class T2IBatches:
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         from anygen.codecs.image import images_to_tensor
-        from anygen.data.shapes import render_scene
+        from anygen.worlds.shapes.world import render_scene
 
         rng = np.random.default_rng([self.cfg.train.seed, k])
         scenes = [self.world.sample_scene(rng) for _ in range(self.cfg.data.batch_size)]

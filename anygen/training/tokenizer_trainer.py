@@ -319,32 +319,16 @@ def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] 
 
 
 def text_corpus(data: DataConfig) -> list[str]:
-    """ShapesWorld captions, edit instructions, stories and melody texts (+ emoji names)."""
-    from anygen.data import shapes
+    """The text tokenizer's corpus: the shapes world's text (captions, edit instructions, melody
+    texts, stories) and, with `text_include_emoji`, the emoji world's names."""
+    from anygen.worlds import get_world
+    from anygen.worlds.shapes.world import WorldConfig
 
-    world = shapes.ShapesWorld(shapes.WorldConfig(seed=data.seed))
     rng = np.random.default_rng(data.seed)
-    lines: list[str] = []
-    for _ in range(data.text_scenes):
-        scene = world.sample_scene(rng)
-        lines.append(scene.caption())
-    for _ in range(max(1, data.text_scenes // 4)):
-        edit = world.sample_edit(rng)
-        lines.append(edit.instruction)
-        narrative = getattr(edit, "narrative", None)
-        if isinstance(narrative, str):
-            lines.append(narrative)
-        lines.append(shapes.melody_text(world.sample_melody(rng)))
-    for _ in range(max(1, data.text_scenes // 20)):
-        story = world.sample_story(rng)
-        text = story.text() if callable(getattr(story, "text", None)) else getattr(story, "text", "")
-        if isinstance(text, str) and text:
-            lines.append(text)
+    lines = get_world("shapes", WorldConfig(seed=data.seed)).text_corpus(data.text_scenes, rng)
     if data.text_include_emoji:
         try:
-            from anygen.data.emoji import EmojiWorld
-
-            lines += [item.name for item in EmojiWorld().items("train")]
+            lines += get_world("emoji").text_corpus(0, rng)
         except AnygenError:
             pass  # no emoji font on this machine: shapes text only
     return lines

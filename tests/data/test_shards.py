@@ -1,6 +1,5 @@
 """Token shards, packing, the loader (determinism, exact resume) and document isolation."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from anygen.errors import AnygenError
 from anygen.model.decoder import packed_attention_mask
 from anygen.vocab import Vocab
 
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+import fakes as fake_codecs
 
 VOCAB = Vocab(n_text=100, image_codebook_size=16, image_grids=((2, 2),))
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from anygen.codecs.image import ImageCodec, ImageCodecConfig
 from anygen.errors import AnygenError
-from anygen.eval.tokenizer_eval import (PSNR_CAP, evaluate_tokenizer, heldout_scenes, psnr, ssim,
+from anygen.eval.tokenizer_eval import (PSNR_CAP, evaluate_tokenizer, psnr, ssim,
                                         usage_and_perplexity)
 
 torch.set_num_threads(1)
@@ -57,6 +57,12 @@ def test_usage_and_perplexity_known_histograms():
     assert usage_and_perplexity(torch.tensor([0, 0, 1, 1]), 4) == pytest.approx((0.5, 2.0))
     assert usage_and_perplexity(torch.arange(8), 8) == pytest.approx((1.0, 8.0))
     assert usage_and_perplexity(torch.zeros(10, dtype=torch.long), 5) == pytest.approx((0.2, 1.0))
+
+
+def heldout_scenes(n, seed):
+    from anygen.worlds import get_world
+
+    return get_world("shapes").eval_scenes(n, seed)
 
 
 def test_heldout_scenes_are_deterministic_and_mixed():

@@ -248,7 +248,7 @@ def test_guide_formulas():
     assert torch.equal(guide(logits, torch.tensor([[0, 1]]), (1.0,))[0], logits[0])
 
 
-def test_cfg_scale_one_equals_unguided():
+def test_guidance_scale_one_equals_unguided():
     vocab = make_vocab()
     model = tiny_model(vocab)
     prompt = Prompt([vocab.bos, 3, 4, 5], force=[vocab.boi])
@@ -256,16 +256,16 @@ def test_cfg_scale_one_equals_unguided():
         cfg = GenerationConfig(max_new_tokens=16, image_grid=(2, 3), seed=seed,
                                image=SamplingSettings(temperature=1.3, top_k=8, top_p=0.95))
         plain = generate(model, vocab, [prompt], cfg)[0]
-        cfg.cfg_scale = (1.0,)
+        cfg.guidance_scales = (1.0,)
         guided = generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null]])[0]
         assert guided.ids == plain.ids
         # guidance rows present in the batch but never applied (empty interval): same draws
-        cfg.cfg_scale, cfg.cfg_interval = (3.0,), (1.0, 1.0)
+        cfg.guidance_scales, cfg.guidance_interval = (3.0,), (1.0, 1.0)
         stats = GenerationStats()
         idle = generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null, 9, 9, 9]], stats=stats)[0]
         assert stats.rows == 2 and idle.ids == plain.ids
-        cfg.cfg_interval = (0.0, 1.0)
-    cfg.cfg_scale = (4.0,)
+        cfg.guidance_interval = (0.0, 1.0)
+    cfg.guidance_scales = (4.0,)
     strong = [generate(model, vocab, [prompt], cfg, uncond_prompts=[[vocab.bos, vocab.null]])[0].ids
               for cfg.seed in range(4)]
     unguided = [generate(model, vocab, [prompt], cfg)[0].ids for cfg.seed in range(4)]
@@ -274,13 +274,13 @@ def test_cfg_scale_one_equals_unguided():
         check_grammar(vocab, ids)
 
 
-def test_cfg_interval_limits_guidance_to_part_of_the_span():
+def test_guidance_interval_limits_guidance_to_part_of_the_span():
     vocab = make_vocab()
     model = tiny_model(vocab)
     prompt = Prompt([vocab.bos, 3, 4, 5], force=[vocab.boi])
     g = dict(max_new_tokens=12, image_grid=(2, 3), image=SamplingSettings(greedy=True), text=SamplingSettings(greedy=True))
     plain = generate(model, vocab, [prompt], GenerationConfig(**g))[0].ids
-    late = generate(model, vocab, [prompt], GenerationConfig(**g, cfg_scale=8.0, cfg_interval=(0.5, 1.0)),
+    late = generate(model, vocab, [prompt], GenerationConfig(**g, guidance_scales=8.0, guidance_interval=(0.5, 1.0)),
                     uncond_prompts=[[vocab.bos, vocab.null]])[0].ids
     assert late[:5] == plain[:5]  # <boi> <grid> and the first 3 of 6 codes are unguided
 
@@ -292,14 +292,14 @@ def test_three_row_edit_guidance_at_scale_one_is_plain_conditioning():
     full = [vocab.bos, *src, 7, 8, 9]
     image_only = [vocab.bos, *src, vocab.null]
     null = [vocab.bos, vocab.null]
-    cfg = GenerationConfig(max_new_tokens=7, image_grid=(2, 2), seed=5, cfg_scale=(1.0, 1.0))
+    cfg = GenerationConfig(max_new_tokens=7, image_grid=(2, 2), seed=5, guidance_scales=(1.0, 1.0))
     plain = generate(model, vocab, [Prompt(full, force=[vocab.boi])], GenerationConfig(max_new_tokens=7, image_grid=(2, 2), seed=5))
     edited = generate(model, vocab, [Prompt(full, uncond=[image_only, null], force=[vocab.boi])], cfg)
     assert edited[0].ids == plain[0].ids
-    cfg.cfg_scale = (5.0, 1.5)
+    cfg.guidance_scales = (5.0, 1.5)
     out = generate(model, vocab, [Prompt(full, uncond=[image_only, null], force=[vocab.boi])], cfg)[0]
     check_grammar(vocab, out.ids)
-    with pytest.raises(AnygenError, match="cfg_scale"):
+    with pytest.raises(AnygenError, match="guidance_scales"):
         generate(model, vocab, [Prompt(full, uncond=[null], force=[vocab.boi])], cfg)
 
 
@@ -308,7 +308,7 @@ def test_edit_mask_copies_codes_outside_the_mask():
     model = tiny_model(vocab)
     source = [vocab.image_start + c for c in (1, 2, 3, 4, 5, 6)]  # a 2x3 source image
     editable = [False, True, False, False, True, False]
-    cfg = GenerationConfig(max_new_tokens=9, seed=0, cfg_scale=(3.0, 1.5),
+    cfg = GenerationConfig(max_new_tokens=9, seed=0, guidance_scales=(3.0, 1.5),
                            image=SamplingSettings(temperature=2.0))  # grid comes from the source
     changed = set()
     for seed in range(5):

@@ -55,11 +55,11 @@ def test_repetition_penalty_follows_ctrl_rule():
 def test_settings_validation_names_the_field():
     with pytest.raises(ConfigError, match="top_p"):
         SamplingSettings(top_p=0.0)
-    with pytest.raises(ConfigError, match="cfg_interval"):
-        GenerationConfig(cfg_interval=(0.8, 0.2))
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        GenerationConfig(guidance_interval=(0.8, 0.2))
     with pytest.raises(ConfigError, match="backend"):
         GenerationConfig(backend="cuda-graphs")
-    assert GenerationConfig(cfg_scale=3).cfg_scale == (3.0,)
+    assert GenerationConfig(guidance_scales=3).guidance_scales == (3.0,)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS.glob("*.yaml")), ids=lambda p: p.name)
@@ -74,10 +74,10 @@ def test_presets_exist():
 
 
 def test_yaml_scalar_scale_and_overrides():
-    cfg = load_config(GenerationConfig, None, ["cfg_scale=2.5", "image.top_k=4", "image_grid=[8, 8]"])
-    assert cfg.cfg_scale == (2.5,) and cfg.image.top_k == 4 and cfg.image_grid == (8, 8)
-    cfg = load_config(GenerationConfig, None, ["cfg_scale=[3, 1.5]"])
-    assert cfg.cfg_scale == (3.0, 1.5)
+    cfg = load_config(GenerationConfig, None, ["guidance_scales=2.5", "image.top_k=4", "image_grid=[8, 8]"])
+    assert cfg.guidance_scales == (2.5,) and cfg.image.top_k == 4 and cfg.image_grid == (8, 8)
+    cfg = load_config(GenerationConfig, None, ["guidance_scales=[3, 1.5]"])
+    assert cfg.guidance_scales == (3.0, 1.5)
 
 
 def test_score_sequences_matches_a_plain_forward():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from anygen.config import load_config
 from anygen.data.pretokenize import PretokenizeConfig
-from anygen.data.shapes import EDIT_KINDS
+from anygen.worlds.shapes.world import EDIT_KINDS
 from anygen.training.decoder_trainer import load_train_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from anygen.errors import AnygenError
 
 def _tokenizer_dir(tmp_path):
     from anygen.codecs.text import train_text_tokenizer
-    from anygen.data.shapes import ShapesWorld, WorldConfig
+    from anygen.worlds.shapes.world import ShapesWorld, WorldConfig
     from anygen.tokenizer import MultimodalTokenizer
 
     world = ShapesWorld(WorldConfig(seed=0))
@@ -61,7 +61,7 @@ def test_trains_resumes_exactly_and_loads(tmp_path, head, extra):
     assert (summary["head_parameters"] > 0) == (head == "diffusion")
     gen = anygen.load(full)
     assert (gen.diffusion is not None) == (head == "diffusion")
-    kw = {"steps": 2} if head == "diffusion" else {}
+    kw = {"num_inference_steps": 2} if head == "diffusion" else {}
     [image] = gen.draw("a large red circle at the center", seed=0, **kw)
     assert image.size == (16, 16)
     with pytest.raises(AnygenError, match="already holds a run"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anygen.data.user import load_audio_folder, load_edit_pairs, load_image_folder, load_jsonl_documents
+from anygen.worlds.user import load_audio_folder, load_edit_pairs, load_image_folder, load_jsonl_documents
 from anygen.document import Audio, Image as ImageSeg, Text, wav_bytes
 from anygen.errors import AnygenError
 
@@ -56,7 +56,7 @@ def image_dir(tmp_path):
 
 
 def test_image_folder_skip_reports_every_bad_file(image_dir, caplog):
-    with caplog.at_level(logging.WARNING, logger="anygen.data.user"):
+    with caplog.at_level(logging.WARNING, logger="anygen.worlds.user"):
         result = load_image_folder(image_dir)
     assert len(result) == 3 and result.total == len(result) + len(result.skipped)
     first = result.documents[0]

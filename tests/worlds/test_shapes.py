@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from anygen.config import ConfigError, build
-from anygen.data.shapes import (ALL_PAIRS, COLORS, EDIT_KINDS, NOTE_FREQS, NOTES, POSITIONS, Edit, Obj, Scene,
+from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, NOTE_FREQS, NOTES, POSITIONS, Edit, Obj, Scene,
                                 ShapesWorld, WorldConfig, apply_instruction, melody_text, narrate, parse_caption,
                                 parse_melody_text, parse_slots, refer, render_melody, render_scene, story_document)
 from anygen.document import Audio, Image, Text

@@ -112,3 +112,12 @@ def make_tokenizer(image: bool = True, audio: bool = True, image_keep: bool = Fa
 def save_tokenizer(tokenizer: MultimodalTokenizer, directory) -> Path:
     """Save a fake-codec tokenizer so `MultimodalTokenizer.load` can open it (codec classes patched in by the test)."""
     return tokenizer.save(directory)
+
+
+def use_fake_codecs(monkeypatch) -> None:
+    """Make `MultimodalTokenizer.load` build these fake codecs from the directories they saved."""
+    import anygen.codecs.audio as audio_mod
+    import anygen.codecs.image as image_mod
+
+    monkeypatch.setattr(image_mod, "ImageCodec", FakeImageCodec)
+    monkeypatch.setattr(audio_mod, "AudioCodec", FakeAudioCodec)

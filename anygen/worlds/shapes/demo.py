@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from anygen.data.shapes import EDIT_KINDS, ShapesWorld, WorldConfig, melody_text, render_melody, render_scene
+from anygen.worlds.shapes.world import EDIT_KINDS, ShapesWorld, WorldConfig, melody_text, render_melody, render_scene
 from anygen.document import Audio, Document, Image, Text
 from anygen.io import atomic_write_bytes
-from anygen.sampling.settings import SamplingSettings
 
 
 def _section(title: str, body: str) -> str:
@@ -67,7 +66,7 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     # one edit of each kind: the model says what it sees and will draw (re-planned in words), draws it 8 times
     # and keeps a picture that shows its plan (README: the most accurate setting after best of 16)
     results = generator.edit_batch_with_reasoning(sources, [e.instruction for e in edits], seed=seed, best_of=8,
-                                                  plan_in_words=True, text=SamplingSettings(greedy=True))
+                                                  plan_in_words=True, greedy_plan=True)
     cells = []
     for e, source, (edited, reasoning) in zip(edits, sources, results):
         said = f"after: “{e.instruction}” (the model's reasoning: “{reasoning}”)"
@@ -97,7 +96,7 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
 
 
 def run_demo(out: str | Path = "out/demo", model_dir=None, seed: int = 0) -> Path:
-    from anygen.pipeline import load
+    from anygen import load
 
     t = time.perf_counter()
     generator = load(model_dir)

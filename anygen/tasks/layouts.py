@@ -1,17 +1,18 @@
-"""Training tasks: world samples -> token sequences with loss masks.
+"""Sequence layouts shared by training and inference: examples -> token sequences with loss masks.
 
 Every example is one document of ids, `<bos> … <eos>`, with a parallel loss mask. Layouts
 (`span(x)` is `<boi> <grid> codes <eoi>` for an image, `<boa> codes <eoa>` for audio):
 
     text_to_image   <bos> caption        span(image)     <eos>
     image_to_text   <bos> span(image)    caption         <eos>
-    text_to_audio   <bos> melody text    span(audio)     <eos>
-    audio_to_text   <bos> span(audio)    melody text     <eos>
+    text_to_audio   <bos> text           span(audio)     <eos>
+    audio_to_text   <bos> span(audio)    text            <eos>
     edit            <bos> instruction span(source) span(target) <eos>
     describe_edit   <bos> span(source) span(target) instruction <eos>
-    reasoned_edit   <bos> instruction span(source) reasoning ("before …") span(target) <eos>
+    reasoned_edit   <bos> instruction span(source) plan text span(target) <eos>
+    reasoned_text   <bos> instruction seen-text plan-text <eos>
     story           <bos> text span(image) [text span(audio)] text span(image) … <eos>
-    document        <bos> any user Document's segments <eos>
+    document        <bos> any Document's segments <eos>
 
 The *prompt* of a conditional task is everything before its generated part; the
 generated part (the last span or text, plus `<eos>`) always carries the loss, the prompt
@@ -28,67 +29,28 @@ place. The unconditional forms (`null_condition_prompt` builds them for the samp
     edit, source image dropped        <bos> instruction <null>  | then <boi>…
     edit, both dropped                <bos> <null> <null>       | then <boi>…   (null row)
 
-Edits put the instruction first so that target code j sits a fixed distance (one span,
-67 positions) after source code j whatever the instruction's length: copying the
-unchanged codes is then one relative-position lookup under RoPE. With the source first
-(as before 2026-12-02) that distance varied with the instruction, and a 4-layer model
-trained for 4,000 steps redrew the scene instead of copying it (edit success 5–20%).
-Even with the fixed offset the model still redrew (18–35%); `<keep>` coding (below) removes
-the copying from the task altogether.
+Edits put the instruction first so that target code j sits a fixed distance (one span)
+after source code j whatever the instruction's length: copying the unchanged codes is then
+one relative-position lookup under RoPE. With a `<keep>` vocab (`Vocab.image_keep`) every
+sequence is `<keep>`-coded (`anygen.codecs.keep`): an edit's target span holds `<keep>`
+wherever it equals the source. InstructPix2Pix's dual guidance uses the full prompt, the
+image-only row and the null row; the three edit drops are mutually exclusive.
 
-InstructPix2Pix's dual guidance uses the full prompt, the image-only row and the null row.
-For edits the three drops are mutually exclusive with probabilities `p_null_instruction`,
-`p_null_image`, `p_null_both` (defaults 0.05 each, as in InstructPix2Pix).
+`describe_edit` is the edit read backwards (which instruction turns the source into the
+target): the verifier of best-of-N editing. `reasoned_edit` says in words what it sees and
+what it will draw before drawing it; `reasoned_text` is that text alone, the plan as the
+answer. What the plan text says is the world's (`anygen.tasks.world.PlanFormat`).
 
-With a `<keep>` vocab (`Vocab.image_keep`) every sequence is then `<keep>`-coded
-(`anygen.codecs.keep`): an edit's target span holds `<keep>` wherever it equals the source.
-
-`describe_edit` is the edit read backwards: which instruction turns the source into the
-target. It is the verifier of best-of-N editing (`AnyGen.edit(best_of=N)` keeps the candidate
-under which the instruction is most likely), because the edit model often samples the right
-edit but its own likelihood does not single it out. With `p_narrative` a share of ShapesWorld
-answers are the story sentence of the edit, so it also re-ranks story pictures (`AnyGen.story`).
-
-`reasoned_edit` is an edit that says in words what it sees and what it will draw before
-drawing it. Its prompt is the edit's; the sampler forces the word `before` (`REASON_LEAD`)
-where a plain edit forces `<boi>` (`AnyGen.edit(reason=True)`). Which object "the red circle"
-is, and which of its attributes the edit keeps, gets decided in text, where they are words,
-not codes (edit errors of the plain task are mostly the wrong object erased or a moved
-object's size lost). The text has one of four forms (`tasks.reasoned_edit.form`, see
-`reasoning`); `scene` is the default, the bundled model writes `slots` (it learned the plan
-in words first, `reasoned_text`; README "Default model", stages 11–12):
-- `scene`: `before <source caption> after <target caption>`;
-- `object`: `before <edited object in the source> after <it in the target>` (`nothing` for
-  the absent side of an add or a remove), e.g. `before a large red circle at the left after
-  a large red circle at the top`;
-- `caption_object`: `before <source caption> change <edited object> to <it, edited>`;
-- `slots`: `before <source objects> after <the same objects, edited in place>`, each object
-  a slot `size colour shape position` (`Obj.slot`, no `a`/`at the`), e.g. `before large red
-  circle left, small blue square center after large red circle top, small blue square center`
-  (`Edit.slots`). The scene form's target caption re-sorts a moved object and repeats `at the`
-  before every position, so copying an object's position means matching three words back; the
-  model often copies another object's (most `scene` errors). Here the second list is the first
-  with one slot changed, and a position follows its object's shape directly.
-It needs the scenes (ShapesWorld; not user pairs).
-
-`reasoned_text` is practice for that plan without the pictures: `<bos> instruction
-<before ...> <after ...> <eos>` with the loss on the plan only (`reasoning_parts` splits a
-reasoned edit's text into what the source shows and what the edit makes of it). It is
-about 37 tokens where a reasoned edit is about 170 (`anygen pretokenize` prints both).
-
-Building is split in two so the slow part (the codecs) can be cached and batched:
-`Spec`s (pure, cheap, hold media lazily under a cache key) are made first, then
-`SequenceEncoder.encode(specs)` encodes every missing image in batched codec calls, keeps
-each key's span (same scene -> same codes, no second codec call) and emits
-`TokenSequence(task, ids, loss)`.
+Building is split in two so the slow part (the codecs) can be cached and batched: `Spec`s
+(pure, cheap, hold media lazily under a cache key) are made first, then
+`anygen.tasks.encoder.SequenceEncoder` encodes them into `TokenSequence`s.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -99,17 +61,11 @@ from anygen.config import check
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 
-if TYPE_CHECKING:  # imported where used: anygen.data.shapes is the ShapesWorld, not every task's need
-    from anygen.data.shapes import Scene
-
 TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
          "reasoned_edit", "reasoned_text", "story", "document")
 CONDITIONAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
                "reasoned_edit", "reasoned_text")
 EDIT_DROPS = ("instruction", "image", "both")
-REASON_LEAD = "before"  # every reasoned edit's text starts with it (the sampler forces it)
-REASON_FORMS = ("scene", "object", "caption_object", "slots")  # what the text says (`reasoning`)
-
 
 # ---- configuration ------------------------------------------------------------------------
 @dataclass
@@ -166,7 +122,7 @@ class EditSpec:
 class DescribeEditSpec(TaskSpec):
     weight: float = 0.0  # off unless a recipe asks for it (the best-of-N edit verifier)
     p_null: float = 0.0
-    p_narrative: float = 0.0  # ShapesWorld: answer with the story sentence instead ("then the red circle turns blue")
+    p_narrative: float = 0.0  # a world with stories: answer with the story sentence instead ("then the red circle turns blue")
 
     def __post_init__(self):
         super().__post_init__()
@@ -177,13 +133,13 @@ class DescribeEditSpec(TaskSpec):
 class ReasonedEditSpec(TaskSpec):
     weight: float = 0.0  # off unless a recipe asks for it (AnyGen.edit(reason=True))
     p_null: float = 0.0
-    p_narrative: float = 0.0  # ShapesWorld: the instruction is the story sentence (AnyGen.story(reason=True))
-    form: str = "scene"  # what the text says (REASON_FORMS, `reasoning`)
+    p_narrative: float = 0.0  # a world with stories: the instruction is the story sentence (story(reason=True))
+    form: str = "scene"  # what the plan text says: one of the world's plan forms (checked by the world)
 
     def __post_init__(self):
         super().__post_init__()
         check(0.0 <= self.p_narrative <= 1.0, "p_narrative", f"must be in [0, 1], got {self.p_narrative}")
-        check(self.form in REASON_FORMS, "form", f"must be one of {', '.join(REASON_FORMS)}, got {self.form!r}")
+        check(bool(self.form), "form", "must name one of the world's plan forms")
 
 
 @dataclass
@@ -410,60 +366,9 @@ def describe_edit(source, target, instruction: str, spec: TaskSpec, rng: np.rand
                                          loss_on_prompt=spec.loss_on_prompt))
 
 
-def reasoning_parts(form: str, edit) -> tuple[str, str]:
-    """A reasoned edit's text in `form` (REASON_FORMS) of a ShapesWorld `Edit`, in two parts: what
-    the source shows (`before ...`) and what the edit makes of it (` after ...`, ` change ...`)."""
-    if form == "scene":
-        return f"{REASON_LEAD} {edit.source.caption()}", f" after {edit.target.caption()}"
-    if form == "object":
-        before, after = edit.change()
-        return f"{REASON_LEAD} {before}", f" after {after}"
-    if form == "caption_object":
-        return f"{REASON_LEAD} {edit.source.caption()}", " change {} to {}".format(*edit.change())
-    if form == "slots":
-        before, after = edit.slots()
-        return f"{REASON_LEAD} {before}", f" after {after}"
-    raise ValueError(f"reasoning form must be one of {', '.join(REASON_FORMS)}, got {form!r}")
-
-
-def reasoning(form: str, edit) -> str:
-    """The text of a reasoned edit in `form` (REASON_FORMS) of a ShapesWorld `Edit`."""
-    return "".join(reasoning_parts(form, edit))
-
-
-def parse_reasoning(text: str) -> tuple[str, str] | None:
-    """(what was before, what comes after) of a `scene`, `object` or `slots` reasoning, else None."""
-    lead, turn = f"{REASON_LEAD} ", " after "
-    if not text.startswith(lead) or turn not in text:
-        return None
-    before, after = text[len(lead):].split(turn, 1)
-    return before.strip(), after.strip()
-
-
-def planned_scene(text: str) -> Scene | None:
-    """The ShapesWorld `Scene` a `scene` or `slots` reasoning says the edit will draw (its ``after``
-    part), else None (another form, or text that does not parse): what a reasoned edit's picture
-    is checked against (`AnyGen.edit(reason=True, best_of=N)`)."""
-    from anygen.data.shapes import parse_caption, parse_slots
-
-    parts = parse_reasoning(text)
-    if parts is None:
-        return None
-    return parse_caption(parts[1]) or parse_slots(parts[1])
-
-
-def follows_plan(reasoning: str, caption: str) -> bool:
-    """Whether a caption of a reasoned edit's picture names the scene its reasoning planned
-    (`planned_scene`); False where either does not parse."""
-    from anygen.data.shapes import parse_caption
-
-    plan = planned_scene(reasoning)
-    return plan is not None and parse_caption(caption) == plan
-
-
 def reasoned_edit(source, instruction: str, target, text: str, spec: TaskSpec,
                   rng: np.random.Generator) -> Spec:
-    """An edit that first says what it sees and what it will draw (`text`, from `reasoning`), then draws it."""
+    """An edit that first says what it sees and what it will draw (`text`, in the world's plan form), then draws it."""
     return Spec("reasoned_edit", _layout("reasoned_edit", source=source, instruction=instruction, target=target,
                                          reasoning=text, loss_on_prompt=spec.loss_on_prompt))
 
@@ -583,195 +488,3 @@ def null_condition_prompt(tokenizer, task: str, *, drop: str | None = None, imag
             raise ValueError("null_condition_prompt(edit, drop='image') needs the instruction")
         return task_prompt(tokenizer, "edit", image=image, instruction=instruction, drop=drop)
     return task_prompt(tokenizer, task, drop=drop or "condition")
-
-
-# ---- encoding specs into ids, with a code cache --------------------------------------------
-class SequenceEncoder:
-    """Turns Specs into TokenSequences; caches media spans by key and batches image-codec calls.
-
-    `cache_size` bounds the number of cached spans per modality (oldest evicted first).
-    """
-
-    def __init__(self, tokenizer, batch_size: int = 64, cache_size: int = 200_000, text_cache_size: int = 100_000):
-        self.tok = tokenizer
-        self.vocab = tokenizer.vocab
-        self.batch_size = max(1, int(batch_size))
-        self.cache_size = cache_size
-        self.text_cache_size = text_cache_size
-        self._image: OrderedDict = OrderedDict()
-        self._audio: OrderedDict = OrderedDict()
-        self._text: dict[str, np.ndarray] = {}
-        self.stats = {"image_hits": 0, "image_misses": 0, "audio_hits": 0, "audio_misses": 0, "image_batches": 0}
-
-    def _remember(self, cache: OrderedDict, key, span: np.ndarray) -> None:
-        cache[key] = span
-        while len(cache) > self.cache_size:
-            cache.popitem(last=False)
-
-    def _image_spans(self, media: list[Media]) -> dict:
-        """key -> span for every image in `media`; missing ones are encoded in batches."""
-        spans: dict = {}
-        missing: dict = {}
-        for m in media:
-            if m.key in spans or m.key in missing:
-                self.stats["image_hits"] += 1
-            elif m.key in self._image:
-                self._image.move_to_end(m.key)
-                spans[m.key] = self._image[m.key]
-                self.stats["image_hits"] += 1
-            else:
-                missing[m.key] = m
-        if not missing:
-            return spans
-        if self.tok.image is None:
-            raise AnygenError("the tokenizer has no image codec, but the task mix has image tasks")
-        self.stats["image_misses"] += len(missing)
-        items = list(missing.values())
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            with torch.no_grad():
-                codes = self.tok.image.encode_images([m.make() for m in chunk])  # (B, H, W)
-            self.stats["image_batches"] += 1
-            for m, c in zip(chunk, codes):
-                spans[m.key] = np.asarray(self.tok.image_span(c), dtype=np.int64)
-                self._remember(self._image, m.key, spans[m.key])
-        return spans
-
-    def _audio_span(self, m: Media) -> np.ndarray:
-        span = self._audio.get(m.key)
-        if span is not None:
-            self._audio.move_to_end(m.key)
-            self.stats["audio_hits"] += 1
-            return span
-        self.stats["audio_misses"] += 1
-        if self.tok.audio is None:
-            raise AnygenError("the tokenizer has no audio codec, but the task mix has audio tasks")
-        wave, sr = m.make()
-        span = np.asarray(self.tok.audio_span(self.tok.audio_codes(wave, sr)), dtype=np.int64)
-        if m.key is not None:
-            self._remember(self._audio, m.key, span)
-        return span
-
-    def _text_ids(self, text: str) -> np.ndarray:
-        ids = self._text.get(text)
-        if ids is None:
-            ids = np.asarray(self.tok.encode_text(text), dtype=np.int64)
-            if len(self._text) < self.text_cache_size:
-                self._text[text] = ids
-        return ids
-
-    def encode(self, specs: list[Spec]) -> list[TokenSequence]:
-        images = self._image_spans([p.value for s in specs for p in s.pieces if p.kind == "image"])
-        out = []
-        for s in specs:
-            ids_parts, loss_parts = [], []
-            for p in s.pieces:
-                if p.kind == "ids":
-                    ids = np.asarray([self.vocab.special(p.value)], dtype=np.int64)
-                elif p.kind == "text":
-                    ids = self._text_ids(p.value)
-                elif p.kind == "image":
-                    ids = images[p.value.key]
-                elif p.kind == "audio":
-                    ids = self._audio_span(p.value)
-                else:
-                    raise ValueError(f"unknown piece kind {p.kind!r}")
-                ids_parts.append(ids)
-                loss_parts.append(np.full(len(ids), p.loss, dtype=np.uint8))
-            ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
-            if self.vocab.image_keep:
-                ids = np.asarray(encode_keeps(ids, self.vocab), dtype=np.int64)
-            loss = np.concatenate(loss_parts) if loss_parts else np.zeros(0, np.uint8)
-            loss[(ids == self.vocab.bos) | (ids == self.vocab.null)] = 0
-            out.append(TokenSequence(s.task, ids, loss))
-        return out
-
-
-# ---- ShapesWorld (and emoji) as task sources -------------------------------------------------
-class ShapesTasks:
-    """Samples a Spec of any task from a ShapesWorld; scenes and melodies are the cache keys."""
-
-    def __init__(self, world, mix: TaskMix):
-        self.world, self.mix = world, mix
-
-    def _scene(self, scene) -> Media:
-        size = self.world.config.image_size
-        return Media("image", ("scene", size, scene), lambda: self.world.render(scene))
-
-    def _melody(self, notes) -> Media:
-        c = self.world.config
-        return Media("audio", ("melody", c.sample_rate, c.note_seconds, tuple(notes)),
-                     lambda: (self.world.render_melody(notes), c.sample_rate))
-
-    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
-        from anygen.data.shapes import melody_text
-
-        w, mix = self.world, self.mix
-        if task == "text_to_image":
-            scene = w.sample_scene(rng, split=split)
-            return text_to_image(scene.caption(), self._scene(scene), mix.text_to_image, rng)
-        if task == "image_to_text":
-            scene = w.sample_scene(rng, split=split)
-            return image_to_text(self._scene(scene), scene.caption(), mix.image_to_text, rng)
-        if task == "text_to_audio":
-            notes = w.sample_melody(rng)
-            return text_to_audio(melody_text(notes), self._melody(notes), mix.text_to_audio, rng)
-        if task == "audio_to_text":
-            notes = w.sample_melody(rng)
-            return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
-        if task in ("edit", "describe_edit", "reasoned_edit", "reasoned_text"):
-            e = w.sample_edit(rng, split=split)
-            p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives
-            text = e.narrative() if p > 0 and rng.random() < p else e.instruction
-            if task == "reasoned_text":
-                return reasoned_text(text, *reasoning_parts(mix.reasoned_edit.form, e), mix.reasoned_text)
-            if task == "reasoned_edit":
-                why = reasoning(mix.reasoned_edit.form, e)
-                return reasoned_edit(self._scene(e.source), text, self._scene(e.target), why, mix.reasoned_edit, rng)
-            if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
-                return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)
-            return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)
-        if task == "story":
-            return self.story(w.sample_story(rng, split=split))
-        raise ValueError(f"ShapesWorld has no task {task!r} (tasks: {', '.join(TASKS[:-1])})")
-
-    def story(self, story) -> Spec:
-        """The world's `story_document(story)` as a Spec, built from the steps so that cached
-        scenes and melodies are not rendered again (a test checks it equals the document's encoding)."""
-        from anygen.data.shapes import melody_text
-
-        pieces = [_marker(_Ids.BOS)]
-        for step in story.steps:
-            pieces += [Piece("text", step.text, True), Piece("image", self._scene(step.scene), True)]
-            if step.melody:
-                pieces += [Piece("text", melody_text(step.melody), True),
-                           Piece("audio", self._melody(step.melody), True)]
-        pieces.append(Piece("ids", _Ids.EOS, True))
-        return Spec("story", pieces)
-
-
-class EmojiTasks:
-    """Text->image, image->text and edits from an EmojiWorld; the emoji character is the cache key."""
-
-    TASKS = ("text_to_image", "image_to_text", "edit", "describe_edit")
-
-    def __init__(self, world, mix: TaskMix):
-        self.world, self.mix = world, mix
-
-    def _image(self, item) -> Media:
-        return Media("image", ("emoji", self.world.size, item.char), lambda: item.image)
-
-    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
-        if task == "text_to_image":
-            item = self.world.sample(rng, split)
-            return text_to_image(item.name, self._image(item), self.mix.text_to_image, rng)
-        if task == "image_to_text":
-            item = self.world.sample(rng, split)
-            return image_to_text(self._image(item), item.name, self.mix.image_to_text, rng)
-        if task in ("edit", "describe_edit"):
-            e = self.world.sample_edit(rng, split)
-            if task == "describe_edit":
-                return describe_edit(self._image(e.source), self._image(e.target), e.instruction,
-                                     self.mix.describe_edit, rng)
-            return edit(self._image(e.source), e.instruction, self._image(e.target), self.mix.edit, rng)
-        raise ValueError(f"EmojiWorld has no task {task!r} (tasks: {', '.join(self.TASKS)})")

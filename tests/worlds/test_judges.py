@@ -1,15 +1,15 @@
 """Judges: accuracy on clean and mildly degraded renders, and "unparseable" rather than guesses.
 
 The full measurement (n=2000, targets >= 99.5% clean and >= 97% degraded) is
-`python -m anygen.eval.judges`; these tests use smaller samples and slightly lower bars.
+`python -m anygen.worlds.shapes.judges`; these tests use smaller samples and slightly lower bars.
 """
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from anygen.data.shapes import COLORS, Obj, Scene, ShapesWorld, WorldConfig, render_melody, render_scene
-from anygen.eval.judges import (degrade, degrade_audio, judge_image, judge_melody, measure_judges, parse_image,
+from anygen.worlds.shapes.world import COLORS, Obj, Scene, ShapesWorld, WorldConfig, render_melody, render_scene
+from anygen.worlds.shapes.judges import (degrade, degrade_audio, judge_image, judge_melody, measure_judges, parse_image,
                                 parse_melody)
 
 N = 150

@@ -2,7 +2,7 @@
 
 Every metric is computed from a *generator*: any object with the `AnyGen` task methods
 (`draw_batch`, `caption_batch`, `edit`, `say`, `transcribe`, `story`). The judges
-(`anygen.eval.judges`) parse what it produced; nothing is scored by the model itself.
+(`anygen.worlds.shapes.judges`) parse what it produced; nothing is scored by the model itself.
 Results are a flat dict `{"t2i.objects_1.all_correct": 0.93, ...}`.
 
 Metrics
@@ -20,7 +20,7 @@ Metrics
   PSNR between the edited image and the source render outside the cells the edit touches;
   edit.seconds_per_edit: wall time of the edit calls over the number of edits;
   edit.KIND.reasoning_exact (reasoned edits only): the text before the picture is exactly right
-  (`anygen.data.tasks.reasoning` of the edit, in any form).
+  (`anygen.worlds.shapes.plans.reasoning` of the edit, in any form).
 - t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed).
 - plan.KIND.exact (`--only plan`, models trained with `reasoned_text`): given the instruction and
   the exact text a reasoned edit writes about its source (`before ...`, in `reason_form`), the
@@ -43,11 +43,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from anygen.data.shapes import (EDIT_KINDS, Scene, ShapesWorld, WorldConfig, apply_instruction, melody_text,
+from anygen.worlds.shapes.world import (EDIT_KINDS, Scene, ShapesWorld, WorldConfig, apply_instruction, melody_text,
                                 parse_caption, parse_melody_text, render_melody, render_scene)
-from anygen.data.tasks import REASON_FORMS, reasoning, reasoning_parts
+from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
-from anygen.eval.judges import judge_image, judge_melody
+from anygen.worlds.shapes.judges import judge_image, judge_melody
 
 ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
 SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
@@ -183,7 +183,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
 
     `edit_reason`: edits are reasoned (`generator.edit_batch_with_reasoning`) and
     `edit.KIND.reasoning_exact` is the share whose text is exactly right (in any of the forms
-    `anygen.data.tasks.reasoning` writes; a model is trained with one). `reason_form`: the form
+    `anygen.worlds.shapes.plans.reasoning` writes; a model is trained with one). `reason_form`: the form
     the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`). `edit_kinds`:
     the edit kinds the `edit` and `plan` suites run; the others' samples are still drawn, so a kind
     scores the same samples as in a run of all kinds."""

@@ -6,8 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-import anygen.data.speech as speech
-from anygen.data.speech import SpeechWorld, parse_wav_stream, synthesize
+import anygen.worlds.speech as speech
+from anygen.worlds.speech import SpeechWorld, parse_wav_stream, synthesize
 from anygen.document import wav_bytes
 from anygen.errors import AnygenError
 

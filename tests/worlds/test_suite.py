@@ -4,12 +4,12 @@ from dataclasses import replace
 
 import pytest
 
-from anygen.data.shapes import (COLORS, EDIT_KINDS, Edit, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
+from anygen.worlds.shapes.world import (COLORS, EDIT_KINDS, Edit, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
                                 parse_melody_text, parse_slots, render_melody, render_scene)
-from anygen.data.tasks import REASON_FORMS, reasoning
+from anygen.worlds.shapes.plans import REASON_FORMS, reasoning
 from anygen.document import Audio, Document, Image, Text
-from anygen.eval.judges import judge_image, judge_melody
-from anygen.eval.suite import (PLAN_MISTAKES, evaluate_shapes, frechet_distance, plan_mistake, pooled_features,
+from anygen.worlds.shapes.judges import judge_image, judge_melody
+from anygen.worlds.shapes.suite import (PLAN_MISTAKES, evaluate_shapes, frechet_distance, plan_mistake, pooled_features,
                                preservation_psnr, score_scene, story_scores)
 
 

@@ -48,7 +48,7 @@ from PIL import Image as PILImage
 from PIL import ImageFilter
 from scipy import ndimage
 
-from anygen.data.shapes import (COLORS, NOTE_FREQS, NOTE_SECONDS, NOTES, SAMPLE_RATE, SHAPES, Obj, Scene, ShapesWorld,
+from anygen.worlds.shapes.world import (COLORS, NOTE_FREQS, NOTE_SECONDS, NOTES, SAMPLE_RATE, SHAPES, Obj, Scene, ShapesWorld,
                                 WorldConfig, render_melody, render_scene, shape_coverage)
 from anygen.io import to_rgb
 
@@ -336,7 +336,7 @@ def measure_judges(n: int = 2000, seed: int = 0, degraded: bool = False) -> dict
             "melody.exact": mel_ok / n, "melody.unparseable": mel_none / n, "melody.n": float(n)}
 
 
-if __name__ == "__main__":  # python -m anygen.eval.judges
+if __name__ == "__main__":  # python -m anygen.worlds.shapes.judges
     import json
     import sys
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from anygen.document import Document
 from anygen.errors import AnygenError
+from anygen.tasks.world import EVAL_STREAM
 from anygen.io import check_waveform, resample, to_mono_float
 
 DEBIAN_PACKAGE = "espeak-ng"
@@ -217,3 +218,44 @@ class SpeechWorld:
             raise AnygenError(f"n must be a non-negative integer, got {n!r}")
         rng = random.Random(self.seed)
         return [self.sample(rng) for _ in range(n)]
+
+
+SPEECH_TRAIN_SENTENCES = 400  # synthesized sentences a codec trains on (espeak-ng: about 0.1 s each)
+
+
+class Speech:
+    """The `speech` world (`anygen.tasks.world.World`): espeak-ng sentences for codec training and previews.
+    It offers no decoder tasks yet."""
+
+    name = "speech"
+    tasks: tuple[str, ...] = ()
+    previews = ("speech",)
+    plan_format = None
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed  # the voices and sentences of previews and corpora come from the caller's rng
+
+    def task_source(self, mix):
+        raise AnygenError("the speech world has no decoder tasks yet (it trains and evaluates audio codecs)")
+
+    def text_corpus(self, n: int, rng) -> list[str]:
+        world = SpeechWorld(seed=int(rng.integers(2**31)))
+        r = random.Random(world.seed)
+        return [world.sentence(r) for _ in range(n)]
+
+    def preview(self, rng, kind: str = "speech") -> Document:
+        text, waveform, sample_rate = SpeechWorld(seed=int(rng.integers(2**31))).sample_example()
+        return Document.of(text, (waveform, sample_rate))
+
+    def audio_batches(self, data, batch_size: int, seed: int, sample_rate: int):
+        from anygen.data.media_sources import WaveListSource
+
+        waves = [item.waveform for item in SpeechWorld(seed=data.seed, sample_rate=sample_rate).items(
+            SPEECH_TRAIN_SENTENCES)]
+        return WaveListSource(waves, batch_size, sample_rate, data.clip_seconds, seed, data.prefetch, "speech",
+                              data.crop_align)
+
+    def eval_audio(self, n: int, seed: int, sample_rate: int) -> tuple[list, None]:
+        """(held-out sentences' waveforms, no judge: transcripts are judged by a speech recogniser)."""
+        items = SpeechWorld(seed=seed + EVAL_STREAM, sample_rate=sample_rate).items(n)
+        return [it.waveform for it in items], None

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import features
 
-import anygen.data.emoji as emoji_world
-from anygen.data.emoji import EmojiWorld, clean_name
+import anygen.worlds.emoji as emoji_world
+from anygen.worlds.emoji import EmojiWorld, clean_name
 from anygen.errors import AnygenError
 
 needs_font = pytest.mark.skipif(

@@ -37,6 +37,7 @@ from PIL import ImageDraw, ImageFont, features
 
 from anygen.document import Document
 from anygen.errors import AnygenError
+from anygen.tasks.layouts import Media, Spec, TaskMix, describe_edit, edit, image_to_text, text_to_image
 
 log = logging.getLogger(__name__)
 
@@ -377,3 +378,68 @@ class EmojiWorld:
         if not pool:
             raise AnygenError(f"no emoji edit pairs in split {split!r}")
         return _pick(rng, pool)
+
+
+class EmojiTasks:
+    """Text->image, image->text and edits from an EmojiWorld; the emoji character is the cache key."""
+
+    TASKS = ("text_to_image", "image_to_text", "edit", "describe_edit")
+
+    def __init__(self, world, mix: TaskMix):
+        self.world, self.mix = world, mix
+
+    def _image(self, item) -> Media:
+        return Media("image", ("emoji", self.world.size, item.char), lambda: item.image)
+
+    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
+        if task == "text_to_image":
+            item = self.world.sample(rng, split)
+            return text_to_image(item.name, self._image(item), self.mix.text_to_image, rng)
+        if task == "image_to_text":
+            item = self.world.sample(rng, split)
+            return image_to_text(self._image(item), item.name, self.mix.image_to_text, rng)
+        if task in ("edit", "describe_edit"):
+            e = self.world.sample_edit(rng, split)
+            if task == "describe_edit":
+                return describe_edit(self._image(e.source), self._image(e.target), e.instruction,
+                                     self.mix.describe_edit, rng)
+            return edit(self._image(e.source), e.instruction, self._image(e.target), self.mix.edit, rng)
+        raise ValueError(f"EmojiWorld has no task {task!r} (tasks: {', '.join(self.TASKS)})")
+
+
+class Emoji:
+    """The `emoji` world (`anygen.tasks.world.World`): captioned emoji and their real edit pairs.
+    Splits: `train` / `heldout` (by concept); a training recipe's `holdout` split maps to `heldout`."""
+
+    name = "emoji"
+    tasks = EmojiTasks.TASKS
+    previews = ("emoji",)
+    plan_format = None  # edits are single attribute changes: no plan in words
+
+    def __init__(self, size: int = 64, seed: int = 0):
+        self.size = size  # `seed`: unused, the emoji are fixed
+
+    @property
+    def world(self) -> EmojiWorld:
+        return EmojiWorld(size=self.size)
+
+    def task_source(self, mix) -> EmojiTasks:
+        return EmojiTasks(self.world, mix)
+
+    def text_corpus(self, n: int, rng) -> list[str]:
+        """Every training emoji's name (`n` and `rng` are unused: the names are few and fixed)."""
+        return [item.name for item in self.world.items("train")]
+
+    def preview(self, rng, kind: str = "emoji") -> Document:
+        world = self.world
+        return (world.sample_edit(rng) if rng.random() < 0.3 else world.sample(rng)).document()
+
+    def image_batches(self, data, batch_size: int, seed: int, image_size: int):
+        from anygen.data.media_sources import ImageListSource
+
+        images = [item.image for item in self.world.items(data.split)]
+        return ImageListSource(images, batch_size, image_size, seed, data.prefetch, "emoji", data.hflip)
+
+    def eval_images(self, n: int, seed: int) -> tuple[list, None]:
+        """(held-out emoji images, no ground truth to judge)."""
+        return [it.image for it in self.world.items("heldout")[:n]], None

@@ -3,7 +3,7 @@
 A scene is 1–3 coloured shapes, each centred in its own cell of a 3×3 grid on a white
 64×64 canvas. Everything about a scene can be said in text (a canonical caption), edited
 with an instruction (with the exact target scene), and recovered from pixels by the judge
-in `anygen.eval.judges`. Melodies (1–4 notes, one per 0.25 s) and stories (2–4 steps, each
+in `anygen.worlds.shapes.judges`. Melodies (1–4 notes, one per 0.25 s) and stories (2–4 steps, each
 an edit of the previous scene) extend the world to audio and interleaved documents.
 
 Canonical text forms (generation emits exactly these; the parsers also accept any
@@ -312,7 +312,7 @@ class Edit:
     def change(self) -> tuple[str, str]:
         """The edited object's full phrase in the source and in the target (``nothing`` where it is
         absent: before an add, after a remove): what a reasoned edit says it changes
-        (`anygen.data.tasks.reasoning`)."""
+        (`anygen.worlds.shapes.plans.reasoning`)."""
         before = [o for o in self.source.objects if o not in self.target.objects]
         after = [o for o in self.target.objects if o not in self.source.objects]
         return (before[0].phrase() if before else NOTHING), (after[0].phrase() if after else NOTHING)

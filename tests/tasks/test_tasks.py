@@ -1,6 +1,5 @@
 """Task builders: sequence layouts, loss masks, null-condition dropout, prompts, code caching."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -8,15 +7,16 @@ import numpy as np
 import pytest
 
 from anygen.config import ConfigError, build
-from anygen.data.shapes import ShapesWorld, WorldConfig, melody_text, render_scene
+from anygen.worlds.shapes.world import ShapesWorld, WorldConfig, melody_text, render_scene
 from anygen.document import Document, Image, Text
-from anygen.data.tasks import (REASON_LEAD, SequenceEncoder, ShapesTasks, TaskMix, allocate, edit, follows_plan,
-                               null_condition_prompt, parse_reasoning, planned_scene, reasoned_edit, reasoned_text,
-                               reasoning, reasoning_parts, task_prompt, text_to_image)
+from anygen.tasks.encoder import SequenceEncoder
+from anygen.tasks.layouts import (TaskMix, allocate, edit, null_condition_prompt, reasoned_edit, reasoned_text,
+                                  task_prompt, text_to_image)
+from anygen.worlds.shapes.plans import (REASON_LEAD, follows_plan, parse_reasoning, planned_scene, reasoning,
+                                        reasoning_parts)
+from anygen.worlds.shapes.tasks import ShapesTasks
 
-_spec = importlib.util.spec_from_file_location("anygen_test_fake_codecs", Path(__file__).with_name("fake_codecs.py"))
-fake_codecs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_codecs)
+import fakes as fake_codecs
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_reasoned_edit_says_what_it_sees_and_draws_before_drawing(tok, world):
     assert parse_reasoning("a red circle") is None and parse_reasoning(expected["object"]) == (before, after)
     assert parse_reasoning(expected["slots"]) == e.slots()
     with pytest.raises(ConfigError, match="form"):
-        mix(reasoned_edit={"form": "poem"})
+        ShapesTasks(world, mix(reasoned_edit={"form": "poem"}))  # the world knows its plan forms
     # p_narrative: that share of the instructions is the story sentence (story(reason=True) edits with it)
     tasks = ShapesTasks(world, mix(reasoned_edit={"weight": 1, "p_narrative": 0.5}))
     rng = np.random.default_rng(12)

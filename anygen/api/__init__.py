@@ -1,0 +1,67 @@
+"""The Python API: `load_model(DIR)` -> `AnyGen` (`generator`), over a `Session` (`core`) and its
+strategies (`editing`, `story`, `diffusion`, `rerank`), with typed options (`options`).
+
+This package never imports a world: `anygen.load` looks up the worlds a model directory records
+and passes their strategies (a plan format) in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from anygen.api.generator import AnyGen
+from anygen.api.options import DrawOptions, EditOptions, StoryOptions
+from anygen.api.rerank import Verifier
+from anygen.errors import AnygenError
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default"
+
+__all__ = ["AnyGen", "DrawOptions", "EditOptions", "StoryOptions", "DEFAULT_MODEL", "default_model_dir",
+           "load_model", "model_meta"]
+
+
+def default_model_dir() -> Path:
+    """$ANYGEN_MODEL, else the bundled model."""
+    return Path(os.environ.get("ANYGEN_MODEL", DEFAULT_MODEL))
+
+
+def model_meta(directory: str | os.PathLike | None = None) -> dict:
+    """What a model directory records about itself (`anygen_decoder.json`; {} for none)."""
+    from anygen.model.decoder import read_decoder_meta
+
+    directory = Path(directory) if directory is not None else default_model_dir()
+    if not directory.is_dir():
+        raise AnygenError(f"{directory}: model directory not found")
+    return read_decoder_meta(directory)
+
+
+def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", plan_format=None,
+               sampler=None, verifier=None) -> AnyGen:
+    """Load a model directory (default: $ANYGEN_MODEL or the bundled model) with the given strategies
+    (`AnyGen`: a plan format for reasoned edits; a sampler and a verifier to replace, in tests)."""
+    from anygen.model.decoder import load_decoder
+    from anygen.model.transfusion import check_codec_fits, image_head_of, load_transfusion
+    from anygen.tokenizer import MultimodalTokenizer
+
+    directory = Path(directory) if directory is not None else default_model_dir()
+    meta = model_meta(directory)
+    tok_dir = directory / "tokenizer"
+    if not tok_dir.is_dir():
+        raise AnygenError(f"{directory}: missing tokenizer/ directory")
+    tokenizer = MultimodalTokenizer.load(tok_dir)
+    model = load_decoder(directory, device=device)
+    n_rows = model.get_input_embeddings().weight.shape[0]
+    saved = meta.get("vocab")
+    if saved and saved != tokenizer.vocab.to_dict():
+        raise AnygenError(f"{directory}: the model was trained with a different vocabulary than tokenizer/ holds "
+                          f"(model {saved}, tokenizer {tokenizer.vocab.to_dict()}): tokenizer and model do not match")
+    if n_rows < tokenizer.vocab.size:
+        raise AnygenError(f"{directory}: the model has {n_rows} token embeddings but its tokenizer needs "
+                          f"{tokenizer.vocab.size}: tokenizer and model do not match")
+    diffusion = None
+    if image_head_of(meta) == "diffusion":
+        diffusion = load_transfusion(directory, model, meta).eval()
+        check_codec_fits(diffusion.head, tokenizer.image, str(directory))
+    return AnyGen(model.eval(), tokenizer, diffusion=diffusion, plan_format=plan_format, sampler=sampler,
+                  verifier=verifier or Verifier, meta=meta)

@@ -1,0 +1,247 @@
+"""`AnyGen`: the Python API, a thin facade with one method per task.
+
+Each method checks its inputs and options once (`anygen.api.inputs`, `anygen.api.options`) and
+hands them to the strategy that does the work: the `Session` (prompts, sampling, decoding),
+`Editor` (plain, best-of and reasoned edits), `StoryWriter`, `DiffusionImages` (Transfusion
+models). Keyword arguments that are not an option of the method are sampling settings
+(`GenerationConfig` fields, e.g. `text=SamplingSettings(temperature=0.7)`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from PIL import Image as PILImage
+
+from anygen.api.core import Session
+from anygen.api.diffusion import DiffusionImages
+from anygen.api.editing import Editor
+from anygen.api.inputs import as_audio, as_image, check_int, check_seed, check_text, check_texts
+from anygen.api.options import DrawOptions, EditOptions, StoryOptions, check_scale, resolve
+from anygen.api.rerank import Verifier, best_of
+from anygen.api.story import StoryWriter
+from anygen.document import Audio, Document, Image, Text
+from anygen.errors import AnygenError
+from anygen.sampling.engine import Prompt
+from anygen.sampling.settings import GenerationConfig
+
+MAX_ROWS = 4096  # images, edits or captions of one call; larger work belongs in a loop over calls
+
+
+class AnyGen:
+    """A loaded model: decoder + MultimodalTokenizer, with one method per task.
+
+    `diffusion` (a `TransfusionModel` around `model`) marks a Transfusion model: its images are
+    denoised by the diffusion head, text still comes from the LM head; tasks that read an image
+    (caption, edit) need a tokens-head model. `plan_format` is the plan format of the model's
+    world (`anygen.tasks.world.PlanFormat`), needed by reasoned edits; `sampler` replaces the
+    sampling loop and `verifier` (a `Verifier` class) the likelihood scores best-of ranks by (seams for tests);
+    `meta` is what the model directory records (`anygen_decoder.json`).
+    """
+
+    def __init__(self, model, tokenizer, config: GenerationConfig | None = None, diffusion=None,
+                 plan_format=None, sampler=None, verifier: type[Verifier] = Verifier, meta: dict | None = None):
+        self.session = Session(model, tokenizer, config, sampler)
+        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
+        self.meta = meta or {}
+        self.verifier = verifier(self.session)
+        self.diffusion = DiffusionImages(self.session, diffusion) if diffusion is not None else None
+        self.editor = Editor(self.session, plan_format, self.verifier)
+        self.stories = StoryWriter(self.session, self.editor, self.verifier)
+
+    @property
+    def context(self) -> int:
+        return self.session.context
+
+    @property
+    def plan_format(self):
+        return self.editor.plan_format
+
+    # ---- any document -----------------------------------------------------------------
+    def generate(self, prompt: Document | str, max_new_tokens: int = 512, seed: int | None = None,
+                 callback: Callable[[Document], None] | None = None, **settings) -> Document:
+        """Continue any Document with interleaved text, images and audio; returns the continuation.
+        `callback` receives each finished segment as a Document while sampling runs."""
+        s = self.session
+        if isinstance(prompt, str):
+            prompt = Document([Text(check_text(prompt))])
+        if not isinstance(prompt, Document):
+            raise AnygenError(f"prompt must be text or a Document, got {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise AnygenError("prompt is empty")
+        max_new_tokens, seed = check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed)
+        ids = self.tokenizer.encode(prompt, eos=False)
+        s.check_length(ids, max_new_tokens)
+        if self.diffusion is not None:
+            return self.diffusion.generate(ids, max_new_tokens, seed, **settings)
+        cfg = s.settings(max_new_tokens=max_new_tokens, seed=seed, **settings)
+        on_span = None if callback is None else (lambda row, span: callback(self.tokenizer.decode(list(span.ids))))
+        [result] = s.sample([ids], cfg, callback=on_span)
+        return self.tokenizer.decode(result.ids)
+
+    # ---- images -----------------------------------------------------------------------
+    def draw(self, text: str, /, n: int = 1, seed: int | None = 0, options: DrawOptions | None = None,
+             **settings) -> list[PILImage.Image]:
+        """text -> n images, batched. Options (`DrawOptions`, or its fields as keywords):
+        guidance_scale, num_inference_steps (diffusion head), best_of."""
+        n = check_int(n, "n", 1, MAX_ROWS)
+        return self.draw_batch([text] * n, seed=seed, options=options, **settings)
+
+    def draw_batch(self, texts: Sequence[str], seed: int | None = 0, options: DrawOptions | None = None,
+                   **settings) -> list[PILImage.Image]:
+        """One image per text, all rows sampled together."""
+        options, settings = resolve(DrawOptions, options, settings)
+        texts, seed = check_texts(texts), check_seed(seed)
+        if len(texts) > MAX_ROWS:
+            raise AnygenError(f"{len(texts)} prompts in one call, over the limit of {MAX_ROWS}")
+        if self.diffusion is not None:
+            return self.diffusion.draw(texts, options, seed, **settings)
+        if options.num_inference_steps is not None:
+            raise AnygenError("num_inference_steps (denoising steps) applies to diffusion-head models only")
+        s = self.session
+        scale = 1.0 if options.guidance_scale is None else options.guidance_scale
+        uncond = s.null_prompt("text_to_image")
+        prompts = []
+        for text in texts:
+            cond = s.prompt("text_to_image", text=text)
+            s.check_length(cond, s.image_budget)
+            prompts.append(Prompt(cond, uncond=[uncond] if scale != 1.0 else (), force=[self.vocab.boi]))
+        cfg = s.settings(max_new_tokens=s.image_budget, seed=seed, guidance_scales=(scale,), allow_audio=False,
+                         **settings)
+
+        def sample(k: int):
+            codes = [s.image_codes_of(r) for r in s.sample([p for p in prompts for _ in range(k)], cfg)]
+            return [[c for c in codes[i * k:(i + 1) * k] if c is not None] for i in range(len(prompts))]
+
+        picked = best_of(sample, lambda row, group: self.verifier.caption_scores(
+            group, self.tokenizer.encode_text(texts[row])), options.best_of)
+        if any(codes is None for codes in picked):
+            raise AnygenError("the model did not finish an image within its token budget")
+        return [self.tokenizer.image_from_codes(codes) for codes in picked]
+
+    def caption(self, image, /, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+        """image -> text."""
+        return self.caption_batch([image], max_new_tokens, seed, **settings)[0]
+
+    def caption_batch(self, images: Sequence, max_new_tokens: int = 64, seed: int | None = 0,
+                      **settings) -> list[str]:
+        """One caption per image, batched."""
+        self.session.needs_token_images("caption", self.diffusion)
+        prompts = [self.session.prompt("image_to_text", image=as_image(im)) for im in self._rows(images, "image")]
+        return self.session.text_answers(prompts, check_int(max_new_tokens, "max_new_tokens", 1),
+                                         check_seed(seed), **settings)
+
+    # ---- audio ------------------------------------------------------------------------
+    def say(self, text: str, /, guidance_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
+            **settings) -> Audio:
+        """text -> audio (e.g. "the notes C E G" -> a melody); `max_frames` bounds its length in codec frames."""
+        from anygen.codecs.layout import stream_length
+
+        s, text = self.session, check_text(text)
+        scale, seed = check_scale(guidance_scale, "guidance_scale"), check_seed(seed)
+        frames = s.config.audio_max_frames if max_frames is None else check_int(max_frames, "max_frames", 1, 100_000)
+        cond, uncond = s.prompt("text_to_audio", text=text), s.null_prompt("text_to_audio")
+        budget = stream_length(frames, self.vocab.audio_levels, self.vocab.audio_layout) + 3
+        s.check_length(cond, budget)
+        cfg = s.settings(max_new_tokens=budget, seed=seed, guidance_scales=(scale,), allow_image=False,
+                         audio_max_frames=frames, **settings)
+        prompt = Prompt(cond, uncond=[uncond] if scale != 1.0 else (), force=[self.vocab.boa])
+        [result] = s.sample([prompt], cfg)
+        audios = self.tokenizer.decode(result.ids).audios
+        if not audios:
+            raise AnygenError("the model did not produce audio within its token budget")
+        return audios[0]
+
+    def transcribe(self, audio, /, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+        """audio (path, Audio or (waveform, sr)) -> text."""
+        ids = self.session.prompt("audio_to_text", audio=as_audio(audio))
+        return self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1),
+                                         check_seed(seed), **settings)[0]
+
+    # ---- edits ------------------------------------------------------------------------
+    def edit(self, image, instruction: str, /, seed: int | None = 0, options: EditOptions | None = None,
+             **settings) -> PILImage.Image:
+        """(image, instruction) -> edited image. Options: `EditOptions` (or its fields as keywords)."""
+        return self.edit_batch([image], [instruction], seed=seed, options=options, **settings)[0]
+
+    def edit_batch(self, images: Sequence, instructions: Sequence[str], seed: int | None = 0,
+                   options: EditOptions | None = None, **settings) -> list[PILImage.Image]:
+        """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
+        `editable`, when given, applies to every image."""
+        return [edited for edited, _ in self._edits(images, instructions, seed, options, settings)]
+
+    def edit_with_reasoning(self, image, instruction: str, /, seed: int | None = 0,
+                            options: EditOptions | None = None, **settings) -> tuple[PILImage.Image, str]:
+        """`edit(..., reason=True)` that also returns the plan the model wrote (in its world's plan format)."""
+        [(edited, plan)] = self.edit_batch_with_reasoning([image], [instruction], seed, options, **settings)
+        return edited, plan
+
+    def edit_batch_with_reasoning(self, images: Sequence, instructions: Sequence[str], seed: int | None = 0,
+                                  options: EditOptions | None = None,
+                                  **settings) -> list[tuple[PILImage.Image, str]]:
+        """`edit_batch(..., reason=True)` that also returns each row's plan text."""
+        return self._edits(images, instructions, seed, options, {**settings, "reason": True})
+
+    def _edits(self, images, instructions, seed, options, settings) -> list[tuple[PILImage.Image, str | None]]:
+        options, settings = resolve(EditOptions, options, settings)
+        self.session.needs_token_images("edit", self.diffusion)
+        images = self._rows(images, "image")
+        instructions = check_texts(instructions, "instruction")
+        if len(images) != len(instructions):
+            raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")
+        sources = [self.tokenizer.image_codes(as_image(image)) for image in images]  # (H, W) each
+        if options.editable is not None and len(options.editable) != sources[0].numel():
+            h, w = sources[0].shape
+            raise AnygenError(f"editable has {len(options.editable)} flags; the code grid needs {h}x{w} = {h * w}")
+        return [(self.tokenizer.image_from_codes(codes), plan)
+                for codes, plan in self.editor.edit(sources, instructions, options, check_seed(seed), **settings)]
+
+    def plan_edits(self, instructions: Sequence[str], seen: Sequence[str], /, max_new_tokens: int = 64,
+                   seed: int | None = 0) -> list[str]:
+        """The text half of `edit(reason=True)` without the pictures (the `reasoned_text` task): given
+        each instruction and what its source shows in words (`seen`, in the plan format's
+        `seen_prompt` form), the plan the model writes next."""
+        instructions, seen = check_texts(instructions, "instruction"), check_texts(seen, "seen")
+        if len(instructions) != len(seen):
+            raise AnygenError(f"{len(instructions)} instructions but {len(seen)} descriptions of the source")
+        return self.editor.plan_edits(instructions, seen, check_int(max_new_tokens, "max_new_tokens", 1),
+                                      check_seed(seed))
+
+    def describe_edit(self, source, target, /, max_new_tokens: int = 64, seed: int | None = 0,
+                      **settings) -> str:
+        """(source image, edited image) -> the instruction that turns one into the other."""
+        self.session.needs_token_images("describe_edit", self.diffusion)
+        codes = [self.tokenizer.image_codes(as_image(im)) for im in (source, target)]
+        ids = self.session.prompt("describe_edit", image=codes[0], target=codes[1])
+        return self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed),
+                                         **settings)[0]
+
+    # ---- stories ----------------------------------------------------------------------
+    def story(self, opening: str, /, seed: int | None = 0, options: StoryOptions | None = None,
+              **settings) -> Document:
+        """An interleaved story: the opening sentence, then `n_steps` (picture, next sentence) turns.
+        Options: `StoryOptions` (or its fields as keywords): n_steps, best_of, reason, plan_in_words, sentences."""
+        options, settings = resolve(StoryOptions, options, settings)
+        opening, seed = check_text(opening, "opening"), check_seed(seed)
+        if self.diffusion is None:
+            return self.stories.write(opening, options, seed, **settings)
+        if options.stepwise:
+            raise AnygenError("best_of, reason and sentences are not supported by the diffusion image head")
+        ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
+        budget = options.n_steps * self.stories.step_budget
+        self.session.check_length(ids, budget)
+        doc = self.diffusion.generate(ids, budget, seed, min_images=options.n_steps, max_images=options.n_steps,
+                                      **settings)
+        cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
+        return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
+
+    # ---- helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _rows(items, what: str) -> list:
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise AnygenError(f"expected a list of {what}s, got {type(items).__name__}")
+        if not items:
+            raise AnygenError(f"no {what}s given")
+        if len(items) > MAX_ROWS:
+            raise AnygenError(f"{len(items)} {what}s in one call, over the limit of {MAX_ROWS}")
+        return list(items)
