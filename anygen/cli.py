@@ -61,7 +61,7 @@ def cmd_tokenizer_assemble(args) -> None:
 
 # ---- decoder -----------------------------------------------------------------------------
 def cmd_pretokenize(args) -> None:
-    from anygen.data.pretokenize import pretokenize
+    from anygen.training.pretokenize import pretokenize
 
     out = pretokenize(args.recipe, args.overrides)
     print(f"shards written to {out}")

@@ -19,7 +19,7 @@ from anygen.codecs.audio import AudioCodecConfig
 from anygen.codecs.image import ImageCodecConfig
 from anygen.codecs.keep import encode_keeps, resolve_keeps
 from anygen.config import ConfigError, build, load_config
-from anygen.data.pretokenize import PretokenizeConfig
+from anygen.training.pretokenize import PretokenizeConfig
 from anygen.document import Audio, Document, Image, Text
 from anygen.model.decoder import DecoderConfig, LossConfig
 from anygen.sampling.settings import GenerationConfig, SamplingSettings

@@ -5,16 +5,15 @@ exactly the batches the uninterrupted run would have seen (`batches(start=k)`), 
 background thread can render ahead without touching any shared random state.
 
 Images come as (B, 3, S, S) float tensors in [-1, 1]; audio as (B, 1, T) float in [-1, 1].
-Sources: a world's media by name (`anygen.worlds.MEDIA_SOURCES`: shapes, emoji, melodies,
-speech), `image-folder` (user images, converted per `anygen.io.fit_image`) and
-`audio-folder` (user WAV files, resampled and mixed down).
+Generic sources live here (a list of images or waveforms, a folder of either); a world brings
+its own (`anygen.worlds.MEDIA_SOURCES`), and `anygen.training.tokenizer_trainer.make_source`
+picks the one a recipe names.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,43 +22,10 @@ import torch
 from PIL import Image as PILImage
 
 from anygen.codecs.image import images_to_tensor  # the codec's pixel convention: [-1, 1], fit_image policy
-from anygen.config import check, choice
 from anygen.errors import AnygenError
 
-IMAGE_SOURCES = ("shapes", "emoji", "image-folder")
-AUDIO_SOURCES = ("melodies", "speech", "audio-folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUDIO_EXTENSIONS = (".wav",)
-
-
-@dataclass
-class DataConfig:
-    """The `data:` section of a tokenizer recipe."""
-
-    source: str = choice(*IMAGE_SOURCES, *AUDIO_SOURCES, "text")
-    path: str = ""  # image-folder / audio-folder
-    seed: int = 0  # world seed (ShapesWorld layout of held-out splits etc.)
-    split: str = "train"
-    max_objects: int = 3  # ShapesWorld: 1..max_objects per scene
-    fill: float = 0.0  # > 0: dense training scenes instead, each of the 9 cells filled with this probability
-    hflip: bool = False  # emoji / image-folder: mirror half of the images (doubles a small image set)
-    clip_seconds: float = 1.0  # audio: length of training clips
-    crop_align: int = 1  # audio: clip start offsets are multiples of this many samples (a codec hop keeps frames aligned)
-    sample_rate: int = 16000
-    prefetch: int = 0  # batches rendered ahead in a background thread (0 = inline; rendering is cheap)
-    # text kind only: corpus size from ShapesWorld (captions, instructions, melody texts)
-    text_scenes: int = 20000
-    text_include_emoji: bool = True
-
-    def __post_init__(self):
-        check(self.source not in ("image-folder", "audio-folder") or bool(self.path), "path",
-              f"is required for source {self.source!r}")
-        check(1 <= self.max_objects <= 9, "max_objects", f"must be 1..9, got {self.max_objects}")
-        check(self.clip_seconds > 0, "clip_seconds", f"must be > 0, got {self.clip_seconds}")
-        check(self.crop_align >= 1, "crop_align", f"must be >= 1, got {self.crop_align}")
-        check(self.sample_rate > 0, "sample_rate", f"must be > 0, got {self.sample_rate}")
-        check(self.prefetch >= 0, "prefetch", f"must be >= 0, got {self.prefetch}")
-        check(0.0 <= self.fill <= 1.0, "fill", f"must be in [0, 1], got {self.fill}")
 
 
 def batch_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -199,24 +165,3 @@ def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:
     from anygen.io import read_audio_file
 
     return [read_audio_file(p, sample_rate)[0] for p in folder_files(path, AUDIO_EXTENSIONS, "audio")]
-
-
-# ---- factory ------------------------------------------------------------------------------
-def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int = 64,
-                sample_rate: int | None = None) -> BatchSource:
-    """The batch source a recipe's `data:` section describes: a folder, or a world's media
-    (`anygen.worlds.MEDIA_SOURCES`)."""
-    from anygen.worlds import media_source
-
-    sr = sample_rate or data.sample_rate
-    if data.source == "image-folder":
-        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path,
-                               data.hflip)
-    if data.source == "audio-folder":
-        return WaveListSource(folder_waves(data.path, sr), batch_size, sr, data.clip_seconds, seed,
-                              data.prefetch, data.path, data.crop_align)
-    if data.source in IMAGE_SOURCES:
-        return media_source(data.source, "image").image_batches(data, batch_size, seed, image_size)
-    if data.source in AUDIO_SOURCES:
-        return media_source(data.source, "audio").audio_batches(data, batch_size, seed, sr)
-    raise AnygenError(f"data.source: {data.source!r} does not produce media batches")

@@ -1,7 +1,7 @@
 """`anygen tokenizer train RECIPE.yaml [key=value ...]`: train an image codec, audio codec or text tokenizer.
 
 A recipe (YAML, see `tokenizers/`) has `kind` (image | audio | text), `out` (the artifact
-directory), a `data:` section (`anygen.data.media_sources.DataConfig`), a `codec:` section
+directory), a `data:` section (`DataConfig`), a `codec:` section
 (the codec's own config: `ImageCodecConfig`, `AudioCodecConfig`, or `vocab_size` for text)
 and a `train:` section (`TrainConfig`). Dotted overrides (`train.steps=200`) change any key.
 
@@ -38,11 +38,44 @@ import torch
 import yaml
 
 from anygen.config import ConfigError, apply_overrides, build, check, choice, read_yaml, to_dict
-from anygen.data.media_sources import AUDIO_SOURCES, IMAGE_SOURCES, DataConfig, make_source
+from anygen.data.media_sources import BatchSource, ImageListSource, WaveListSource, folder_images, folder_waves
 from anygen.errors import AnygenError
 from anygen.io import atomic_directory, atomic_write_bytes
+from anygen.worlds import MEDIA_SOURCES
 
 CHECKPOINT_FORMAT = 1
+IMAGE_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "image") + ("image-folder",)
+AUDIO_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "audio") + ("audio-folder",)
+
+
+@dataclass
+class DataConfig:
+    """The `data:` section of a tokenizer recipe."""
+
+    source: str = choice(*IMAGE_SOURCES, *AUDIO_SOURCES, "text")
+    path: str = ""  # image-folder / audio-folder
+    seed: int = 0  # world seed (ShapesWorld layout of held-out splits etc.)
+    split: str = "train"
+    max_objects: int = 3  # ShapesWorld: 1..max_objects per scene
+    fill: float = 0.0  # > 0: dense training scenes instead, each of the 9 cells filled with this probability
+    hflip: bool = False  # emoji / image-folder: mirror half of the images (doubles a small image set)
+    clip_seconds: float = 1.0  # audio: length of training clips
+    crop_align: int = 1  # audio: clip start offsets are multiples of this many samples (a codec hop keeps frames aligned)
+    sample_rate: int = 16000
+    prefetch: int = 0  # batches rendered ahead in a background thread (0 = inline; rendering is cheap)
+    # text kind only: corpus size from ShapesWorld (captions, instructions, melody texts)
+    text_scenes: int = 20000
+    text_include_emoji: bool = True
+
+    def __post_init__(self):
+        check(self.source not in ("image-folder", "audio-folder") or bool(self.path), "path",
+              f"is required for source {self.source!r}")
+        check(1 <= self.max_objects <= 9, "max_objects", f"must be 1..9, got {self.max_objects}")
+        check(self.clip_seconds > 0, "clip_seconds", f"must be > 0, got {self.clip_seconds}")
+        check(self.crop_align >= 1, "crop_align", f"must be >= 1, got {self.crop_align}")
+        check(self.sample_rate > 0, "sample_rate", f"must be > 0, got {self.sample_rate}")
+        check(self.prefetch >= 0, "prefetch", f"must be >= 0, got {self.prefetch}")
+        check(0.0 <= self.fill <= 1.0, "fill", f"must be in [0, 1], got {self.fill}")
 
 
 @dataclass
@@ -305,6 +338,27 @@ def _export(model: torch.nn.Module, out: Path) -> None:
         _install_artifact(model.save, out)
     finally:
         model.train(was)
+
+
+# ---- data ----------------------------------------------------------------------------------
+def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int = 64,
+                sample_rate: int | None = None) -> BatchSource:
+    """The batch source a recipe's `data:` section describes: a folder, or a world's media
+    (`anygen.worlds.MEDIA_SOURCES`)."""
+    from anygen.worlds import media_source
+
+    sr = sample_rate or data.sample_rate
+    if data.source == "image-folder":
+        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path,
+                               data.hflip)
+    if data.source == "audio-folder":
+        return WaveListSource(folder_waves(data.path, sr), batch_size, sr, data.clip_seconds, seed,
+                              data.prefetch, data.path, data.crop_align)
+    if data.source in IMAGE_SOURCES:
+        return media_source(data.source, "image").image_batches(data, batch_size, seed, image_size)
+    if data.source in AUDIO_SOURCES:
+        return media_source(data.source, "audio").audio_batches(data, batch_size, seed, sr)
+    raise AnygenError(f"data.source: {data.source!r} does not produce media batches")
 
 
 # ---- training ------------------------------------------------------------------------------

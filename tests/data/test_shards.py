@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from anygen.data.pretokenize import pretokenize
+from anygen.training.pretokenize import pretokenize
 from anygen.data.shards import IGNORE_INDEX, ShardWriter, TokenDataset, TokenShards, make_loader, pack, vocab_fingerprint
 from anygen.errors import AnygenError
 from anygen.model.decoder import packed_attention_mask

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from anygen.config import load_config
-from anygen.data.pretokenize import PretokenizeConfig
+from anygen.training.pretokenize import PretokenizeConfig
 from anygen.worlds.shapes.world import EDIT_KINDS
 from anygen.training.decoder_trainer import load_train_config
 
