@@ -108,7 +108,10 @@ def cmd_train(args) -> None:
         return
     overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     out = train_decoder(args.recipe, overrides, resume=args.resume)
-    print(f"model written to {out}")
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one line for the run
+        print(f"model written to {out}")
 
 
 # ---- generation --------------------------------------------------------------------------
@@ -245,6 +248,18 @@ def cmd_bench_sample(args) -> None:
             codec_decode = loaded.tokenizer.image.decode_images
     results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode)
     print(format_sample_bench(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def cmd_bench_train(args) -> None:
+    from anygen.training.bench import measure_recipe_mfu
+
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:  # no recipe, only overrides
+        recipe, overrides = None, [recipe] + overrides
+    results = measure_recipe_mfu(recipe, overrides, steps=args.steps)
+    _print_json(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -486,6 +501,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
+    p = bench.add_parser("train", help="decoder training tokens/s and model-FLOPs utilisation (MFU)",
+                         description="Time the decoder trainer's step on random packed documents with a recipe's "
+                                     "model, seq_len, batch_size, threads and vocab, e.g. anygen bench train "
+                                     "training/shapes.yaml train.threads=1, or with overrides alone: "
+                                     "anygen bench train data.kind=synthetic data.seq_len=512 data.batch_size=8")
+    p.add_argument("recipe", nargs="?", help="training recipe YAML (optional)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.add_argument("--steps", type=int, default=8, help="measured steps (default 8)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_train)
 
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")

@@ -9,7 +9,7 @@ function of (seed, k), so a resumed run continues exactly — and the same decod
 A dropped caption (`p_null`) becomes `<null>`, the unconditional row of guidance. The
 image codec of the tokenizer directory encodes the tokens head's images on the fly; the
 diffusion head uses pixels or (`diffusion.space: codec`) the same codec's continuous latents. Compute is reported as FLOPs (6·N·tokens + attention, the
-decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
+trainers' `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 
 `anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`.
 """
@@ -30,9 +30,10 @@ from anygen.config import check, choice, load_config, read_yaml, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
-from anygen.training.decoder_trainer import OptimConfig, flops_per_token, lr_at
 from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, next_token_ce,
                                       save_transfusion, to_head_space, transfusion_loss)
+from anygen.training.common import (OptimConfig, flops_per_token, load_checkpoint, lr_at, refuse_existing_run,
+                                    save_checkpoint)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class T2IConfig:
     trainer: str = choice("t2i")
     image_head: str = choice("tokens", "diffusion")
     model: DecoderConfig = field(default_factory=DecoderConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)  # the decoder trainer's optimizer and lr schedule
+    optim: OptimConfig = field(default_factory=OptimConfig)  # as the decoder trainer's: AdamW and lr schedule
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
     data: T2IData = field(default_factory=T2IData)
     train: T2ITrain = field(default_factory=T2ITrain)
@@ -143,7 +144,6 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
               progress: bool = True) -> Path:
     """Train one side of the side-by-side; returns `out_dir/model` (an `anygen.load` directory)."""
     from anygen.tokenizer import MultimodalTokenizer
-    from anygen.training.tokenizer_trainer import load_checkpoint, save_checkpoint
 
     cfg = load_config(T2IConfig, recipe_path, list(overrides))
     t = cfg.train
@@ -151,7 +151,7 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     out = Path(t.out_dir)
     ckpt = out / "checkpoint"
     if out.exists() and any(out.iterdir()) and not resume:
-        raise AnygenError(f"{out} already holds a run: pass --resume to continue it, or choose another out_dir")
+        refuse_existing_run(out, "a run", "train.out_dir")
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = Path(cfg.data.tokenizer)
     tokenizer = MultimodalTokenizer.load(tok_dir)

@@ -21,7 +21,6 @@ without a time budget a resumed run ends with the same weights as an uninterrupt
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -31,6 +30,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +40,9 @@ import yaml
 from anygen.config import ConfigError, apply_overrides, build, check, choice, read_yaml, to_dict
 from anygen.data.media_sources import AUDIO_SOURCES, IMAGE_SOURCES, DataConfig, make_source
 from anygen.errors import AnygenError
-from anygen.io import atomic_directory, atomic_write_bytes
-
-CHECKPOINT_FORMAT = 1
+from anygen.io import atomic_write_bytes
+from anygen.training import common
+from anygen.training.common import OptimConfig, json_default, load_checkpoint, save_checkpoint, trim_metrics
 
 
 @dataclass
@@ -73,6 +73,13 @@ class TrainConfig:
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         check(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         check(self.time_budget_minutes >= 0, "time_budget_minutes", f"must be >= 0, got {self.time_budget_minutes}")
+        _ = self.optim  # builds, and so validates, the optimizer fields not checked above
+
+    @cached_property
+    def optim(self) -> OptimConfig:
+        """The optimizer fields as the trainers' OptimConfig (warmup, then cosine)."""
+        return OptimConfig(lr=self.lr, min_lr_ratio=self.min_lr_ratio, schedule="cosine", warmup_steps=self.warmup,
+                           weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip)
 
 
 @dataclass
@@ -135,103 +142,7 @@ def build_codec(recipe: TokenizerRecipe, cfg=None) -> torch.nn.Module:
 # ---- schedule ------------------------------------------------------------------------------
 def lr_at(train: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over `warmup` steps, then cosine from lr to lr*min_lr_ratio over `progress` in [0,1]."""
-    if step < train.warmup:
-        return train.lr * (step + 1) / train.warmup
-    warm = train.warmup / train.steps
-    t = min(max((progress - warm) / max(1e-9, 1 - warm), 0.0), 1.0)
-    return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-# ---- checkpoints ---------------------------------------------------------------------------
-def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return meta, {"rng.torch": torch.get_rng_state()}
-
-
-def _set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(tensors["rng.torch"])
-
-
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat tensors (safetensors) + JSON metadata (no pickle)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{k}"] = v.detach().contiguous().clone()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if not key.startswith("opt."):
-            continue
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    elapsed: float, recipe: TokenizerRecipe, cpu_s: float = 0.0, extra: dict | None = None) -> None:
-    """Model + optimizer + step + RNG states (+ `extra` entries in state.json) into `directory`, replaced atomically."""
-    from safetensors.torch import save_file
-
-    opt_tensors, opt_meta = optimizer_to_tensors(opt)
-    rng_meta, rng_tensors = _rng_state()
-    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    state = {"format_version": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed, "cpu_s": cpu_s,
-             "optimizer": opt_meta, "rng": rng_meta, "recipe": to_dict(recipe), **(extra or {})}
-    with atomic_directory(directory) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
-        save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, default=_json_default) + "\n", encoding="utf-8")
-
-
-def load_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    """Restore what `save_checkpoint` wrote; returns state.json's contents."""
-    from safetensors.torch import load_file
-
-    for name in ("state.json", "model.safetensors", "optimizer.safetensors"):
-        if not (directory / name).exists():
-            raise AnygenError(f"{directory / name}: checkpoint file missing")
-    try:
-        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnygenError(f"{directory / 'state.json'}: not valid JSON ({e})") from None
-    if state.get("format_version") != CHECKPOINT_FORMAT:
-        raise AnygenError(f"{directory / 'state.json'}: unsupported checkpoint format_version "
-                          f"{state.get('format_version')!r} (this anygen reads {CHECKPOINT_FORMAT})")
-    try:
-        weights = load_file(str(directory / "model.safetensors"))
-        extra = load_file(str(directory / "optimizer.safetensors"))
-        model.load_state_dict(weights)
-        optimizer_from_tensors(opt, extra, state["optimizer"])
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise AnygenError(f"{directory}: checkpoint does not match the recipe's model ({e})") from None
-    _set_rng_state(state["rng"], extra)
-    return state
-
-
-def _json_default(obj):
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return common.lr_at(step, train.optim, train.steps, progress)
 
 
 class _Terminated(Exception):
@@ -250,20 +161,6 @@ def _checkpoint_on_sigterm():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after `step` (a resumed run logs those steps again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line from a crash
-    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
-
-
 def _architecture_changes(saved: dict, current: dict) -> list[str]:
     """Codec keys that differ between a checkpoint and the recipe, ignoring loss weights.
 
@@ -271,7 +168,7 @@ def _architecture_changes(saved: dict, current: dict) -> list[str]:
     anything else changes what the weights mean, even where tensor shapes agree (e.g. FSQ levels).
     """
     def norm(d):
-        return json.loads(json.dumps(d, default=_json_default))
+        return json.loads(json.dumps(d, default=json_default))
 
     saved, current = norm(saved), norm(current)
     tunable = {"disc_start", "usage_decay"}
@@ -360,7 +257,7 @@ def _train_text(recipe: TokenizerRecipe, out: Path) -> Path:
         _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
     except RuntimeError as e:  # sentencepiece reports e.g. a vocabulary smaller than the character set
         raise AnygenError(f"codec.vocab_size: sentencepiece cannot train ({str(e).splitlines()[0]})") from None
-    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)),
+    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)),
                                                           sort_keys=False).encode())
     summary = {"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size, "wall_s": round(time.time() - start, 2)}
     atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
@@ -404,9 +301,9 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
     elif resume:
         print(f"no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)), sort_keys=False)
+    recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)), sort_keys=False)
     atomic_write_bytes(out / "recipe.yaml", recipe_yaml.encode())
-    _truncate_metrics(out / "metrics.jsonl", step)
+    trim_metrics(out / "metrics.jsonl", step)
 
     sample_rate = getattr(model, "sample_rate", None)
     image_size = getattr(model, "image_size", 64)
