@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from anygen.errors import AnygenError
+from anygen.threads import set_threads_from_env
 
 WORLDS = ("shapes", "stories", "melodies", "edits", "emoji", "speech")
 
@@ -595,12 +595,8 @@ def _suite_alias(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_suite_alias(list(sys.argv[1:] if argv is None else argv)))
-    threads = os.environ.get("ANYGEN_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     try:
+        set_threads_from_env()
         args.func(args)
     except AnygenError as e:
         print(f"anygen: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line

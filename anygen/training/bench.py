@@ -20,6 +20,7 @@ from anygen.errors import AnygenError
 from anygen.model.decoder import (DecoderConfig, LossConfig, build_decoder, count_parameters, decoder_loss,
                                   forward_logits)
 from anygen.training.common import flops_per_token
+from anygen.threads import set_threads
 from anygen.training.decoder_trainer import SyntheticBatches, load_train_config, resolve_vocab, weight_decay_groups
 from anygen.vocab import Vocab
 
@@ -54,7 +55,7 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     `mfu_vs_best_peak` the median achieved FLOP/s over the best peak seen (conservative).
     """
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads, "threads")
     model_cfg = model_cfg or DecoderConfig()
     if isinstance(vocab, int):
         n_text = max(16, vocab // 2)

@@ -4,17 +4,26 @@
 - RNG state capture/restore (python, numpy, torch CPU and CUDA) as JSON + tensors.
 - Optimizer state as tensors (safetensors) + JSON, and the one-directory checkpoint
   (`save_checkpoint` / `load_checkpoint`: model, optimizer, RNG, state.json).
-- Run directories: `refuse_existing_run`, `trim_metrics`.
+- Run directories: `lock_run_dir` (one run per directory), `refuse_existing_run`,
+  `remove_stale_temps`, `trim_metrics`.
+- Guards: `check_finite` (no saved weights hold NaN/Inf), `check_memory` (a decoder that cannot
+  fit is refused before it is built), `writing` (a failed write is one line, not a traceback).
 - `flops_per_token`: training FLOPs of a decoder (6·N + attention).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
+import os
 import random
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,6 +33,12 @@ from anygen.errors import AnygenError
 from anygen.io import atomic_directory, atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1  # state.json of `save_checkpoint`; bump when that layout changes
+LOCK_FILE = ".anygen.lock"  # in a run directory; holds the pid of the run that has it locked
+# training keeps 4 fp32 copies per parameter: the weight, its gradient and AdamW's two moments
+BYTES_PER_PARAMETER = 16
+FP32 = 4  # bytes
+# AdamW converts its step size lr / (1 - beta1^t) and its decay factor to the weights' dtype: larger overflows
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 # ---- optimizer and schedule -------------------------------------------------------------------
@@ -47,6 +62,9 @@ class OptimConfig:
         check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
         check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check(self.lr / (1 - self.betas[0]) < FLOAT32_MAX and self.lr * self.weight_decay < FLOAT32_MAX, "lr",
+              f"{self.lr:g} is too large: AdamW's step size (lr / (1 - betas[0]), lr × weight_decay) would "
+              f"overflow float32 (max {FLOAT32_MAX:.3g})")
 
 
 def lr_at(step: int, cfg: OptimConfig, total: int, progress: float | None = None) -> float:
@@ -150,11 +168,13 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Op
 
     Layout: model.safetensors; optimizer.safetensors (AdamW tensors `opt.*`, torch RNG `rng.*`);
     state.json (format_version, step, elapsed_s, cpu_s, optimizer param groups and scalars,
-    python/numpy RNG, the recipe).
+    python/numpy RNG, the recipe). Weights holding NaN/Inf are refused (`check_finite`), a failed
+    write is one line (`writing`).
     """
     from safetensors.torch import save_file
 
     weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    check_finite(weights.values(), directory)
     opt_sd = opt.state_dict()
     opt_tensors, rest = flatten_optimizer(opt_sd, "opt.")
     scalars = {f"{idx}.{k}": v for idx, st in rest.items() for k, v in st.items()}
@@ -162,7 +182,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Op
     state = {"format_version": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed, "cpu_s": cpu_s,
              "optimizer": {"param_groups": opt_sd["param_groups"], "scalars": scalars}, "rng": rng_meta,
              "recipe": to_dict(recipe), **(extra or {})}
-    with atomic_directory(directory) as tmp:
+    with writing(directory), atomic_directory(directory) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
         save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, default=json_default) + "\n", encoding="utf-8")
@@ -198,9 +218,87 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Op
 
 
 # ---- run directories ----------------------------------------------------------------------------
+class RunLock:
+    """An exclusive lock (fcntl.flock on `LOCK_FILE`) on a run directory, created if missing.
+
+    Held until `release()` (or the end of a `with` block, or of the process); a second holder
+    is refused at once with a one-line AnygenError naming the first one's pid. `field` names
+    the config field that chose the directory, for error messages.
+    """
+
+    def __init__(self, directory: str | os.PathLike, field: str):
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except (FileExistsError, NotADirectoryError):
+            raise AnygenError(f"{field}: cannot use {self.directory} as a run directory "
+                              f"(it or a path above it is not a directory)") from None
+        except OSError as e:
+            raise AnygenError(f"{field}: cannot use {self.directory} as a run directory ({_reason(e)})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise AnygenError(f"{field}: cannot lock {self.directory} ({_reason(e)})") from None
+            raise AnygenError(f"{self.directory} is in use by another run (pid {pid}); wait for it to finish "
+                              f"or choose another {field}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(directory: str | os.PathLike, field: str) -> RunLock:
+    """Create `directory` if needed and lock it for this run (see `RunLock`)."""
+    return RunLock(directory, field)
+
+
+def holds_run(directory: Path) -> bool:
+    """Whether `directory` has anything in it besides the lock file."""
+    return directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir())
+
+
 def refuse_existing_run(directory: Path, what: str, field: str) -> None:
     """The one-line error for starting a run where `what` ("a run", "checkpoints") already is."""
     raise AnygenError(f"{directory} already holds {what}: pass --resume to continue it, or choose another {field}")
+
+
+def remove_stale_temps(directory: Path, names: Iterable[str], globs: Iterable[str] = ()) -> None:
+    """Clear what interrupted atomic writes into `directory` left behind; call it holding the run lock.
+
+    For each entry NAME: `.NAME.*.tmp` (anygen.io's temporaries) is removed; `.NAME.old.*` (a
+    replaced directory anygen.io had not yet deleted) is put back as NAME when NAME is missing
+    (the replacement never landed), else removed. Entries matching `globs` are removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    stale = [p for g in globs for p in directory.glob(g)]
+    for name in names:
+        stale += directory.glob(f".{name}.*.tmp")
+        for old in sorted(directory.glob(f".{name}.old.*")):
+            if not (directory / name).exists():
+                os.replace(old, directory / name)
+            else:
+                stale.append(old)
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def trim_metrics(path: Path, step: int) -> None:
@@ -215,6 +313,78 @@ def trim_metrics(path: Path, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue  # a torn last line from a crash
     atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+# ---- guards ----------------------------------------------------------------------------------------
+def count_nonfinite(tensors: Iterable[torch.Tensor]) -> tuple[int, int]:
+    """(tensors holding a NaN or Inf, all tensors)."""
+    bad = total = 0
+    for t in tensors:
+        total += 1
+        bad += int(t.is_floating_point() and not bool(torch.isfinite(t).all()))
+    return bad, total
+
+
+def refuse_nonfinite(bad: int, total: int, where) -> None:
+    """The one-line error for weights that must not be saved (see `check_finite`)."""
+    if bad:
+        raise AnygenError(f"{where}: not saved: {bad} of {total} weight tensors hold NaN or Inf "
+                          f"(training diverged; lower the learning rate)")
+
+
+def check_finite(tensors: Iterable[torch.Tensor], where) -> None:
+    """Refuse to save `where` when any of the weight `tensors` holds NaN or Inf."""
+    refuse_nonfinite(*count_nonfinite(tensors), where)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror + (f": {e.filename}" if e.filename else "")
+    return str(e)
+
+
+@contextmanager
+def writing(what):
+    """Turn a failed write (disk full, quota, permissions; OSError or safetensors' error) into one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as e:
+        raise AnygenError(f"{what}: cannot write ({_reason(e)})") from None
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine, plus the memory of its CUDA devices."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if torch.cuda.is_available():
+        total += sum(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
+    return total
+
+
+def decoder_parameters(model, vocab_size: int) -> int:
+    """Parameters of a decoder built from DecoderConfig `model` with `vocab_size` rows (Qwen3 layout)."""
+    h, q, kv = model.hidden, model.n_heads * model.head_dim, model.n_kv_heads * model.head_dim
+    layer = h * q + 2 * h * kv + q * h + 3 * h * model.intermediate + 2 * h + 2 * model.head_dim
+    return vocab_size * h * (1 if model.tie_embeddings else 2) + model.n_layers * layer + h
+
+
+def check_memory(model, vocab_size: int, rows: int, seq_len: int, fields: str) -> None:
+    """Refuse, before building, a decoder (DecoderConfig `model`) whose training cannot fit in memory.
+
+    The estimate is a lower bound: weights, gradients and AdamW state (`BYTES_PER_PARAMETER`
+    each), fp32 logits of a micro-batch of `rows` × `seq_len` tokens, and one hidden-size and one
+    intermediate-size activation per layer and token. `fields` names the config fields to change.
+    """
+    params = decoder_parameters(model, vocab_size)
+    tokens = rows * seq_len
+    need = (params * BYTES_PER_PARAMETER + tokens * vocab_size * FP32
+            + tokens * model.n_layers * (model.hidden + model.intermediate) * FP32)
+    have = memory_bytes()
+    if need > have:
+        raise AnygenError(f"{fields}: training needs at least {need / 2**30:.3g} GiB ({params:.3g} parameters, "
+                          f"{tokens:.3g} tokens per micro-batch), more than this machine's "
+                          f"{have / 2**30:.3g} GiB of memory")
 
 
 # ---- compute ------------------------------------------------------------------------------------

@@ -17,7 +17,11 @@ Checkpoint `out_dir/checkpoints/step_XXXXXXXX/` (written to a temp dir, then ren
 (bitwise on CPU). The learning rate is a pure function of the step.
 
 A non-finite loss or gradient norm skips the update (weights and optimizer untouched)
-with a warning; `train.max_bad_steps` in a row abort with `TrainingDiverged`.
+with a warning; `train.max_bad_steps` in a row abort with `TrainingDiverged`. Weights
+holding NaN or Inf are never saved, as a checkpoint or as the model.
+
+One run per `train.out_dir`: the main process locks it (`.anygen.lock`; a second run fails
+at once naming the first one's pid) and clears the temporaries a killed run left there.
 
 Data: any object whose `__iter__` yields batches (dicts: input_ids, labels,
 position_ids, document_ids; see anygen.data.shards) and whose `state_dict()` after k
@@ -49,8 +53,10 @@ from anygen.io import atomic_directory, atomic_write_bytes
 from anygen.model.positions import ImagePositions
 from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_decoder, count_parameters,
                                   decoder_loss, forward_logits, save_decoder, stats_to_metrics)
-from anygen.training.common import (OptimConfig, flatten_optimizer, lr_at, refuse_existing_run, rng_state,
-                                    set_rng_state, trim_metrics, unflatten_optimizer)
+from anygen.threads import set_threads
+from anygen.training.common import (OptimConfig, RunLock, check_memory, count_nonfinite, flatten_optimizer,
+                                    lock_run_dir, lr_at, refuse_existing_run, refuse_nonfinite, remove_stale_temps,
+                                    rng_state, set_rng_state, trim_metrics, unflatten_optimizer, writing)
 from anygen.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
@@ -84,6 +90,7 @@ class TrainSection:
     init_weights: str | None = None  # an anygen decoder directory (same architecture; vocab equal or a prefix)
 
     def __post_init__(self):
+        check(bool(self.out_dir.strip()), "out_dir", "is required (the run directory)")
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("stop_at", "threads", "eval_every", "save_every"):
@@ -120,6 +127,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
+
+    def __post_init__(self):
+        check(bool(self.train.init_from) or self.model.max_position >= self.data.seq_len, "model.max_position",
+              f"must be >= data.seq_len ({self.data.seq_len}), got {self.model.max_position}")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -371,6 +382,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.out = Path(cfg.train.out_dir)
         self._vocab, self._train_data, self._eval_data, self._model = vocab, train_data, eval_data, model
+        self.lock: RunLock | None = None
 
     # -- setup --
     def _setup(self):
@@ -379,7 +391,7 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+            set_threads(cfg.train.threads, "train.threads")
         log_with = None
         if cfg.train.tensorboard:
             from accelerate.utils import is_tensorboard_available
@@ -392,6 +404,7 @@ class Trainer:
         acc = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), log_with=log_with,
                           project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.acc = acc
+        self.lock = self._lock_out_dir()
         self.fsdp = acc.distributed_type == DistributedType.FSDP
         if self.fsdp and cfg.train.train_only_new_rows:
             raise AnygenError("train.train_only_new_rows is not supported with FSDP (use DDP)")
@@ -423,6 +436,8 @@ class Trainer:
                                       seed=cfg.train.seed, attn_implementation=cfg.model.attn_implementation)
             self.n_old = self.vocab.n_text
         else:
+            check_memory(cfg.model, self.vocab.size, cfg.data.batch_size, cfg.data.seq_len,
+                         "model.n_layers/hidden/intermediate, data.batch_size/seq_len")
             model = build_decoder(cfg.model, self.vocab)
             if cfg.train.init_weights and self.ckpt is None:  # fine-tuning: weights only, fresh optimizer
                 _load_weights(model, Path(cfg.train.init_weights), grow=True)
@@ -463,11 +478,11 @@ class Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.stream = _Stream(self.train_source)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for tmp in (self.out / "checkpoints").glob(".step_*"):  # left by a crash mid-checkpoint
-                shutil.rmtree(tmp, ignore_errors=True)
-            atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
+        if acc.is_main_process:  # holding the lock: temporaries here were left by a killed run
+            remove_stale_temps(self.out / "checkpoints", (), globs=(".step_*",))
+            remove_stale_temps(self.out, ("model", "config.json", "metrics.jsonl"))
+            with writing(self.out / "config.json"):
+                atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
             trim_metrics(self.out / "metrics.jsonl", self.step)  # those after the checkpoint are redone
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
                   f"{acc.num_processes} process(es), {acc.distributed_type.value}, {acc.device}, "
@@ -477,9 +492,30 @@ class Trainer:
                     for s, sec in to_dict(cfg).items() for k, v in sec.items()}
             acc.init_trackers("tensorboard", config=flat)
 
+    def _lock_out_dir(self) -> RunLock | None:
+        """The main process locks train.out_dir for the run; if it cannot, every process raises."""
+        acc, lock, error = self.acc, None, None
+        if acc.is_main_process:
+            try:
+                lock = lock_run_dir(self.out, "train.out_dir")
+            except AnygenError as e:
+                error = e
+        if acc.num_processes > 1:
+            failed = acc.reduce(torch.tensor(float(error is not None), device=acc.device), reduction="sum")
+            if float(failed) and error is None:
+                error = AnygenError(f"train.out_dir: the main process could not lock {self.out}")
+        if error is not None:
+            raise error
+        return lock
+
+    def close(self) -> None:
+        """Release train.out_dir for other runs."""
+        if self.lock is not None:
+            self.lock.release()
+
     def _log(self, record: dict) -> None:
         if self.acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with writing(self.out / "metrics.jsonl"), open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.cfg.train.tensorboard:
             self.acc.log({f"{record['split']}/{k}": v for k, v in record.items()
@@ -499,12 +535,13 @@ class Trainer:
 
         acc = self.acc
         state_dict = acc.get_state_dict(self.model)
+        final = self.out / "checkpoints" / f"step_{self.step:08d}"
+        self._refuse_nonfinite(state_dict, final)
         opt = self._optimizer_state()
         rngs = gather_object([rng_state(f"rank{acc.process_index}.")])  # objects made by our own processes
         data_state = self.train_source.state_dict()
-        final = self.out / "checkpoints" / f"step_{self.step:08d}"
         if acc.is_main_process:
-            with atomic_directory(final) as tmp:
+            with writing(final), atomic_directory(final) as tmp:
                 save_decoder(self.raw, tmp / "model", config=None if self.n_old else self.cfg.model,
                              vocab=self.vocab, state_dict=state_dict, extra=self._model_extra(),
                              tokenizer_dir=self.tokenizer_dir)
@@ -521,6 +558,13 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
+
+    def _refuse_nonfinite(self, state_dict: dict, where: Path) -> None:
+        """Every process raises when the main process's full state dict holds NaN or Inf (see check_finite)."""
+        counts = count_nonfinite(state_dict.values()) if self.acc.is_main_process else (0, 0)
+        if self.acc.num_processes > 1:
+            counts = self.acc.reduce(torch.tensor(counts, device=self.acc.device), reduction="sum").tolist()
+        refuse_nonfinite(int(counts[0]), int(counts[1]), where)
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -666,9 +710,11 @@ class Trainer:
         final = self.out / "model"
         if self.step >= t.steps:
             state_dict = acc.get_state_dict(self.model)
+            self._refuse_nonfinite(state_dict, final)
             if acc.is_main_process:
-                save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
-                             state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
+                with writing(final):
+                    save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
+                                 state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
             acc.wait_for_everyone()
         if cfg.train.tensorboard:
             acc.end_training()
@@ -688,6 +734,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, vocab: Vocab | None 
     try:
         return trainer.run()
     finally:
+        trainer.close()
         acc = getattr(trainer, "acc", None)
         if acc is None or acc.num_processes == 1:
             reset_accelerate_state()

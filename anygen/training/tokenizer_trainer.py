@@ -12,6 +12,7 @@ Layout of `out/` while and after training:
     summary.json                     final step, wall time, threads, last metrics
     checkpoint/                      latest checkpoint: model + optimizer (safetensors), state.json
                                      (step, RNG states, wall time); replaced atomically
+    .anygen.lock                     locked while a run trains here (a second run fails at once)
 
 Resume (`resume=True`) restores model, optimizer, step, RNG states and elapsed time, and
 continues with the batch stream where it stopped (batch k is a function of (seed, k)), so
@@ -42,7 +43,13 @@ from anygen.data.media_sources import AUDIO_SOURCES, IMAGE_SOURCES, DataConfig, 
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.training import common
-from anygen.training.common import OptimConfig, json_default, load_checkpoint, save_checkpoint, trim_metrics
+from anygen.threads import set_threads
+from anygen.training.common import (OptimConfig, holds_run, json_default, load_checkpoint, lock_run_dir,
+                                    refuse_existing_run, remove_stale_temps, save_checkpoint, trim_metrics, writing)
+
+# what `out/` holds that is written atomically (a killed write leaves `.NAME.*.tmp` or `.NAME.old.*`)
+ATOMIC_NAMES = ("checkpoint", "recipe.yaml", "summary.json", "metrics.jsonl")
+STAGING_PREFIX = ".artifact."  # `_install_artifact`'s staging directories
 
 
 @dataclass
@@ -91,7 +98,7 @@ class TokenizerRecipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        check(bool(self.out), "out", "is required (the artifact directory)")
+        check(bool(self.out.strip()), "out", "is required (the artifact directory)")
         if self.kind == "image":
             check(self.data.source in IMAGE_SOURCES, "data.source",
                   f"{self.data.source!r} is not an image source ({', '.join(IMAGE_SOURCES)})")
@@ -183,7 +190,7 @@ def _install_artifact(save_fn, out: Path) -> None:
     go in before the config, and each file is either the old or the new one.
     """
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".artifact."))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
     try:
         staged = tmp / "codec"
         save_fn(staged)
@@ -199,7 +206,8 @@ def _export(model: torch.nn.Module, out: Path) -> None:
     was = model.training
     model.eval()
     try:
-        _install_artifact(model.save, out)
+        with writing(out):
+            _install_artifact(model.save, out)
     finally:
         model.train(was)
 
@@ -207,12 +215,21 @@ def _export(model: torch.nn.Module, out: Path) -> None:
 # ---- training ------------------------------------------------------------------------------
 def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
                     progress: bool = True) -> Path:
-    """Train what the recipe describes; returns the artifact directory (`recipe.out`)."""
+    """Train what the recipe describes; returns the artifact directory (`recipe.out`).
+
+    The run holds a lock on `out` (a second run there fails at once) and first clears
+    temporaries a killed run left; a codec run into a directory that holds one needs `resume`.
+    """
     recipe = load_recipe(recipe_path, overrides)
+    cfg = build_codec_config(recipe)  # validated before anything is written
     out = Path(recipe.out)
-    if recipe.kind == "text":
-        return _train_text(recipe, out)
-    return _train_codec(recipe, out, resume=resume, progress=progress)
+    with lock_run_dir(out, "out"):
+        remove_stale_temps(out, ATOMIC_NAMES, globs=(STAGING_PREFIX + "*",))
+        if recipe.kind == "text":
+            return _train_text(recipe, cfg, out)
+        if holds_run(out) and not resume:
+            refuse_existing_run(out, "a run", "out")
+        return _train_codec(recipe, cfg, out, resume=resume, progress=progress)
 
 
 def text_corpus(data: DataConfig) -> list[str]:
@@ -247,34 +264,44 @@ def text_corpus(data: DataConfig) -> list[str]:
     return lines
 
 
-def _train_text(recipe: TokenizerRecipe, out: Path) -> Path:
+def _write_recipe(recipe: TokenizerRecipe, out: Path) -> None:
+    text = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)), sort_keys=False)
+    with writing(out / "recipe.yaml"):
+        atomic_write_bytes(out / "recipe.yaml", text.encode())
+
+
+def _write_summary(summary: dict, out: Path) -> None:
+    with writing(out / "summary.json"):
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _train_text(recipe: TokenizerRecipe, cfg: TextCodecConfig, out: Path) -> Path:
     from anygen.codecs.text import train_text_tokenizer
 
-    cfg = build_codec_config(recipe)
     start = time.time()
     lines = text_corpus(recipe.data)
     try:
-        _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
+        with writing(out):
+            _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type),
+                              out)
     except RuntimeError as e:  # sentencepiece reports e.g. a vocabulary smaller than the character set
         raise AnygenError(f"codec.vocab_size: sentencepiece cannot train ({str(e).splitlines()[0]})") from None
-    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)),
-                                                          sort_keys=False).encode())
-    summary = {"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size, "wall_s": round(time.time() - start, 2)}
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    _write_recipe(recipe, out)
+    _write_summary({"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size,
+                    "wall_s": round(time.time() - start, 2)}, out)
     return out
 
 
-def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: bool) -> Path:
+def _train_codec(recipe: TokenizerRecipe, cfg, out: Path, resume: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
     train = recipe.train
     if train.threads:
-        torch.set_num_threads(train.threads)
+        set_threads(train.threads, "train.threads")
     random.seed(train.seed)
     np.random.seed(train.seed % 2**32)
     torch.manual_seed(train.seed)
 
-    cfg = build_codec_config(recipe)
     model = build_codec(recipe, cfg)
     model.train()
     decay, no_decay = [], []
@@ -300,9 +327,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
         cpu_before = float(state.get("cpu_s", 0.0))
     elif resume:
         print(f"no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)), sort_keys=False)
-    atomic_write_bytes(out / "recipe.yaml", recipe_yaml.encode())
+    _write_recipe(recipe, out)
     trim_metrics(out / "metrics.jsonl", step)
 
     sample_rate = getattr(model, "sample_rate", None)
@@ -354,7 +379,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
                 window = {}
                 row = {"step": step, "time_s": round(elapsed(), 2), "cpu_s": round(cpu(), 2), "lr": lr,
                        **{k: round(v, 5) for k, v in last_metrics.items()}}
-                with open(metrics_path, "a", encoding="utf-8") as f:
+                with writing(metrics_path), open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: f"{last_metrics[k]:.3g}" for k in ("loss", "psnr", "usage") if k in last_metrics})
             if step % train.checkpoint_every == 0:
@@ -377,7 +402,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
     summary = {"kind": recipe.kind, "steps": step, "wall_s": round(elapsed(), 1), "cpu_s": round(cpu(), 1),
                "threads": torch.get_num_threads(), "codebook_size": getattr(model, "codebook_size", None),
                "last_metrics": last_metrics}
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    _write_summary(summary, out)
     return out
 
 
