@@ -255,6 +255,8 @@ def cmd_bench_sample(args) -> None:
 def cmd_bench_train(args) -> None:
     from anygen.training.bench import measure_recipe_mfu
 
+    if args.steps < 1:
+        raise AnygenError(f"--steps: must be >= 1, got {args.steps}")
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe:  # no recipe, only overrides
         recipe, overrides = None, [recipe] + overrides

@@ -19,8 +19,8 @@ import torch
 from anygen.errors import AnygenError
 from anygen.model.decoder import (DecoderConfig, LossConfig, build_decoder, count_parameters, decoder_loss,
                                   forward_logits)
-from anygen.training.common import flops_per_token
 from anygen.threads import set_threads
+from anygen.training.common import flops_per_token
 from anygen.training.decoder_trainer import SyntheticBatches, load_train_config, resolve_vocab, weight_decay_groups
 from anygen.vocab import Vocab
 

@@ -95,7 +95,8 @@ def lr_at(step: int, cfg: OptimConfig, total: int, progress: float | None = None
 
 # ---- RNG state ----------------------------------------------------------------------------------
 def rng_state(prefix: str = "") -> tuple[dict, dict[str, torch.Tensor]]:
-    """This process's python and numpy RNG states (JSON-able) and torch's (tensors `{prefix}torch`, `{prefix}cudaNN`)."""
+    """This process's python and numpy RNG states (JSON-able), and torch's as tensors
+    `{prefix}torch` and `{prefix}cudaNN`."""
     py = random.getstate()
     npst = np.random.get_state()
     meta = {"python": [py[0], list(py[1]), py[2]],
