@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from anygen.errors import AnygenError
+from anygen.threads import set_threads_from_env
 from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
 
@@ -78,7 +78,10 @@ def cmd_train(args) -> None:
         return
     overrides = list(args.overrides) + ([f"train.init_from={args.init_from}"] if args.init_from else [])
     out = train_decoder(args.recipe, overrides, resume=args.resume)
-    print(f"model written to {out}")
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch`, one line for the run
+        print(f"model written to {out}")
 
 
 # ---- generation --------------------------------------------------------------------------
@@ -216,6 +219,20 @@ def cmd_bench_sample(args) -> None:
             codec_decode = loaded.tokenizer.image.decode_images
     results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode)
     print(format_sample_bench(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def cmd_bench_train(args) -> None:
+    from anygen.training.bench import measure_recipe_mfu
+
+    if args.steps < 1:
+        raise AnygenError(f"--steps: must be >= 1, got {args.steps}")
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:  # no recipe, only overrides
+        recipe, overrides = None, [recipe] + overrides
+    results = measure_recipe_mfu(recipe, overrides, steps=args.steps)
+    _print_json(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -367,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
+    p = bench.add_parser("train", help="decoder training tokens/s and model-FLOPs utilisation (MFU)",
+                         description="Time the decoder trainer's step on random packed documents with a recipe's "
+                                     "model, seq_len, batch_size, threads and vocab, e.g. anygen bench train "
+                                     "training/shapes.yaml train.threads=1, or with overrides alone: "
+                                     "anygen bench train data.kind=synthetic data.seq_len=512 data.batch_size=8")
+    p.add_argument("recipe", nargs="?", help="training recipe YAML (optional)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.add_argument("--steps", type=int, default=8, help="measured steps (default 8)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_train)
 
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")
@@ -396,12 +423,8 @@ def _suite_alias(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_suite_alias(list(sys.argv[1:] if argv is None else argv)))
-    threads = os.environ.get("ANYGEN_THREADS")
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
     try:
+        set_threads_from_env()
         args.func(args)
     except AnygenError as e:
         print(f"anygen: error: {' '.join(str(e).split())}", file=sys.stderr)  # always one line

@@ -9,7 +9,7 @@ import anygen
 
 ROOT = Path(anygen.__file__).parent
 LAYERS = [  # bottom to top; a module belongs to the layer of its longest listed prefix
-    ("anygen.errors", "anygen.config", "anygen.io", "anygen.document", "anygen.vocab"),
+    ("anygen.errors", "anygen.config", "anygen.io", "anygen.document", "anygen.vocab", "anygen.threads"),
     ("anygen.codecs", "anygen.model", "anygen.tokenizer"),
     ("anygen.sampling",),
     ("anygen.tasks", "anygen.data"),

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from anygen.codecs.image import usage_and_perplexity
 from anygen.errors import AnygenError
+from anygen.threads import set_threads
 from anygen.worlds import MEDIA_SOURCES, get_world, media_source
 
 PSNR_CAP = 100.0
@@ -103,7 +104,7 @@ def evaluate_tokenizer(directory: str | os.PathLike, data: str = "", n: int = 50
     training source recorded in the artifact's recipe.yaml, else shapes/melodies).
     """
     if threads:
-        torch.set_num_threads(threads)
+        set_threads(threads, "threads")
     if n < 1:
         raise AnygenError(f"n must be >= 1, got {n}")
     directory = Path(directory)

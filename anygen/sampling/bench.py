@@ -25,6 +25,7 @@ import torch
 from anygen.sampling.backends import resolve_lm
 from anygen.sampling.engine import GenerationStats, Prompt, generate
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
+from anygen.threads import set_threads
 from anygen.vocab import Vocab
 
 
@@ -105,7 +106,7 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
     lm = resolve_lm(model)
     say = progress or (lambda msg: None)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    threads = set_threads(threads, "threads")
     try:
         return _run(lm, vocab, threads, n_tokens, prompt_len, repeats, guidance_scale, codec_decode, bandwidth_mb,
                     include_hf_backend, say)

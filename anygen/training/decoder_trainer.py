@@ -17,7 +17,11 @@ Checkpoint `out_dir/checkpoints/step_XXXXXXXX/` (written to a temp dir, then ren
 (bitwise on CPU). The learning rate is a pure function of the step.
 
 A non-finite loss or gradient norm skips the update (weights and optimizer untouched)
-with a warning; `train.max_bad_steps` in a row abort with `TrainingDiverged`.
+with a warning; `train.max_bad_steps` in a row abort with `TrainingDiverged`. Weights
+holding NaN or Inf are never saved, as a checkpoint or as the model.
+
+One run per `train.out_dir`: the main process locks it (`.anygen.lock`; a second run fails
+at once naming the first one's pid) and clears the temporaries a killed run left there.
 
 Data: any object whose `__iter__` yields batches (dicts: input_ids, labels,
 position_ids, document_ids; see anygen.data.shards) and whose `state_dict()` after k
@@ -25,26 +29,22 @@ batches, loaded into a fresh object, continues at batch k+1. `data.kind: shards`
 `anygen.data.shards.TokenDataset` (each process takes its rows of a global batch);
 `data.kind: synthetic` makes random packed documents (benchmarks, smoke tests).
 
-Run several processes with `accelerate launch [--config_file training/ddp.yaml]
--m anygen.training.decoder_trainer RECIPE.yaml [key=value ...] [--resume]`.
+Run several processes with `accelerate launch [--config_file training/accelerate_ddp.yaml]
+-m anygen train RECIPE.yaml [key=value ...] [--resume]`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import random
 import re
 import shutil
-import statistics
-import sys
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from anygen.config import check, choice, load_config, to_dict
@@ -53,6 +53,10 @@ from anygen.io import atomic_directory, atomic_write_bytes
 from anygen.model.positions import ImagePositions
 from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_decoder, count_parameters,
                                   decoder_loss, forward_logits, save_decoder, stats_to_metrics)
+from anygen.threads import set_threads
+from anygen.training.common import (OptimConfig, RunLock, check_memory, count_nonfinite, flatten_optimizer,
+                                    lock_run_dir, lr_at, refuse_existing_run, refuse_nonfinite, remove_stale_temps,
+                                    rng_state, set_rng_state, trim_metrics, unflatten_optimizer, writing)
 from anygen.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
@@ -63,28 +67,6 @@ class TrainingDiverged(AnygenError):
 
 
 # ---- recipe schema --------------------------------------------------------------------------
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # final lr = lr × min_lr_ratio
-    schedule: str = choice("cosine", "wsd", "constant")
-    warmup_steps: int = 100
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays linearly to the final lr
-    weight_decay: float = 0.1  # on matrices only (not embeddings, norms, biases)
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = off
-
-    def __post_init__(self):
-        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must be in [0, 1]")
-        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        check(0 < self.decay_fraction <= 1, "decay_fraction", "must be in (0, 1]")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
-        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-
-
 @dataclass
 class TrainSection:
     out_dir: str = "runs/decoder"
@@ -108,6 +90,7 @@ class TrainSection:
     init_weights: str | None = None  # an anygen decoder directory (same architecture; vocab equal or a prefix)
 
     def __post_init__(self):
+        check(bool(self.out_dir.strip()), "out_dir", "is required (the run directory)")
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         for name in ("stop_at", "threads", "eval_every", "save_every"):
@@ -145,22 +128,9 @@ class TrainConfig:
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
 
-
-def lr_at(step: int, cfg: OptimConfig, total: int) -> float:
-    """Learning rate of update `step` (0-based): linear warmup, then cosine or WSD to lr·min_lr_ratio."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    lo = cfg.lr * cfg.min_lr_ratio
-    if cfg.schedule == "cosine":
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-        return lo + (cfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
-    decay_start = max(cfg.warmup_steps, total - int(round(cfg.decay_fraction * total)))
-    if step < decay_start:
-        return cfg.lr
-    t = min(1.0, (step - decay_start + 1) / max(1, total - decay_start))
-    return cfg.lr + (lo - cfg.lr) * t
+    def __post_init__(self):
+        check(bool(self.train.init_from) or self.model.max_position >= self.data.seq_len, "model.max_position",
+              f"must be >= data.seq_len ({self.data.seq_len}), got {self.model.max_position}")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -246,7 +216,8 @@ def resolve_tokenizer_dir(cfg: TrainConfig) -> Path | None:
     return None
 
 
-def _resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
+def resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
+    """`vocab`, else the recipe's: data.tokenizer_dir, data.vocab_file, or the shards' own."""
     if vocab is not None:
         return vocab
     if cfg.data.tokenizer_dir:
@@ -297,52 +268,6 @@ class _Stream:
 
 
 # ---- checkpoint I/O (safetensors + JSON) ---------------------------------------------------
-def _flatten_optimizer(sd: dict) -> tuple[dict, dict]:
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
-    for idx, st in sd["state"].items():
-        meta["state"][str(idx)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                meta["state"][str(idx)][k] = v
-    return tensors, meta
-
-
-def _unflatten_optimizer(tensors: dict, meta: dict) -> dict:
-    def key(i: str):  # parameter index (torch.optim) or parameter name (FSDP full state dict)
-        return int(i) if i.isdigit() else i
-
-    state = {key(i): dict(v) for i, v in meta["state"].items()}
-    for flat, t in tensors.items():
-        idx, name = flat.rsplit(".", 1)
-        state.setdefault(key(idx), {})[name] = t
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in meta["param_groups"]]
-    return {"state": state, "param_groups": groups}
-
-
-def _rng_state() -> dict:
-    py = random.getstate()
-    npst = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [npst[0], npst[1].tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, tensors: dict, rank: int) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(tensors[f"rank{rank}.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith(f"rank{rank}.cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-
-
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.*)$")
 
 
@@ -430,7 +355,7 @@ def _mixed_precision(choice_: str) -> str | None:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _param_groups(model, weight_decay: float) -> list[dict]:
+def weight_decay_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; embeddings (input and output), norms and biases are not decayed."""
     from anygen.model.init_from import embedding_matrices
 
@@ -457,6 +382,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.out = Path(cfg.train.out_dir)
         self._vocab, self._train_data, self._eval_data, self._model = vocab, train_data, eval_data, model
+        self.lock: RunLock | None = None
 
     # -- setup --
     def _setup(self):
@@ -465,7 +391,7 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+            set_threads(cfg.train.threads, "train.threads")
         log_with = None
         if cfg.train.tensorboard:
             from accelerate.utils import is_tensorboard_available
@@ -478,19 +404,20 @@ class Trainer:
         acc = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), log_with=log_with,
                           project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.acc = acc
+        self.lock = self._lock_out_dir()
         self.fsdp = acc.distributed_type == DistributedType.FSDP
         if self.fsdp and cfg.train.train_only_new_rows:
             raise AnygenError("train.train_only_new_rows is not supported with FSDP (use DDP)")
         ckpts = checkpoints(self.out)
         if ckpts and not self.resume:
-            raise AnygenError(f"{self.out} already holds checkpoints; resume (--resume) or pick another train.out_dir")
+            refuse_existing_run(self.out, "checkpoints", "train.out_dir")
         self.ckpt = ckpts[-1] if (ckpts and self.resume) else None
         if self.resume and self.ckpt is None:
             acc.print(f"resume: no checkpoint in {self.out}, starting from step 0")
 
         set_seed(cfg.train.seed)
-        self.vocab = _resolve_vocab(cfg, self._vocab if self._vocab is not None else
-                                    getattr(self._train_data, "vocab", None))
+        self.vocab = resolve_vocab(cfg, self._vocab if self._vocab is not None else
+                                   getattr(self._train_data, "vocab", None))
         self.tokenizer_dir = resolve_tokenizer_dir(cfg)
         if self.tokenizer_dir is not None and _tokenizer_vocab(self.tokenizer_dir) != self.vocab:
             msg = f"data.tokenizer_dir: {self.tokenizer_dir} has a different vocab than the training data"
@@ -509,6 +436,8 @@ class Trainer:
                                       seed=cfg.train.seed, attn_implementation=cfg.model.attn_implementation)
             self.n_old = self.vocab.n_text
         else:
+            check_memory(cfg.model, self.vocab.size, cfg.data.batch_size, cfg.data.seq_len,
+                         "model.n_layers/hidden/intermediate, data.batch_size/seq_len")
             model = build_decoder(cfg.model, self.vocab)
             if cfg.train.init_weights and self.ckpt is None:  # fine-tuning: weights only, fresh optimizer
                 _load_weights(model, Path(cfg.train.init_weights), grow=True)
@@ -523,7 +452,7 @@ class Trainer:
             _load_weights(model, self.ckpt / "model")
         self.n_params = count_parameters(model)
         o = cfg.optim
-        optimizer = torch.optim.AdamW(_param_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
+        optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
                                       betas=o.betas, eps=o.eps, foreach=True)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.raw = acc.unwrap_model(self.model)
@@ -549,12 +478,12 @@ class Trainer:
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.stream = _Stream(self.train_source)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for tmp in (self.out / "checkpoints").glob(".step_*"):  # left by a crash mid-checkpoint
-                shutil.rmtree(tmp, ignore_errors=True)
-            atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
-            self._trim_metrics(self.step)
+        if acc.is_main_process:  # holding the lock: temporaries here were left by a killed run
+            remove_stale_temps(self.out / "checkpoints", (), globs=(".step_*",))
+            remove_stale_temps(self.out, ("model", "config.json", "metrics.jsonl"))
+            with writing(self.out / "config.json"):
+                atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
+            trim_metrics(self.out / "metrics.jsonl", self.step)  # those after the checkpoint are redone
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
                   f"{acc.num_processes} process(es), {acc.distributed_type.value}, {acc.device}, "
                   f"mixed precision {acc.mixed_precision}; step {self.step}/{cfg.train.steps}")
@@ -563,23 +492,30 @@ class Trainer:
                     for s, sec in to_dict(cfg).items() for k, v in sec.items()}
             acc.init_trackers("tensorboard", config=flat)
 
-    def _trim_metrics(self, step: int) -> None:
-        """On resume, drop metric lines after the checkpoint (they are about to be redone)."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = []
-        for ln in path.read_text().splitlines():
+    def _lock_out_dir(self) -> RunLock | None:
+        """The main process locks train.out_dir for the run; if it cannot, every process raises."""
+        acc, lock, error = self.acc, None, None
+        if acc.is_main_process:
             try:
-                if json.loads(ln).get("step", 0) <= step:
-                    keep.append(ln)
-            except ValueError:  # a line torn by a crash mid-write (or blank) is dropped
-                pass
-        atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+                lock = lock_run_dir(self.out, "train.out_dir")
+            except AnygenError as e:
+                error = e
+        if acc.num_processes > 1:
+            failed = acc.reduce(torch.tensor(float(error is not None), device=acc.device), reduction="sum")
+            if float(failed) and error is None:
+                error = AnygenError(f"train.out_dir: the main process could not lock {self.out}")
+        if error is not None:
+            raise error
+        return lock
+
+    def close(self) -> None:
+        """Release train.out_dir for other runs."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _log(self, record: dict) -> None:
         if self.acc.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
+            with writing(self.out / "metrics.jsonl"), open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self.cfg.train.tensorboard:
             self.acc.log({f"{record['split']}/{k}": v for k, v in record.items()
@@ -599,25 +535,22 @@ class Trainer:
 
         acc = self.acc
         state_dict = acc.get_state_dict(self.model)
-        opt = self._optimizer_state()
-        rngs = gather_object([_rng_state()])  # objects made by our own processes, in memory
-        data_state = self.train_source.state_dict()
         final = self.out / "checkpoints" / f"step_{self.step:08d}"
+        self._refuse_nonfinite(state_dict, final)
+        opt = self._optimizer_state()
+        rngs = gather_object([rng_state(f"rank{acc.process_index}.")])  # objects made by our own processes
+        data_state = self.train_source.state_dict()
         if acc.is_main_process:
-            with atomic_directory(final) as tmp:
+            with writing(final), atomic_directory(final) as tmp:
                 save_decoder(self.raw, tmp / "model", config=None if self.n_old else self.cfg.model,
                              vocab=self.vocab, state_dict=state_dict, extra=self._model_extra(),
                              tokenizer_dir=self.tokenizer_dir)
-                tensors, meta = _flatten_optimizer(opt)
+                tensors, rest = flatten_optimizer(opt)
                 save_file(tensors, str(tmp / "optimizer.safetensors"))
-                (tmp / "optimizer.json").write_text(json.dumps(meta))
-                rng_tensors = {}
-                for r, s in enumerate(rngs):
-                    rng_tensors[f"rank{r}.torch"] = s.pop("torch")
-                    for i, t in enumerate(s.pop("cuda", [])):
-                        rng_tensors[f"rank{r}.cuda{i:02d}"] = t
-                save_file(rng_tensors, str(tmp / "rng.safetensors"))
-                state = {"format_version": CHECKPOINT_FORMAT, "step": self.step, "data": data_state, "rng": rngs,
+                (tmp / "optimizer.json").write_text(json.dumps({"param_groups": opt["param_groups"], "state": rest}))
+                save_file({k: t for _, ts in rngs for k, t in ts.items()}, str(tmp / "rng.safetensors"))
+                state = {"format_version": CHECKPOINT_FORMAT, "step": self.step, "data": data_state,
+                         "rng": [meta for meta, _ in rngs],
                          "bad_in_row": self.bad_in_row, "skipped": self.skipped, "world_size": acc.num_processes,
                          "distributed_type": acc.distributed_type.value, "config": to_dict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(state))
@@ -625,6 +558,13 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
         return final
+
+    def _refuse_nonfinite(self, state_dict: dict, where: Path) -> None:
+        """Every process raises when the main process's full state dict holds NaN or Inf (see check_finite)."""
+        counts = count_nonfinite(state_dict.values()) if self.acc.is_main_process else (0, 0)
+        if self.acc.num_processes > 1:
+            counts = self.acc.reduce(torch.tensor(counts, device=self.acc.device), reduction="sum").tolist()
+        refuse_nonfinite(int(counts[0]), int(counts[1]), where)
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -638,7 +578,8 @@ class Trainer:
         if version != CHECKPOINT_FORMAT:
             raise AnygenError(f"{ckpt / 'trainer_state.json'}: unsupported checkpoint format_version {version!r} "
                               f"(this anygen reads {CHECKPOINT_FORMAT})")
-        opt = _unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), meta)
+        opt = unflatten_optimizer(load_file(str(ckpt / "optimizer.safetensors")), meta["state"],
+                                  meta["param_groups"])
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(self.model, self.optimizer.optimizer, opt,
@@ -647,7 +588,7 @@ class Trainer:
         self.train_source.load_state_dict(state["data"])
         rank = self.acc.process_index
         if state["world_size"] == self.acc.num_processes:
-            _set_rng_state(state["rng"][rank], load_file(str(ckpt / "rng.safetensors")), rank)
+            set_rng_state(state["rng"][rank], load_file(str(ckpt / "rng.safetensors")), f"rank{rank}.")
         else:
             warnings.warn(f"resuming with {self.acc.num_processes} processes (checkpoint: {state['world_size']}); "
                           "RNG streams restart")
@@ -679,7 +620,7 @@ class Trainer:
             batch = self.stream.next()
             tokens += batch["input_ids"].numel()
             sync = i == accum - 1
-            ctx = acc.no_sync(self.model) if not sync else _nullcontext()
+            ctx = acc.no_sync(self.model) if not sync else nullcontext()
             with ctx:
                 loss, s = self._micro(batch)
                 if not torch.isfinite(loss):
@@ -769,21 +710,15 @@ class Trainer:
         final = self.out / "model"
         if self.step >= t.steps:
             state_dict = acc.get_state_dict(self.model)
+            self._refuse_nonfinite(state_dict, final)
             if acc.is_main_process:
-                save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
-                             state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
+                with writing(final):
+                    save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
+                                 state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
             acc.wait_for_everyone()
         if cfg.train.tensorboard:
             acc.end_training()
         return final if self.step >= t.steps else checkpoints(self.out)[-1] / "model"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, vocab: Vocab | None = None, train_data=None,
@@ -799,6 +734,7 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, vocab: Vocab | None 
     try:
         return trainer.run()
     finally:
+        trainer.close()
         acc = getattr(trainer, "acc", None)
         if acc is None or acc.num_processes == 1:
             reset_accelerate_state()
@@ -812,133 +748,3 @@ def load_train_config(recipe_path: str | os.PathLike | None, overrides: list[str
 def train_decoder(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False, **kw) -> Path:
     """Recipe YAML + dotted overrides -> trained decoder directory (`out_dir/model`)."""
     return run_training(load_train_config(recipe_path, overrides), resume=resume, **kw)
-
-
-# ---- throughput / MFU -----------------------------------------------------------------------
-def matmul_peak_flops(n: int = 1024, reps: int = 10, dtype: torch.dtype = torch.float32, device="cpu") -> float:
-    """Best observed FLOP/s of an n×n×n matmul (2n³ FLOPs) on this process's threads."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    best = float("inf")
-    for _ in range(reps + 2):
-        if device != "cpu":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
-
-
-def flops_per_token(model, seq_len: int) -> tuple[float, int]:
-    """Training FLOPs per token: 6·N + 12·L·H·Q·T (PaLM appendix B / nanoGPT's estimate_mfu).
-
-    N = parameters that take part in matmuls (all but the input embedding lookup; the
-    output projection counts even when tied); 6 = 2 FLOPs per multiply-add × (forward
-    + 2× backward). The attention term counts QKᵀ and AV over the full T×T square
-    (L layers, H heads of size Q), as PaLM does: causal/packed masking does not skip work
-    in SDPA's math here, so this is the work actually done, not a useful-work discount.
-    """
-    cfg = model.config
-    n = count_parameters(model, non_embedding=True)
-    if getattr(cfg, "tie_word_embeddings", False):
-        n += model.get_output_embeddings().weight.numel()
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return 6 * n + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len, n
-
-
-def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 2048, *, seq_len: int = 512,
-                batch_size: int = 8, steps: int = 8, warmup: int = 2, threads: int | None = None,
-                packed: bool = True, matmul_n: int = 1024, seed: int = 0) -> dict:
-    """Training tokens/s and model-FLOPs utilisation against a matmul peak measured in this process.
-
-    Runs the trainer's own step (packed forward, CE + z-loss, backward, clipping, AdamW)
-    in fp32 on CPU. Other processes on a shared machine slow both the model and the
-    matmul, so a short matmul peak is measured right before every step and each step's
-    MFU is its achieved FLOP/s over that neighbouring peak; `mfu` is the median of those,
-    `mfu_vs_best_peak` the median achieved FLOP/s over the best peak seen (conservative).
-    """
-    if threads:
-        torch.set_num_threads(threads)
-    model_cfg = model_cfg or DecoderConfig()
-    if isinstance(vocab, int):
-        n_text = max(16, vocab // 2)
-        vocab = Vocab(n_text=n_text, image_codebook_size=vocab - n_text - 10)  # 10 = specials + one grid token
-    model = build_decoder(model_cfg, vocab, seed=seed)
-    model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), foreach=True)
-    doc_len = (max(2, seq_len // 4), seq_len) if packed else (seq_len, seq_len)
-    data = SyntheticBatches(vocab, seq_len, batch_size, seed, doc_len=doc_len)
-    batches = [data.batch(k) for k in range(2)]
-    loss_cfg = LossConfig()
-    fpt, n = flops_per_token(model, seq_len)
-    tokens = batch_size * seq_len
-    times, peaks = [], []
-    for i in range(warmup + steps):
-        peak = matmul_peak_flops(matmul_n, reps=3)
-        batch = batches[i % 2]
-        t0 = time.perf_counter()
-        logits = forward_logits(model, batch, model_cfg.attn_implementation)
-        loss, _ = decoder_loss(logits, batch["labels"], loss_cfg, vocab, batch["document_ids"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            peaks.append(peak)
-    step_s = statistics.median(times)
-    tps = tokens / step_s
-    return {"tokens_per_s": tps, "step_s": step_s, "flops_per_token": fpt, "matmul_params": n,
-            "params": count_parameters(model), "achieved_flops": fpt * tps,
-            "peak_flops": statistics.median(peaks), "best_peak_flops": max(peaks),
-            "mfu": statistics.median(fpt * tokens / t / p for t, p in zip(times, peaks)),
-            "mfu_vs_best_peak": fpt * tps / max(peaks),
-            "threads": torch.get_num_threads(), "seq_len": seq_len, "batch_size": batch_size,
-            "vocab_size": vocab.size, "steps": steps}
-
-
-def measure_recipe_mfu(recipe_path: str | os.PathLike | None, overrides: list[str] = (), steps: int = 8) -> dict:
-    """measure_mfu with a recipe's model, seq_len, batch_size, threads and vocab (random tokens)."""
-    cfg = load_train_config(recipe_path, overrides)
-    try:
-        vocab: Vocab | int = _resolve_vocab(cfg, None)
-    except (AnygenError, OSError):
-        vocab = 2048
-    return measure_mfu(cfg.model, vocab, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, steps=steps,
-                       threads=cfg.train.threads or None)
-
-
-# ---- `python -m anygen.training.decoder_trainer` (what `accelerate launch -m` runs) ----------
-USAGE = """usage: python -m anygen.training.decoder_trainer RECIPE.yaml [key=value ...] [--resume]
-       python -m anygen.training.decoder_trainer --mfu [RECIPE.yaml] [key=value ...]
-  (several processes: accelerate launch [--config_file training/ddp.yaml] -m anygen.training.decoder_trainer ...)"""
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    resume, mfu = "--resume" in argv, "--mfu" in argv
-    argv = [a for a in argv if a not in ("--resume", "--mfu")]
-    if any(a in ("-h", "--help") for a in argv) or not (argv or mfu):
-        print(USAGE)
-        return 0 if argv else 2
-    recipe = argv[0] if argv and "=" not in argv[0] else None
-    overrides = argv[1:] if recipe is not None else argv
-    try:
-        if mfu:
-            print(json.dumps(measure_recipe_mfu(recipe, overrides), indent=2))
-            return 0
-        path = train_decoder(recipe, overrides, resume=resume)
-    except AnygenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    from accelerate.state import PartialState
-
-    if PartialState().is_main_process:
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

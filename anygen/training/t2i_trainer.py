@@ -9,7 +9,7 @@ function of (seed, k), so a resumed run continues exactly — and the same decod
 A dropped caption (`p_null`) becomes `<null>`, the unconditional row of guidance. The
 image codec of the tokenizer directory encodes the tokens head's images on the fly; the
 diffusion head uses pixels or (`diffusion.space: codec`) the same codec's continuous latents. Compute is reported as FLOPs (6·N·tokens + attention, the
-decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
+trainers' `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 
 `anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`.
 """
@@ -17,6 +17,7 @@ decoder's `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,9 +31,15 @@ from anygen.config import check, choice, load_config, read_yaml, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
-from anygen.training.decoder_trainer import OptimConfig, flops_per_token, lr_at
 from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, next_token_ce,
                                       save_transfusion, to_head_space, transfusion_loss)
+from anygen.threads import THREADS_ENV, set_threads
+from anygen.training.common import (OptimConfig, check_finite, check_memory, flops_per_token, holds_run,
+                                    load_checkpoint, lock_run_dir, lr_at, refuse_existing_run, remove_stale_temps,
+                                    save_checkpoint, writing)
+
+# at least <bos>, one caption token, <boi>, <grid>, <eoi> and <eos> around a row's image positions
+ROW_TOKENS_BESIDES_IMAGE = 6
 
 
 @dataclass
@@ -57,6 +64,7 @@ class T2ITrain:
     save_every: int = 200
 
     def __post_init__(self):
+        check(bool(self.out_dir.strip()), "out_dir", "is required (the run directory)")
         for name in ("steps", "threads", "log_every", "save_every"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
@@ -66,7 +74,7 @@ class T2IConfig:
     trainer: str = choice("t2i")
     image_head: str = choice("tokens", "diffusion")
     model: DecoderConfig = field(default_factory=DecoderConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)  # the decoder trainer's optimizer and lr schedule
+    optim: OptimConfig = field(default_factory=OptimConfig)  # as the decoder trainer's: AdamW and lr schedule
     diffusion: DiffusionHeadConfig = field(default_factory=DiffusionHeadConfig)
     data: T2IData = field(default_factory=T2IData)
     train: T2ITrain = field(default_factory=T2ITrain)
@@ -141,21 +149,36 @@ def _token_loss(model, batch) -> tuple[torch.Tensor, dict]:
 
 def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
               progress: bool = True) -> Path:
-    """Train one side of the side-by-side; returns `out_dir/model` (an `anygen.load` directory)."""
-    from anygen.tokenizer import MultimodalTokenizer
-    from anygen.training.tokenizer_trainer import load_checkpoint, save_checkpoint
+    """Train one side of the side-by-side; returns `out_dir/model` (an `anygen.load` directory).
 
+    The run holds a lock on `train.out_dir` (a second run there fails at once) and first clears
+    temporaries a killed run left; a directory holding a run needs `resume`.
+    """
     cfg = load_config(T2IConfig, recipe_path, list(overrides))
+    env_threads = os.environ.get(THREADS_ENV, "")
+    if env_threads.strip():
+        set_threads(env_threads, THREADS_ENV)
+    else:
+        set_threads(cfg.train.threads, "train.threads")
+    out = Path(cfg.train.out_dir)
+    with lock_run_dir(out, "train.out_dir"):
+        remove_stale_temps(out, ("checkpoint", "model", "summary.json"))
+        if holds_run(out) and not resume:
+            refuse_existing_run(out, "a run", "train.out_dir")
+        return _train(cfg, out, resume, progress)
+
+
+def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
+    from anygen.tokenizer import MultimodalTokenizer
+
     t = cfg.train
-    torch.set_num_threads(int(os.environ.get("ANYGEN_THREADS", t.threads)))
-    out = Path(t.out_dir)
     ckpt = out / "checkpoint"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise AnygenError(f"{out} already holds a run: pass --resume to continue it, or choose another out_dir")
-    out.mkdir(parents=True, exist_ok=True)
     tok_dir = Path(cfg.data.tokenizer)
     tokenizer = MultimodalTokenizer.load(tok_dir)
     data = T2IBatches(cfg, tokenizer)
+    image_positions = cfg.diffusion.n_slots if data.diffusion is not None else math.prod(tokenizer.image.grid)
+    check_memory(cfg.model, tokenizer.vocab.size, cfg.data.batch_size, ROW_TOKENS_BESIDES_IMAGE + image_positions,
+                 "model.n_layers/hidden/intermediate, data.batch_size")
     lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
     model = TransfusionModel(lm, cfg.diffusion) if cfg.image_head == "diffusion" else lm
     o = cfg.optim
@@ -196,8 +219,9 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
         if step % t.log_every == 0 or step == t.steps:
             rec = {"step": step, "lr": lr_at(step - 1, o, t.steps), **metrics, "tokens": tokens, "flops": flops,
                    "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            with writing(out / "metrics.jsonl"):
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
         if step % t.save_every == 0 or step == t.steps:
             save_checkpoint(ckpt, model, opt, step, time.time() - t0, cfg, time.process_time() - c0,
                             extra={"tokens": tokens, "flops": flops})
@@ -208,12 +232,11 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
                "train_flops": flops, "wall_s": round(time.time() - t0, 1),
                "cpu_s": round(time.process_time() - c0, 1), "config": to_dict(cfg)}
     extra = {"t2i_training": {k: v for k, v in summary.items() if k != "config"}}
-    if cfg.image_head == "diffusion":
-        save_transfusion(model, out / "model", config=cfg.model, vocab=tokenizer.vocab, tokenizer_dir=tok_dir,
-                         extra=extra)
-    else:
-        save_decoder(model, out / "model", config=cfg.model, vocab=tokenizer.vocab, tokenizer_dir=tok_dir,
-                     extra=extra)
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    check_finite(model.state_dict().values(), out / "model")
+    with writing(out / "model"):
+        save = save_transfusion if cfg.image_head == "diffusion" else save_decoder
+        save(model, out / "model", config=cfg.model, vocab=tokenizer.vocab, tokenizer_dir=tok_dir, extra=extra)
+    with writing(out / "summary.json"):
+        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     return out / "model"
 

@@ -12,6 +12,7 @@ Layout of `out/` while and after training:
     summary.json                     final step, wall time, threads, last metrics
     checkpoint/                      latest checkpoint: model + optimizer (safetensors), state.json
                                      (step, RNG states, wall time); replaced atomically
+    .anygen.lock                     locked while a run trains here (a second run fails at once)
 
 Resume (`resume=True`) restores model, optimizer, step, RNG states and elapsed time, and
 continues with the batch stream where it stopped (batch k is a function of (seed, k)), so
@@ -21,7 +22,6 @@ without a time budget a resumed run ends with the same weights as an uninterrupt
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,16 @@ import yaml
 from anygen.config import ConfigError, apply_overrides, build, check, choice, read_yaml, to_dict
 from anygen.data.media_sources import BatchSource, ImageListSource, WaveListSource, folder_images, folder_waves
 from anygen.errors import AnygenError
-from anygen.io import atomic_directory, atomic_write_bytes
+from anygen.io import atomic_write_bytes
+from anygen.training import common
+from anygen.threads import set_threads
+from anygen.training.common import (OptimConfig, holds_run, json_default, load_checkpoint, lock_run_dir,
+                                    refuse_existing_run, remove_stale_temps, save_checkpoint, trim_metrics, writing)
 from anygen.worlds import MEDIA_SOURCES
 
-CHECKPOINT_FORMAT = 1
+# what `out/` holds that is written atomically (a killed write leaves `.NAME.*.tmp` or `.NAME.old.*`)
+ATOMIC_NAMES = ("checkpoint", "recipe.yaml", "summary.json", "metrics.jsonl")
+STAGING_PREFIX = ".artifact."  # `_install_artifact`'s staging directories
 IMAGE_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "image") + ("image-folder",)
 AUDIO_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "audio") + ("audio-folder",)
 
@@ -106,6 +113,13 @@ class TrainConfig:
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         check(self.threads >= 0, "threads", f"must be >= 0, got {self.threads}")
         check(self.time_budget_minutes >= 0, "time_budget_minutes", f"must be >= 0, got {self.time_budget_minutes}")
+        _ = self.optim  # builds, and so validates, the optimizer fields not checked above
+
+    @cached_property
+    def optim(self) -> OptimConfig:
+        """The optimizer fields as the trainers' OptimConfig (warmup, then cosine)."""
+        return OptimConfig(lr=self.lr, min_lr_ratio=self.min_lr_ratio, schedule="cosine", warmup_steps=self.warmup,
+                           weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip)
 
 
 @dataclass
@@ -117,7 +131,7 @@ class TokenizerRecipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        check(bool(self.out), "out", "is required (the artifact directory)")
+        check(bool(self.out.strip()), "out", "is required (the artifact directory)")
         if self.kind == "image":
             check(self.data.source in IMAGE_SOURCES, "data.source",
                   f"{self.data.source!r} is not an image source ({', '.join(IMAGE_SOURCES)})")
@@ -168,103 +182,7 @@ def build_codec(recipe: TokenizerRecipe, cfg=None) -> torch.nn.Module:
 # ---- schedule ------------------------------------------------------------------------------
 def lr_at(train: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup over `warmup` steps, then cosine from lr to lr*min_lr_ratio over `progress` in [0,1]."""
-    if step < train.warmup:
-        return train.lr * (step + 1) / train.warmup
-    warm = train.warmup / train.steps
-    t = min(max((progress - warm) / max(1e-9, 1 - warm), 0.0), 1.0)
-    return train.lr * (train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-# ---- checkpoints ---------------------------------------------------------------------------
-def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    meta = {"python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    return meta, {"rng.torch": torch.get_rng_state()}
-
-
-def _set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    py = meta["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(tensors["rng.torch"])
-
-
-def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimizer state as flat tensors (safetensors) + JSON metadata (no pickle)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for idx, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{k}"] = v.detach().contiguous().clone()
-            else:
-                scalars[f"{idx}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if not key.startswith("opt."):
-            continue
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def save_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    elapsed: float, recipe: TokenizerRecipe, cpu_s: float = 0.0, extra: dict | None = None) -> None:
-    """Model + optimizer + step + RNG states (+ `extra` entries in state.json) into `directory`, replaced atomically."""
-    from safetensors.torch import save_file
-
-    opt_tensors, opt_meta = optimizer_to_tensors(opt)
-    rng_meta, rng_tensors = _rng_state()
-    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    state = {"format_version": CHECKPOINT_FORMAT, "step": step, "elapsed_s": elapsed, "cpu_s": cpu_s,
-             "optimizer": opt_meta, "rng": rng_meta, "recipe": to_dict(recipe), **(extra or {})}
-    with atomic_directory(directory) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
-        save_file({**opt_tensors, **rng_tensors}, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state, default=_json_default) + "\n", encoding="utf-8")
-
-
-def load_checkpoint(directory: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
-    """Restore what `save_checkpoint` wrote; returns state.json's contents."""
-    from safetensors.torch import load_file
-
-    for name in ("state.json", "model.safetensors", "optimizer.safetensors"):
-        if not (directory / name).exists():
-            raise AnygenError(f"{directory / name}: checkpoint file missing")
-    try:
-        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnygenError(f"{directory / 'state.json'}: not valid JSON ({e})") from None
-    if state.get("format_version") != CHECKPOINT_FORMAT:
-        raise AnygenError(f"{directory / 'state.json'}: unsupported checkpoint format_version "
-                          f"{state.get('format_version')!r} (this anygen reads {CHECKPOINT_FORMAT})")
-    try:
-        weights = load_file(str(directory / "model.safetensors"))
-        extra = load_file(str(directory / "optimizer.safetensors"))
-        model.load_state_dict(weights)
-        optimizer_from_tensors(opt, extra, state["optimizer"])
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
-        raise AnygenError(f"{directory}: checkpoint does not match the recipe's model ({e})") from None
-    _set_rng_state(state["rng"], extra)
-    return state
-
-
-def _json_default(obj):
-    if isinstance(obj, tuple):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return common.lr_at(step, train.optim, train.steps, progress)
 
 
 class _Terminated(Exception):
@@ -283,20 +201,6 @@ def _checkpoint_on_sigterm():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric rows logged after `step` (a resumed run logs those steps again)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= step:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line from a crash
-    atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
-
-
 def _architecture_changes(saved: dict, current: dict) -> list[str]:
     """Codec keys that differ between a checkpoint and the recipe, ignoring loss weights.
 
@@ -304,7 +208,7 @@ def _architecture_changes(saved: dict, current: dict) -> list[str]:
     anything else changes what the weights mean, even where tensor shapes agree (e.g. FSQ levels).
     """
     def norm(d):
-        return json.loads(json.dumps(d, default=_json_default))
+        return json.loads(json.dumps(d, default=json_default))
 
     saved, current = norm(saved), norm(current)
     tunable = {"disc_start", "usage_decay"}
@@ -319,7 +223,7 @@ def _install_artifact(save_fn, out: Path) -> None:
     go in before the config, and each file is either the old or the new one.
     """
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".artifact."))
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
     try:
         staged = tmp / "codec"
         save_fn(staged)
@@ -335,7 +239,8 @@ def _export(model: torch.nn.Module, out: Path) -> None:
     was = model.training
     model.eval()
     try:
-        _install_artifact(model.save, out)
+        with writing(out):
+            _install_artifact(model.save, out)
     finally:
         model.train(was)
 
@@ -364,12 +269,21 @@ def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int
 # ---- training ------------------------------------------------------------------------------
 def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] = (), resume: bool = False,
                     progress: bool = True) -> Path:
-    """Train what the recipe describes; returns the artifact directory (`recipe.out`)."""
+    """Train what the recipe describes; returns the artifact directory (`recipe.out`).
+
+    The run holds a lock on `out` (a second run there fails at once) and first clears
+    temporaries a killed run left; a codec run into a directory that holds one needs `resume`.
+    """
     recipe = load_recipe(recipe_path, overrides)
+    cfg = build_codec_config(recipe)  # validated before anything is written
     out = Path(recipe.out)
-    if recipe.kind == "text":
-        return _train_text(recipe, out)
-    return _train_codec(recipe, out, resume=resume, progress=progress)
+    with lock_run_dir(out, "out"):
+        remove_stale_temps(out, ATOMIC_NAMES, globs=(STAGING_PREFIX + "*",))
+        if recipe.kind == "text":
+            return _train_text(recipe, cfg, out)
+        if holds_run(out) and not resume:
+            refuse_existing_run(out, "a run", "out")
+        return _train_codec(recipe, cfg, out, resume=resume, progress=progress)
 
 
 def text_corpus(data: DataConfig) -> list[str]:
@@ -388,34 +302,44 @@ def text_corpus(data: DataConfig) -> list[str]:
     return lines
 
 
-def _train_text(recipe: TokenizerRecipe, out: Path) -> Path:
+def _write_recipe(recipe: TokenizerRecipe, out: Path) -> None:
+    text = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=json_default)), sort_keys=False)
+    with writing(out / "recipe.yaml"):
+        atomic_write_bytes(out / "recipe.yaml", text.encode())
+
+
+def _write_summary(summary: dict, out: Path) -> None:
+    with writing(out / "summary.json"):
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+
+
+def _train_text(recipe: TokenizerRecipe, cfg: TextCodecConfig, out: Path) -> Path:
     from anygen.codecs.text import train_text_tokenizer
 
-    cfg = build_codec_config(recipe)
     start = time.time()
     lines = text_corpus(recipe.data)
     try:
-        _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type), out)
+        with writing(out):
+            _install_artifact(lambda d: train_text_tokenizer(lines, cfg.vocab_size, d, model_type=cfg.model_type),
+                              out)
     except RuntimeError as e:  # sentencepiece reports e.g. a vocabulary smaller than the character set
         raise AnygenError(f"codec.vocab_size: sentencepiece cannot train ({str(e).splitlines()[0]})") from None
-    atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)),
-                                                          sort_keys=False).encode())
-    summary = {"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size, "wall_s": round(time.time() - start, 2)}
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    _write_recipe(recipe, out)
+    _write_summary({"kind": "text", "lines": len(lines), "vocab_size": cfg.vocab_size,
+                    "wall_s": round(time.time() - start, 2)}, out)
     return out
 
 
-def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: bool) -> Path:
+def _train_codec(recipe: TokenizerRecipe, cfg, out: Path, resume: bool, progress: bool) -> Path:
     from tqdm import tqdm
 
     train = recipe.train
     if train.threads:
-        torch.set_num_threads(train.threads)
+        set_threads(train.threads, "train.threads")
     random.seed(train.seed)
     np.random.seed(train.seed % 2**32)
     torch.manual_seed(train.seed)
 
-    cfg = build_codec_config(recipe)
     model = build_codec(recipe, cfg)
     model.train()
     decay, no_decay = [], []
@@ -441,10 +365,8 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
         cpu_before = float(state.get("cpu_s", 0.0))
     elif resume:
         print(f"no checkpoint in {ckpt_dir}; starting from step 0", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    recipe_yaml = yaml.safe_dump(json.loads(json.dumps(to_dict(recipe), default=_json_default)), sort_keys=False)
-    atomic_write_bytes(out / "recipe.yaml", recipe_yaml.encode())
-    _truncate_metrics(out / "metrics.jsonl", step)
+    _write_recipe(recipe, out)
+    trim_metrics(out / "metrics.jsonl", step)
 
     sample_rate = getattr(model, "sample_rate", None)
     image_size = getattr(model, "image_size", 64)
@@ -495,7 +417,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
                 window = {}
                 row = {"step": step, "time_s": round(elapsed(), 2), "cpu_s": round(cpu(), 2), "lr": lr,
                        **{k: round(v, 5) for k, v in last_metrics.items()}}
-                with open(metrics_path, "a", encoding="utf-8") as f:
+                with writing(metrics_path), open(metrics_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 bar.set_postfix({k: f"{last_metrics[k]:.3g}" for k in ("loss", "psnr", "usage") if k in last_metrics})
             if step % train.checkpoint_every == 0:
@@ -518,7 +440,7 @@ def _train_codec(recipe: TokenizerRecipe, out: Path, resume: bool, progress: boo
     summary = {"kind": recipe.kind, "steps": step, "wall_s": round(elapsed(), 1), "cpu_s": round(cpu(), 1),
                "threads": torch.get_num_threads(), "codebook_size": getattr(model, "codebook_size", None),
                "last_metrics": last_metrics}
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    _write_summary(summary, out)
     return out
 
 

@@ -44,11 +44,12 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()),
-           "-m", "anygen.training.decoder_trainer", str(recipe)]
+           "-m", "anygen", "train", str(recipe)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     two = tmp_path / "two"
-    assert proc.stdout.strip().splitlines()[-1] == str(two / "model")  # printed once, by the main process
+    assert proc.stdout.strip().splitlines()[-1] == f"model written to {two / 'model'}"  # once, by the main process
+    assert proc.stdout.count("model written to") == 1
     ckpt = two / "checkpoints" / "step_00000003"
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and len(state["rng"]) == 2

@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 
 from anygen.config import ConfigError
 from anygen.errors import AnygenError
-from anygen.training.decoder_trainer import (OptimConfig, SyntheticBatches, TrainingDiverged, checkpoints,
-                                             load_train_config, lr_at, measure_mfu, reset_accelerate_state,
-                                             run_training, train_decoder)
+from anygen.training.bench import measure_mfu
+from anygen.training.common import OptimConfig, lr_at
+from anygen.training.decoder_trainer import (SyntheticBatches, TrainingDiverged, checkpoints, load_train_config,
+                                             reset_accelerate_state, run_training, train_decoder)
 from anygen.vocab import Vocab
 
 VOCAB = Vocab(n_text=50, image_codebook_size=32, audio_codebook_size=8, audio_levels=2)
@@ -169,6 +170,16 @@ def test_measure_mfu_reports_consistent_numbers():
     assert r["achieved_flops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
     # 6N + 12·L·H·Q·T
     assert r["flops_per_token"] == 6 * r["matmul_params"] + 12 * 1 * 2 * 16 * 32
+
+
+def test_bench_train_cli_measures_a_recipe(tmp_path, capsys):
+    from anygen.cli import main
+
+    tiny = [o for o in recipe(tmp_path) if not o.startswith(("train.progress", "train.log_every", "optim."))]
+    assert main(["bench", "train", *tiny, "--steps", "1", "--json", str(tmp_path / "mfu.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "mfu.json").read_text())
+    assert printed["vocab_size"] == VOCAB.size and printed["seq_len"] == 32 and printed["steps"] == 1
 
 
 def test_init_weights_fine_tunes_from_a_saved_decoder(tmp_path):
