@@ -42,7 +42,7 @@ def number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
     value = float(value)
-    check(math.isfinite(value), name, f"must be a finite number, got {value}")
+    check(math.isfinite(value), name, f"expected a finite number, got {value}")
     return value
 
 
@@ -155,7 +155,9 @@ class GenerationConfig:
                     raise ConfigError(f"{name}: {e}") from None
             elif not isinstance(value, SamplingSettings):
                 raise ConfigError(f"{name}: expected SamplingSettings or a mapping, got {type(value).__name__}")
-        self.cfg_scale = tuple(number(s, "cfg_scale") for s in _values(self.cfg_scale, "cfg_scale"))
+        scales = _values(self.cfg_scale, "cfg_scale")
+        self.cfg_scale = tuple(number(x, f"cfg_scale[{k}]" if len(scales) > 1 else "cfg_scale")
+                               for k, x in enumerate(scales))
         check(len(self.cfg_scale) >= 1, "cfg_scale", "needs at least one scale")
         check(all(0 <= s <= MAX_GUIDANCE_SCALE for s in self.cfg_scale), "cfg_scale",
               f"scales must be in [0, {MAX_GUIDANCE_SCALE:g}] (1 = unguided), got {self.cfg_scale}")
