@@ -227,3 +227,42 @@ def test_pipeline_and_cli_draw_with_a_diffusion_head(tmp_path, monkeypatch):
     results = json.loads(report.read_text())
     assert set(results) >= {"t2i.objects_1.all_correct", "t2i.fd_pool8", "t2i.seconds_per_image"}
     assert results["t2i.fd_pool8"] > 0  # an untrained head draws noise, not ShapesWorld renders
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0], ids=["unguided", "guided"])
+def test_a_sampled_image_does_not_depend_on_its_batch(guidance):
+    # a 3x3 grid of 3x3x3 patches: 243 noise values per image, which one shared generator would
+    # split differently for different batch sizes (torch draws normals 16 at a time)
+    vocab = Vocab(n_text=40, image_codebook_size=8, image_grids=((3, 3),))
+    cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=2, head_dim=16, intermediate=64,
+                        max_position=256)
+    torch.manual_seed(0)
+    model = TransfusionModel(build_decoder(cfg, vocab, seed=0),
+                             DiffusionHeadConfig(image_size=9, patch_size=3, time_dim=16)).eval()
+    torch.nn.init.normal_(model.patch_out.weight, std=0.02)
+    grid = vocab.grid_id((3, 3))
+    p = [vocab.bos, 5, 6, vocab.boi, grid]
+    q = [vocab.bos, 9, 10, 11, 12, 13, vocab.boi, grid]
+    settings = DiffusionSettings(num_inference_steps=3, guidance_scale=guidance)
+    alone = sample_images(model, vocab, [p], settings, seed=7)
+    batch = sample_images(model, vocab, [p, q, p, q, p], settings, seed=7)
+    assert torch.allclose(batch[0], alone[0], atol=1e-5)
+    assert torch.allclose(batch[2], sample_images(model, vocab, [p] * 3, settings, seed=7)[2], atol=1e-5)
+    assert not torch.allclose(batch[0], batch[2], atol=1e-2)  # same prompt, own noise
+
+
+def test_non_finite_velocity_or_logits_are_errors_naming_the_step():
+    from anygen.errors import AnygenError
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.patch_out.weight[0, 0] = float("nan")
+    with pytest.raises(AnygenError, match="velocity is not finite .* denoising step 1 of 3"):
+        sample_images(model, VOCAB, [[VOCAB.bos, 5, VOCAB.boi, GRID]], DiffusionSettings(num_inference_steps=3), seed=0)
+    model = tiny_model()
+    with torch.no_grad():
+        model.lm.lm_head.weight[7, 0] = float("inf")
+    with pytest.raises(AnygenError, match="logits are not finite .* at step 1"):
+        diffusion.generate(model, VOCAB, [VOCAB.bos, 5], max_new_tokens=4, seed=0)
+    with pytest.raises(AnygenError, match="temperature"):
+        diffusion.generate(tiny_model(), VOCAB, [VOCAB.bos, 5], max_new_tokens=4, temperature=float("inf"))

@@ -16,14 +16,14 @@ from PIL import Image as PILImage
 from anygen.api.core import Session
 from anygen.api.diffusion import DiffusionImages
 from anygen.api.editing import Editor
-from anygen.api.inputs import as_audio, as_image, check_int, check_seed, check_text, check_texts
+from anygen.api.inputs import as_audio, as_image, check_int, check_text, check_texts
 from anygen.api.options import DrawOptions, EditOptions, StoryOptions, check_scale, resolve
 from anygen.api.rerank import Verifier, best_of
 from anygen.api.story import StoryWriter
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 from anygen.sampling.engine import Prompt
-from anygen.sampling.settings import GenerationConfig
+from anygen.sampling.settings import GenerationConfig, check_seed
 
 MAX_ROWS = 4096  # images, edits or captions of one call; larger work belongs in a loop over calls
 

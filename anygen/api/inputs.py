@@ -75,11 +75,3 @@ def check_int(value, name: str, low: int | None = None, high: int | None = None)
         bounds = f"at least {low}" if high is None else f"in {low}..{high}"
         raise AnygenError(f"{name} must be {bounds}, got {value}")
     return value
-
-
-SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
-
-
-def check_seed(seed) -> int | None:
-    """None (unseeded) or an int in 0..SEED_MAX."""
-    return None if seed is None else check_int(seed, "seed", 0, SEED_MAX)

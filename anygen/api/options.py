@@ -12,9 +12,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
 from anygen.errors import AnygenError
+from anygen.sampling.settings import MAX_GUIDANCE_SCALE
 
 MAX_BEST_OF = 256  # candidates per row; more is better served by a larger model than by more samples
-MAX_GUIDANCE_SCALE = 100.0  # beyond this guidance only amplifies noise (codes become garbage)
 
 
 def check_scale(value, name: str) -> float:

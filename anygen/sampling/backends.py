@@ -290,3 +290,40 @@ def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions
         raise ValueError(f"the fast decoder does not support {type(lm).__name__} "
                          f"(model_type {getattr(lm.config, 'model_type', '?')}); use backend='hf'")
     return HFDecoder(lm, n_rows, max_len, positions)
+
+
+def kv_bytes_per_token(lm) -> int | None:
+    """Bytes one row's KV cache takes per token (keys and values of every layer, in the weights'
+    dtype), from the model's config; None when the config does not give the attention shape."""
+    cfg = getattr(lm, "config", None)
+    try:
+        heads = int(cfg.num_attention_heads)
+        kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+        layers = int(cfg.num_hidden_layers)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return 2 * layers * kv_heads * head_dim * _element_size(lm)
+
+
+def decode_bytes_per_row(lm, prompt_len: int, max_len: int) -> int | None:
+    """Bytes a decoder of `max_len` tokens holds per row: the KV cache (`FastDecoder` allocates all
+    of it at once, `HFDecoder` grows to it) and the prefill's (prompt_len, prompt_len) padding mask."""
+    per_token = kv_bytes_per_token(lm)
+    if per_token is None:
+        return None
+    return per_token * max_len + prompt_len * prompt_len * _element_size(lm)
+
+
+def _element_size(lm) -> int:
+    weight = next(iter(lm.parameters()), None)
+    return weight.element_size() if weight is not None else 4
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device` (the GPU's free memory, else the host's available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from anygen.sampling.backends import resolve_lm
+from anygen.sampling.backends import kv_bytes_per_token, resolve_lm
 from anygen.sampling.engine import GenerationStats, Prompt, generate
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
 from anygen.threads import set_threads
@@ -77,10 +77,7 @@ def decode_bytes_per_token(lm, context: float, head_columns: int | None = None) 
         if p is head and head_columns is not None:
             n = n * head_columns // head.shape[0]
         total += n * p.element_size()
-    cfg = lm.config
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv = 2 * cfg.num_hidden_layers * kv_heads * head_dim * context * head.element_size()
+    kv = kv_bytes_per_token(lm) * context
     return total + kv
 
 

@@ -20,8 +20,15 @@ from dataclasses import dataclass
 import torch
 
 from anygen.config import check
+from anygen.errors import AnygenError
 from anygen.model.transfusion import TransfusionModel, patchify, unpatchify
+from anygen.sampling.processors import row_generator, scale_by_temperature
+from anygen.sampling.settings import MAX_GUIDANCE_SCALE, SamplingSettings, check_seed, integer, number
 from anygen.vocab import Vocab
+
+# Stable Diffusion 3 samples with shift 3 and Flux with up to about 6; beyond 100 nearly every step
+# sits at full noise, so larger values are typos.
+MAX_SHIFT = 100.0
 
 
 @dataclass
@@ -33,11 +40,14 @@ class DiffusionSettings:
     shift: float = 1.0  # FlowMatchEulerDiscreteScheduler's shift (>1 spends more steps at high noise)
 
     def __post_init__(self):
+        self.num_inference_steps = integer(self.num_inference_steps, "num_inference_steps")
         check(1 <= self.num_inference_steps <= 1000, "num_inference_steps",
               f"must be 1..1000, got {self.num_inference_steps}")
-        check(self.guidance_scale >= 0 and self.guidance_scale == self.guidance_scale, "guidance_scale",
-              f"must be >= 0, got {self.guidance_scale}")
-        check(self.shift > 0, "shift", f"must be > 0, got {self.shift}")
+        self.guidance_scale = number(self.guidance_scale, "guidance_scale")
+        check(0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE, "guidance_scale",
+              f"must be in [0, {MAX_GUIDANCE_SCALE:g}] (1 = unguided), got {self.guidance_scale:g}")
+        self.shift = number(self.shift, "shift")
+        check(0 < self.shift <= MAX_SHIFT, "shift", f"must be in (0, {MAX_SHIFT:g}], got {self.shift:g}")
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,17 +105,24 @@ class _Context:
         self.last_hidden = h[:, -1]
 
 
-def _euler(velocity, n: int, model: TransfusionModel, settings: DiffusionSettings,
-           generator: torch.Generator | None) -> torch.Tensor:
-    """x0 patches (n, L, D) from noise by K Euler steps of `velocity(x, sigma) -> (n, L, D)`."""
+def _euler(velocity, noise: torch.Tensor, settings: DiffusionSettings) -> torch.Tensor:
+    """x0 patches (n, L, D) from `noise` (n, L, D) by K Euler steps of `velocity(x, sigma) -> (n, L, D)`."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=settings.shift)
     scheduler.set_timesteps(settings.num_inference_steps)
-    x = torch.randn(n, model.head.n_slots, model.head.patch_dim, generator=generator)
-    for t in scheduler.timesteps:
-        x = scheduler.step(velocity(x, float(t) / 1000).float(), t, x).prev_sample
+    x = noise
+    for k, t in enumerate(scheduler.timesteps, start=1):
+        v = velocity(x, float(t) / 1000).float()
+        if not bool(torch.isfinite(v).all()):
+            raise AnygenError(f"diffusion: the model's velocity is not finite (NaN or inf) at denoising step "
+                              f"{k} of {settings.num_inference_steps}: its weights or inputs are broken")
+        x = scheduler.step(v, t, x).prev_sample
     return x
+
+
+def _noise(model: TransfusionModel, n: int, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(n, model.head.n_slots, model.head.patch_dim, generator=generator)
 
 
 def guide(v_cond: torch.Tensor, v_null: torch.Tensor, scale: float) -> torch.Tensor:
@@ -121,9 +138,16 @@ def _null_prompt(vocab: Vocab, grid_token: int) -> list[int]:
 def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]],
                   settings: DiffusionSettings = DiffusionSettings(), seed: int | None = None) -> torch.Tensor:
     """Denoised images (N, C, S, S) in the head's space (pixels or codec latents) for prompts that end
-    in `<boi> <grid>`; one batched forward per step."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    n, guided = len(prompts), settings.guidance_scale != 1.0
+    in `<boi> <grid>`; one batched forward per step.
+
+    With a seed, image i starts from noise of its own generator, `processors.row_generator(seed, i)`:
+    an image depends on the seed, its index and its prompt only, not on the other prompts of the
+    batch (its null row belongs to it). seed None draws from torch's global generator."""
+    n, guided, seed = len(prompts), settings.guidance_scale != 1.0, check_seed(seed)
+    if seed is None:
+        noise = _noise(model, n, None)
+    else:
+        noise = torch.cat([_noise(model, 1, row_generator(seed, i)) for i in range(n)])
     rows = [list(p) for p in prompts] + ([_null_prompt(vocab, prompts[0][-1])] * n if guided else [])
     ctx = _Context(model, rows, vocab.pad)
 
@@ -133,7 +157,7 @@ def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]
         v = ctx.velocity(torch.cat([x, x]), sigma)
         return guide(v[:n], v[n:], settings.guidance_scale)
 
-    return unpatchify(_euler(velocity, n, model, settings, generator), model.head.patch_size).clamp(-1, 1)
+    return unpatchify(_euler(velocity, noise, settings), model.head.patch_size).clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -143,9 +167,12 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
     """Interleaved sampling of one sequence: (new token ids, images).
 
     Each image appears in the ids as `<boi> <grid> <eoi>` (its slots are not ids); images
-    are (C, S, S) in the head's space, clamped to [-1, 1], in order. Text is greedy at temperature 0. `<eos>` is
-    forbidden until `min_images` images exist.
+    are (C, S, S) in the head's space, clamped to [-1, 1], in order. Text is greedy at temperature 0 (or
+    below `anygen.sampling.settings.GREEDY_BELOW_TEMPERATURE`). `<eos>` is forbidden until `min_images` images exist.
+    One generator (from `seed`) serves the text draws and the images' noise in turn.
     """
+    text = SamplingSettings(temperature=temperature)  # refuses non-finite and out-of-range temperatures
+    seed = check_seed(seed)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     grid_token = vocab.grid_id((model.head.grid,) * 2)
     ctx = _Context(model, [list(prompt)], vocab.pad)
@@ -155,13 +182,17 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
     out, images = [], []
     while len(out) < max_new_tokens:
         logits = model.lm.lm_head(ctx.last_hidden)[0].float()  # (V,)
+        if not bool(torch.isfinite(logits).all()):
+            raise AnygenError(f"diffusion: the model's logits are not finite (NaN or inf) at step {len(out) + 1}: "
+                              f"its weights or inputs are broken")
         logits[~allowed] = float("-inf")
         if len(images) >= max_images:
             logits[vocab.boi] = float("-inf")
         if len(images) < min_images:
             logits[vocab.eos] = float("-inf")
-        if temperature > 0:
-            token = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator))
+        if not text.is_greedy:
+            probs = torch.softmax(scale_by_temperature(logits, text.temperature), -1)
+            token = int(torch.multinomial(probs, 1, generator=generator))
         else:
             token = int(logits.argmax())
         out.append(token)
@@ -178,7 +209,7 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
             v = ctx.velocity(x, sigma)
             return v if null is None else guide(v, null.velocity(x, sigma), settings.guidance_scale)
 
-        x0 = _euler(velocity, 1, model, settings, generator)
+        x0 = _euler(velocity, _noise(model, 1, generator), settings)
         images.append(unpatchify(x0, model.head.patch_size).clamp(-1, 1)[0])
         ctx.commit(image=patchify(images[-1][None], model.head.patch_size))
         ctx.commit(torch.tensor([[vocab.eoi]]))

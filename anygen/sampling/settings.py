@@ -2,19 +2,87 @@
 
 `SamplingSettings` is one modality's logits processing; `GenerationConfig` holds one per
 modality plus the budget, span limits, guidance and seed. Both are config dataclasses
-(`anygen.config.load_config(GenerationConfig, "sampling/shapes.yaml", ["image.greedy=true"])`).
+(`anygen.config.load_config(GenerationConfig, "sampling/shapes.yaml", ["image.greedy=true"])`)
+and check every value once, when built: numbers must be finite and within the limits below,
+so the sampler never sees a value that turns its arithmetic into NaN.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import dataclass, field
 
-from anygen.config import check
+from anygen.config import ConfigError, check
+
+# A temperature below this samples the argmax (greedy): at temperature T an id whose logit is d below
+# the best is e^(-d/T) as likely, so sampling differs from the argmax only where the two best logits
+# agree to about 1e-5, a few float32 steps at typical logit sizes (the T -> 0 limit is the argmax).
+GREEDY_BELOW_TEMPERATURE = 1e-6
+# Above this every legal id is about equally likely for any logits a model produces (tens of nats
+# apart); larger values are typos (1e30 for 1.0) rather than a request for uniform noise.
+MAX_TEMPERATURE = 100.0
+# A top-p below the most likely id's probability keeps that id alone (greedy); below 1e-6 that holds
+# for every distribution over fewer than a million ids, so a smaller p is a typo for `greedy`.
+MIN_TOP_P = 1e-6
+# CTRL uses 1.2; a penalty p divides or multiplies a seen id's logit by p, so beyond 100 (or below
+# 1/100) the id is already banned (or forced) and larger factors only overflow float32 logits.
+MAX_REPETITION_PENALTY = 100.0
+# Guidance scales in use stay below about 30 (3-5 for token models, 7.5 for Stable Diffusion);
+# at 100 the guided distribution is already just the argmax of the guidance difference (noise
+# images), and infinite scales turn 0 * inf into NaN.
+MAX_GUIDANCE_SCALE = 100.0
+# torch.Generator seeds are 64-bit: [-2^63, 2^64) (a negative seed s means s + 2^64).
+MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
+
+
+def number(value, name: str) -> float:
+    """`value` as a finite float, else a ConfigError naming `name` (bools and strings are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    check(math.isfinite(value), name, f"expected a finite number, got {value}")
+    return value
+
+
+def integer(value, name: str) -> int:
+    """`value` as an int (a Python or numpy integer, or a float with an integer value), else a
+    ConfigError naming `name`."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected an integer, got {value}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        shown = value if isinstance(value, numbers.Real) else type(value).__name__
+        raise ConfigError(f"{name}: expected an integer, got {shown}") from None
+
+
+def check_seed(seed) -> int | None:
+    """None, or `seed` as an int in [MIN_SEED, MAX_SEED]; else a ConfigError naming `seed`."""
+    if seed is None:
+        return None
+    seed = integer(seed, "seed")
+    check(MIN_SEED <= seed <= MAX_SEED, "seed", f"must be in [-2**63, 2**64), got {seed}")
+    return seed
+
+
+def _values(value, name: str) -> tuple:
+    """A scalar as a 1-tuple, any other iterable (list, tuple, array) as a tuple."""
+    if isinstance(value, (numbers.Number, str, bytes)):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name}: expected a number or a list of numbers, got {type(value).__name__}") from None
 
 
 @dataclass
 class SamplingSettings:
-    """Logits processing for one modality. `greedy` (or temperature 0) takes the argmax."""
+    """Logits processing for one modality. `greedy` (or a temperature below `GREEDY_BELOW_TEMPERATURE`,
+    0 included) takes the argmax. Every value must be finite and within the module's limits."""
 
     temperature: float = 1.0
     top_k: int = 0  # 0: off
@@ -25,16 +93,29 @@ class SamplingSettings:
     keep_threshold: float = 0.0  # images, <keep> vocabs: <keep> only when its probability is at least this; 0: off
 
     def __post_init__(self):
-        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        self.temperature = number(self.temperature, "temperature")
+        check(0 <= self.temperature <= MAX_TEMPERATURE, "temperature",
+              f"must be in [0, {MAX_TEMPERATURE:g}] (0 or below {GREEDY_BELOW_TEMPERATURE:g}: greedy), "
+              f"got {self.temperature:g}")
+        self.top_k = integer(self.top_k, "top_k")
         check(self.top_k >= 0, "top_k", f"must be >= 0 (0 = off), got {self.top_k}")
-        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        check(0 <= self.min_p < 1, "min_p", f"must be in [0, 1), got {self.min_p}")
-        check(self.repetition_penalty > 0, "repetition_penalty", f"must be > 0, got {self.repetition_penalty}")
-        check(0 <= self.keep_threshold < 1, "keep_threshold", f"must be in [0, 1), got {self.keep_threshold}")
+        self.top_p = number(self.top_p, "top_p")
+        check(MIN_TOP_P <= self.top_p <= 1, "top_p",
+              f"must be in [{MIN_TOP_P:g}, 1] (a smaller p keeps only the most likely id: use greedy), "
+              f"got {self.top_p:g}")
+        self.min_p = number(self.min_p, "min_p")
+        check(0 <= self.min_p < 1, "min_p", f"must be in [0, 1), got {self.min_p:g}")
+        self.repetition_penalty = number(self.repetition_penalty, "repetition_penalty")
+        check(1 / MAX_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY, "repetition_penalty",
+              f"must be in [{1 / MAX_REPETITION_PENALTY:g}, {MAX_REPETITION_PENALTY:g}] (1 = off), "
+              f"got {self.repetition_penalty:g}")
+        self.keep_threshold = number(self.keep_threshold, "keep_threshold")
+        check(0 <= self.keep_threshold < 1, "keep_threshold", f"must be in [0, 1), got {self.keep_threshold:g}")
 
     @property
     def is_greedy(self) -> bool:
-        return self.greedy or self.temperature == 0
+        """Whether ids are the argmax: `greedy`, or a temperature below `GREEDY_BELOW_TEMPERATURE` (0 included)."""
+        return self.greedy or self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass
@@ -63,26 +144,36 @@ class GenerationConfig:
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
 
     def __post_init__(self):
-        if isinstance(self.guidance_scales, (int, float)):
-            self.guidance_scales = (float(self.guidance_scales),)
-        self.guidance_scales = tuple(float(s) for s in self.guidance_scales)
-        self.guidance_interval = tuple(float(x) for x in self.guidance_interval)
-        if self.image_grid is not None:
-            self.image_grid = tuple(int(x) for x in self.image_grid)
+        self.max_new_tokens = integer(self.max_new_tokens, "max_new_tokens")
         check(self.max_new_tokens > 0, "max_new_tokens", f"must be positive, got {self.max_new_tokens}")
-        check(len(self.guidance_scales) >= 1, "guidance_scales", "needs at least one scale")
-        check(all(s >= 0 for s in self.guidance_scales), "guidance_scales", f"scales must be >= 0, got {self.guidance_scales}")
-        check(len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1,
-              "guidance_interval", f"must be (start, end) with 0 <= start <= end <= 1, got {self.guidance_interval}")
-        check(self.image_grid is None or len(self.image_grid) == 2, "image_grid", "must be [H, W]")
-        check(self.audio_max_frames >= 1, "audio_max_frames", f"must be >= 1, got {self.audio_max_frames}")
-        check(1 <= self.audio_min_frames <= self.audio_max_frames, "audio_min_frames",
-              f"must be in 1..audio_max_frames, got {self.audio_min_frames}")
-        check(self.backend in ("auto", "fast", "hf"), "backend", f"must be auto, fast or hf, got {self.backend!r}")
         for name in ("text", "image", "audio"):
             value = getattr(self, name)
             if isinstance(value, dict):
-                setattr(self, name, SamplingSettings(**value))
+                try:
+                    setattr(self, name, SamplingSettings(**value))
+                except TypeError as e:  # an unknown key
+                    raise ConfigError(f"{name}: {e}") from None
+            elif not isinstance(value, SamplingSettings):
+                raise ConfigError(f"{name}: expected SamplingSettings or a mapping, got {type(value).__name__}")
+        scales = _values(self.guidance_scales, "guidance_scales")
+        self.guidance_scales = tuple(number(x, f"guidance_scales[{k}]" if len(scales) > 1 else "guidance_scales")
+                               for k, x in enumerate(scales))
+        check(len(self.guidance_scales) >= 1, "guidance_scales", "needs at least one scale")
+        check(all(0 <= s <= MAX_GUIDANCE_SCALE for s in self.guidance_scales), "guidance_scales",
+              f"scales must be in [0, {MAX_GUIDANCE_SCALE:g}] (1 = unguided), got {self.guidance_scales}")
+        self.guidance_interval = tuple(number(x, "guidance_interval") for x in _values(self.guidance_interval, "guidance_interval"))
+        check(len(self.guidance_interval) == 2 and 0 <= self.guidance_interval[0] <= self.guidance_interval[1] <= 1,
+              "guidance_interval", f"must be (start, end) with 0 <= start <= end <= 1, got {self.guidance_interval}")
+        if self.image_grid is not None:
+            self.image_grid = tuple(integer(x, "image_grid") for x in _values(self.image_grid, "image_grid"))
+            check(len(self.image_grid) == 2, "image_grid", "must be [H, W]")
+        self.audio_max_frames = integer(self.audio_max_frames, "audio_max_frames")
+        check(self.audio_max_frames >= 1, "audio_max_frames", f"must be >= 1, got {self.audio_max_frames}")
+        self.audio_min_frames = integer(self.audio_min_frames, "audio_min_frames")
+        check(1 <= self.audio_min_frames <= self.audio_max_frames, "audio_min_frames",
+              f"must be in 1..audio_max_frames, got {self.audio_min_frames}")
+        self.seed = check_seed(self.seed)
+        check(self.backend in ("auto", "fast", "hf"), "backend", f"must be auto, fast or hf, got {self.backend!r}")
 
     @property
     def guided(self) -> bool:

@@ -18,6 +18,8 @@ import torch
 
 from anygen.codecs.keep import last_image
 from anygen.codecs.layout import AudioSpanState, stream_length
+from anygen.config import ConfigError
+from anygen.errors import AnygenError
 from anygen.sampling.settings import GenerationConfig
 from anygen.vocab import Vocab
 
@@ -74,7 +76,9 @@ class Grammar:
         # image grids: fixed grid (forced) or the smallest-first prefix that fits the budget
         grids = list(vocab.image_grids) if vocab.image_codebook_size else []
         if cfg.image_grid is not None and vocab.image_codebook_size:
-            vocab.grid_id(cfg.image_grid)  # raises a clear error for a grid outside the vocab
+            if tuple(cfg.image_grid) not in set(vocab.image_grids):
+                raise ConfigError(f"image_grid: {list(cfg.image_grid)} is not a grid of this model "
+                                  f"(grids: {[list(g) for g in vocab.image_grids]})")
             grids = [tuple(cfg.image_grid)]
         self.grids = sorted(grids, key=lambda g: g[0] * g[1])
         self.fixed_grid = self.grids[0] if cfg.image_grid is not None and self.grids else None
@@ -241,7 +245,7 @@ class RowState:
         for grid in self.g.vocab.image_grids:
             if grid[0] * grid[1] == n:
                 return grid
-        raise ValueError(f"source has {n} codes, which matches no image grid of the vocab {self.g.vocab.image_grids}")
+        raise AnygenError(f"source has {n} codes, which matches no image grid of the vocab {self.g.vocab.image_grids}")
 
     def push(self, tok: int) -> None:
         """Record the drawn (or forced) id; completed segments are appended to `spans`."""

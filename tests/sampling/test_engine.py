@@ -390,3 +390,111 @@ def test_edit_mask_with_keep_feeds_keep_and_copies_the_source():
     assert [c for c, may in zip(codes, editable) if not may] == [s for s, may in zip(source, editable) if not may]
     assert vocab.keep not in res.ids
     assert fed.count(vocab.keep) >= editable.count(False)  # the model saw <keep>, as in training
+
+
+# ---- seeds: one generator per prompt -----------------------------------------------------------------
+@pytest.mark.parametrize("guidance_scales", [1.0, 3.0], ids=["unguided", "guided"])
+def test_a_prompts_sample_does_not_depend_on_its_batch(guidance_scales):
+    vocab = make_vocab()
+    model = tiny_model(vocab)
+    cfg = GenerationConfig(max_new_tokens=7, image_grid=(2, 2), seed=7, guidance_scales=guidance_scales,
+                           image=SamplingSettings(temperature=1.5), text=SamplingSettings(temperature=1.0))
+    p = Prompt([vocab.bos, 3, 4], uncond=[[vocab.bos, vocab.null]], force=[vocab.boi])
+    q = Prompt([vocab.bos, 9, 10, 11, 12], uncond=[[vocab.bos, vocab.null]])  # longer, text first: other states
+
+    def ids(prompts):
+        return [r.ids for r in generate(model, vocab, prompts, cfg)]
+
+    five = ids([p] * 5)
+    assert ids([p])[0] == five[0]  # the first of five is the one drawn alone
+    assert ids([p] * 4)[3] == five[3]
+    assert ids([p, q, p, q, p])[::2] == five[::2]  # neighbours of another kind change nothing
+    assert len({tuple(x) for x in five}) > 1  # the rows are sampled, not greedy
+    cfg.seed = 8
+    assert ids([p] * 5) != five
+
+
+def test_greedy_rows_draw_nothing_and_sampled_rows_keep_their_streams():
+    """A row sampling text while its neighbours are forced (or greedy) takes one number per sampled token."""
+    vocab = make_vocab()
+    model = tiny_model(vocab)
+    cfg = GenerationConfig(max_new_tokens=6, seed=3, allow_image=False, allow_audio=False, stop_at_eos=False,
+                           text=SamplingSettings(temperature=1.0))
+    long_force = Prompt([vocab.bos, 5], force=[6, 7, 8, 9])  # forced for 4 steps while row 1 samples
+    sampled = Prompt([vocab.bos, 3])
+    together = generate(model, vocab, [sampled, long_force], cfg)
+    alone = generate(model, vocab, [sampled], cfg)
+    assert together[0].ids == alone[0].ids
+
+
+# ---- memory: chunks and refusal ------------------------------------------------------------------------
+def test_large_batches_are_sampled_in_chunks_with_the_same_results():
+    from anygen.sampling.backends import decode_bytes_per_row
+
+    vocab = make_vocab()
+    model = tiny_model(vocab)
+    cfg = GenerationConfig(max_new_tokens=9, seed=11, guidance_scales=2.0, image=SamplingSettings(temperature=1.2),
+                           text=SamplingSettings(temperature=1.0))
+    prompts = [Prompt([vocab.bos, 3 + i % 4] + [5] * (i % 3), uncond=[[vocab.bos, vocab.null]] if i % 2 else (),
+                      force=[vocab.boi] if i % 3 else ()) for i in range(7)]
+
+    def run(**kw):
+        seen, stats = [], GenerationStats()
+        out = generate(model, vocab, prompts, cfg, callback=lambda row, span: seen.append((row, span)), stats=stats,
+                       **kw)
+        return [r.ids for r in out], seen, stats
+
+    whole, whole_spans, whole_stats = run()
+    per_row = decode_bytes_per_row(model, 6, 6 + 9)
+    chunked, chunked_spans, chunked_stats = run(max_chunk_bytes=3 * per_row)
+    assert whole_stats.chunks == 1 and chunked_stats.chunks >= 3
+    assert chunked == whole
+    assert sorted(chunked_spans, key=lambda x: x[0]) == sorted(whole_spans, key=lambda x: x[0])  # global row numbers
+    assert chunked_stats.rows == whole_stats.rows == 7 + 3
+
+
+def test_a_prompt_too_big_for_memory_is_refused_with_the_estimate():
+    vocab = make_vocab()
+    lm = ScriptedLM(vocab, [vocab.boi])
+    # a config whose KV cache would take terabytes per token: refused before anything is allocated
+    lm.config.num_hidden_layers, lm.config.num_attention_heads, lm.config.head_dim = 10 ** 9, 8, 128
+    with pytest.raises(AnygenError, match=r"prompt 0 needs about [\d.]+ GiB of decoder memory .* free"):
+        generate(lm, vocab, [[vocab.bos]], GenerationConfig(max_new_tokens=8, seed=0))
+
+
+# ---- non-finite logits ------------------------------------------------------------------------------
+class NaNAfter(ScriptedLM):
+    """Finite logits for the first `calls` forwards, then NaN in batch row `row` (activations that overflow)."""
+
+    def __init__(self, vocab, calls, row):
+        super().__init__(vocab, [5], noise=1.0)
+        self.calls, self.row, self.n = calls, row, 0
+
+    def forward(self, input_ids, **kw):
+        out = super().forward(input_ids, **kw)
+        self.n += 1
+        if self.n > self.calls:
+            out.logits[self.row] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_nan_logits_are_an_error_naming_the_step(greedy):
+    vocab = make_vocab()
+    cfg = GenerationConfig(max_new_tokens=10, seed=0, allow_image=False, allow_audio=False,
+                           text=SamplingSettings(greedy=greedy))
+    with pytest.raises(AnygenError, match="not finite .* at step 3, prompt 1"):
+        generate(NaNAfter(vocab, calls=2, row=1), vocab, [[vocab.bos, 3], [vocab.bos]], cfg)
+
+
+def test_source_and_grid_mistakes_are_clear_errors():
+    vocab = make_vocab()
+    model = tiny_model(vocab)
+    source = [vocab.image_start + c for c in (1, 2, 3, 4)]
+    cfg = GenerationConfig(max_new_tokens=7, seed=0)
+    with pytest.raises(AnygenError, match="editable has 3 entries for a source of 4 codes"):
+        generate(model, vocab, [Prompt([vocab.bos], force=[vocab.boi], source=source, editable=[True] * 3)], cfg)
+    with pytest.raises(AnygenError, match="source has 5 codes"):
+        generate(model, vocab, [Prompt([vocab.bos], force=[vocab.boi], source=source + source[:1])], cfg)
+    with pytest.raises(AnygenError, match="image_grid: \\[9, 9\\] is not a grid"):
+        generate(model, vocab, [[vocab.bos]], GenerationConfig(max_new_tokens=7, image_grid=(9, 9)))

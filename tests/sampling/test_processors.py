@@ -7,8 +7,11 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from anygen.config import ConfigError, load_config
-from anygen.sampling import GenerationConfig, SamplingSettings, rank_images_by_caption, score_sequences
-from anygen.sampling.processors import apply_repetition_penalty, draw, gate_keep, warp
+from anygen.sampling import GenerationConfig, SamplingSettings, guide, rank_images_by_caption, score_sequences
+from anygen.sampling.diffusion import DiffusionSettings
+from anygen.sampling.processors import RowUniforms, apply_repetition_penalty, draw, gate_keep, row_seed, warp
+from anygen.sampling.settings import (GREEDY_BELOW_TEMPERATURE, MAX_GUIDANCE_SCALE, MAX_REPETITION_PENALTY,
+                                      MAX_TEMPERATURE, MIN_TOP_P)
 
 
 
@@ -31,7 +34,7 @@ def test_top_k_top_p_min_p_keep_the_right_ids():
     assert torch.isfinite(warp(logits, SamplingSettings(top_p=0.1))).tolist() == [[True, False, False, False]]
     assert torch.isfinite(warp(logits, SamplingSettings(min_p=0.2))).tolist() == [[True, True, True, False]]
     hot = warp(logits, SamplingSettings(temperature=2.0))
-    torch.testing.assert_close(hot, logits / 2)
+    torch.testing.assert_close(hot.log_softmax(-1), (logits / 2).log_softmax(-1))  # up to a per-row constant
     assert warp(logits, SamplingSettings(greedy=True)) is logits
     assert draw(logits, SamplingSettings(temperature=0.0), None).tolist() == [0]
 
@@ -119,3 +122,78 @@ def test_gate_keep_decides_keep_or_change_first():
     assert torch.equal(gated[1], logits[1])  # a likely keep stays
     assert logits.argmax(-1).tolist() == [0, 0] and gated.argmax(-1).tolist() == [1, 0]
     assert torch.equal(gate_keep(logits, col=0, threshold=0.0), logits)
+
+
+# ---- limits: values that would turn sampling into NaN or noise are refused, the rest stay finite ------
+@pytest.mark.parametrize("make, field", [
+    (lambda: SamplingSettings(temperature=float("inf")), "temperature"),
+    (lambda: SamplingSettings(temperature=1e30), "temperature"),
+    (lambda: SamplingSettings(temperature="hot"), "temperature"),
+    (lambda: SamplingSettings(top_p=1e-30), "top_p"),
+    (lambda: SamplingSettings(top_k=2.5), "top_k"),
+    (lambda: SamplingSettings(repetition_penalty=float("inf")), "repetition_penalty"),
+    (lambda: SamplingSettings(repetition_penalty=1e-300), "repetition_penalty"),
+    (lambda: SamplingSettings(min_p=float("nan")), "min_p"),
+    (lambda: GenerationConfig(guidance_scales=float("inf")), "guidance_scales"),
+    (lambda: GenerationConfig(guidance_scales=1e30), "guidance_scales"),
+    (lambda: GenerationConfig(guidance_scales=(3.0, float("inf"))), "guidance_scales"),
+    (lambda: GenerationConfig(seed=2 ** 70), "seed"),
+    (lambda: GenerationConfig(seed=1.5), "seed"),
+    (lambda: GenerationConfig(seed="abc"), "seed"),
+    (lambda: GenerationConfig(max_new_tokens=2.5), "max_new_tokens"),
+    (lambda: GenerationConfig(text="hot"), "text"),
+    (lambda: GenerationConfig(image={"temperature": float("inf")}), "temperature"),
+    (lambda: DiffusionSettings(guidance_scale=float("inf")), "guidance_scale"),
+    (lambda: DiffusionSettings(guidance_scale=1e30), "guidance_scale"),
+    (lambda: DiffusionSettings(shift=float("inf")), "shift"),
+    (lambda: DiffusionSettings(num_inference_steps=2.5), "num_inference_steps"),
+])
+def test_non_finite_and_out_of_range_values_are_refused(make, field):
+    with pytest.raises(ConfigError, match=rf"^{field}(\[\d\])?: "):
+        make()
+
+
+def test_limits_are_inclusive_and_recipes_are_checked_too():
+    SamplingSettings(temperature=MAX_TEMPERATURE, top_p=MIN_TOP_P, repetition_penalty=MAX_REPETITION_PENALTY)
+    GenerationConfig(guidance_scales=(MAX_GUIDANCE_SCALE, 0.0), seed=2 ** 64 - 1)
+    GenerationConfig(seed=-1)
+    with pytest.raises(ConfigError, match="^image.temperature: expected a finite number"):
+        load_config(GenerationConfig, None, ["image.temperature=.inf"])
+    with pytest.raises(ConfigError, match="^guidance_scales: scales must be in"):
+        load_config(GenerationConfig, None, ["guidance_scales=1e30"])
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-38, 1e-20, GREEDY_BELOW_TEMPERATURE / 2])
+def test_tiny_temperatures_take_the_argmax_not_the_last_column(temperature):
+    s = SamplingSettings(temperature=temperature)
+    assert s.is_greedy
+    logits = torch.tensor([[3.0, 5.0, 4.0, NEG], [9.0, 1.0, NEG, NEG]])
+    g = torch.Generator().manual_seed(0)
+    assert draw(warp(logits, s), s, g).tolist() == [1, 0]
+
+
+def test_extreme_valid_settings_never_produce_nan():
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 1e33  # float32 logits near overflow: logits / T would be inf - inf
+    logits[:, 40:] = NEG  # illegal ids
+    g = torch.Generator().manual_seed(0)
+    for s in (SamplingSettings(temperature=GREEDY_BELOW_TEMPERATURE), SamplingSettings(temperature=MAX_TEMPERATURE),
+              SamplingSettings(temperature=1e-5, top_p=MIN_TOP_P, top_k=3, min_p=0.5),
+              SamplingSettings(temperature=0.01, top_p=0.9)):
+        warped = warp(logits, s)
+        assert not warped.isnan().any() and torch.isfinite(warped.amax(-1)).all()
+        ids = draw(warped, s, g)
+        assert (ids < 40).all()
+    guided = guide(torch.randn(2, 50) * 30, torch.tensor([[0, 1]]), (MAX_GUIDANCE_SCALE,))
+    assert torch.isfinite(guided).all()
+
+
+def test_row_uniforms_give_each_row_its_own_stream():
+    table = RowUniforms(seed=7, rows=[0, 1, 2], n_draws=4)
+    first = table.take()  # every row's first number
+    assert torch.equal(first[0], torch.rand(1, generator=torch.Generator().manual_seed(7))[0])  # row 0: the seed
+    second_of_row_2 = table.take(torch.tensor([2]))
+    alone = RowUniforms(seed=7, rows=[2], n_draws=4)  # row 2 in a batch of its own
+    assert torch.equal(alone.take(), first[2:]) and torch.equal(alone.take(), second_of_row_2)
+    assert len(set(first.tolist())) == 3
+    assert row_seed(7, 0) == 7 and row_seed(7, 1) != row_seed(8, 0) and row_seed(-1, 0) == 2 ** 64 - 1
