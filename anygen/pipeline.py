@@ -95,7 +95,7 @@ def _as_audio(audio) -> tuple[np.ndarray, int]:
     if isinstance(audio, Audio):
         audio = (audio.waveform, audio.sample_rate)
     if isinstance(audio, tuple) and len(audio) == 2:
-        waveform, sr = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+        waveform, sr = np.asarray(audio[0]), int(audio[1])  # the codec scales integer PCM
         check_duration(waveform, sr)  # before the codec spends time on it
         return waveform, sr
     raise AnygenError(f"expected an audio path, Audio or (waveform, sample_rate), got {type(audio).__name__}")
@@ -139,6 +139,7 @@ class AnyGen:
             prompt = Document([Text(_check_text(prompt))])
         if len(prompt) == 0:
             raise AnygenError("prompt is empty")
+        prompt.check_size(max_text_chars=MAX_PROMPT_CHARS, what="prompt")  # before any encoding work
         ids = self.tokenizer.encode(prompt, eos=False)
         self._check_length(ids, max_new_tokens)
         if self.diffusion is not None:
