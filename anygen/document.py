@@ -124,11 +124,8 @@ class Document:
     def check_size(self, max_segments: int = MAX_SEGMENTS, max_text_chars: int = MAX_TEXT_CHARS,
                    what: str = "document") -> "Document":
         """Refuse more than `max_segments` segments or `max_text_chars` characters of text; returns self."""
-        if len(self.segments) > max_segments:
-            raise AnygenError(f"{what} has {len(self.segments)} segments, over the {max_segments}-segment limit")
         chars = sum(len(s.text) for s in self.segments if isinstance(s, Text))
-        if chars > max_text_chars:
-            raise AnygenError(f"{what} has {chars} characters of text, over the {max_text_chars}-character limit")
+        _check_size(len(self.segments), chars, max_segments, max_text_chars, what)
         return self
 
     @property
@@ -176,19 +173,15 @@ class Document:
         items = data["segments"]
         if not isinstance(items, list):
             raise AnygenError(f"'segments' must be a list, got {type(items).__name__}")
-        if len(items) > MAX_SEGMENTS:
-            raise AnygenError(f"document has {len(items)} segments, over the {MAX_SEGMENTS}-segment limit")
+        chars = sum(len(i["text"]) for i in items if isinstance(i, dict) and isinstance(i.get("text"), str))
+        _check_size(len(items), chars, MAX_SEGMENTS, MAX_TEXT_CHARS, "document")  # before any media is read
         segments: list[Segment] = []
-        chars = 0
         for k, item in enumerate(items):
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
                 text = item.get("text")
                 if not isinstance(text, str):
                     raise AnygenError(f"segment {k}: 'text' must be a string, got {type(text).__name__}")
-                chars += len(text)
-                if chars > MAX_TEXT_CHARS:
-                    raise AnygenError(f"document has over {MAX_TEXT_CHARS} characters of text")
                 segments.append(Text(text))
             elif kind in ("image", "audio"):
                 path = file_inside(media_dir, item.get("file"), f"segment {k}: 'file'")
@@ -256,6 +249,13 @@ class Document:
             else:
                 lines.append(f"[audio ({seg.seconds:.2f} s)](audio_{i:03d}.wav)")
         return "\n\n".join(lines) + "\n"
+
+
+def _check_size(n_segments: int, chars: int, max_segments: int, max_text_chars: int, what: str) -> None:
+    if n_segments > max_segments:
+        raise AnygenError(f"{what} has {n_segments} segments, over the {max_segments}-segment limit")
+    if chars > max_text_chars:
+        raise AnygenError(f"{what} has {chars} characters of text, over the {max_text_chars}-character limit")
 
 
 def markdown_text(text: str) -> str:

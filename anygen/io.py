@@ -7,7 +7,7 @@ Policies (documented in the README's "Reliability" section):
   images over `MAX_IMAGE_PIXELS` are refused (decompression bombs); `fit_image` resizes
   to a square by centre-cropping the long side, then resampling.
 - audio: WAV (8/16/24/32-bit int or float) read with scipy after its header is checked
-  (duration, sample rate) without decoding the samples; integer PCM is scaled so full
+  (duration, sample rate, sample count) without decoding the samples; integer PCM is scaled so full
   scale is [-1, 1]; float audio whose peak exceeds 1 is peak-normalised; channels
   (from the header) are averaged to mono; other sample rates are resampled (polyphase);
   NaN/Inf is refused.
@@ -38,6 +38,7 @@ MAX_IMAGE_PIXELS = 4096 * 4096  # larger images are refused as possible decompre
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 MAX_AUDIO_SECONDS = 600.0
 MAX_SAMPLE_RATE = 768_000  # the highest rate in common use; a larger header value is a broken file
+MAX_AUDIO_SAMPLES = 1 << 27  # frames x channels a WAV may hold (600 s of 48 kHz in 4 channels; 1 GB as float64)
 WAV_ENCODINGS = (1, 3, 0xFFFE)  # format tags of PCM, IEEE float and WAVE_FORMAT_EXTENSIBLE
 MAX_WAV_CHUNKS = 1000  # header chunks skipped while looking for the audio data
 MAX_JSON_BYTES = 64 * 1024 * 1024  # documents, configs and metadata are far smaller
@@ -325,12 +326,14 @@ def read_audio_file(path: str | os.PathLike, sample_rate: int | None = None) -> 
     """
     path = Path(path)
     _check_regular_file(path, "audio")
-    sr, _, frames = wav_header(path)
+    sr, channels, frames = wav_header(path)
     if not 0 < sr <= MAX_SAMPLE_RATE:
         raise AnygenError(f"{path}: invalid sample rate {sr} Hz in the WAV header")
     if frames == 0:
         raise AnygenError(f"{path}: audio file has no samples")
     check_seconds(frames, sr, str(path))
+    if frames * channels > MAX_AUDIO_SAMPLES:
+        raise AnygenError(f"{path}: {frames} frames of {channels} channels, over the {MAX_AUDIO_SAMPLES}-sample limit")
     from scipy.io import wavfile
 
     try:

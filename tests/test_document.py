@@ -145,7 +145,7 @@ def test_document_size_limits(tmp_path, monkeypatch):
         Document.load(d)
     monkeypatch.setattr(document, "MAX_TEXT_CHARS", 100)
     _doc_dir(tmp_path, [{"type": "text", "text": "y" * 60}] * 2)
-    with pytest.raises(AnygenError, match="over 100 characters of text"):
+    with pytest.raises(AnygenError, match="document has 120 characters of text, over the 100-character limit"):
         Document.load(d)
     with pytest.raises(AnygenError, match="prompt has 120 characters of text, over the 100-character limit"):
         Document([Text("y" * 60)] * 2).check_size(max_text_chars=100, what="prompt")

@@ -156,6 +156,14 @@ def test_long_wav_is_refused_from_its_header_before_decoding(tmp_path):
     assert peak < 10 * 1024 * 1024, f"{peak} bytes allocated: the samples were decoded"
 
 
+def test_many_channel_wav_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = tmp_path / "wide.wav"
+    wavfile.write(path, SR, np.zeros((SR, 40), np.int16))  # 1 s, 40 channels: 320000 samples
+    monkeypatch.setattr(aio, "MAX_AUDIO_SAMPLES", 300_000)
+    with pytest.raises(AnygenError, match="8000 frames of 40 channels, over the 300000-sample limit"):
+        aio.read_audio_file(path)
+
+
 def test_wav_header_reports_what_is_really_there(tmp_path):
     path = tmp_path / "claim.wav"
     wavfile.write(path, SR, np.zeros((100, 2), np.int16))

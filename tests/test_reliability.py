@@ -684,19 +684,22 @@ def test_pickled_weights_are_refused_unopened(tmp_path, kind):
 def test_every_weight_loading_call_insists_on_safetensors():
     """Static check beside tests/test_package.py's pickle scan: each transformers model `from_pretrained`
     in the package passes `use_safetensors=True`, so a directory with only pickled weights is refused."""
-    offenders = []
+    offenders = [f"{path.name}: {name}" for path, name, call in _package_calls(r"(\w+)\.from_pretrained\(")
+                 if re.search(r"Model|ForCausalLM", name)  # configs and tokenizers are JSON
+                 and "use_safetensors=True" not in call]
+    assert not offenders, offenders
+
+
+def _package_calls(pattern: str):
+    """(file, callee, whole call text) for each call in the anygen package whose start matches `pattern`."""
     for path in (Path(__file__).resolve().parents[1] / "anygen").rglob("*.py"):
         text = path.read_text()
-        for m in re.finditer(r"(\w+)\.from_pretrained\(", text):
-            if not re.search(r"Model|ForCausalLM", m.group(1)):
-                continue  # configs and tokenizers are JSON
+        for m in re.finditer(pattern, text):
             depth, i = 1, m.end()
             while depth and i < len(text):
                 depth += {"(": 1, ")": -1}.get(text[i], 0)
                 i += 1
-            if "use_safetensors=True" not in text[m.start():i]:
-                offenders.append(f"{path.name}: {m.group(0)}")
-    assert not offenders, offenders
+            yield path, m.group(0), text[m.start():i]
 
 
 EVIL_MODULE = """import pathlib
@@ -751,14 +754,6 @@ def test_checkpoint_code_is_never_run(model_dir, tmp_path, monkeypatch, where):
 
 def test_every_transformers_auto_load_refuses_remote_code():
     """Static check: each Auto* `from_pretrained`/`from_config` in the package passes `trust_remote_code=False`."""
-    offenders = []
-    for path in (Path(__file__).resolve().parents[1] / "anygen").rglob("*.py"):
-        text = path.read_text()
-        for m in re.finditer(r"(Auto\w+)\.from_(pretrained|config)\(", text):
-            depth, i = 1, m.end()
-            while depth and i < len(text):
-                depth += {"(": 1, ")": -1}.get(text[i], 0)
-                i += 1
-            if "trust_remote_code=False" not in text[m.start():i]:
-                offenders.append(f"{path.name}: {m.group(0)}")
+    offenders = [f"{path.name}: {name}" for path, name, call in _package_calls(r"Auto\w+\.from_(pretrained|config)\(")
+                 if "trust_remote_code=False" not in call]
     assert not offenders, offenders

@@ -50,6 +50,7 @@ from anygen.config import ConfigError, build, check, choice
 from anygen.errors import AnygenError
 from anygen.codecs.artifact import FORMAT_VERSION, load_codec, save_codec  # noqa: F401 (FORMAT_VERSION re-exported)
 from anygen.io import MAX_SAMPLE_RATE, check_waveform, resample, to_mono_float
+
 # sizes beyond any codec worth training on one machine: a config over them is a mistake or a
 # hostile file, refused before a module (and its memory) is built
 MAX_CODEC_WIDTH = 4096  # latent_dim, num_filters
@@ -310,10 +311,11 @@ class AudioCodec(nn.Module):
 
     # ---- numpy, any sample rate ---------------------------------------------------------
     def encode_audio(self, waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """Mono (T,) or multichannel (T, C) samples at any rate -> codes (n_q, F).
+        """Mono (T,) or multichannel (T, C) or (C, T) samples at any rate -> codes (n_q, F).
 
-        Integer PCM is scaled to [-1, 1], channels are averaged, other rates are resampled;
-        NaN/Inf samples are refused.
+        As `anygen.io.to_mono_float`: integer PCM is scaled to [-1, 1], float audio peaking
+        over 1 is peak-normalised, channels (the shorter axis) are averaged; other rates are
+        resampled; NaN/Inf samples are refused.
         """
         wave = check_waveform(to_mono_float(np.asarray(waveform)))
         if wave.size == 0:

@@ -216,8 +216,8 @@ def check_lm_config(config: dict, architecture: str | None = None) -> None:
 
     Sizes must be integers within `CONFIG_LIMITS`, norm epsilons and RoPE theta finite and
     positive, `image_position_stride` an integer in 0..max_position_embeddings, `model_type` a
-    causal-LM family transformers implements itself (and, given `architecture`, that one), and
-    there must be no `auto_map`. Messages start with "config.json: ".
+    causal-LM family transformers implements itself (and, given `architecture`, that one).
+    Messages start with "config.json: ". (`auto_map` is refused by `weights.refuse_remote_code`.)
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -226,8 +226,6 @@ def check_lm_config(config: dict, architecture: str | None = None) -> None:
 
     if not isinstance(config, dict):
         bad("expected a JSON object")
-    if "auto_map" in config:
-        bad("'auto_map' asks to run code shipped with the checkpoint; anygen never runs checkpoint code")
     for key, limit in CONFIG_LIMITS.items():
         value = config.get(key)
         if value is not None and (type(value) is not int or not 1 <= value <= limit):
