@@ -3,7 +3,11 @@
 Training data, prompts and generated outputs are all Documents: an ordered list of
 `Text`, `Image` and `Audio` segments. A Document saves to a directory
 (`document.json` + PNG/WAV files beside it) and renders to a self-contained HTML
-page and to Markdown.
+page and to Markdown (text escaped in both: no markup or links from the text).
+
+Loading a directory is strict: media files must lie inside it (no absolute paths, `..`
+or symlinks out of it), every field has its type checked, and documents over
+`MAX_SEGMENTS` segments or `MAX_TEXT_CHARS` characters of text are refused.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import html
 import io
 import json
 import os
+import re
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +26,15 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image as PILImage
 
-from anygen.errors import AnygenError
-from anygen.io import atomic_write_bytes, read_audio_file, read_image_file
+from anygen.errors import AnygenError, short_repr
+from anygen.io import atomic_write_bytes, file_inside, read_audio_file, read_image_file, read_json_file
 
 FORMAT_VERSION = 1
+MAX_SEGMENTS = 10_000  # far beyond any model context; bounds the work a document file can ask for
+MAX_TEXT_CHARS = 2_000_000  # total text of a loaded document (2 MB of text)
+# Markdown punctuation that could start links, images, code or emphasis: backslash-escaped in
+# document.md (`<`, `>` and `&` become HTML entities, which every Markdown dialect leaves as text)
+MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_\[\](){}!#|~])")
 
 
 @dataclass
@@ -98,12 +108,25 @@ class Document:
         """Adjacent Text segments joined into one: the canonical form (Text("m"), Text("a")
         is the text "ma", which a subword tokenizer may spell with one token)."""
         segments: list[Segment] = []
+        run: list[str] = []  # the current run of adjacent texts, joined once (linear time)
         for segment in self.segments:
-            if isinstance(segment, Text) and segments and isinstance(segments[-1], Text):
-                segments[-1] = Text(segments[-1].text + segment.text)
-            else:
-                segments.append(segment)
+            if isinstance(segment, Text):
+                run.append(segment.text)
+                continue
+            if run:
+                segments.append(Text("".join(run)))
+                run = []
+            segments.append(segment)
+        if run:
+            segments.append(Text("".join(run)))
         return Document(segments)
+
+    def check_size(self, max_segments: int = MAX_SEGMENTS, max_text_chars: int = MAX_TEXT_CHARS,
+                   what: str = "document") -> "Document":
+        """Refuse more than `max_segments` segments or `max_text_chars` characters of text; returns self."""
+        chars = sum(len(s.text) for s in self.segments if isinstance(s, Text))
+        _check_size(len(self.segments), chars, max_segments, max_text_chars, what)
+        return self
 
     @property
     def text(self) -> str:
@@ -140,23 +163,34 @@ class Document:
 
     @classmethod
     def from_json(cls, data: dict, media_dir: Path) -> "Document":
+        """The Document `to_json` describes; media files are read from inside `media_dir` only."""
         if not isinstance(data, dict) or "segments" not in data:
             raise AnygenError("not an anygen document: missing 'segments'")
         version = data.get("version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise AnygenError(f"unsupported document version {version} (this anygen reads version {FORMAT_VERSION})")
+        if type(version) is not int or version != FORMAT_VERSION:  # not "1", 1.0 or true
+            raise AnygenError(f"unsupported document version {short_repr(version)} "
+                              f"(this anygen reads version {FORMAT_VERSION})")
+        items = data["segments"]
+        if not isinstance(items, list):
+            raise AnygenError(f"'segments' must be a list, got {type(items).__name__}")
+        chars = sum(len(i["text"]) for i in items if isinstance(i, dict) and isinstance(i.get("text"), str))
+        _check_size(len(items), chars, MAX_SEGMENTS, MAX_TEXT_CHARS, "document")  # before any media is read
         segments: list[Segment] = []
-        for k, item in enumerate(data["segments"]):
+        for k, item in enumerate(items):
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
-                segments.append(Text(str(item.get("text", ""))))
-            elif kind == "image":
-                segments.append(Image(read_image_file(media_dir / item["file"])))
-            elif kind == "audio":
-                wave_, sr = read_audio_file(media_dir / item["file"])
-                segments.append(Audio(wave_, sr))
+                text = item.get("text")
+                if not isinstance(text, str):
+                    raise AnygenError(f"segment {k}: 'text' must be a string, got {type(text).__name__}")
+                segments.append(Text(text))
+            elif kind in ("image", "audio"):
+                path = file_inside(media_dir, item.get("file"), f"segment {k}: 'file'")
+                if kind == "image":
+                    segments.append(Image(read_image_file(path)))
+                else:
+                    segments.append(Audio(*read_audio_file(path)))
             else:
-                raise AnygenError(f"segment {k}: unknown type {kind!r} (expected text, image or audio)")
+                raise AnygenError(f"segment {k}: unknown type {short_repr(kind)} (expected text, image or audio)")
         return cls(segments)
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -175,11 +209,7 @@ class Document:
         path = directory / "document.json" if directory.is_dir() else directory
         if not path.exists():
             raise AnygenError(f"{path}: no such document (expected a directory with document.json)")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AnygenError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_json(data, path.parent)
+        return cls.from_json(read_json_file(path), path.parent)
 
     # ---- rendering ----------------------------------------------------------------
     def to_html(self, title: str = "anygen document") -> str:
@@ -206,16 +236,31 @@ class Document:
         return "".join(out)
 
     def to_markdown(self) -> str:
-        """Markdown referring to the media files `save` writes beside it."""
+        """Markdown referring to the media files `save` writes beside it.
+
+        Text is escaped: it renders as the same characters and never as HTML, a link or an image.
+        """
         lines = []
         for i, seg in enumerate(self.segments):
             if isinstance(seg, Text):
-                lines.append(seg.text)
+                lines.append(markdown_text(seg.text))
             elif isinstance(seg, Image):
                 lines.append(f"![image](image_{i:03d}.png)")
             else:
                 lines.append(f"[audio ({seg.seconds:.2f} s)](audio_{i:03d}.wav)")
         return "\n\n".join(lines) + "\n"
+
+
+def _check_size(n_segments: int, chars: int, max_segments: int, max_text_chars: int, what: str) -> None:
+    if n_segments > max_segments:
+        raise AnygenError(f"{what} has {n_segments} segments, over the {max_segments}-segment limit")
+    if chars > max_text_chars:
+        raise AnygenError(f"{what} has {chars} characters of text, over the {max_text_chars}-character limit")
+
+
+def markdown_text(text: str) -> str:
+    """`text` as Markdown that renders as exactly these characters (HTML and link syntax escaped)."""
+    return MARKDOWN_PUNCTUATION.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _png_bytes(image: PILImage.Image) -> bytes:

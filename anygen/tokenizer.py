@@ -32,8 +32,8 @@ from anygen.codecs.keep import encode_keeps, resolve_keeps
 from anygen.codecs.layout import codes_to_stream, stream_to_codes
 from anygen.codecs.text import load_text_tokenizer
 from anygen.document import Audio, Document, Image, Segment, Text
-from anygen.errors import AnygenError
-from anygen.io import atomic_directory, atomic_write_bytes
+from anygen.errors import AnygenError, short_repr
+from anygen.io import atomic_directory, atomic_write_bytes, read_json_file
 from anygen.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -233,17 +233,17 @@ class MultimodalTokenizer:
         meta_path = directory / "tokenizer.json"
         if not meta_path.exists():
             raise AnygenError(f"{directory}: not a tokenizer directory (missing tokenizer.json)")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise AnygenError(f"{meta_path}: not valid JSON ({e})") from None
+        meta = read_json_file(meta_path)
         if not isinstance(meta, dict):
             raise AnygenError(f"{meta_path}: expected a JSON object")
-        if meta.get("format_version") != FORMAT_VERSION:
+        if type(meta.get("format_version")) is not int or meta["format_version"] != FORMAT_VERSION:
             raise AnygenError(f"{meta_path}: unsupported tokenizer format version {meta.get('format_version')!r} "
                               f"(this anygen reads {FORMAT_VERSION})")
         if not isinstance(meta.get("vocab"), dict):
             raise AnygenError(f"{meta_path}: missing the 'vocab' layout")
+        for codec in ("image", "audio"):
+            if not isinstance(meta.get(codec, False), bool):
+                raise AnygenError(f"{meta_path}: '{codec}' must be true or false, got {short_repr(meta[codec])}")
         text = load_text_tokenizer(directory / "text")
         image = audio = None
         if meta.get("image"):

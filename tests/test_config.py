@@ -59,3 +59,47 @@ def test_bad_recipe_files(tmp_path):
 
 def test_build_defaults():
     assert build(Recipe) == Recipe()
+
+
+def _laughs(levels: int, width: int = 9) -> str:
+    """A recipe whose `name` is a YAML alias bomb: `levels` levels of `width` aliases each."""
+    items = ["&a1 [" + ", ".join(["lol"] * width) + "]"]
+    items += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(2, levels + 1)]
+    return "name: [" + ", ".join(items) + "]\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_yaml_alias_bombs_are_refused_quickly(tmp_path, levels):
+    """9 levels: under 500 bytes that expand to 9**9 strings (the error message used to print them all)."""
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_laughs(levels))
+    assert len(path.read_bytes()) < 500
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load_config(Recipe, path)
+    assert time.perf_counter() - start < 5
+    assert "expands to over 100000 values" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_error_messages_quote_values_briefly():
+    with pytest.raises(ConfigError) as e:
+        load_config(Recipe, None, ["name=[" + ", ".join(["abcdefgh"] * 5000) + "]"])
+    assert str(e.value).startswith("name: expected a string, got ['abcdefgh'") and len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("text", ["[" * 20_000, "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 20_000))])
+def test_deeply_nested_recipes_are_one_line_errors(tmp_path, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="deep.yaml: not valid YAML") as e:
+        load_config(Recipe, path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(Recipe, None, ["model.levels=" + "[" * 20_000])
+
+
+def test_a_recipe_path_that_is_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=f"{tmp_path}: not a file \\(expected a YAML recipe\\)"):
+        load_config(Recipe, tmp_path)

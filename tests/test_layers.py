@@ -9,7 +9,8 @@ import anygen
 
 ROOT = Path(anygen.__file__).parent
 LAYERS = [  # bottom to top; a module belongs to the layer of its longest listed prefix
-    ("anygen.errors", "anygen.config", "anygen.io", "anygen.document", "anygen.vocab", "anygen.threads"),
+    ("anygen.errors", "anygen.config", "anygen.io", "anygen.document", "anygen.vocab", "anygen.threads",
+     "anygen.weights"),
     ("anygen.codecs", "anygen.model", "anygen.tokenizer"),
     ("anygen.sampling",),
     ("anygen.tasks", "anygen.data"),
@@ -48,8 +49,9 @@ def imports(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.split(".")[0] == "anygen"}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "anygen":
-            found.add(node.module)
-            found |= {f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}")}
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            modules = {n for n in names if is_module(n)}
+            found |= modules if len(modules) == len(names) else modules | {node.module}
     return found
 
 
@@ -75,5 +77,5 @@ def test_the_checker_sees_a_lazy_upward_import(tmp_path):
     """A function-level import counts: the check would catch `sampling` importing a world lazily."""
     source = tmp_path / "m.py"
     source.write_text("def f():\n    from anygen.worlds.shapes import world\n    return world\n")
-    assert "anygen.worlds.shapes" in imports(source)
+    assert imports(source) == {"anygen.worlds.shapes.world"}
     assert layer_of("anygen.worlds.shapes.world") > layer_of("anygen.sampling.engine")

@@ -298,6 +298,17 @@ def test_api_audio_arrays(gen):
         gen.transcribe((tone(1.0), SR))
 
 
+def test_api_integer_arrays_are_scaled_like_files(gen, monkeypatch):
+    """int16 samples given to the Python API reach the codec as the same audio as their float equivalent."""
+    codes = []
+    real = gen.tokenizer.audio_codes
+    monkeypatch.setattr(gen.tokenizer, "audio_codes", lambda wave, sr: codes.append(real(wave, sr)) or codes[-1])
+    ints = np.round(tone(0.02) * 32768).astype(np.int16)
+    gen.transcribe((ints, SR), max_new_tokens=1)
+    gen.transcribe((ints / 32768.0, SR), max_new_tokens=1)
+    assert len(codes) == 2 and torch.equal(codes[0], codes[1])
+
+
 # ---- prompts -----------------------------------------------------------------------------------
 SURROGATES = os.fsdecode(b"a red \xff\xfe circle")  # how undecodable argv bytes reach Python
 
@@ -439,6 +450,32 @@ def _swap_tokenizer(d: Path, **kw):
     make_tokenizer(**kw).save(d / "tokenizer")
 
 
+def _edit_weights(path: Path, change):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _nan_in_first_float(state):
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone().view(-1).index_fill(0, torch.tensor([0]), float("nan")).view(state[name].shape)
+
+
+def _to_integers(state):
+    for k, v in state.items():
+        state[k] = v.to(torch.int32) if v.is_floating_point() else v
+
+
+def _index_naming(d: Path, name: str):
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": name}}))
+
+
+_IMAGE_WEIGHTS = Path("tokenizer") / "image" / "model.safetensors"
+
+
 MODEL_DIR_CASES = {
     "not a directory": (lambda d: shutil.rmtree(d) or d.write_text("x"), "model directory not found"),
     "no tokenizer/": (lambda d: shutil.rmtree(d / "tokenizer"), "missing tokenizer/ directory"),
@@ -478,6 +515,55 @@ MODEL_DIR_CASES = {
     "wrong layer count": (lambda d: _edit_json(d / "config.json", num_hidden_layers=3), "cannot load the decoder"),
     "tokenizer of another model": (lambda d: _swap_tokenizer(d, text_vocab=300), "do not match"),
     "tokenizer with another codebook": (lambda d: _swap_tokenizer(d, fsq=(3, 4)), "do not match"),
+    # untrusted checkpoints: refused before transformers sees them, or right after loading
+    "pickled weights beside safetensors": (lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x04N."),
+                                           "pytorch_model.bin: weights that are not safetensors are never loaded"),
+    "index naming a .bin": (lambda d: _index_naming(d, "pytorch_model.bin"),
+                            "weight file 'pytorch_model.bin' is not a .safetensors file"),
+    "index naming a file outside": (lambda d: _index_naming(d, "../model.safetensors"),
+                                    "weight file '../model.safetensors' is not a .safetensors file in the directory"),
+    "missing tensor": (lambda d: _edit_weights(d / "model.safetensors",
+                                               lambda s: s.pop("model.layers.0.mlp.down_proj.weight")),
+                       "tensor model.layers.0.mlp.down_proj.weight is missing"),
+    "integer weights": (lambda d: _edit_weights(d / "model.safetensors", _to_integers),
+                        "is I32, expected floating-point weights"),
+    "NaN weights": (lambda d: _edit_weights(d / "model.safetensors", _nan_in_first_float), "holds NaN or Inf values"),
+    "negative rms_norm_eps": (lambda d: _edit_json(d / "config.json", rms_norm_eps=-1),
+                              "config.json: rms_norm_eps must be a finite number > 0, got -1"),
+    "NaN rope_theta": (lambda d: _edit_json(d / "config.json", rope_parameters={"rope_type": "default",
+                                                                                "rope_theta": float("nan")}),
+                       "rope_parameters.rope_theta must be a finite number > 0, got nan"),
+    "negative image_position_stride": (lambda d: _edit_json(d / "config.json", image_position_stride=-5),
+                                       "image_position_stride must be an integer in 0..512"),
+    "another model family": (lambda d: _edit_json(d / "config.json", model_type="bert"),
+                             "model_type 'bert' builds BertLMHeadModel, but anygen_decoder.json says the model is "
+                             "Qwen3ForCausalLM"),
+    "unknown model family": (lambda d: _edit_json(d / "config.json", model_type="evil_lm"),
+                             "model_type 'evil_lm' is not a causal language model transformers implements"),
+    "a billion layers (float)": (lambda d: _edit_json(d / "config.json", num_hidden_layers=1e9),
+                                 "num_hidden_layers must be an integer in 1..1024, got 1000000000.0"),
+    "a billion layers": (lambda d: _edit_json(d / "config.json", num_hidden_layers=10**9),
+                         "num_hidden_layers must be an integer in 1..1024, got 1000000000"),
+    "decoder version 0": (lambda d: _edit_json(d / "anygen_decoder.json", format_version=0), "format_version 0"),
+    "decoder version -5": (lambda d: _edit_json(d / "anygen_decoder.json", format_version=-5), "format_version -5"),
+    "decoder version true": (lambda d: _edit_json(d / "anygen_decoder.json", format_version=True),
+                             "format_version True is not supported"),
+    "decoder section not an object": (lambda d: _edit_json(d / "anygen_decoder.json", decoder="abc"),
+                                      "anygen_decoder.json: 'decoder' must be an object, got 'abc'"),
+    "image codec NaN weights": (lambda d: _edit_weights(d / _IMAGE_WEIGHTS, _nan_in_first_float),
+                                "holds NaN or Inf values"),
+    "image codec integer weights": (lambda d: _edit_weights(d / _IMAGE_WEIGHTS, _to_integers),
+                                    "expected floating-point weights"),
+    "image codec huge channels": (lambda d: _edit_config(d / "tokenizer" / "image" / "config.json", "config",
+                                                         channels=[100_000, 100_000]),
+                                  "channels: widths must be multiples of 8 in 8..4096"),
+    "audio codec huge sample rate": (lambda d: _edit_config(d / "tokenizer" / "audio" / "config.json", "config",
+                                                            sample_rate=1e9),
+                                     "sample_rate: must be 1000..768000 Hz"),
+    "tokenizer.json image not a bool": (lambda d: _edit_json(d / "tokenizer" / "tokenizer.json", image="no"),
+                                        "tokenizer.json: 'image' must be true or false, got 'no'"),
+    "text.json unknown kind": (lambda d: (d / "tokenizer" / "text" / "text.json").write_text('{"kind": "evil"}'),
+                               "text.json: unknown text tokenizer kind 'evil'"),
 }
 
 
@@ -500,6 +586,24 @@ def test_unknown_document_version_through_the_cli(tmp_path, capsys):
     assert "unsupported document version 99" in line
     (doc / "document.json").write_text("{")
     assert "not valid JSON" in cli_error(["generate", doc, "--out", tmp_path / "o"], capsys)
+
+
+def test_generate_never_copies_files_from_outside_the_document(tmp_path, capsys, cached_load):
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    scene().save(secret / "private_photo.png")
+    doc = tmp_path / "doc"
+    doc.mkdir()
+    (doc / "document.json").write_text(json.dumps({"version": 1, "segments": [
+        {"type": "text", "text": "look"}, {"type": "image", "file": "../secret/private_photo.png"}]}))
+    line = cli_error(["generate", doc, "--model", "m", "--out", tmp_path / "out", "--max-new-tokens", "4"], capsys)
+    assert "segment 1: 'file': '../secret/private_photo.png' must be a relative path inside" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_document_prompts_are_bounded_before_encoding(gen):
+    with pytest.raises(AnygenError, match="prompt has 20001 characters of text, over the 20000-character limit"):
+        gen.generate(Document([Text("x" * 10_000), Text("y" * 10_001)]))
 
 
 def test_intact_model_directory_still_loads(model_dir, gen):
@@ -576,16 +680,76 @@ def test_pickled_weights_are_refused_unopened(tmp_path, kind):
 def test_every_weight_loading_call_insists_on_safetensors():
     """Static check beside tests/test_package.py's pickle scan: each transformers model `from_pretrained`
     in the package passes `use_safetensors=True`, so a directory with only pickled weights is refused."""
-    offenders = []
+    offenders = [f"{path.name}: {name}" for path, name, call in _package_calls(r"(\w+)\.from_pretrained\(")
+                 if re.search(r"Model|ForCausalLM", name)  # configs and tokenizers are JSON
+                 and "use_safetensors=True" not in call]
+    assert not offenders, offenders
+
+
+def _package_calls(pattern: str):
+    """(file, callee, whole call text) for each call in the anygen package whose start matches `pattern`."""
     for path in (Path(__file__).resolve().parents[1] / "anygen").rglob("*.py"):
         text = path.read_text()
-        for m in re.finditer(r"(\w+)\.from_pretrained\(", text):
-            if not re.search(r"Model|ForCausalLM", m.group(1)):
-                continue  # configs and tokenizers are JSON
+        for m in re.finditer(pattern, text):
             depth, i = 1, m.end()
             while depth and i < len(text):
                 depth += {"(": 1, ")": -1}.get(text[i], 0)
                 i += 1
-            if "use_safetensors=True" not in text[m.start():i]:
-                offenders.append(f"{path.name}: {m.group(0)}")
+            yield path, m.group(0), text[m.start():i]
+
+
+EVIL_MODULE = """import pathlib
+pathlib.Path({marker!r}).mkdir()
+"""
+
+
+def _hf_tokenizer_with_code(d: Path, marker: Path) -> Path:
+    """A Hugging Face tokenizer directory whose tokenizer_config.json names code in evil.py (auto_map)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "red": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(d)
+    _edit_json(d / "tokenizer_config.json", tokenizer_class="EvilTokenizer",
+               auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    (d / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    return d
+
+
+@pytest.mark.parametrize("where", ["decoder config.json", "text tokenizer", "--init-from tokenizer"])
+def test_checkpoint_code_is_never_run(model_dir, tmp_path, monkeypatch, where):
+    """Even when the terminal answers "y" to transformers' "run the custom code?" prompt."""
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
+    marker = tmp_path / "checkpoint-code-ran"
+    if where == "decoder config.json":
+        d = _clone(model_dir, tmp_path)
+        _edit_json(d / "config.json", model_type="evil_lm",
+                   auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+        (d / "evil.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+        load, message = (lambda: anygen.load(d)), "config.json: 'auto_map' asks to run code"
+    elif where == "text tokenizer":
+        from anygen.codecs.text import load_text_tokenizer
+
+        d = tmp_path / "text"
+        _hf_tokenizer_with_code(d / "hf_tokenizer", marker)
+        (d / "text.json").write_text('{"kind": "huggingface"}')
+        load, message = (lambda: load_text_tokenizer(d)), "tokenizer_config.json: 'auto_map' asks to run code"
+    else:
+        from anygen.model.init_from import extend_pretrained
+        from anygen.vocab import Vocab
+
+        d = tmp_path / "lm"
+        build_decoder(TINY_DECODER, 3, seed=0).save_pretrained(d)
+        _hf_tokenizer_with_code(d, marker)
+        load, message = (lambda: extend_pretrained(d, Vocab(n_text=3, image_codebook_size=4))), "'auto_map'"
+    with pytest.raises(AnygenError, match=re.escape(message)):
+        load()
+    assert not marker.exists(), "code shipped with the checkpoint was run"
+
+
+def test_every_transformers_auto_load_refuses_remote_code():
+    """Static check: each Auto* `from_pretrained`/`from_config` in the package passes `trust_remote_code=False`."""
+    offenders = [f"{path.name}: {name}" for path, name, call in _package_calls(r"Auto\w+\.from_(pretrained|config)\(")
+                 if "trust_remote_code=False" not in call]
     assert not offenders, offenders

@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from anygen.api.core import Session
 from anygen.api.diffusion import DiffusionImages
 from anygen.api.editing import Editor
-from anygen.api.inputs import as_audio, as_image, check_int, check_text, check_texts
+from anygen.api.inputs import MAX_PROMPT_CHARS, as_audio, as_image, check_int, check_text, check_texts
 from anygen.api.options import DrawOptions, EditOptions, StoryOptions, check_scale, resolve
 from anygen.api.rerank import Verifier, best_of
 from anygen.api.story import StoryWriter
@@ -69,6 +69,7 @@ class AnyGen:
             raise AnygenError(f"prompt must be text or a Document, got {type(prompt).__name__}")
         if len(prompt) == 0:
             raise AnygenError("prompt is empty")
+        prompt.check_size(max_text_chars=MAX_PROMPT_CHARS, what="prompt")  # before any encoding work
         max_new_tokens, seed = check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed)
         ids = self.tokenizer.encode(prompt, eos=False)
         s.check_length(ids, max_new_tokens)

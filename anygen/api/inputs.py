@@ -60,7 +60,7 @@ def as_audio(audio) -> tuple[np.ndarray, int]:
     if isinstance(audio, Audio):
         audio = (audio.waveform, audio.sample_rate)
     if isinstance(audio, tuple) and len(audio) == 2:
-        waveform, sr = np.asarray(audio[0], dtype=np.float32), int(audio[1])
+        waveform, sr = np.asarray(audio[0]), int(audio[1])  # the codec scales integer PCM
         check_duration(waveform, sr)  # before the codec spends time on it
         return waveform, sr
     raise AnygenError(f"expected an audio path, Audio or (waveform, sample_rate), got {type(audio).__name__}")

@@ -2,7 +2,9 @@
 
 One writer and one reader for the image and audio codecs: writes are atomic (the old
 directory survives a crash), nothing is unpickled, and every problem on load is an
-AnygenError that names the file.
+AnygenError that names the file. Loading checks the weights against the config (every
+tensor present with its shape, floating where the module's is, nothing extra) from the
+safetensors header, then refuses NaN/Inf values.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Callable
 
 import torch
 
+from anygen import weights
 from anygen.config import ConfigError, build, to_dict
-from anygen.errors import AnygenError
-from anygen.io import atomic_directory
+from anygen.errors import AnygenError, short_repr
+from anygen.io import atomic_directory, read_json_file
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -57,33 +60,25 @@ def load_codec(directory, kind: str, config_cls: type, make: Callable[[object], 
     for p in (config_path, weights_path):
         if not p.is_file():
             raise AnygenError(f"{p}: missing file (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        meta = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnygenError(f"{config_path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise AnygenError(f"{config_path}: unsupported {kind} codec format_version {version!r} "
+    meta = read_json_file(config_path)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise AnygenError(f"{config_path}: unsupported {kind} codec format_version {short_repr(version)} "
                           f"(this anygen reads {FORMAT_VERSION})")
     if meta.get("kind", kind) != kind:
-        raise AnygenError(f"{config_path}: not an {kind} codec (kind {meta.get('kind')!r})")
+        raise AnygenError(f"{config_path}: not an {kind} codec (kind {short_repr(meta.get('kind'))})")
     try:
         cfg = build(config_cls, meta.get("config") or {})
     except ConfigError as e:
         raise AnygenError(f"{config_path}: invalid codec config: {e}") from None
+    specs = weights.safetensors_specs([weights_path])  # header only: refused before any tensor is read
     module = make(cfg)
+    where = str(weights_path)
+    weights.check_tensors([([k], v) for k, v in module.state_dict().items()], specs, where, strict=True)
     try:
         state = load_file(str(weights_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise AnygenError(f"{weights_path}: cannot read weights ({e})") from None
-    expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise AnygenError(f"{weights_path}: weights do not match {CONFIG_FILE} "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise AnygenError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)}, "
-                              f"the config needs {tuple(expected[k].shape)}")
+    weights.check_finite(state.items(), where)
     module.load_state_dict(state)
     return module.eval()

@@ -49,7 +49,13 @@ import torch.nn.functional as F
 from anygen.config import ConfigError, build, check, choice
 from anygen.errors import AnygenError
 from anygen.codecs.artifact import FORMAT_VERSION, load_codec, save_codec  # noqa: F401 (FORMAT_VERSION re-exported)
-from anygen.io import check_waveform, resample, to_mono_float
+from anygen.io import MAX_SAMPLE_RATE, check_waveform, resample, to_mono_float
+
+# sizes beyond any codec worth training on one machine: a config over them is a mistake or a
+# hostile file, refused before a module (and its memory) is built
+MAX_CODEC_WIDTH = 4096  # latent_dim, num_filters
+MAX_CODEC_LAYERS = 64  # residual levels (n_q), residual layers, LSTM layers, down/upsampling steps
+MAX_CODEBOOK_SIZE = 1 << 20
 LOG_FLOOR = 1e-3  # magnitude floor before logs in the spectral losses: near-silent bins must not dominate them
 
 
@@ -89,15 +95,25 @@ class AudioCodecConfig:
     n_mels: int = 64
 
     def __post_init__(self):
-        check(self.sample_rate >= 1000, "sample_rate", f"must be >= 1000 Hz, got {self.sample_rate}")
+        check(1000 <= self.sample_rate <= MAX_SAMPLE_RATE, "sample_rate",
+              f"must be 1000..{MAX_SAMPLE_RATE} Hz, got {self.sample_rate}")
         check(self.n_q >= 1, "n_q", f"must be >= 1, got {self.n_q}")
-        check(self.codebook_size >= 2, "codebook_size", f"must be >= 2, got {self.codebook_size}")
-        check(self.latent_dim >= 1, "latent_dim", f"must be >= 1, got {self.latent_dim}")
-        check(self.num_filters >= 1, "num_filters", f"must be >= 1, got {self.num_filters}")
-        check(len(self.upsampling_ratios) >= 1 and all(r >= 1 for r in self.upsampling_ratios),
-              "upsampling_ratios", f"must be a non-empty list of positive integers, got {self.upsampling_ratios}")
-        check(self.num_residual_layers >= 0, "num_residual_layers", f"must be >= 0, got {self.num_residual_layers}")
-        check(self.num_lstm_layers >= 0, "num_lstm_layers", f"must be >= 0, got {self.num_lstm_layers}")
+        check(self.n_q <= MAX_CODEC_LAYERS, "n_q", f"must be <= {MAX_CODEC_LAYERS}, got {self.n_q}")
+        check(2 <= self.codebook_size <= MAX_CODEBOOK_SIZE, "codebook_size",
+              f"must be 2..{MAX_CODEBOOK_SIZE}, got {self.codebook_size}")
+        for name in ("latent_dim", "num_filters"):
+            check(1 <= getattr(self, name) <= MAX_CODEC_WIDTH, name,
+                  f"must be 1..{MAX_CODEC_WIDTH}, got {getattr(self, name)}")
+        check(1 <= len(self.upsampling_ratios) <= MAX_CODEC_LAYERS and all(r >= 1 for r in self.upsampling_ratios)
+              and self.hop_length <= self.sample_rate, "upsampling_ratios",
+              f"must be a non-empty list of positive integers whose product is at most sample_rate, "
+              f"got {self.upsampling_ratios}")
+        check(self.num_filters * 2 ** len(self.upsampling_ratios) <= MAX_CODEC_WIDTH, "num_filters",
+              f"doubled at each of the {len(self.upsampling_ratios)} downsampling steps, it must stay "
+              f"<= {MAX_CODEC_WIDTH}, got {self.num_filters}")
+        for name in ("num_residual_layers", "num_lstm_layers"):
+            check(0 <= getattr(self, name) <= MAX_CODEC_LAYERS, name,
+                  f"must be 0..{MAX_CODEC_LAYERS}, got {getattr(self, name)}")
         check(self.compress >= 1 and self.num_filters % self.compress == 0, "compress",
               f"must divide num_filters ({self.num_filters}), got {self.compress}")
         check(self.use_causal_conv or self.trim_right_ratio == 1.0, "trim_right_ratio",
@@ -295,10 +311,11 @@ class AudioCodec(nn.Module):
 
     # ---- numpy, any sample rate ---------------------------------------------------------
     def encode_audio(self, waveform: np.ndarray, sample_rate: int) -> torch.Tensor:
-        """Mono (T,) or multichannel (T, C) samples at any rate -> codes (n_q, F).
+        """Mono (T,) or multichannel (T, C) or (C, T) samples at any rate -> codes (n_q, F).
 
-        Integer PCM is scaled to [-1, 1], channels are averaged, other rates are resampled;
-        NaN/Inf samples are refused.
+        As `anygen.io.to_mono_float`: integer PCM is scaled to [-1, 1], float audio peaking
+        over 1 is peak-normalised, channels (the shorter axis) are averaged; other rates are
+        resampled; NaN/Inf samples are refused.
         """
         wave = check_waveform(to_mono_float(np.asarray(waveform)))
         if wave.size == 0:

@@ -35,6 +35,13 @@ from anygen.errors import AnygenError
 from anygen.codecs.artifact import FORMAT_VERSION, load_codec, save_codec  # noqa: F401 (FORMAT_VERSION re-exported)
 from anygen.io import fit_image
 
+# sizes beyond any codec worth training on one machine: a config over them is a mistake or a
+# hostile file, refused before a module (and its memory) is built
+MAX_CODEC_WIDTH = 4096  # channels of a stage, vq_dim, disc_channels
+MAX_CODEC_BLOCKS = 64  # residual blocks per stage, discriminator layers
+MAX_CODEC_IMAGE_SIZE = 1024
+MAX_CODEBOOK_SIZE = 1 << 20
+
 
 @dataclass
 class ImageCodecConfig:
@@ -65,25 +72,34 @@ class ImageCodecConfig:
     usage_decay: float = 0.99  # decay of the running code histogram behind the `usage` metric
 
     def __post_init__(self):
-        check(self.image_size >= 4, "image_size", f"must be at least 4, got {self.image_size}")
+        check(4 <= self.image_size <= MAX_CODEC_IMAGE_SIZE, "image_size",
+              f"must be 4..{MAX_CODEC_IMAGE_SIZE}, got {self.image_size}")
         check(1 <= self.downsample <= 6, "downsample", f"must be 1..6, got {self.downsample}")
         check(self.image_size % (2 ** self.downsample) == 0, "downsample",
               f"image_size {self.image_size} is not divisible by 2**{self.downsample}")
         check(len(self.channels) == self.downsample, "channels",
               f"needs one width per downsampling step ({self.downsample}), got {len(self.channels)}")
-        check(all(c > 0 and c % 8 == 0 for c in self.channels), "channels",
-              f"widths must be positive multiples of 8, got {list(self.channels)}")
-        check(self.encoder_blocks >= 0 and self.decoder_blocks >= 0, "decoder_blocks", "must be >= 0")
+        check(all(0 < c <= MAX_CODEC_WIDTH and c % 8 == 0 for c in self.channels), "channels",
+              f"widths must be multiples of 8 in 8..{MAX_CODEC_WIDTH}, got {list(self.channels)}")
+        for name in ("encoder_blocks", "decoder_blocks"):
+            check(0 <= getattr(self, name) <= MAX_CODEC_BLOCKS, name,
+                  f"must be 0..{MAX_CODEC_BLOCKS}, got {getattr(self, name)}")
         check(len(self.fsq_levels) >= 1 and all(lv >= 3 for lv in self.fsq_levels), "fsq_levels",
               f"each level must be >= 3, got {self.fsq_levels}")
+        check(math.prod(self.fsq_levels) <= MAX_CODEBOOK_SIZE, "fsq_levels",
+              f"the codebook (product of the levels) must be <= {MAX_CODEBOOK_SIZE}, got {self.fsq_levels}")
         check(1 <= self.lfq_dim <= 20, "lfq_dim", f"must be 1..20, got {self.lfq_dim}")
-        check(self.vq_codebook_size >= 2, "vq_codebook_size", f"must be >= 2, got {self.vq_codebook_size}")
-        check(self.vq_dim >= 1, "vq_dim", f"must be >= 1, got {self.vq_dim}")
+        check(2 <= self.vq_codebook_size <= MAX_CODEBOOK_SIZE, "vq_codebook_size",
+              f"must be 2..{MAX_CODEBOOK_SIZE}, got {self.vq_codebook_size}")
+        check(1 <= self.vq_dim <= MAX_CODEC_WIDTH, "vq_dim", f"must be 1..{MAX_CODEC_WIDTH}, got {self.vq_dim}")
         check(0.0 < self.vq_decay < 1.0, "vq_decay", f"must be in (0, 1), got {self.vq_decay}")
         check(self.object_weight >= 1.0, "object_weight", f"must be >= 1, got {self.object_weight}")
         check(self.l1_weight >= 0 and self.l2_weight >= 0 and self.l1_weight + self.l2_weight > 0,
               "l1_weight", "l1_weight and l2_weight must be >= 0 and not both 0")
-        check(self.disc_layers >= 1, "disc_layers", f"must be >= 1, got {self.disc_layers}")
+        check(1 <= self.disc_layers <= MAX_CODEC_BLOCKS, "disc_layers",
+              f"must be 1..{MAX_CODEC_BLOCKS}, got {self.disc_layers}")
+        check(1 <= self.disc_channels <= MAX_CODEC_WIDTH, "disc_channels",
+              f"must be 1..{MAX_CODEC_WIDTH}, got {self.disc_channels}")
 
     @property
     def codebook_size(self) -> int:

@@ -3,7 +3,8 @@
 Both expose the same small surface: `vocab_size`, `encode(str) -> list[int]`,
 `decode(list[int]) -> str`, `save(dir)`. Special tokens of the multimodal vocabulary
 live *after* the text ids, so no user string can ever produce one: a literal `<boi>`
-typed by a user is encoded as ordinary text pieces.
+typed by a user is encoded as ordinary text pieces. A local HF tokenizer never runs
+code shipped with it: `auto_map` is refused and `trust_remote_code=False`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from anygen.errors import AnygenError
-from anygen.io import atomic_write_bytes
+from anygen.errors import AnygenError, short_repr
+from anygen.io import atomic_write_bytes, read_json_file
+
+TEXT_KINDS = ("sentencepiece", "huggingface")  # what text.json's "kind" may say
 
 
 class TextTokenizer:
@@ -86,8 +89,11 @@ class HFTextTokenizer:
     def from_pretrained(cls, directory: str | os.PathLike) -> "HFTextTokenizer":
         from transformers import AutoTokenizer
 
+        from anygen.weights import refuse_remote_code
+
+        refuse_remote_code(directory)
         try:
-            return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+            return cls(AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False))
         except Exception as e:
             raise AnygenError(f"{directory}: cannot load a Hugging Face tokenizer ({e})") from None
 
@@ -96,10 +102,11 @@ def load_text_tokenizer(directory: str | os.PathLike):
     """Load whichever text tokenizer `save` wrote into `directory`."""
     directory = Path(directory)
     meta_path = directory / "text.json"
-    try:
-        kind = json.loads(meta_path.read_text())["kind"] if meta_path.exists() else "sentencepiece"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise AnygenError(f"{meta_path}: not a valid text tokenizer description (expected {{\"kind\": ...}})") from None
+    meta = read_json_file(meta_path) if meta_path.exists() else {"kind": "sentencepiece"}
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind not in TEXT_KINDS:
+        raise AnygenError(f"{meta_path}: unknown text tokenizer kind {short_repr(kind)} "
+                          f"(expected {{\"kind\": ...}} with one of {', '.join(TEXT_KINDS)})")
     if kind == "huggingface":
         return HFTextTokenizer.from_pretrained(directory / "hf_tokenizer")
     return TextTokenizer.from_file(directory / "text.model")

@@ -6,6 +6,11 @@ directory that `AutoModelForCausalLM.from_pretrained` opens on its own
 (`config.json` + `model.safetensors`), plus `anygen_decoder.json` with anygen's
 resolved config, the Vocab and a `format_version`.
 
+Loading checks the directory before transformers sees it (`open_causal_lm`): safetensors
+weights only, no `auto_map` (checkpoint code is never run), config values in range, the
+architecture a known causal-LM family (the one `anygen_decoder.json` records), and every
+tensor present with its shape and a floating dtype; after loading, all weights finite.
+
 Packed batches (several documents per row) carry `document_ids` (0 = padding):
 attention is block-diagonal causal, so no document sees another. The mask is
 built with transformers' own mask primitives — boolean for SDPA, an additive
@@ -20,6 +25,7 @@ modality of its target (text/special, image code, audio code).
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,14 +35,21 @@ import torch
 import torch.nn.functional as F
 
 from anygen.config import build, check, choice, to_dict
-from anygen.errors import AnygenError
-from anygen.io import atomic_directory, atomic_write_bytes
+from anygen import weights
+from anygen.errors import AnygenError, short_repr
+from anygen.io import atomic_directory, atomic_write_bytes, read_json_file
 from anygen.model.positions import CONSECUTIVE, ImagePositions
 from anygen.vocab import Vocab
 
 FORMAT_VERSION = 1
 META_FILE = "anygen_decoder.json"
 MODALITIES = ("text", "image", "audio")  # index = Vocab.modality_of value
+# upper bounds on a checkpoint's config.json sizes: far above any model anygen trains or extends,
+# low enough that a corrupt value fails at once instead of building a billion layers
+CONFIG_LIMITS = {"num_hidden_layers": 1024, "hidden_size": 1 << 17, "intermediate_size": 1 << 19,
+                 "num_attention_heads": 1024, "num_key_value_heads": 1024, "head_dim": 1 << 13,
+                 "vocab_size": 1 << 23, "max_position_embeddings": 1 << 24}
+META_SECTIONS = ("decoder", "vocab", "diffusion_head")  # anygen_decoder.json entries that are objects
 
 
 @dataclass
@@ -183,24 +196,85 @@ def read_decoder_meta(directory: str | os.PathLike) -> dict:
     path = Path(directory) / META_FILE
     if not path.exists():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise AnygenError(f"{path}: not valid JSON ({e})") from None
+    meta = read_json_file(path)
     if not isinstance(meta, dict):
         raise AnygenError(f"{path}: expected a JSON object")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise AnygenError(f"{path}: format_version {version!r} is not supported "
-                          f"(this anygen reads <= {FORMAT_VERSION})")
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:  # not 0, -5, true or "1"
+        raise AnygenError(f"{path}: format_version {short_repr(version)} is not supported "
+                          f"(this anygen reads 1..{FORMAT_VERSION})")
+    for key in META_SECTIONS:
+        if not isinstance(meta.get(key) or {}, dict):
+            raise AnygenError(f"{path}: '{key}' must be an object, got {short_repr(meta[key])}")
+    if not isinstance(meta.get("architecture", ""), str):
+        raise AnygenError(f"{path}: 'architecture' must be a string, got {short_repr(meta['architecture'])}")
     return meta
+
+
+def check_lm_config(config: dict, architecture: str | None = None) -> None:
+    """Refuse a transformers config.json (as a dict) that anygen should not build a model from.
+
+    Sizes must be integers within `CONFIG_LIMITS`, norm epsilons and RoPE theta finite and
+    positive, `image_position_stride` an integer in 0..max_position_embeddings, `model_type` a
+    causal-LM family transformers implements itself (and, given `architecture`, that one).
+    Messages start with "config.json: ". (`auto_map` is refused by `weights.refuse_remote_code`.)
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    def bad(message: str):
+        raise AnygenError(f"config.json: {message}")
+
+    if not isinstance(config, dict):
+        bad("expected a JSON object")
+    for key, limit in CONFIG_LIMITS.items():
+        value = config.get(key)
+        if value is not None and (type(value) is not int or not 1 <= value <= limit):
+            bad(f"{key} must be an integer in 1..{limit}, got {short_repr(value)}")
+    rope = config.get("rope_parameters") if isinstance(config.get("rope_parameters"), dict) else {}
+    positive = {key: config.get(key) for key in ("rms_norm_eps", "layer_norm_eps", "rope_theta")}
+    positive["rope_parameters.rope_theta"] = rope.get("rope_theta")
+    for key, value in positive.items():
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+            bad(f"{key} must be a finite number > 0, got {short_repr(value)}")
+    context = config.get("max_position_embeddings") or CONFIG_LIMITS["max_position_embeddings"]
+    stride = config.get("image_position_stride", 0)
+    if type(stride) is not int or not 0 <= stride <= context:
+        bad(f"image_position_stride must be an integer in 0..{context} (max_position_embeddings), "
+            f"got {short_repr(stride)}")
+    model_type = config.get("model_type")
+    family = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
+    if family is None:
+        bad(f"model_type {short_repr(model_type)} is not a causal language model transformers implements")
+    if architecture and architecture not in (family if isinstance(family, tuple) else (family,)):
+        bad(f"model_type {model_type!r} builds {family}, but {META_FILE} says the model is {architecture}")
+
+
+def open_causal_lm(directory: str | os.PathLike, architecture: str | None = None,
+                   dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    """Load the causal LM in `directory` with the checks in the module docstring; never runs checkpoint code.
+
+    Raises AnygenError naming the file in `directory` and what is wrong with it.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = Path(directory)
+    files = weights.safetensors_files(directory)
+    weights.refuse_remote_code(directory)
+    check_lm_config(read_json_file(directory / "config.json"), architecture)
+    config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    weights.check_tensors(weights.tied_groups(skeleton), weights.safetensors_specs(files), files[0].name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(directory), config=config, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
+        use_safetensors=True, trust_remote_code=False)
+    weights.check_finite(model.named_parameters(), files[0].name)
+    return model
 
 
 def load_decoder(directory: str | os.PathLike, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
-    """Open a saved decoder (or any local HF causal LM directory); never unpickles."""
-    from transformers import AutoModelForCausalLM
-
+    """Open a saved decoder (or any local HF causal LM directory); never unpickles or runs checkpoint code."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise AnygenError(f"{directory}: not a decoder directory (no config.json)")
@@ -209,13 +283,11 @@ def load_decoder(directory: str | os.PathLike, device: str | torch.device = "cpu
         attn_implementation = (meta.get("decoder") or {}).get("attn_implementation", "sdpa")
     try:
         with quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(
-                str(directory), local_files_only=True, dtype=dtype, attn_implementation=attn_implementation,
-                use_safetensors=True)
-    except Exception as e:  # corrupt/truncated safetensors, shapes that do not fit config.json, bad config values
+            model = open_causal_lm(directory, meta.get("architecture"), dtype, attn_implementation)
+    except AnygenError as e:
+        raise AnygenError(f"{directory}: cannot load the decoder: {e}") from None
+    except Exception as e:  # config values transformers itself refuses, a failing read
         msg = " ".join(str(e).split())
-        if "mismatched" in msg or "size mismatch" in msg:
-            msg = "the weights in model.safetensors do not fit config.json (tensor shapes differ)"
         raise AnygenError(f"{directory}: cannot load the decoder ({type(e).__name__}: {msg})") from None
     return model.to(device)
 

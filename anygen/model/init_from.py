@@ -30,6 +30,7 @@ import torch
 
 from anygen.errors import AnygenError
 from anygen.vocab import Vocab
+from anygen.weights import refuse_remote_code
 
 DEFAULT_NOISE = 0.1
 
@@ -41,10 +42,11 @@ def _tokenizer_len(directory: Path) -> int | None:
         return None
     from transformers import AutoTokenizer
 
+    refuse_remote_code(directory)
     try:
-        return len(AutoTokenizer.from_pretrained(str(directory), local_files_only=True))
+        return len(AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False))
     except Exception as e:  # a broken tokenizer is a user error worth naming
-        raise AnygenError(f"{directory}: cannot load the pretrained tokenizer ({e})") from None
+        raise AnygenError(f"cannot load the pretrained tokenizer ({e})") from None
 
 
 def embedding_matrices(model) -> list[torch.nn.Parameter]:
@@ -74,24 +76,23 @@ def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: floa
     """Load the causal LM in `directory`, extend it to `vocab.size` rows, initialise the new rows.
 
     Returns the model; its `config.vocab_size == vocab.size`. The tokenizer beside the
-    model (when there is one) must have exactly `vocab.n_text` ids.
+    model (when there is one) must have exactly `vocab.n_text` ids. The directory passes
+    `anygen.model.decoder.open_causal_lm`'s checks (safetensors only, no checkpoint code).
     """
-    from transformers import AutoModelForCausalLM
-
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise AnygenError(f"--init-from {directory}: not a Hugging Face model directory (no config.json)")
-    n_tok = _tokenizer_len(directory)
-    if n_tok is not None and n_tok != vocab.n_text:
-        raise AnygenError(f"--init-from {directory}: its tokenizer has {n_tok} ids but the vocab's text range has "
-                          f"{vocab.n_text}; build the MultimodalTokenizer from this model's tokenizer")
-    from anygen.model.decoder import quiet_hf_progress
+    from anygen.model.decoder import open_causal_lm, quiet_hf_progress
 
     try:
+        n_tok = _tokenizer_len(directory)
+        if n_tok is not None and n_tok != vocab.n_text:
+            raise AnygenError(f"its tokenizer has {n_tok} ids but the vocab's text range has "
+                              f"{vocab.n_text}; build the MultimodalTokenizer from this model's tokenizer")
         with quiet_hf_progress():
-            model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=dtype,
-                                                         attn_implementation=attn_implementation,
-                                                         use_safetensors=True)  # never unpickle
+            model = open_causal_lm(directory, dtype=dtype, attn_implementation=attn_implementation)
+    except AnygenError as e:
+        raise AnygenError(f"--init-from {directory}: {e}") from None
     except (OSError, ValueError) as e:
         raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
     n_rows = model.get_input_embeddings().weight.shape[0]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anygen import weights
 from anygen.config import build, check, choice, to_dict
 from anygen.errors import AnygenError
 
@@ -213,7 +214,7 @@ def save_transfusion(model: TransfusionModel, directory, **kw) -> Path:
 
 
 def load_transfusion(directory, lm, meta: dict) -> TransfusionModel:
-    """Wrap a loaded LM with the diffusion head saved beside it."""
+    """Wrap a loaded LM with the diffusion head saved beside it (every head tensor present, its shape, finite)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -223,14 +224,14 @@ def load_transfusion(directory, lm, meta: dict) -> TransfusionModel:
     path = directory / HEAD_FILE
     if not path.exists():
         raise AnygenError(f"{directory}: image_head is diffusion but {HEAD_FILE} is missing")
+    expected = [([k], v) for k, v in model.head_state_dict().items()]
+    weights.check_tensors(expected, weights.safetensors_specs([path]), str(path), strict=True)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise AnygenError(f"{path}: cannot read ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("lm.")]
-    if missing or unexpected:
-        raise AnygenError(f"{path}: head tensors do not fit (missing {missing}, unexpected {unexpected})")
+    weights.check_finite(state.items(), str(path))
+    model.load_state_dict(state, strict=False)
     return model.to(next(lm.parameters()).dtype)
 
 

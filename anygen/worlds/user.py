@@ -14,7 +14,9 @@ Media are read with `anygen.io` (images converted to RGB, decompression-bomb gua
 WAV only, mixed to mono, optionally resampled). A folder or JSONL file that does not
 exist, or that has no records at all, is an error under either policy.
 
-Sidecar and record formats (paths are relative to the folder or the JSONL file):
+Sidecar and record formats (paths are relative to the folder or the JSONL file; a JSONL
+record's media must lie inside the JSONL file's folder: no absolute paths, `..` or
+symlinks out of it):
 
     captions.jsonl     {"file": "a.png", "caption": "a red apple"}
     transcripts.jsonl  {"file": "a.wav", "text": "hello there"}
@@ -36,8 +38,8 @@ from typing import Iterator
 from PIL import Image as PILImage
 
 from anygen.document import Audio, Document, Image, Segment, Text
-from anygen.errors import AnygenError
-from anygen.io import fit_image, read_audio_file, read_image_file, to_rgb
+from anygen.errors import AnygenError, short_repr
+from anygen.io import file_inside, fit_image, read_audio_file, read_image_file, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +188,10 @@ def _jsonl_records(path: Path, collector: _Collector, count: bool = True) -> Ite
 
 
 def _relative_file(base: Path, value, field_name: str) -> Path:
+    """A media path from a JSONL record: relative, and inside the JSONL file's folder."""
     if not isinstance(value, str) or not value.strip():
-        raise AnygenError(f"'{field_name}' must be a non-empty file path string, got {value!r}")
-    return base / value
+        raise AnygenError(f"'{field_name}' must be a non-empty file path string, got {short_repr(value)}")
+    return file_inside(base, value, f"'{field_name}'")
 
 
 def _sidecar(directory: Path, name: str | None, text_keys: tuple[str, ...], collector: _Collector,

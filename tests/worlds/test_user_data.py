@@ -218,3 +218,22 @@ def test_media_conversions_and_bad_samples(tmp_path):
     audio = result.documents[0].audios[0]
     assert audio.sample_rate == 16000 and audio.waveform.ndim == 1 and len(audio.waveform) == 1600
     assert "NaN" in reasons(result)["nan.wav"]
+
+
+def test_jsonl_media_must_stay_inside_the_folder(tmp_path):
+    secret = png(tmp_path / "secret" / "private.png")
+    data = tmp_path / "data"
+    png(data / "ok.png")
+    (data / "link.png").symlink_to(secret)
+    jsonl(data / "docs.jsonl", [
+        {"segments": [{"type": "image", "file": "ok.png"}]},
+        {"segments": [{"type": "image", "file": "../secret/private.png"}]},
+        {"segments": [{"type": "image", "file": str(secret)}]},
+        {"segments": [{"type": "image", "file": "link.png"}]},
+    ])
+    result = load_jsonl_documents(data / "docs.jsonl")
+    assert len(result) == 1 and [p.rsplit(":", 1)[1] for p, _ in result.skipped] == ["2", "3", "4"]
+    assert all("segments[0].file" in r and ("inside" in r or "outside" in r) for _, r in result.skipped)
+    jsonl(data / "edits.jsonl", [{"source": "ok.png", "instruction": "x", "target": "../secret/private.png"}])
+    with pytest.raises(AnygenError, match="'target': '../secret/private.png' must be a relative path inside"):
+        load_edit_pairs(data / "edits.jsonl", on_error="fail")

@@ -50,7 +50,7 @@ from scipy import ndimage
 
 from anygen.worlds.shapes.world import (COLORS, NOTE_FREQS, NOTE_SECONDS, NOTES, SAMPLE_RATE, SHAPES, Obj, Scene, ShapesWorld,
                                 WorldConfig, render_melody, render_scene, shape_coverage)
-from anygen.io import to_rgb
+from anygen.io import IMAGE_FORMATS, to_rgb
 
 JUDGE_SIZE = 64
 COLOR_NAMES = tuple(COLORS)
@@ -298,7 +298,7 @@ def degrade(image: PILImage.Image, rng: np.random.Generator) -> PILImage.Image:
     buf = io.BytesIO()
     to_rgb(image).save(buf, format="JPEG", quality=75)
     buf.seek(0)
-    img = PILImage.open(buf).convert("RGB").filter(ImageFilter.GaussianBlur(radius=0.6))
+    img = PILImage.open(buf, formats=IMAGE_FORMATS).convert("RGB").filter(ImageFilter.GaussianBlur(radius=0.6))
     arr = np.asarray(img, np.int16) + rng.integers(-8, 9, size=(img.height, img.width, 3))
     return PILImage.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
 
