@@ -1,4 +1,4 @@
-"""Crash safety of decoder training (issue 9): SIGKILL a training subprocess while it writes a
+"""Crash safety of decoder training: SIGKILL a training subprocess while it writes a
 checkpoint; the previous checkpoint must still load, and resuming from it must end bitwise at
 the weights of an uninterrupted run.
 

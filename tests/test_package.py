@@ -1,4 +1,4 @@
-"""Packaging rules from DESIGN.md: the name clash with HF `tokenizers`, no pickle anywhere."""
+"""Packaging rules from docs/design.md: the name clash with HF `tokenizers`, no pickle anywhere."""
 
 import re
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 9) through the CLI and the Python API, on a tiny model with real codecs.
+"""The bad-input matrix through the CLI and the Python API, on a tiny model with real codecs.
 
 Every user mistake ends in one line `anygen: error: ...` naming the file/field and exit code 2
 (CLI) or an `AnygenError` (API); inputs the README documents as converted (image modes, sample

@@ -21,7 +21,7 @@ Why this shape:
   that way is alignment-sensitive (a half-frame offset breaks most melodies), so encode
   audio from its start.
 - `quantizer="rvq"` learns its codebooks by EMA (not by gradients) with k-means init on
-  the first batch; a random EnCodec codebook is all zeros (DESIGN §6), so a fresh
+  the first batch; a random EnCodec codebook is all zeros (docs/design.md, "Pitfalls"), so a fresh
   `quantizer="encodec"` codec gets frozen normal-noise codebooks instead: that variant is
   meant for fine-tuning the encoder/decoder of a converted checkpoint.
 - Losses: waveform L1, multi-resolution STFT (spectral convergence + log magnitude),
@@ -212,7 +212,7 @@ class AudioCodec(nn.Module):
                 raise ConfigError(f"n_q: EnCodec quantizer built {len(layers)} levels, need {config.n_q}")
             layers = layers[: config.n_q]
             gen = torch.Generator().manual_seed(0)
-            for layer in layers:  # EnCodec initialises codebooks to zeros (DESIGN §6)
+            for layer in layers:  # EnCodec initialises codebooks to zeros (docs/design.md, "Pitfalls")
                 embed = torch.randn(layer.codebook.embed.shape, generator=gen)
                 layer.codebook.embed.copy_(embed)
                 layer.codebook.embed_avg.copy_(embed)

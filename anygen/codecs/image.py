@@ -11,7 +11,7 @@ Why this shape:
   is easy, drawing it exactly is the hard part.
 - `object_weight` multiplies the reconstruction loss on non-white pixels. ShapesWorld and
   emoji images are mostly white background; unweighted, the loss is dominated by the
-  background and small shapes blur into blobs (DESIGN §7).
+  background and small shapes blur into blobs (docs/design.md, "Pitfalls").
 - Quantizers come from vector-quantize-pytorch. FSQ (default) needs no codebook losses and
   cannot collapse into dead codes the way VQ can; VQ gets EMA updates, k-means init,
   optional cosine similarity and dead-code restarts; LFQ gets its entropy loss.

@@ -216,6 +216,22 @@ def resolve_tokenizer_dir(cfg: TrainConfig) -> Path | None:
     return None
 
 
+def trained_on(cfg: TrainConfig) -> dict:
+    """{"worlds": [...], "tasks": [...]} the model learns: those its shards were made from
+    (`anygen.training.pretokenize.trained_on`) and those of the weights it starts from. Written to
+    `anygen_decoder.json`; `anygen.load` gives the model its worlds' strategies by it."""
+    found = {"worlds": [], "tasks": []}
+    sources = []
+    if cfg.data.kind == "shards" and (Path(cfg.data.shard_dir) / "index.json").exists():
+        sources.append(json.loads((Path(cfg.data.shard_dir) / "index.json").read_text()).get("meta") or {})
+    if cfg.train.init_weights and (Path(cfg.train.init_weights) / "anygen_decoder.json").exists():
+        sources.append(json.loads((Path(cfg.train.init_weights) / "anygen_decoder.json").read_text()))
+    for meta in sources:
+        for key in found:
+            found[key] += [x for x in meta.get(key) or () if isinstance(x, str) and x not in found[key]]
+    return {k: v for k, v in found.items() if v}
+
+
 def resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
     """`vocab`, else the recipe's: data.tokenizer_dir, data.vocab_file, or the shards' own."""
     if vocab is not None:
@@ -595,7 +611,7 @@ class Trainer:
         self.acc.print(f"resumed from {ckpt} at step {self.step}")
 
     def _model_extra(self) -> dict:
-        extra = {"step": self.step, "train": to_dict(self.cfg)}
+        extra = {"step": self.step, "train": to_dict(self.cfg), **trained_on(self.cfg)}
         if self.n_old is not None:
             extra["init_from"] = {"source": str(self.cfg.train.init_from), "n_pretrained_rows": self.n_old,
                                   "train_only_new_rows": self.cfg.train.train_only_new_rows}

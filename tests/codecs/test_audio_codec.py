@@ -220,7 +220,7 @@ def tiny_encodec(tmp_path, **overrides):
                   codebook_size=16, target_bandwidths=[4.0, 12.0])  # 1000 frames/s × 4 bits: 1 and 3 levels
     config = EncodecConfig(**{**kwargs, **overrides})
     model = EncodecModel(config).eval()
-    for layer in model.quantizer.layers:  # a random EnCodec codebook is all zeros (DESIGN §6)
+    for layer in model.quantizer.layers:  # a random EnCodec codebook is all zeros (docs/design.md, "Pitfalls")
         layer.codebook.embed.normal_()
     model.save_pretrained(tmp_path)
     return model

@@ -127,7 +127,8 @@ def test_trains_from_token_shards_with_eval(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 12), ("eval", 4)):
-        with ShardWriter(tmp_path / split, VOCAB, max_len=24) as w:
+        meta = {"worlds": ["shapes"], "tasks": ["text_to_image"]}  # what pretokenize records
+        with ShardWriter(tmp_path / split, VOCAB, max_len=24, meta=meta) as w:
             for _ in range(n):
                 ids = torch.randint(0, VOCAB.size, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
                 w.add(ids.numpy(), (ids >= 0).numpy(), "t2i")
@@ -141,7 +142,9 @@ def test_trains_from_token_shards_with_eval(tmp_path):
         "train.eval_every=2", "train.eval_batches=2", "train.threads=1", "train.progress=false"])
     m = metrics(tmp_path / "run")
     assert [r["step"] for r in m if r["split"] == "eval"] == [2, 3]
-    assert json.loads((out / "anygen_decoder.json").read_text())["vocab"] == VOCAB.to_dict()
+    saved = json.loads((out / "anygen_decoder.json").read_text())
+    assert saved["vocab"] == VOCAB.to_dict()
+    assert saved["worlds"] == ["shapes"] and saved["tasks"] == ["text_to_image"]  # anygen.load picks strategies by it
     assert (out / "tokenizer" / "tokenizer.json").exists()  # a complete model directory (anygen.load)
     state = json.loads((checkpoints(tmp_path / "run")[-1] / "trainer_state.json").read_text())
     assert state["data"]["row"] == 6  # 3 steps × 2 rows
