@@ -17,7 +17,7 @@ from anygen.threads import set_threads_from_env
 from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
 
-def _print_json(data) -> None:
+def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -42,7 +42,7 @@ def cmd_tokenizer_eval(args) -> None:
     from anygen.eval.tokenizer_eval import evaluate_tokenizer
 
     results = evaluate_tokenizer(args.directory, data=args.data, n=args.n, seed=args.seed)
-    _print_json(results)
+    print_json(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -85,7 +85,8 @@ def cmd_train(args) -> None:
 
 
 # ---- generation --------------------------------------------------------------------------
-def _model(args):
+def model_of(args):
+    """The model `--model` names (default: $ANYGEN_MODEL or the bundled one)."""
     import anygen
 
     return anygen.load(args.model)
@@ -109,7 +110,7 @@ def cmd_generate(args) -> None:
         prompt = Document.load(args.prompt)
     else:
         prompt = Document([Text(check_text(args.prompt))])
-    model = _model(args)
+    model = model_of(args)
     continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **_settings(args))
     out = (prompt + continuation).save(args.out)
     print(f"wrote {out / 'index.html'}")
@@ -120,7 +121,7 @@ def cmd_draw(args) -> None:
 
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                           best_of=args.best_of)
-    images = _model(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
+    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
@@ -131,22 +132,22 @@ def cmd_draw(args) -> None:
 
 
 def cmd_describe_edit(args) -> None:
-    print(_model(args).describe_edit(args.image, args.target, seed=args.seed))
+    print(model_of(args).describe_edit(args.image, args.target, seed=args.seed))
 
 
 def cmd_caption(args) -> None:
-    print(_model(args).caption(args.image, seed=args.seed))
+    print(model_of(args).caption(args.image, seed=args.seed))
 
 
 def cmd_transcribe(args) -> None:
-    print(_model(args).transcribe(args.audio, seed=args.seed))
+    print(model_of(args).transcribe(args.audio, seed=args.seed))
 
 
 def cmd_say(args) -> None:
     from anygen.document import wav_bytes
     from anygen.io import atomic_write_bytes
 
-    audio = _model(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
+    audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
     atomic_write_bytes(args.out, wav_bytes(audio.waveform, audio.sample_rate))
     print(f"wrote {args.out} ({audio.seconds:.2f} s)")
 
@@ -157,7 +158,7 @@ def cmd_edit(args) -> None:
     options = EditOptions(guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
                           best_of=args.best_of, reason=args.reason, plan_in_words=args.plan_in_words,
                           greedy_plan=args.greedy_plan, retries=args.retries)  # checked before the model loads
-    model = _model(args)
+    model = model_of(args)
     if args.mask:
         from dataclasses import replace
 
@@ -213,7 +214,7 @@ def cmd_bench_sample(args) -> None:
 
     model = vocab = codec_decode = None
     if args.model:
-        loaded = _model(args)
+        loaded = model_of(args)
         model, vocab = loaded.model, loaded.vocab
         if loaded.tokenizer.image is not None:
             codec_decode = loaded.tokenizer.image.decode_images
@@ -232,7 +233,7 @@ def cmd_bench_train(args) -> None:
     if recipe is not None and "=" in recipe:  # no recipe, only overrides
         recipe, overrides = None, [recipe] + overrides
     results = measure_recipe_mfu(recipe, overrides, steps=args.steps)
-    _print_json(results)
+    print_json(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -21,6 +21,7 @@ from anygen.tasks import layouts
 IMAGE_FRAMING = 4  # ids around an image's codes when sampled: <boi> <grid> ... <eoi> <eos>
 DEFAULT_CONTEXT = 4096  # a decoder config without max_position_embeddings
 
+SETTINGS = frozenset(f.name for f in fields(GenerationConfig))  # what `Session.settings` may override
 Sampler = Callable  # (model, vocab, prompts, GenerationConfig, callback=None) -> list[SampleResult]
 
 
@@ -43,9 +44,8 @@ class Session:
     def settings(self, **overrides) -> GenerationConfig:
         """The default config with `overrides` (None values skipped); unknown names are one-line errors."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        known = {f.name for f in fields(GenerationConfig)}
-        if unknown := sorted(set(overrides) - known):
-            raise AnygenError(f"unknown option {unknown[0]!r} (sampling settings: {', '.join(sorted(known))})")
+        if unknown := sorted(set(overrides) - SETTINGS):
+            raise AnygenError(f"unknown option {unknown[0]!r} (sampling settings: {', '.join(sorted(SETTINGS))})")
         return replace(self.config, **overrides)
 
     def check_length(self, ids: Sequence[int], max_new_tokens: int) -> None:

@@ -27,7 +27,7 @@ import os
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Iterable
 
@@ -419,8 +419,9 @@ class Emoji:
     def __init__(self, size: int = 64, seed: int = 0):
         self.size = size  # `seed`: unused, the emoji are fixed
 
-    @property
+    @cached_property
     def world(self) -> EmojiWorld:
+        """Built on first use: the font is needed only when emoji are drawn."""
         return EmojiWorld(size=self.size)
 
     def task_source(self, mix) -> EmojiTasks:

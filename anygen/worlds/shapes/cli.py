@@ -6,17 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from anygen.cli import model_of, print_json
 from anygen.errors import AnygenError
-
-
-def _print_json(data) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _model(args):
-    import anygen
-
-    return anygen.load(args.model)
 
 
 def cmd_judge_image(args) -> None:
@@ -24,7 +15,7 @@ def cmd_judge_image(args) -> None:
     from anygen.io import read_image_file
 
     scene = judge_image(read_image_file(args.file))
-    _print_json(None if scene is None else {"caption": scene.caption(),
+    print_json(None if scene is None else {"caption": scene.caption(),
                                             "objects": [vars(o) for o in scene.objects]})
 
 
@@ -34,7 +25,7 @@ def cmd_judge_melody(args) -> None:
 
     waveform, sr = read_audio_file(args.file)
     notes = judge_melody(waveform, sr)
-    _print_json(None if notes is None else {"notes": list(notes)})
+    print_json(None if notes is None else {"notes": list(notes)})
 
 
 def cmd_eval_judges(args) -> None:
@@ -44,7 +35,7 @@ def cmd_eval_judges(args) -> None:
     for degraded in (False, True):
         for key, value in measure_judges(n=args.n, seed=args.seed, degraded=degraded).items():
             results[f"{'degraded' if degraded else 'clean'}.{key}"] = value
-    _print_json(results)
+    print_json(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
@@ -75,7 +66,7 @@ def cmd_eval_shapes(args) -> None:
     draw_settings = {}
     if args.best_of > 1 or args.sample_images:
         draw_settings["image"] = SamplingSettings(temperature=1.0, top_k=64)
-    model = _WithOptions(_model(args), draw, draw_settings, edit, story)
+    model = _WithOptions(model_of(args), draw, draw_settings, edit, story)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
