@@ -4,7 +4,7 @@ A recipe (schema: `PretokenizeConfig`) names the tokenizer directory, the Shapes
 (seed, held-out colour-shape pairs, ...), how many examples each split gets, the task mix
 and the longest document kept. Output:
 
-    OUT/train/           shards of `n_train` world examples (+ user data, see `UserData`)
+    OUT/train/           shards of `n_train` world examples (+ user data: `anygen.worlds.user`)
     OUT/val/             `n_val` fresh world examples from the same distribution (another seed stream)
     OUT/holdout/         `n_holdout` examples whose scenes contain a held-out pair (when > 0)
     OUT/recipe.yaml      the resolved recipe
@@ -42,11 +42,10 @@ import yaml
 from anygen.config import check, choice, load_config, to_dict
 from anygen.data.shards import ShardWriter
 from anygen.tasks.encoder import SequenceEncoder
-from anygen.tasks.layouts import (Spec, TaskMix, allocate, audio_to_text, describe_edit, document, edit, image_to_text,
-                                  text_to_audio, text_to_image)
+from anygen.tasks.layouts import Spec, TaskMix, allocate
 from anygen.worlds import get_world
 from anygen.worlds.shapes.world import WorldConfig
-from anygen.document import Audio, Image, Text
+from anygen.worlds.user import UserData
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 
@@ -62,29 +61,6 @@ class EmojiData:
 
     def __post_init__(self):
         check(0.0 <= self.share <= 1.0, "share", f"must be in [0, 1], got {self.share}")
-
-
-@dataclass
-class UserData:
-    """The user's own data, added to the train split (and `val_fraction` of it to val), `repeat` times.
-
-    documents: JSONL documents (task `document`, loss on every token); image_folders:
-    captioned images (one text->image and one image->text example each; uncaptioned images
-    become one-image documents); audio_folders: transcribed WAVs (text->audio, audio->text);
-    edits: edit-pair JSONL files (task `edit`). Formats: `anygen.worlds.user`.
-    """
-
-    documents: list[str] = field(default_factory=list)
-    image_folders: list[str] = field(default_factory=list)
-    audio_folders: list[str] = field(default_factory=list)
-    edits: list[str] = field(default_factory=list)
-    repeat: int = 1
-    val_fraction: float = 0.0
-    on_error: str = choice("skip", "fail")
-
-    def __post_init__(self):
-        check(self.repeat >= 1, "repeat", f"must be >= 1, got {self.repeat}")
-        check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -130,63 +106,11 @@ def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> lis
     return [plan[i] for i in order]
 
 
-def _user_specs(cfg: PretokenizeConfig, split: str, rng: np.random.Generator) -> list:
-    """Zero-argument callables that make the user data's Specs for `split` (loaded lazily)."""
-    from anygen.worlds import user as user_data
-
-    u, mix = cfg.user, cfg.tasks
-    makers = []
-
-    def pick(n: int) -> np.ndarray:
-        """Which of n items fall in this split."""
-        in_val = np.random.default_rng([cfg.world.seed, 7919, n]).random(n) < u.val_fraction
-        return np.flatnonzero(in_val if split == "val" else ~in_val)
-
-    repeat = u.repeat if split == "train" else 1
-    for path in u.documents:
-        result = user_data.load_jsonl_documents(path, on_error=u.on_error)
-        for i in pick(len(result.documents)):
-            makers += [lambda d=result.documents[i]: document(d)] * repeat
-    for path in u.image_folders:
-        result = user_data.load_image_folder(path, on_error=u.on_error)
-        for i in pick(len(result.documents)):
-            makers += _media_text_makers(result.documents[i], "image", mix, rng) * repeat
-    for path in u.audio_folders:
-        result = user_data.load_audio_folder(path, on_error=u.on_error)
-        for i in pick(len(result.documents)):
-            makers += _media_text_makers(result.documents[i], "audio", mix, rng) * repeat
-    for path in u.edits:
-        result = user_data.load_edit_pairs(path, on_error=u.on_error)
-        for i in pick(len(result.pairs)):
-            p = result.pairs[i]
-            makers += [lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng)] * repeat
-            if mix.describe_edit.weight > 0:
-                makers += [lambda p=p: describe_edit(p.source, p.target, p.instruction, mix.describe_edit,
-                                                     rng)] * repeat
-    return makers
-
-
-def _media_text_makers(doc, kind: str, mix: TaskMix, rng) -> list:
-    media = [s for s in doc if isinstance(s, Image if kind == "image" else Audio)]
-    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
-    if not media:
-        return []
-    m = media[0].image if kind == "image" else media[0]
-    if not text:
-        return [lambda: document(doc)]
-    if kind == "image":
-        return [lambda: text_to_image(text, m, mix.text_to_image, rng),
-                lambda: image_to_text(m, text, mix.image_to_text, rng)]
-    return [lambda: text_to_audio(text, m, mix.text_to_audio, rng),
-            lambda: audio_to_text(m, text, mix.audio_to_text, rng)]
-
-
 def trained_on(cfg: PretokenizeConfig) -> dict:
     """{"worlds": [...], "tasks": [...]}: what a model trained on this recipe's shards knows (the
     decoder trainer records it in `anygen_decoder.json`, and `anygen.load` picks strategies by it)."""
     worlds = ["shapes"] + (["emoji"] if cfg.emoji.share > 0 else [])
-    user = cfg.user
-    if user.documents or user.image_folders or user.audio_folders or user.edits:
+    if cfg.user:
         worlds.append("user")
     return {"worlds": worlds, "tasks": [t for t, w in cfg.tasks.weights().items() if w > 0]}
 
@@ -219,8 +143,8 @@ def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, spl
     emoji_split = "heldout" if split == "holdout" else "train"
     makers = [lambda t=t, s=s: sources[s].sample(t, rng, emoji_split if s == "emoji" else world_split)
               for t, s in plan]
-    if split != "holdout":
-        makers += _user_specs(cfg, split, rng)
+    if split != "holdout" and cfg.user:
+        makers += get_world("user", cfg.user, seed=cfg.world.seed).task_source(cfg.tasks).examples(split, rng)
     meta = {"split": split, "recipe": to_dict(cfg), **trained_on(cfg)}
     with ShardWriter(directory, tokenizer.vocab, cfg.seq_len, cfg.overflow, cfg.shard_tokens, meta) as writer:
         bar = tqdm(total=len(makers), desc=f"pretokenize {split}", unit="ex", disable=not progress,

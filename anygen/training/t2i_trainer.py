@@ -1,7 +1,8 @@
 """Text→image training with either image head, for the discrete-vs-Transfusion side-by-side.
 
-Both heads see the same stream of ShapesWorld (caption, image) pairs — batch k is a pure
-function of (seed, k), so a resumed run continues exactly — and the same decoder:
+Both heads see the same stream of (caption, image) pairs — the `text_to_image` examples of
+the world `data.world` (ShapesWorld by default); batch k is a pure function of (seed, k), so a
+resumed run continues exactly — and the same decoder:
 
     tokens     <bos> caption <boi> <grid> 64 codes <eoi> <eos>   CE on everything after the caption
     diffusion  <bos> caption <boi> <grid> 64 slots <eoi> <eos>   CE on <boi> <grid> <eos>, λ·MSE on slots
@@ -45,6 +46,7 @@ ROW_TOKENS_BESIDES_IMAGE = 6
 @dataclass
 class T2IData:
     tokenizer: str = "runs/tokenizer"  # text tokenizer (+ image codec for the tokens head)
+    world: str = "shapes"  # the registered world (`anygen.worlds.WORLDS`) whose text_to_image examples train
     world_seed: int = 0
     p_null: float = 0.1  # caption -> <null> (classifier-free guidance)
     batch_size: int = 16
@@ -85,13 +87,18 @@ def is_t2i_recipe(path: str | os.PathLike) -> bool:
 
 
 class T2IBatches:
-    """Batch k: `batch_size` fresh ShapesWorld scenes, captions and renders, from (seed, k)."""
+    """Batch k: `batch_size` fresh (caption, image) pairs of the world, from (seed, k)."""
 
     def __init__(self, cfg: T2IConfig, tokenizer):
-        from anygen.worlds.shapes.world import ShapesWorld, WorldConfig
+        from anygen.tasks.layouts import TaskMix, TextToImageSpec
+        from anygen.worlds import get_world
 
         self.cfg, self.tok, self.vocab = cfg, tokenizer, tokenizer.vocab
-        self.world = ShapesWorld(WorldConfig(seed=cfg.data.world_seed))
+        world = get_world(cfg.data.world, seed=cfg.data.world_seed)
+        if "text_to_image" not in world.tasks:
+            raise AnygenError(f"data.world: world {cfg.data.world!r} has no text_to_image examples")
+        # the world's own drop is off: this trainer drops captions itself (`data.p_null`)
+        self.source = world.task_source(TaskMix(text_to_image=TextToImageSpec(p_null=0.0)))
         if cfg.image_head == "tokens" and tokenizer.image is None:
             raise AnygenError(f"{cfg.data.tokenizer}: the tokens head needs an image codec in the tokenizer")
         self.diffusion = cfg.diffusion if cfg.image_head == "diffusion" else None
@@ -103,12 +110,11 @@ class T2IBatches:
 
     def batch(self, k: int) -> dict[str, torch.Tensor]:
         from anygen.codecs.image import images_to_tensor
-        from anygen.worlds.shapes.world import render_scene
 
         rng = np.random.default_rng([self.cfg.train.seed, k])
-        scenes = [self.world.sample_scene(rng) for _ in range(self.cfg.data.batch_size)]
-        drop = rng.random(len(scenes)) < self.cfg.data.p_null
-        pixels = images_to_tensor([render_scene(s) for s in scenes], self.size)  # (B, 3, S, S) in [-1, 1]
+        pairs = [_caption_and_image(self.source.sample("text_to_image", rng)) for _ in range(self.cfg.data.batch_size)]
+        drop = rng.random(len(pairs)) < self.cfg.data.p_null
+        pixels = images_to_tensor([image for _, image in pairs], self.size)  # (B, 3, S, S) in [-1, 1]
         v = self.vocab
         rows, labels, slots = [], [], []
         codes, images = None, None
@@ -116,8 +122,8 @@ class T2IBatches:
             codes = self.tok.image.encode(pixels)  # (B, h, w)
         else:
             images = to_head_space(self.diffusion, pixels, self.tok.image)  # (B, C, S, S)
-        for i, scene in enumerate(scenes):
-            prompt = [v.bos] + ([v.null] if drop[i] else self.tok.encode_text(scene.caption()))
+        for i, (caption, _) in enumerate(pairs):
+            prompt = [v.bos] + ([v.null] if drop[i] else self.tok.encode_text(caption))
             if codes is not None:
                 body = [v.boi, v.grid_id(tuple(codes[i].shape))] + v.image_ids(codes[i].reshape(-1)).tolist() \
                     + [v.eoi, v.eos]
@@ -139,6 +145,13 @@ class T2IBatches:
         attn = pad([[1] * len(r) for r in rows], 0)
         return {"input_ids": pad(rows, v.pad), "labels": pad(labels, -100), "slots": pad(slots, False).bool(),
                 "attention_mask": attn, "images": images, "tokens": int(attn.sum())}
+
+
+def _caption_and_image(spec):
+    """(caption, PIL image) of an undropped text_to_image Spec."""
+    text = next(p.value for p in spec.pieces if p.kind == "text")
+    media = next(p.value for p in spec.pieces if p.kind == "image")
+    return text, media.make()
 
 
 def _token_loss(model, batch) -> tuple[torch.Tensor, dict]:

@@ -16,6 +16,7 @@ WORLDS = {  # name -> "module:class"; the class takes its config and a `seed` ke
     "shapes": "anygen.worlds.shapes:Shapes",
     "emoji": "anygen.worlds.emoji:Emoji",
     "speech": "anygen.worlds.speech:Speech",
+    "user": "anygen.worlds.user:User",  # the user's folders and JSONL files (config: UserData)
 }
 MEDIA_SOURCES = {  # codec-training `data.source` name -> (world, "image" | "audio")
     "shapes": ("shapes", "image"),

@@ -1,4 +1,12 @@
-"""Loaders for the user's own data: image folders, audio folders, JSONL documents, edit pairs.
+"""The user's own data as a world (`User`), and its loaders: image folders, audio folders,
+JSONL documents, edit pairs.
+
+`User(UserData(...))` is the world a recipe's `user:` section builds: its tasks are those
+its data can teach (captioned images: text_to_image and image_to_text; transcribed audio:
+text_to_audio and audio_to_text; edit pairs: edit and describe_edit; documents and
+uncaptioned media: document), its text corpus is the data's text, and it has no plan
+format. Unlike a synthetic world it is finite: `UserTasks.examples(split, rng)` lists every
+example of a split once (`repeat` times in train), and `sample` draws one of them.
 
 Every loader returns what it loaded *and* what it did not: each bad file or record
 (missing, zero-byte, corrupt, unsupported format, non-UTF-8 line, bad JSON, bad fields)
@@ -32,14 +40,20 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import numpy as np
 
 from PIL import Image as PILImage
 
+from anygen.config import check, choice
 from anygen.document import Audio, Document, Image, Segment, Text
 from anygen.errors import AnygenError, short_repr
 from anygen.io import file_inside, fit_image, read_audio_file, read_image_file, to_rgb
+from anygen.tasks.layouts import (Spec, TaskMix, audio_to_text, describe_edit, document, edit, image_to_text,
+                                  text_to_audio, text_to_image)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +62,7 @@ AUDIO_EXTENSIONS = (".wav", ".wave")
 OTHER_AUDIO_EXTENSIONS = (".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 ON_ERROR = ("skip", "fail")
 SUMMARY_SHOWN = 5  # bad files named in the warning line
+VAL_STREAM = 7919  # prime: the val/train assignment of items draws from its own seed stream
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -397,3 +412,148 @@ def load_edit_pairs(path: str | os.PathLike, on_error: str = "skip",
         raise AnygenError(f"{path}: no records (expected one JSON object per line)")
     collector.finish()
     return result
+
+
+# ---- the world ------------------------------------------------------------------------------
+@dataclass
+class UserData:
+    """The user's own data, added to the train split (and `val_fraction` of it to val), `repeat` times.
+
+    documents: JSONL documents (task `document`, loss on every token); image_folders:
+    captioned images (one text->image and one image->text example each; uncaptioned images
+    become one-image documents); audio_folders: transcribed WAVs (text->audio, audio->text);
+    edits: edit-pair JSONL files (task `edit`, and `describe_edit` when the mix has it).
+    """
+
+    documents: list[str] = field(default_factory=list)
+    image_folders: list[str] = field(default_factory=list)
+    audio_folders: list[str] = field(default_factory=list)
+    edits: list[str] = field(default_factory=list)
+    repeat: int = 1
+    val_fraction: float = 0.0
+    on_error: str = choice("skip", "fail")
+
+    def __post_init__(self):
+        check(self.repeat >= 1, "repeat", f"must be >= 1, got {self.repeat}")
+        check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+
+    def __bool__(self) -> bool:
+        return bool(self.documents or self.image_folders or self.audio_folders or self.edits)
+
+
+class User:
+    """The world of the user's data (`UserData`); loads it lazily, once."""
+
+    name = "user"
+    plan_format = None
+
+    def __init__(self, config: UserData | None = None, seed: int = 0):
+        self.config = config if config is not None else UserData()
+        self.seed = seed
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        c = self.config
+        tasks = ["document"] if c.documents or c.image_folders or c.audio_folders else []
+        tasks += ["text_to_image", "image_to_text"] if c.image_folders else []
+        tasks += ["text_to_audio", "audio_to_text"] if c.audio_folders else []
+        tasks += ["edit", "describe_edit"] if c.edits else []
+        return tuple(tasks)
+
+    @cached_property
+    def loaded(self) -> dict[str, list]:
+        """Every loaded item by source kind: documents, image (documents), audio (documents), edits (pairs)."""
+        c = self.config
+        if not c:
+            raise AnygenError("the user world has no data (set user.documents, user.image_folders, "
+                              "user.audio_folders or user.edits)")
+        items = {"documents": [], "image": [], "audio": [], "edits": []}
+        for path in c.documents:
+            items["documents"] += load_jsonl_documents(path, on_error=c.on_error).documents
+        for path in c.image_folders:
+            items["image"] += load_image_folder(path, on_error=c.on_error).documents
+        for path in c.audio_folders:
+            items["audio"] += load_audio_folder(path, on_error=c.on_error).documents
+        for path in c.edits:
+            items["edits"] += load_edit_pairs(path, on_error=c.on_error).pairs
+        return items
+
+    def task_source(self, mix: TaskMix) -> "UserTasks":
+        return UserTasks(self, mix)
+
+    def text_corpus(self, n: int, rng: np.random.Generator) -> list[str]:
+        """`n` texts drawn (with replacement) from the data's captions, transcripts, document text
+        and instructions."""
+        items = self.loaded
+        texts = [s.text for key in ("documents", "image", "audio") for d in items[key]
+                 for s in d if isinstance(s, Text) and s.text.strip()]
+        texts += [p.instruction for p in items["edits"]]
+        if not texts:
+            raise AnygenError("the user data holds no text")
+        return [texts[i] for i in rng.integers(0, len(texts), n)]
+
+    def preview(self, rng: np.random.Generator, kind: str = "") -> Document:
+        """One loaded document (an edit pair as source, instruction, target)."""
+        items = [d for key in ("documents", "image", "audio") for d in self.loaded[key]]
+        items += [p.document() for p in self.loaded["edits"]]
+        return items[int(rng.integers(len(items)))]
+
+
+class UserTasks:
+    """The user data's examples as `Spec`s of the tasks in `mix` (`anygen.tasks.world.TaskSource`)."""
+
+    def __init__(self, world: User, mix: TaskMix):
+        self.world, self.mix = world, mix
+        self.tasks = world.tasks
+
+    def _in_split(self, n: int, split: str) -> np.ndarray:
+        """Which of `n` items fall in `split`: a fixed `val_fraction` of them are val, the rest train."""
+        in_val = np.random.default_rng([self.world.seed, VAL_STREAM, n]).random(n) < self.world.config.val_fraction
+        return np.flatnonzero(in_val if split == "val" else ~in_val)
+
+    def examples(self, split: str, rng: np.random.Generator) -> list[Callable[[], Spec]]:
+        """Zero-argument callables making every example of `split` once (`repeat` times in train);
+        `rng` draws their condition drops."""
+        return [make for _, make in self._makers(split, rng)]
+
+    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
+        """One example of `task` from `split`, drawn uniformly."""
+        makers = [make for t, make in self._makers(split, rng, repeat=False) if t == task]
+        if not makers:
+            raise AnygenError(f"the user data has no {split} examples of task {task!r}")
+        return makers[int(rng.integers(len(makers)))]()
+
+    def _makers(self, split: str, rng: np.random.Generator, repeat: bool = True) -> list[tuple[str, Callable]]:
+        if split not in ("train", "val"):
+            return []
+        items, mix = self.world.loaded, self.mix
+        k = self.world.config.repeat if split == "train" and repeat else 1
+        makers: list[tuple[str, Callable[[], Spec]]] = []
+        for i in self._in_split(len(items["documents"]), split):
+            makers += [("document", lambda d=items["documents"][i]: document(d))] * k
+        for kind in ("image", "audio"):
+            for i in self._in_split(len(items[kind]), split):
+                makers += _media_text_makers(items[kind][i], kind, mix, rng) * k
+        for i in self._in_split(len(items["edits"]), split):
+            p = items["edits"][i]
+            makers += [("edit", lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng))] * k
+            if mix.describe_edit.weight > 0:
+                makers += [("describe_edit", lambda p=p: describe_edit(p.source, p.target, p.instruction,
+                                                                       mix.describe_edit, rng))] * k
+        return makers
+
+
+def _media_text_makers(doc: Document, kind: str, mix: TaskMix, rng) -> list[tuple[str, Callable[[], Spec]]]:
+    """A captioned image (transcribed clip) -> its two conditional tasks; uncaptioned -> a document."""
+    media = [s for s in doc if isinstance(s, Image if kind == "image" else Audio)]
+    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
+    if not media:
+        return []
+    m = media[0].image if kind == "image" else media[0]
+    if not text:
+        return [("document", lambda: document(doc))]
+    if kind == "image":
+        return [("text_to_image", lambda: text_to_image(text, m, mix.text_to_image, rng)),
+                ("image_to_text", lambda: image_to_text(m, text, mix.image_to_text, rng))]
+    return [("text_to_audio", lambda: text_to_audio(text, m, mix.text_to_audio, rng)),
+            ("audio_to_text", lambda: audio_to_text(m, text, mix.audio_to_text, rng))]

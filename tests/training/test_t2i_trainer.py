@@ -90,3 +90,17 @@ def test_codec_space_round_trip_is_the_codec_reconstruction(tmp_path):
     z = to_head_space(head, x, codec)
     assert z.shape == (3, 2, 4, 4) and z.abs().max() <= 1
     assert torch.allclose(to_pixels(head, z, codec), codec.decode(codec.encode(x)), atol=1e-6)
+
+
+def test_batches_come_from_the_named_world(tmp_path):
+    from anygen.config import load_config
+    from anygen.tokenizer import MultimodalTokenizer
+    from anygen.training.t2i_trainer import T2IBatches, T2IConfig
+
+    tok = MultimodalTokenizer.load(_tokenizer_dir(tmp_path))
+    cfg = load_config(T2IConfig, "training/t2i_tokens.yaml", TINY + ["data.world=shapes"])
+    batch = T2IBatches(cfg, tok).batch(0)
+    assert batch["input_ids"].shape[0] == 4 and batch["tokens"] > 0
+    cfg = load_config(T2IConfig, "training/t2i_tokens.yaml", TINY + ["data.world=speech"])
+    with pytest.raises(AnygenError, match="world 'speech' has no text_to_image examples"):
+        T2IBatches(cfg, tok)

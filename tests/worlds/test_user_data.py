@@ -237,3 +237,38 @@ def test_jsonl_media_must_stay_inside_the_folder(tmp_path):
     jsonl(data / "edits.jsonl", [{"source": "ok.png", "instruction": "x", "target": "../secret/private.png"}])
     with pytest.raises(AnygenError, match="'target': '../secret/private.png' must be a relative path inside"):
         load_edit_pairs(data / "edits.jsonl", on_error="fail")
+
+
+def test_user_data_is_a_registered_world(tmp_path):
+    from anygen.tasks.layouts import TaskMix
+    from anygen.worlds import get_world
+    from anygen.worlds.user import UserData
+
+    d = tmp_path / "imgs"
+    for i in range(10):
+        png(d / f"{i}.png", colour=(25 * i, 0, 0))
+    jsonl(d / "captions.jsonl", [{"file": f"{i}.png", "caption": f"box number {i}"} for i in range(10)])
+    png(tmp_path / "s.png"), png(tmp_path / "t.png", colour=(0, 0, 200))
+    jsonl(tmp_path / "edits.jsonl", [{"source": "s.png", "instruction": "make it blue", "target": "t.png"}])
+
+    world = get_world("user", UserData(image_folders=[str(d)], edits=[str(tmp_path / "edits.jsonl")],
+                                       val_fraction=0.3, repeat=2), seed=0)
+    assert world.plan_format is None
+    assert set(world.tasks) == {"document", "text_to_image", "image_to_text", "edit", "describe_edit"}
+    source = world.task_source(TaskMix())
+    rng = np.random.default_rng(0)
+    train = [make() for make in source.examples("train", rng)]
+    val = [make() for make in source.examples("val", rng)]
+    # every captioned image gives one text->image and one image->text example; train ones twice (repeat=2)
+    n_val_images = sum(s.task == "text_to_image" for s in val)
+    assert 0 < n_val_images < 10
+    assert sum(s.task == "text_to_image" for s in train) == 2 * (10 - n_val_images)
+    assert sum(s.task == "edit" for s in train + val) in (1, 2)
+    assert source.sample("image_to_text", rng).task == "image_to_text"
+    assert source.examples("holdout", rng) == []
+    with pytest.raises(AnygenError, match="no val examples of task 'text_to_audio'"):
+        source.sample("text_to_audio", rng, "val")
+    corpus = world.text_corpus(50, rng)
+    assert len(corpus) == 50 and set(corpus) <= {f"box number {i}" for i in range(10)} | {"make it blue"}
+    with pytest.raises(AnygenError, match="has no data"):
+        get_world("user").text_corpus(1, rng)
