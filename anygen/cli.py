@@ -152,12 +152,42 @@ def cmd_say(args) -> None:
     print(f"wrote {args.out} ({audio.seconds:.2f} s)")
 
 
-def cmd_edit(args) -> None:
+EDIT_FLAGS = (  # (flag, EditOptions field, argparse keywords, help): `anygen edit` and `eval shapes --edit-*`
+    ("best-of", "best_of", {"type": int, "default": 1},
+     "sample this many edits and keep the one that best explains the instruction (needs a model trained "
+     "with the describe_edit task, as the bundled one)"),
+    ("reason", "reason", {"action": "store_true"},
+     "the model first writes what the image shows and what it will show, then draws it (needs a model "
+     "trained with the reasoned_edit task)"),
+    ("plan-in-words", "plan_in_words", {"action": "store_true"},
+     "with reason: plan what to draw again from the instruction and what the image shows, in words alone, "
+     "and draw that (needs the reasoned_text task, as the bundled model)"),
+    ("greedy-plan", "greedy_plan", {"action": "store_true"},
+     "with reason and best-of: write the text greedily and sample only the pictures (the most accurate "
+     "setting on the bundled model, with plan-in-words)"),
+    ("retries", "retries", {"type": int, "default": 0},
+     "with reason and best-of K: where none of the K pictures shows its plan, sample K more, up to this "
+     "many times (costs time only on those edits)"),
+)
+
+
+def add_edit_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The `EditOptions` strategy flags (`EDIT_FLAGS`), named `--{prefix}{flag}`."""
+    for flag, field, kwargs, text in EDIT_FLAGS:
+        parser.add_argument(f"--{prefix}{flag}", dest=prefix.replace("-", "_") + field, help=text, **kwargs)
+
+
+def edit_options_of(args, prefix: str = "", **fixed):
+    """The `EditOptions` of the flags `add_edit_flags(parser, prefix)` added (validated here), plus `fixed`."""
     from anygen.api.options import EditOptions
 
-    options = EditOptions(guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
-                          best_of=args.best_of, reason=args.reason, plan_in_words=args.plan_in_words,
-                          greedy_plan=args.greedy_plan, retries=args.retries)  # checked before the model loads
+    dest = prefix.replace("-", "_")
+    return EditOptions(**{field: getattr(args, dest + field) for _, field, _, _ in EDIT_FLAGS}, **fixed)
+
+
+def cmd_edit(args) -> None:
+    options = edit_options_of(args, guidance_scale=args.guidance_scale,  # checked before the model loads
+                              image_guidance_scale=args.image_guidance_scale)
     model = model_of(args)
     if args.mask:
         from dataclasses import replace
@@ -356,21 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source-image guidance, 1 = none (default 1)")
     p.add_argument("--mask", help="what may change: 'box:r0,c0,r1,c1' over the code grid, or a region the model's "
                                   "world names (shapes: cells '0,4' of its 3x3 layout, row-major)")
-    p.add_argument("--best-of", type=int, default=1, dest="best_of",
-                   help="sample this many edits and keep the one that best explains the instruction "
-                        "(needs a model trained with the describe_edit task, as the bundled one)")
-    p.add_argument("--reason", action="store_true",
-                   help="the model first writes what the image shows and what it will show (printed), then "
-                        "draws it (needs a model trained with the reasoned_edit task)")
-    p.add_argument("--plan-in-words", action="store_true", dest="plan_in_words",
-                   help="with --reason: plan what to draw again from the instruction and what the image shows, "
-                        "in words alone, and draw that (needs the reasoned_text task, as the bundled model)")
-    p.add_argument("--greedy-plan", action="store_true", dest="greedy_plan",
-                   help="with --reason and --best-of: write the text greedily and sample only the pictures "
-                        "(the most accurate setting on the bundled model, with --plan-in-words)")
-    p.add_argument("--retries", type=int, default=0,
-                   help="with --reason and --best-of K: where none of the K pictures shows its plan, sample K more, "
-                        "up to this many times (costs time only on those edits)")
+    add_edit_flags(p)
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from anygen.cli import model_of, print_json
+from anygen.cli import add_edit_flags, edit_options_of, model_of, print_json
 from anygen.errors import AnygenError
 
 
@@ -41,7 +41,7 @@ def cmd_eval_judges(args) -> None:
 
 
 def cmd_eval_shapes(args) -> None:
-    from anygen.api.options import DrawOptions, EditOptions, StoryOptions
+    from anygen.api.options import DrawOptions, StoryOptions
     from anygen.sampling.settings import SamplingSettings
     from anygen.worlds.shapes.plans import REASON_FORMS
     from anygen.worlds.shapes.suite import EXTRA_SUITES, SUITES, evaluate_shapes, format_table
@@ -59,8 +59,7 @@ def cmd_eval_shapes(args) -> None:
     # every option is checked here, before the model loads
     draw = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                        best_of=args.best_of)
-    edit = EditOptions(best_of=args.edit_best_of, reason=args.edit_reason, plan_in_words=args.edit_plan_in_words,
-                       greedy_plan=args.edit_greedy_plan, retries=args.edit_retries)
+    edit = edit_options_of(args, "edit-")
     story = StoryOptions(best_of=args.story_best_of, reason=args.story_reason, sentences=args.story_sentences,
                          plan_in_words=args.story_plan_in_words)
     draw_settings = {}
@@ -136,24 +135,10 @@ def add_commands(sub, ev_sub) -> None:
                    help="text->image: sample K candidates and keep the best by caption likelihood")
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
-    p.add_argument("--edit-best-of", type=int, default=1, dest="edit_best_of",
-                   help="edit: sample K edits each and keep the best by instruction likelihood (describe_edit)")
-    p.add_argument("--edit-reason", action="store_true", dest="edit_reason",
-                   help="edit: the model first says in words what it sees and what it will draw "
-                        "(reasoned_edit); also reports edit.KIND.reasoning_exact")
-    p.add_argument("--edit-greedy-plan", action="store_true", dest="edit_greedy_plan",
-                   help="edit: with --edit-reason and --edit-best-of, keep the reasoning text greedy and sample "
-                        "only the pictures")
-    p.add_argument("--edit-plan-in-words", action="store_true", dest="edit_plan_in_words",
-                   help="edit: with --edit-reason, re-plan each edit in words alone and draw that plan "
-                        "(edit(plan_in_words=True); the bundled model's best setting with --edit-best-of 8 "
-                        "--edit-greedy-plan)")
+    add_edit_flags(p, "edit-")  # the edits' strategy, as `anygen edit` takes it
     p.add_argument("--edit-kinds", dest="edit_kinds",
                    help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "
                         "each kind scores the same samples as in a run of all kinds")
-    p.add_argument("--edit-retries", type=int, default=0, dest="edit_retries",
-                   help="edit: with --edit-reason and --edit-best-of K, sample K more where no picture shows its "
-                        "plan, up to this many times (edit(retries=N))")
     p.add_argument("--reason-form", default="slots", dest="reason_form",
                    help="plan: the reasoning form the model was trained with (tasks.reasoned_edit.form: scene, "
                         "object, caption_object or slots; default slots, the bundled model's)")
