@@ -175,3 +175,12 @@ def test_a_file_is_never_replaced_by_a_directory(tmp_path, tiny_tokenizer):
             pass
     assert (tmp_path / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("out,message", [("{tmp}/file.txt", "out: {tmp}/file.txt is a file; expected a directory"),
+                                         ("{tmp}/file.txt/shards", "{tmp}/file.txt is a file, not a directory")])
+def test_pretokenize_checks_its_out_dir_before_loading_the_tokenizer(places, capsys, out, message):
+    (places / "p.yaml").write_text("seq_len: 64\n")
+    line = cli_error(["pretokenize", places / "p.yaml", f"tokenizer={places}/no-tokenizer",
+                      "out=" + out.replace("{tmp}", str(places))], capsys)
+    assert message.replace("{tmp}", str(places)) in line and "no-tokenizer" not in line
