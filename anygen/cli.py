@@ -199,9 +199,11 @@ def cmd_caption(args) -> None:
 
 
 def cmd_transcribe(args) -> None:
+    from anygen.io import read_audio_file
     from anygen.sampling.settings import check_seed
 
-    print(model_of(args).transcribe(args.audio, seed=check_seed(args.seed)))
+    audio, seed = read_audio_file(args.audio), check_seed(args.seed)  # what the API reads from a path
+    print(model_of(args).transcribe(audio, seed=seed))
 
 
 def cmd_say(args) -> None:

@@ -132,6 +132,7 @@ def test_writable_dir_sees_permissions_and_read_only_mounts(tmp_path):
     (["edit", "{tmp}/src.png", "", *NO_MODEL, "--out", "{tmp}/x.png"], "instruction is empty"),
     (["caption", "{tmp}/missing.png", *NO_MODEL], "missing.png: image file not found"),
     (["describe-edit", "{tmp}/src.png", "{tmp}/file.txt", *NO_MODEL], "file.txt: cannot read image"),
+    (["transcribe", "{tmp}/src.png", *NO_MODEL], "src.png: cannot read audio, expected a WAV file"),
     (["eval", "judges", "--n", "0"], "n must be an integer >= 1, got 0"),
     (["eval", "shapes", *NO_MODEL, "--n", "0"], "--n: must be >= 1, got 0"),
 ])
