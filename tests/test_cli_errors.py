@@ -185,3 +185,13 @@ def test_pretokenize_checks_its_out_dir_before_loading_the_tokenizer(places, cap
     line = cli_error(["pretokenize", places / "p.yaml", f"tokenizer={places}/no-tokenizer",
                       "out=" + out.replace("{tmp}", str(places))], capsys)
     assert message.replace("{tmp}", str(places)) in line and "no-tokenizer" not in line
+
+
+def test_saving_a_document_over_a_file_is_one_error(places):
+    from anygen.document import Document, Text
+
+    with pytest.raises(AnygenError, match="document directory: .*file.txt is a file; expected a directory"):
+        Document([Text("hi")]).save(places / "file.txt")
+    with pytest.raises(AnygenError, match="file.txt is a file, not a directory"):
+        Document([Text("hi")]).save(places / "file.txt" / "doc")
+    assert Document.load(Document([Text("hi")]).save(places / "doc")).text == "hi"
