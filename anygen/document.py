@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image as PILImage
 
 from anygen.errors import AnygenError, short_repr
-from anygen.io import atomic_write_bytes, check_output_path, file_inside, read_audio_file, read_image_file, read_json_file
+from anygen.io import (atomic_write_bytes, check_output_path, file_inside, read_audio_file, read_image_file,
+                       read_json_file)
 
 FORMAT_VERSION = 1
 MAX_SEGMENTS = 10_000  # far beyond any model context; bounds the work a document file can ask for

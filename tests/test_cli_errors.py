@@ -9,25 +9,19 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+import anygen
 import anygen.io as aio
 from anygen.cli import main as cli_main
 from anygen.cli import writing_output
+from anygen.document import Audio
 from anygen.errors import AnygenError
 from anygen.io import atomic_directory, check_output_path
 from anygen.worlds.shapes.judges import measure_judges
-
-
-def cli_error(argv, capsys) -> str:
-    """Run the CLI, expect a user error: exit 2 and exactly one line, no traceback."""
-    capsys.readouterr()
-    assert cli_main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("anygen: error: "), err
-    return lines[0]
+from test_reliability import cli_error
 
 
 @pytest.fixture
@@ -70,7 +64,8 @@ BAD_OUTPUTS = [
     (["worlds", "sample", "shapes", "--out", "{tmp}/file.txt"], "--out: {tmp}/file.txt is a file"),
     (["demo", *NO_MODEL, "--out", "{tmp}/file.txt"], "--out: {tmp}/file.txt is a file"),
     (["bundle", "{tmp}/no-model", "--out", "{tmp}/file.txt"], "--out: {tmp}/file.txt is a file"),
-    (["tokenizer", "assemble", "--text", "{tmp}/no-text", "--out", "{tmp}/file.txt"], "--out: {tmp}/file.txt is a file"),
+    (["tokenizer", "assemble", "--text", "{tmp}/no-text", "--out", "{tmp}/file.txt"],
+     "--out: {tmp}/file.txt is a file"),
     # --json files
     (["eval", "judges", "--n", "1", "--json", "{tmp}/folder"], "--json: {tmp}/folder is a directory"),
     (["eval", "shapes", *NO_MODEL, "--json", "{tmp}/file.txt/r.json"], "--json: cannot write"),
@@ -146,16 +141,26 @@ def test_measure_judges_refuses_no_samples():
         measure_judges(n=0)
 
 
-def test_good_outputs_are_written_in_the_format_their_ending_names(model_dir, tmp_path, capsys):
-    assert cli_main(["draw", "a red circle", "--model", str(model_dir), "--out", str(tmp_path / "one.JPG")]) == 0
+class FakeGenerator:
+    """What `anygen.load` returns here: draws grey squares and says silence (only the writing is tested)."""
+
+    def draw(self, text, n=1, seed=0, options=None, **settings):
+        return [PILImage.new("RGB", (8, 8), "grey") for _ in range(n)]
+
+    def say(self, text, guidance_scale=1.0, seed=0):
+        return Audio(np.zeros(80, np.float32), 8000)
+
+
+def test_good_outputs_are_written_in_the_format_their_ending_names(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(anygen, "load", lambda directory=None, device="cpu": FakeGenerator())
+    assert cli_main(["draw", "a red circle", "--out", str(tmp_path / "one.JPG")]) == 0
     with PILImage.open(tmp_path / "one.JPG") as im:
         assert im.format == "JPEG"
-    assert cli_main(["draw", "a red circle", "--model", str(model_dir), "--n", "2",
-                     "--out", str(tmp_path / "new" / "two.webp")]) == 0
+    assert cli_main(["draw", "a red circle", "--n", "2", "--out", str(tmp_path / "new" / "two.webp")]) == 0
     for i in range(2):
         with PILImage.open(tmp_path / "new" / f"two_{i}.webp") as im:
             assert im.format == "WEBP"
-    assert cli_main(["say", "the notes C E G", "--model", str(model_dir), "--out", str(tmp_path / "s.WAV")]) == 0
+    assert cli_main(["say", "the notes C E G", "--out", str(tmp_path / "s.WAV")]) == 0
     assert (tmp_path / "s.WAV").read_bytes()[:4] == b"RIFF"
     assert not list(tmp_path.rglob(".*.tmp"))
 
