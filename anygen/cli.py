@@ -212,7 +212,8 @@ def cmd_say(args) -> None:
     from anygen.sampling.settings import check_seed
 
     out = out_file(args.out, WAV_SUFFIXES)
-    check_text(args.text), check_seed(args.seed)
+    check_text(args.text)
+    check_seed(args.seed)
     audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
     with writing_output(out):
         atomic_write_bytes(out, wav_bytes(audio.waveform, audio.sample_rate))
@@ -226,7 +227,8 @@ def cmd_edit(args) -> None:
     from anygen.sampling.settings import check_seed
 
     out = out_file(args.out, IMAGE_SUFFIXES)
-    check_text(args.instruction, "instruction"), check_seed(args.seed)
+    check_text(args.instruction, "instruction")
+    check_seed(args.seed)
     options = EditOptions(guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
                           best_of=args.best_of, reason=args.reason, plan_in_words=args.plan_in_words,
                           greedy_plan=args.greedy_plan, retries=args.retries)  # checked before the model loads
@@ -315,7 +317,6 @@ def cmd_bench_train(args) -> None:
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
-    out = out_dir(args.out)
     sizes = bundle_model(args.source, out_dir(args.out))
     print(f"bundled {args.source} -> {args.out}: {sizes['source_mb']} MB -> {sizes['bundle_mb']} MB")
 

@@ -46,8 +46,8 @@ MAX_AUDIO_SAMPLES = 1 << 27  # frames x channels a WAV may hold (600 s of 48 kHz
 WAV_ENCODINGS = (1, 3, 0xFFFE)  # format tags of PCM, IEEE float and WAVE_FORMAT_EXTENSIBLE
 MAX_WAV_CHUNKS = 1000  # header chunks skipped while looking for the audio data
 MAX_JSON_BYTES = 64 * 1024 * 1024  # documents, configs and metadata are far smaller
-# the endings an image may be saved under (PIL's registry picks the format); all are formats
-# anygen also reads, and each stores 8-bit RGB as is
+# the endings an image may be saved under (PIL's registry picks the format from the ending):
+# formats anygen also reads (`IMAGE_FORMATS`)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
 
