@@ -1,7 +1,8 @@
 """`anygen <verb>`: the command line. Each verb is a thin wrapper over the Python API.
 
-User mistakes (bad files, prompts, configs, model directories) print one line
-`anygen: error: ...` and exit with code 2; no traceback.
+User mistakes (bad files, prompts, configs, model directories, output paths) print one line
+`anygen: error: ...` and exit with code 2; no traceback. Each verb checks its output path and
+its flags before it loads a model or starts work.
 """
 
 from __future__ import annotations
@@ -10,23 +11,61 @@ import argparse
 import importlib
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from anygen.errors import AnygenError
+from anygen.io import IMAGE_SUFFIXES, atomic_write_bytes, check_output_path
 from anygen.threads import set_threads_from_env
 from anygen.worlds import PREVIEWS, WORLD_COMMANDS
+
+
+WAV_SUFFIXES = (".wav",)  # `say` writes 16-bit PCM WAV only
 
 
 def print_json(data) -> None:
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def out_file(path, suffixes=None, what: str = "--out") -> Path:
+    """An output file flag, checked before any work (`anygen.io.check_output_path`)."""
+    return check_output_path(path, what, suffixes)
+
+
+def out_dir(path, what: str = "--out") -> Path:
+    """An output directory flag, checked before any work."""
+    return check_output_path(path, what, directory=True)
+
+
+def json_out(args) -> Path | None:
+    """The `--json` file of a verb that has one (checked), or None."""
+    return out_file(args.json, what="--json") if args.json else None
+
+
+@contextmanager
+def writing_output(path, what: str = "--out"):
+    """Turn an OS error while writing an output (disk full, the folder removed meanwhile) into a one-line error."""
+    try:
+        yield
+    except OSError as e:
+        raise AnygenError(f"{what}: cannot write {path} ({e.strerror or type(e).__name__})") from None
+
+
+def write_json(path: Path | None, data) -> None:
+    """Write `data` as JSON to a `--json` path (atomically); nothing when `path` is None."""
+    if path is not None:
+        with writing_output(path, "--json"):
+            atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+
 # ---- worlds -------------------------------------------------------------------
 def cmd_worlds_sample(args) -> None:
     from anygen.worlds import preview_document
 
+    out = out_dir(args.out)
     document = preview_document(args.world, n=args.n, seed=args.seed)
-    out = document.save(args.out)
+    with writing_output(out):
+        document.save(out)
     print(f"wrote {len(document)} segments to {out / 'index.html'}")
 
 
@@ -41,18 +80,20 @@ def cmd_tokenizer_train(args) -> None:
 def cmd_tokenizer_eval(args) -> None:
     from anygen.eval.tokenizer_eval import evaluate_tokenizer
 
+    json_path = json_out(args)
     results = evaluate_tokenizer(args.directory, data=args.data, n=args.n, seed=args.seed)
     print_json(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(json_path, results)
 
 
 def cmd_tokenizer_assemble(args) -> None:
     from anygen.tokenizer import MultimodalTokenizer
 
+    out = out_dir(args.out)
     tokenizer = MultimodalTokenizer.assemble(args.text, image_dir=args.image, audio_dir=args.audio,
                                              audio_layout=args.layout, image_keep=args.image_keep)
-    tokenizer.save(args.out)
+    with writing_output(out):
+        tokenizer.save(out)
     v = tokenizer.vocab
     print(f"tokenizer written to {args.out}: {v.size} ids (text {v.n_text}, image {v.image_codebook_size}, "
           f"audio {v.audio_levels}x{v.audio_codebook_size}, layout {v.audio_layout}"
@@ -92,9 +133,12 @@ def model_of(args):
     return anygen.load(args.model)
 
 
-def _settings(args) -> dict:
-    from anygen.sampling.settings import SamplingSettings
+def sampling_flags(args) -> dict:
+    """The sampling flags as `**settings` of the API (checked: call it before the model loads);
+    --seed is checked too."""
+    from anygen.sampling.settings import SamplingSettings, check_seed
 
+    check_seed(args.seed)
     if args.temperature is None and args.top_k is None and args.top_p is None:
         return {}
     s = SamplingSettings(temperature=1.0 if args.temperature is None else args.temperature,
@@ -104,52 +148,76 @@ def _settings(args) -> dict:
 
 def cmd_generate(args) -> None:
     from anygen.document import Document, Text
-    from anygen.api.inputs import check_text
+    from anygen.api.inputs import check_int, check_text
 
+    out, settings = out_dir(args.out), sampling_flags(args)
+    check_int(args.max_new_tokens, "--max-new-tokens", 1)
     if args.prompt.strip() and Path(args.prompt).is_dir():  # Path("") is the current directory
         prompt = Document.load(args.prompt)
     else:
         prompt = Document([Text(check_text(args.prompt))])
     model = model_of(args)
-    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **_settings(args))
-    out = (prompt + continuation).save(args.out)
+    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **settings)
+    with writing_output(out):
+        (prompt + continuation).save(out)
     print(f"wrote {out / 'index.html'}")
 
 
 def cmd_draw(args) -> None:
+    from anygen.api.generator import MAX_ROWS
+    from anygen.api.inputs import check_int, check_text
     from anygen.api.options import DrawOptions
+    from anygen.io import save_image
 
+    out, settings = out_file(args.out, IMAGE_SUFFIXES), sampling_flags(args)
+    check_text(args.text)
+    check_int(args.n, "--n", 1, MAX_ROWS)
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                           best_of=args.best_of)
-    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
-                                           for i in range(len(images))]
+    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **settings)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths):
-        image.save(path)
+        with writing_output(path):
+            save_image(image, path)
         print(f"wrote {path}")
 
 
 def cmd_describe_edit(args) -> None:
-    print(model_of(args).describe_edit(args.image, args.target, seed=args.seed))
+    from anygen.io import read_image_file
+    from anygen.sampling.settings import check_seed
+
+    source, target, seed = read_image_file(args.image), read_image_file(args.target), check_seed(args.seed)
+    print(model_of(args).describe_edit(source, target, seed=seed))
 
 
 def cmd_caption(args) -> None:
-    print(model_of(args).caption(args.image, seed=args.seed))
+    from anygen.io import read_image_file
+    from anygen.sampling.settings import check_seed
+
+    image, seed = read_image_file(args.image), check_seed(args.seed)
+    print(model_of(args).caption(image, seed=seed))
 
 
 def cmd_transcribe(args) -> None:
-    print(model_of(args).transcribe(args.audio, seed=args.seed))
+    from anygen.io import read_audio_file
+    from anygen.sampling.settings import check_seed
+
+    audio, seed = read_audio_file(args.audio), check_seed(args.seed)  # what the API reads from a path
+    print(model_of(args).transcribe(audio, seed=seed))
 
 
 def cmd_say(args) -> None:
+    from anygen.api.inputs import check_text
     from anygen.document import wav_bytes
-    from anygen.io import atomic_write_bytes
+    from anygen.sampling.settings import check_seed
 
+    out = out_file(args.out, WAV_SUFFIXES)
+    check_text(args.text)
+    check_seed(args.seed)
     audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
-    atomic_write_bytes(args.out, wav_bytes(audio.waveform, audio.sample_rate))
-    print(f"wrote {args.out} ({audio.seconds:.2f} s)")
+    with writing_output(out):
+        atomic_write_bytes(out, wav_bytes(audio.waveform, audio.sample_rate))
+    print(f"wrote {out} ({audio.seconds:.2f} s)")
 
 
 EDIT_FLAGS = (  # (flag, EditOptions field, argparse keywords, help): `anygen edit` and `eval shapes --edit-*`
@@ -186,8 +254,16 @@ def edit_options_of(args, prefix: str = "", **fixed):
 
 
 def cmd_edit(args) -> None:
+    from anygen.api.inputs import check_text
+    from anygen.io import read_image_file, save_image
+    from anygen.sampling.settings import check_seed
+
+    out = out_file(args.out, IMAGE_SUFFIXES)
+    check_text(args.instruction, "instruction")
+    check_seed(args.seed)
     options = edit_options_of(args, guidance_scale=args.guidance_scale,  # checked before the model loads
                               image_guidance_scale=args.image_guidance_scale)
+    source = read_image_file(args.image)
     model = model_of(args)
     if args.mask:
         from dataclasses import replace
@@ -195,13 +271,13 @@ def cmd_edit(args) -> None:
         options = replace(options, editable=parse_mask(args.mask, model.vocab.image_grids[0],
                                                        model.meta.get("worlds", ())))
     if args.reason:
-        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, seed=args.seed, options=options)
+        image, reasoning = model.edit_with_reasoning(source, args.instruction, seed=args.seed, options=options)
         print(reasoning)
     else:
-        image = model.edit(args.image, args.instruction, seed=args.seed, options=options)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    image.save(args.out)
-    print(f"wrote {args.out}")
+        image = model.edit(source, args.instruction, seed=args.seed, options=options)
+    with writing_output(out):
+        save_image(image, out)
+    print(f"wrote {out}")
 
 
 def parse_mask(text: str, grid: tuple[int, int], worlds=()) -> list[bool]:
@@ -242,6 +318,7 @@ def _world_regions(worlds):
 def cmd_bench_sample(args) -> None:
     from anygen.sampling.bench import format_sample_bench, run_sample_bench
 
+    json_path = json_out(args)
     model = vocab = codec_decode = None
     if args.model:
         loaded = model_of(args)
@@ -250,8 +327,7 @@ def cmd_bench_sample(args) -> None:
             codec_decode = loaded.tokenizer.image.decode_images
     results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode)
     print(format_sample_bench(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(json_path, results)
 
 
 def cmd_bench_train(args) -> None:
@@ -259,20 +335,20 @@ def cmd_bench_train(args) -> None:
 
     if args.steps < 1:
         raise AnygenError(f"--steps: must be >= 1, got {args.steps}")
+    json_path = json_out(args)
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe:  # no recipe, only overrides
         recipe, overrides = None, [recipe] + overrides
     results = measure_recipe_mfu(recipe, overrides, steps=args.steps)
     print_json(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(json_path, results)
 
 
 # ---- model evaluation and demo -----------------------------------------------------------
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
-    sizes = bundle_model(args.source, args.out)
+    sizes = bundle_model(args.source, out_dir(args.out))
     print(f"bundled {args.source} -> {args.out}: {sizes['source_mb']} MB -> {sizes['bundle_mb']} MB")
 
 

@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image as PILImage
 
 from anygen.errors import AnygenError, short_repr
-from anygen.io import atomic_write_bytes, file_inside, read_audio_file, read_image_file, read_json_file
+from anygen.io import (atomic_write_bytes, check_output_path, file_inside, read_audio_file, read_image_file,
+                       read_json_file)
 
 FORMAT_VERSION = 1
 MAX_SEGMENTS = 10_000  # far beyond any model context; bounds the work a document file can ask for
@@ -194,8 +195,9 @@ class Document:
         return cls(segments)
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write `document.json`, media files, `index.html` and `document.md` into `directory`."""
-        directory = Path(directory)
+        """Write `document.json`, media files, `index.html` and `document.md` into `directory`
+        (created if missing; an existing file or a path under one is an AnygenError)."""
+        directory = check_output_path(directory, "document directory", directory=True)
         directory.mkdir(parents=True, exist_ok=True)
         data = self.to_json(directory)
         atomic_write_bytes(directory / "document.json", json.dumps(data, indent=2).encode())

@@ -12,11 +12,15 @@ Policies (documented in the README's "Reliability" section):
   (from the header) are averaged to mono; other sample rates are resampled (polyphase);
   NaN/Inf is refused.
 - files named inside a document or data file (`file_inside`) must stay inside its folder.
+- output paths are checked before any work (`check_output_path`): not empty, a known file ending,
+  not an existing folder where a file goes (or a file where a folder goes), not under a file,
+  and in a folder this process may write.
 - error messages name the file and the problem; they never quote the file's contents.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -42,6 +46,9 @@ MAX_AUDIO_SAMPLES = 1 << 27  # frames x channels a WAV may hold (600 s of 48 kHz
 WAV_ENCODINGS = (1, 3, 0xFFFE)  # format tags of PCM, IEEE float and WAVE_FORMAT_EXTENSIBLE
 MAX_WAV_CHUNKS = 1000  # header chunks skipped while looking for the audio data
 MAX_JSON_BYTES = 64 * 1024 * 1024  # documents, configs and metadata are far smaller
+# the endings an image may be saved under (PIL's registry picks the format from the ending):
+# formats anygen also reads (`IMAGE_FORMATS`)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
 
 
 # ---- atomic writes ---------------------------------------------------------------------
@@ -69,6 +76,8 @@ def atomic_directory(path: str | os.PathLike):
     A crash inside the block leaves the previous `path` untouched.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise AnygenError(f"{path} is a file, not a directory: it is not replaced by one")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -83,6 +92,59 @@ def atomic_directory(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_image(image: PILImage.Image, path: str | os.PathLike) -> Path:
+    """Write `image` atomically in the format its ending names (one of `IMAGE_SUFFIXES`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise AnygenError(f"{path}: unknown image file ending {suffix!r} (use {', '.join(IMAGE_SUFFIXES)})")
+    buf = io.BytesIO()
+    image.save(buf, format=PILImage.registered_extensions()[suffix])
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# ---- checking output paths ------------------------------------------------------------------
+def writable_dir(directory: Path) -> bool:
+    """Whether this process may create files in the existing `directory` (permissions and read-only
+    filesystems, as the OS's access() sees them)."""
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def check_output_path(path, what: str, suffixes: tuple[str, ...] | None = None,
+                      directory: bool = False) -> Path:
+    """`path` as the Path an output will be written to, checked before any work is done.
+
+    A file output (`directory=False`) must end in one of `suffixes` (any ending when None) and not
+    be an existing directory; a directory output must not be an existing file. Either must not lie
+    under a file, and the deepest folder of it that exists must be writable (`writable_dir`);
+    missing folders are fine (writing creates them). Anything else is an AnygenError naming `what`.
+    """
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text.strip():
+        raise AnygenError(f"{what}: expected a path, got {short_repr(path)}")
+    if "\0" in text:
+        raise AnygenError(f"{what}: the path contains a NUL character")
+    path = Path(text)
+    if directory and path.exists() and not path.is_dir():
+        raise AnygenError(f"{what}: {path} is a file; expected a directory")
+    if not directory:
+        if path.is_dir():
+            raise AnygenError(f"{what}: {path} is a directory; expected a file name")
+        if suffixes is not None and path.suffix.lower() not in suffixes:
+            ending = f"ending {path.suffix!r}" if path.suffix else "no file ending"
+            raise AnygenError(f"{what}: {path} has {ending} (expected {', '.join(suffixes)})")
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AnygenError(f"{what}: cannot write {path}: {existing} is a file, not a directory")
+    if not writable_dir(existing):
+        raise AnygenError(f"{what}: cannot write {path}: {existing} is not writable "
+                          "(read-only filesystem or no permission)")
+    return path
 
 
 # ---- reading files -----------------------------------------------------------------------

@@ -350,7 +350,8 @@ def test_bad_prompts(gen, call, message):
 def test_cli_bad_prompts(tmp_path, capsys, cached_load, argv, message):
     scene().save(tmp_path / "img.png")
     argv = [a.replace("{img}", str(tmp_path / "img.png")) for a in argv]
-    line = cli_error(argv + ["--model", "m", "--out", str(tmp_path / "out")], capsys)
+    out = tmp_path / {"draw": "o.png", "edit": "o.png", "say": "o.wav"}.get(argv[0], "o")
+    line = cli_error(argv + ["--model", "m", "--out", str(out)], capsys)
     assert message in line
 
 

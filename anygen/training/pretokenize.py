@@ -47,7 +47,7 @@ from anygen.worlds import get_world
 from anygen.worlds.shapes.world import WorldConfig
 from anygen.worlds.user import UserData
 from anygen.errors import AnygenError
-from anygen.io import atomic_write_bytes
+from anygen.io import atomic_write_bytes, check_output_path
 
 SPLITS = ("train", "val", "holdout")
 
@@ -181,12 +181,12 @@ def pretokenize(recipe_path: str | os.PathLike | None, overrides: list[str] = ()
     `tokenizer`: an already loaded MultimodalTokenizer (default: load `cfg.tokenizer`).
     """
     cfg = load_config(PretokenizeConfig, recipe_path, list(overrides))
+    out = check_output_path(cfg.out, "out", directory=True)  # before the tokenizer loads
     if tokenizer is None:
         from anygen.tokenizer import MultimodalTokenizer
 
         tokenizer = MultimodalTokenizer.load(cfg.tokenizer)
     _check_tokenizer(cfg, tokenizer)
-    out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "recipe.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     encoder = SequenceEncoder(tokenizer, batch_size=cfg.codec_batch)

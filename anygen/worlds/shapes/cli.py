@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from anygen.cli import add_edit_flags, edit_options_of, model_of, print_json
+from anygen.cli import add_edit_flags, edit_options_of, json_out, model_of, out_dir, print_json, write_json
 from anygen.errors import AnygenError
 
 
@@ -31,13 +28,13 @@ def cmd_judge_melody(args) -> None:
 def cmd_eval_judges(args) -> None:
     from anygen.worlds.shapes.judges import measure_judges
 
+    json_path = json_out(args)
     results = {}
     for degraded in (False, True):
         for key, value in measure_judges(n=args.n, seed=args.seed, degraded=degraded).items():
             results[f"{'degraded' if degraded else 'clean'}.{key}"] = value
     print_json(results)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(json_path, results)
 
 
 def cmd_eval_shapes(args) -> None:
@@ -57,6 +54,9 @@ def cmd_eval_shapes(args) -> None:
     if args.reason_form not in REASON_FORMS:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     # every option is checked here, before the model loads
+    json_path = json_out(args)
+    if args.n < 1:
+        raise AnygenError(f"--n: must be >= 1, got {args.n}")
     draw = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                        best_of=args.best_of)
     edit = edit_options_of(args, "edit-")
@@ -74,8 +74,7 @@ def cmd_eval_shapes(args) -> None:
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(json_path, results)
 
 
 class _WithOptions:
@@ -103,7 +102,7 @@ class _WithOptions:
 def cmd_demo(args) -> None:
     from anygen.worlds.shapes.demo import run_demo
 
-    run_demo(args.out, args.model, seed=args.seed)
+    run_demo(out_dir(args.out), args.model, seed=args.seed)
 
 
 def add_commands(sub, ev_sub) -> None:

@@ -51,6 +51,7 @@ from scipy import ndimage
 from anygen.worlds.shapes.world import (COLORS, NOTE_FREQS, NOTE_SECONDS, NOTES, SAMPLE_RATE, SHAPES, Obj, Scene, ShapesWorld,
                                 WorldConfig, render_melody, render_scene, shape_coverage)
 from anygen.io import IMAGE_FORMATS, to_rgb
+from anygen.errors import AnygenError
 
 JUDGE_SIZE = 64
 COLOR_NAMES = tuple(COLORS)
@@ -314,6 +315,8 @@ def degrade_audio(waveform: np.ndarray, rng: np.random.Generator, snr_db: float 
 # ---- measurement --------------------------------------------------------------------------
 def measure_judges(n: int = 2000, seed: int = 0, degraded: bool = False) -> dict[str, float]:
     """Exact-recovery rates of both judges on `n` fresh scenes and `n` fresh melodies."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise AnygenError(f"n must be an integer >= 1, got {n!r}")
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng([seed, 1])
     img_ok = img_none = mel_ok = mel_none = 0
