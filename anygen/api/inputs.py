@@ -16,7 +16,8 @@ MAX_PROMPT_CHARS = 20_000  # a longer prompt cannot fit any bundled model's cont
 
 def check_text(text, what: str = "prompt") -> str:
     """`text` as a non-empty, valid UTF-8 `str` of at most MAX_PROMPT_CHARS characters, without the
-    whitespace at its ends (no text the model learned from starts or ends with a space)."""
+    whitespace at its ends (a prompt, instruction or opening is a whole text, and whole texts are
+    learned without it)."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

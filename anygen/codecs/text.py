@@ -228,7 +228,9 @@ class HFTextTokenizer:
         return len(self.tok)
 
     def encode(self, text: str) -> list[int]:
-        return self.tok(self.normalize(text), add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
+        if not text:
+            return []
+        return self.tok(self.normalize(text), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
