@@ -29,3 +29,14 @@ def test_bundled_model_reasons_about_an_edit_before_drawing_it():
     edited, reasoning = anygen.load().edit_with_reasoning(render_scene(source), "make the red circle green")
     assert parse_reasoning(reasoning) == Edit("recolor", "make the red circle green", source, target).slots()
     assert judge_image(edited) == target
+
+
+def test_bundled_model_encodes_prompts_as_its_corpus_writes_them():
+    """Its text tokenizer records its corpus's normalisation: capitals, full-width letters and space
+    runs encode as the lower-case captions it learned; note names stay capitals."""
+    text = anygen.load().tokenizer.text
+    enc = text.encode
+    assert enc("A Large Red Circle At The Top Left") == enc("a large red circle at the top left")
+    assert enc("MAKE THE RED CIRCLE BLUE") == enc("make the red circle blue")
+    assert enc("ａ\u00a0small  blue square") == enc("a small blue square")
+    assert enc("The Notes C E G") == enc("the notes c e g") == text.sp.encode("the notes C E G", out_type=int)

@@ -15,7 +15,9 @@ MAX_PROMPT_CHARS = 20_000  # a longer prompt cannot fit any bundled model's cont
 
 
 def check_text(text, what: str = "prompt") -> str:
-    """`text` as a non-empty, valid UTF-8 `str` of at most MAX_PROMPT_CHARS characters."""
+    """`text` as a non-empty, valid UTF-8 `str` of at most MAX_PROMPT_CHARS characters, without the
+    whitespace at its ends (a prompt, instruction or opening is a whole text, and whole texts are
+    learned without it)."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -31,7 +33,7 @@ def check_text(text, what: str = "prompt") -> str:
         raise AnygenError(f"{what} is not valid UTF-8") from None
     if len(text) > MAX_PROMPT_CHARS:
         raise AnygenError(f"{what} is {len(text)} characters, over the {MAX_PROMPT_CHARS}-character limit")
-    return text
+    return text.strip()
 
 
 def check_texts(texts, what: str = "prompt") -> list[str]:
