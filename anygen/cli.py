@@ -157,7 +157,8 @@ def cmd_edit(args) -> None:
 
     options = EditOptions(guidance_scale=args.guidance_scale, image_guidance_scale=args.image_guidance_scale,
                           best_of=args.best_of, reason=args.reason, plan_in_words=args.plan_in_words,
-                          greedy_plan=args.greedy_plan, retries=args.retries)  # checked before the model loads
+                          greedy_plan=args.greedy_plan, retries=args.retries,
+                          refuse=args.refuse)  # checked before the model loads
     model = model_of(args)
     if args.mask:
         from dataclasses import replace
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=0,
                    help="with --reason and --best-of K: where none of the K pictures shows its plan, sample K more, "
                         "up to this many times (costs time only on those edits)")
+    p.add_argument("--no-refuse", action="store_false", dest="refuse",
+                   help="edit even when the instruction names an object the image does not hold or would change "
+                        "nothing (by default such edits are refused, where the model's world has a plan format)")
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")

@@ -99,7 +99,7 @@ class StoryWriter:
         s, v = self.session, self.session.vocab
         if options.reason and previous is not None and sentence:
             edit = EditOptions(best_of=options.best_of, reason=True, plan_in_words=options.plan_in_words,
-                               greedy_plan=options.plan_in_words)
+                               greedy_plan=options.plan_in_words, refuse=False)  # the story's own sentence
             [(codes, _)] = self.editor.edit([previous], [sentence], edit, seed, image=image, **settings)
             return codes
         cfg = s.settings(max_new_tokens=s.image_budget, seed=seed, image=image, allow_audio=False, **settings)

@@ -45,7 +45,8 @@ from anygen.document import Audio, Document, Image, Text
 __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
     "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center",
-    "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
+    "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "edit_refusal",
+    "narrate",
     "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
     "Story",
     "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",
@@ -383,6 +384,49 @@ def apply_instruction(scene: Scene, instruction: str) -> Scene | None:
         value = m.group(2)  # make: a colour or a size
         new = replace(obj, color=value) if value in COLORS else replace(obj, size=value)
         return None if new == obj else _replace_obj(scene, obj, new)
+    return None
+
+
+def _named(scene: Scene, ref: str) -> list[Obj] | None:
+    """Every object of `scene` that `ref` (``[size] color shape [at the position]``) fits, or None
+    when `ref` is not such a name (``it``, a typo)."""
+    m = _REF_RE.fullmatch(ref.strip())
+    if m is None:
+        return None
+    size, color, shape, pos = m.groups()
+    return [o for o in scene.objects if o.color == color and o.shape == shape and (size is None or o.size == size)
+            and (pos is None or o.position == pos)]
+
+
+def edit_refusal(scene: Scene, instruction: str) -> str | None:
+    """Why `instruction` (imperative or narrative) cannot edit `scene`: the object it names is not
+    in the scene (``the image holds no yellow circle``), or the edit would change nothing (``the red
+    circle is already red``). None otherwise: a valid edit, text that is not an edit instruction,
+    or an object named ambiguously."""
+    text = _normalize(instruction)
+    for kind, pattern in _INSTRUCTION_RES:
+        m = pattern.fullmatch(text)
+        if m is None:
+            continue
+        if kind == "add":
+            size, color, shape, pos = m.groups()
+            if scene.at(POSITIONS.index(pos)) == Obj(shape, color, size, POSITIONS.index(pos)):
+                return f"nothing would change: a {size} {color} {shape} is already at the {pos}"
+            return None
+        ref = m.group(1)
+        named = _named(scene, ref)
+        if named is None:
+            return None
+        if not named:
+            return f"the image holds no {ref}"
+        if len(named) > 1:
+            return None
+        obj = named[0]
+        if kind == "move" and obj.position == m.group(2):
+            return f"nothing would change: the {ref} is already at the {obj.position}"
+        if kind == "make" and m.group(2) in (obj.color, obj.size):
+            return f"nothing would change: the {ref} is already {m.group(2)}"
+        return None
     return None
 
 
