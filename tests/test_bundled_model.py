@@ -29,3 +29,28 @@ def test_bundled_model_reasons_about_an_edit_before_drawing_it():
     edited, reasoning = anygen.load().edit_with_reasoning(render_scene(source), "make the red circle green")
     assert parse_reasoning(reasoning) == Edit("recolor", "make the red circle green", source, target).slots()
     assert judge_image(edited) == target
+
+
+def test_bundled_model_refuses_an_edit_of_an_absent_object_in_one_line(tmp_path, capsys):
+    """`anygen edit` refuses an edit that names an object the image does not hold (rc 2, one line), and
+    draws it with --no-refuse."""
+    from anygen.cli import main as cli_main
+    from anygen.worlds.shapes.world import Obj, Scene, render_scene
+
+    render_scene(Scene((Obj("circle", "red", "small", 4),))).save(tmp_path / "source.png")
+    argv = ["edit", str(tmp_path / "source.png"), "remove the yellow circle", "--out", str(tmp_path / "out.png")]
+    assert cli_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "anygen: error: edit refused: the image holds no yellow circle\n" and captured.out == ""
+    assert not (tmp_path / "out.png").exists()
+    assert cli_main(argv + ["--no-refuse"]) == 0 and (tmp_path / "out.png").exists()
+
+
+def test_bundled_model_story_keeps_an_opening_that_ends_at_the_top():
+    """The model once continued such openings ("... at the top left, a large ..."): the first picture
+    now follows the opening as written."""
+    from anygen.document import Image, Text
+
+    opening = "a small green square at the top"
+    segments = list(anygen.load().story(opening, n_steps=1))
+    assert segments[0] == Text(opening) and isinstance(segments[1], Image)
