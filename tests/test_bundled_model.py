@@ -46,11 +46,11 @@ def test_bundled_model_refuses_an_edit_of_an_absent_object_in_one_line(tmp_path,
     assert cli_main(argv + ["--no-refuse"]) == 0 and (tmp_path / "out.png").exists()
 
 
-def test_bundled_model_story_keeps_an_opening_that_ends_at_the_top():
-    """The model once continued such openings ("... at the top left, a large ..."): the first picture
+def test_bundled_model_story_keeps_an_opening_that_ends_at_the_bottom():
+    """The model once continued such openings ("... at the bottom left"): the first picture
     now follows the opening as written."""
     from anygen.document import Image, Text
 
-    opening = "a small green square at the top"
-    segments = list(anygen.load().story(opening, n_steps=1))
+    opening = "a small orange triangle at the bottom"  # was continued: "... at the bottom left"
+    segments = list(anygen.load().story(opening, seed=24))
     assert segments[0] == Text(opening) and isinstance(segments[1], Image)

@@ -23,14 +23,13 @@ GREEDY = SamplingSettings(greedy=True)
 
 
 @dataclass(frozen=True)
-class ReadsAs(ShapesPlanFormat):
-    """The shapes plan format, reading every reasoned edit's text as `before <seen> after <plan>`."""
+class Plans(ShapesPlanFormat):
+    """The shapes plan format, reading every reasoned edit's text as planning `plan`."""
 
-    seen: str = "small red circle top, large blue square center"
     plan: str = "small red circle top, large blue square center"
 
     def split(self, text):
-        return self.seen, self.plan
+        return "", self.plan
 
 
 def captioning(gen, recorder):
@@ -90,18 +89,19 @@ def test_models_without_a_plan_format_refuse_nothing_and_caption_nothing(model_d
     assert len(recorder.calls) == 1 and not captioning(gen, recorder)
 
 
-def test_reasoned_edit_is_refused_by_what_its_text_says_the_source_shows(any_model_dir):
-    gen = load_model(any_model_dir, plan_format=ReadsAs())
+def test_reasoned_edit_is_refused_by_the_caption_and_its_plan(any_model_dir):
+    """A reasoned edit is checked after it is drawn: the instruction against the model's caption of the
+    source, and, where the world's grammar cannot tell, its plan against that caption."""
+    gen, recorder = scripted(any_model_dir, Plans())
     image = gen.draw("a small red circle at the top", seed=0)[0]
     with pytest.raises(EditRefused, match="the image holds no yellow circle"):
         gen.edit(image, "remove the yellow circle", reason=True)
     with pytest.raises(EditRefused, match="already red"):
         gen.edit_with_reasoning(image, "make the red circle red")
-    # no valid change in the world's grammar ("it"), and a plan that draws what it saw: nothing would change
+    # no valid change in the world's grammar ("it"), and a plan that draws what the caption says: nothing changes
     with pytest.raises(EditRefused, match="the plan draws the image as it is"):
         gen.edit(image, "make it red", reason=True)
-    moved = ReadsAs(plan="small red circle left, large blue square center")
-    gen = load_model(any_model_dir, plan_format=moved)
+    gen, recorder = scripted(any_model_dir, Plans(plan="small red circle left, large blue square center"))
     for instruction in ("make it red", "move the red circle to the left"):
         checked = gen.edit_with_reasoning(image, instruction, seed=2, image=GREEDY)
         unchecked = gen.edit_with_reasoning(image, instruction, seed=2, image=GREEDY, refuse=False)

@@ -8,9 +8,9 @@ with `best_of` the model captions every candidate and a picture that shows its p
 `plan_in_words` the plan is written again from the instruction and what the source shows alone
 (`reasoned_text`), and with `retries` rows none of whose pictures shows its plan are sampled again.
 With `refuse` (the default) an edit the plan format turns down (`PlanFormat.refusal`: it names an
-object the source does not hold, or would change nothing) raises `EditRefused`; a plain edit asks
-before sampling, from the model's caption of the source, a reasoned one after, from what its text
-says the source shows, so the pictures of the edits let through are those drawn without the check.
+object the source does not hold, or would change nothing) raises `EditRefused`, judged by the
+model's caption of the source: a plain edit asks before sampling, a reasoned one after (its plan
+is weighed too), so the pictures of the edits let through are those drawn without the check.
 """
 
 from __future__ import annotations
@@ -117,17 +117,16 @@ class Editor:
     def refusals(self, sources: Sequence[torch.Tensor], instructions: Sequence[str],
                  texts: Sequence[str] | None = None) -> list[str | None]:
         """Per edit: why the world's plan format refuses it (`PlanFormat.refusal`), or None. What the
-        source shows is the seen part of each reasoned edit's text (`texts`), else the model's caption
-        of the source codes (H, W). All None without a plan format that refuses."""
+        source shows is the model's caption of the source codes (H, W), a reading the instruction
+        cannot sway; with `texts` (reasoned edits' texts) the plan part of each is weighed too.
+        All None without a plan format that refuses."""
         check = getattr(self.plan_format, "refusal", None)
         if check is None:
             return [None] * len(instructions)
-        if texts is None:
-            reads = [(seen, None) for seen in self.session.captions(sources)]
-        else:
-            reads = [self.plan_format.split(text) or (None, None) for text in texts]
-        return [None if seen is None else check(instruction, seen, plan)
-                for instruction, (seen, plan) in zip(instructions, reads)]
+        plans = [None] * len(instructions) if texts is None else [
+            (self.plan_format.split(text) or (None, None))[1] for text in texts]
+        return [check(instruction, seen, plan)
+                for instruction, seen, plan in zip(instructions, self.session.captions(sources), plans)]
 
     @staticmethod
     def _refuse(reasons: Sequence[str | None]) -> None:

@@ -70,9 +70,9 @@ class EditOptions:
     sampled. retries: with reason and best_of > 1, rows none of whose pictures shows its plan are
     sampled `best_of` more times, up to `retries` times. refuse: an edit whose instruction names an
     object the source does not hold, or that would change nothing, raises `EditRefused` instead of
-    returning a picture, as the world's plan format (`PlanFormat.refusal`) decides from what the
-    source shows: the model's caption of it (plain edits) or the text it wrote (reasoned edits).
-    Models whose worlds have no plan format refuse nothing.
+    returning a picture, as the world's plan format (`PlanFormat.refusal`) decides from the model's
+    caption of the source (and, for reasoned edits, the plan they wrote). Models whose worlds have
+    no plan format refuse nothing.
     """
 
     guidance_scale: float = 1.0

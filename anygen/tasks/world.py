@@ -48,9 +48,9 @@ class PlanFormat(Protocol):
         """Whether a picture whose caption is `caption` shows what `text` planned."""
 
     def refusal(self, instruction: str, seen: str, plan: str | None = None) -> str | None:
-        """Why an edit by `instruction` should be refused, or None: `seen` says what the source shows
-        (a plan text's seen part, or the model's caption of the source), `plan` what the edit would
-        draw (None for a plain edit). Optional: a plan format without it refuses nothing."""
+        """Why an edit by `instruction` should be refused, or None: `seen` is the model's caption of
+        the source, `plan` the plan part of a reasoned edit's text (None for a plain edit). Optional:
+        a plan format without it refuses nothing."""
 
 
 class TaskSource(Protocol):

@@ -86,8 +86,8 @@ def _scene_of(text: str) -> Scene | None:
 
 def refusal(instruction: str, seen: str, plan: str | None = None) -> str | None:
     """Why an edit should be refused, given what the source shows (`seen`: a caption, or the
-    `before` part of a `scene` or `slots` reasoning) and optionally the edit's plan (its `after`
-    part): the instruction names an object `seen` does not hold, or would change nothing
+    `before` part of a `scene` or `slots` reasoning) and optionally the edit's plan (the `after`
+    part of one): the instruction names an object `seen` does not hold, or would change nothing
     (`edit_refusal`); or, for an instruction that is no valid change of `seen` in the world's
     grammar, a plan that draws `seen` unchanged. None when `seen` does not parse (nothing is known)."""
     scene = _scene_of(seen)
@@ -112,7 +112,7 @@ class ShapesPlanFormat:
     """`anygen.tasks.world.PlanFormat` of ShapesWorld's `scene`, `object` and `slots` forms:
     `before <seen> after <plan>`; a picture follows its plan when its caption parses to the
     scene the plan names (`scene` and `slots` forms); an edit is refused (`refusal`) by what
-    `seen` says the source holds, read as the whole source (a caption, `scene` and `slots` forms)."""
+    `seen` (a caption) says the source holds and the plan of a `scene` or `slots` text."""
 
     lead: str = REASON_LEAD
     budget: int = REASONING_BUDGET
