@@ -262,7 +262,8 @@ def cmd_edit(args) -> None:
     check_text(args.instruction, "instruction")
     check_seed(args.seed)
     options = edit_options_of(args, guidance_scale=args.guidance_scale,  # checked before the model loads
-                              image_guidance_scale=args.image_guidance_scale)
+                              image_guidance_scale=args.image_guidance_scale,
+                              refuse=args.refuse)
     source = read_image_file(args.image)
     model = model_of(args)
     if args.mask:
@@ -463,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="what may change: 'box:r0,c0,r1,c1' over the code grid, or a region the model's "
                                   "world names (shapes: cells '0,4' of its 3x3 layout, row-major)")
     add_edit_flags(p)
+    p.add_argument("--no-refuse", action="store_false", dest="refuse",
+                   help="edit even when the instruction names an object the image does not hold or would change "
+                        "nothing (by default such edits are refused, where the model's world has a plan format)")
     p.set_defaults(func=cmd_edit)
     p = gen_parser("describe-edit", "(image, edited image) -> the instruction that turns one into the other",
                    "image", "source image file")

@@ -40,3 +40,28 @@ def test_bundled_model_encodes_prompts_as_its_corpus_writes_them():
     assert enc("MAKE THE RED CIRCLE BLUE") == enc("make the red circle blue")
     assert enc("ａ\u00a0small  blue square") == enc("a small blue square")
     assert enc("The Notes C E G") == enc("the notes c e g") == text.sp.encode("the notes C E G", out_type=int)
+
+
+def test_bundled_model_refuses_an_edit_of_an_absent_object_in_one_line(tmp_path, capsys):
+    """`anygen edit` refuses an edit that names an object the image does not hold (rc 2, one line), and
+    draws it with --no-refuse."""
+    from anygen.cli import main as cli_main
+    from anygen.worlds.shapes.world import Obj, Scene, render_scene
+
+    render_scene(Scene((Obj("circle", "red", "small", 4),))).save(tmp_path / "source.png")
+    argv = ["edit", str(tmp_path / "source.png"), "remove the yellow circle", "--out", str(tmp_path / "out.png")]
+    assert cli_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "anygen: error: edit refused: the image holds no yellow circle\n" and captured.out == ""
+    assert not (tmp_path / "out.png").exists()
+    assert cli_main(argv + ["--no-refuse"]) == 0 and (tmp_path / "out.png").exists()
+
+
+def test_bundled_model_story_keeps_an_opening_that_ends_at_the_bottom():
+    """The model once continued such openings ("... at the bottom left"): the first picture
+    now follows the opening as written."""
+    from anygen.document import Image, Text
+
+    opening = "a small orange triangle at the bottom"  # was continued: "... at the bottom left"
+    segments = list(anygen.load().story(opening, seed=24))
+    assert segments[0] == Text(opening) and isinstance(segments[1], Image)

@@ -164,6 +164,13 @@ def test_interleaved_generate_places_images_between_text():
     assert all(t < VOCAB.n_text or t in (VOCAB.boi, GRID, VOCAB.eoi, VOCAB.eos) for t in ids)
 
 
+def test_image_first_puts_the_picture_right_after_the_prompt():
+    """A story's opening is closed as written: with image_first the first new token is <boi>."""
+    ids, images = diffusion.generate(tiny_model(), VOCAB, [VOCAB.bos, 5, 6], max_new_tokens=12, max_images=1,
+                                     settings=DiffusionSettings(num_inference_steps=2), seed=0, image_first=True)
+    assert ids[:3] == [VOCAB.boi, GRID, VOCAB.eoi] and len(images) == 1
+
+
 def test_save_load_round_trip(tmp_path):
     from anygen.model.decoder import load_decoder, read_decoder_meta
 

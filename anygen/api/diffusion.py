@@ -51,7 +51,7 @@ class DiffusionImages:
 
     def generate(self, ids: list[int], max_new_tokens: int, seed: int | None, guidance_scale=None,
                  num_inference_steps=None, temperature: float = 0.0, min_images: int = 0, max_images: int = 4,
-                 text=None, image=None, audio=None, **other) -> Document:
+                 text=None, image=None, audio=None, image_first: bool = False, **other) -> Document:
         """Interleaved sampling; `text` settings (the CLI's --temperature) set the text temperature,
         image/audio token settings do not apply to this head."""
         from anygen.sampling.diffusion import generate as diffusion_generate
@@ -63,7 +63,7 @@ class DiffusionImages:
         s = self.session
         new_ids, images = diffusion_generate(self.transfusion, s.vocab, ids, max_new_tokens=max_new_tokens,
                                              temperature=temperature, min_images=min_images,
-                                             max_images=max_images, seed=seed,
+                                             max_images=max_images, seed=seed, image_first=image_first,
                                              settings=self.settings(guidance_scale, num_inference_steps))
         pictures = iter(self.to_images(torch.stack(images)) if images else [])
         out, words = [], []

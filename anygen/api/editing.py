@@ -7,6 +7,10 @@ model's world (`anygen.tasks.world.PlanFormat`): what the source shows and what 
 with `best_of` the model captions every candidate and a picture that shows its plan wins, with
 `plan_in_words` the plan is written again from the instruction and what the source shows alone
 (`reasoned_text`), and with `retries` rows none of whose pictures shows its plan are sampled again.
+With `refuse` (the default) an edit the plan format turns down (`PlanFormat.refusal`: it names an
+object the source does not hold, or would change nothing) raises `EditRefused`, judged by the
+model's caption of the source: a plain edit asks before sampling, a reasoned one after (its plan
+is weighed too), so the pictures of the edits let through are those drawn without the check.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from anygen.sampling.engine import Prompt
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
 
 SEED_STRIDE = 7919  # prime: each retry (and each story step) samples with a seed disjoint from the others'
+
+
+class EditRefused(AnygenError):
+    """An edit the world's plan format turns down: `row` (0-based) of the call, `reason` why."""
+
+    def __init__(self, row: int, reason: str, rows: int = 1):
+        self.row, self.reason = row, reason
+        super().__init__(f"edit refused: {reason}" if rows == 1 else f"edit {row + 1} of {rows} refused: {reason}")
 
 
 class Editor:
@@ -44,6 +56,8 @@ class Editor:
         """Source codes (H, W) -> (edited codes (H, W), plan text or None) per row."""
         s, o = self.session, options
         plan = self.plan() if o.reason else None
+        if o.refuse and not plan:
+            self._refuse(self.refusals(sources, instructions))
         if o.best_of > 1:  # the candidates differ; with reasoning, in what they say too (measured better)
             settings.setdefault("image", SamplingSettings(temperature=1.0))
             if o.reason:
@@ -96,7 +110,29 @@ class Editor:
         edited = best_of(sample, score, o.best_of)
         if any(e is None for e in edited):
             raise AnygenError("the model did not finish the edited image within its token budget")
+        if o.refuse and plan:
+            self._refuse(self.refusals(sources, instructions, [text for _, text, _ in edited]))
         return [e[:2] for e in edited]
+
+    def refusals(self, sources: Sequence[torch.Tensor], instructions: Sequence[str],
+                 texts: Sequence[str] | None = None) -> list[str | None]:
+        """Per edit: why the world's plan format refuses it (`PlanFormat.refusal`), or None. What the
+        source shows is the model's caption of the source codes (H, W), a reading the instruction
+        cannot sway; with `texts` (reasoned edits' texts) the plan part of each is weighed too.
+        All None without a plan format that refuses."""
+        check = getattr(self.plan_format, "refusal", None)
+        if check is None:
+            return [None] * len(instructions)
+        plans = [None] * len(instructions) if texts is None else [
+            (self.plan_format.split(text) or (None, None))[1] for text in texts]
+        return [check(instruction, seen, plan)
+                for instruction, seen, plan in zip(instructions, self.session.captions(sources), plans)]
+
+    @staticmethod
+    def _refuse(reasons: Sequence[str | None]) -> None:
+        for row, reason in enumerate(reasons):
+            if reason is not None:
+                raise EditRefused(row, reason, len(reasons))
 
     def plan_edits(self, instructions: Sequence[str], seen: Sequence[str], max_new_tokens: int = 64,
                    seed: int | None = 0) -> list[str]:

@@ -232,7 +232,7 @@ class AnyGen:
         budget = options.n_steps * self.stories.step_budget
         self.session.check_length(ids, budget)
         doc = self.diffusion.generate(ids, budget, seed, min_images=options.n_steps, max_images=options.n_steps,
-                                      **settings)
+                                      image_first=True, **settings)  # the opening ends as written
         cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
         return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
 

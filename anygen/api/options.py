@@ -68,7 +68,11 @@ class EditOptions:
     the plan is written again from the instruction and what the source shows alone
     (`reasoned_text`). greedy_plan: with reason, the plan text is greedy and only pictures are
     sampled. retries: with reason and best_of > 1, rows none of whose pictures shows its plan are
-    sampled `best_of` more times, up to `retries` times.
+    sampled `best_of` more times, up to `retries` times. refuse: an edit whose instruction names an
+    object the source does not hold, or that would change nothing, raises `EditRefused` instead of
+    returning a picture, as the world's plan format (`PlanFormat.refusal`) decides from the model's
+    caption of the source (and, for reasoned edits, the plan they wrote). Models whose worlds have
+    no plan format refuse nothing.
     """
 
     guidance_scale: float = 1.0
@@ -79,6 +83,7 @@ class EditOptions:
     plan_in_words: bool = False
     greedy_plan: bool = False
     retries: int = 0
+    refuse: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "guidance_scale", check_scale(self.guidance_scale, "guidance_scale"))
@@ -89,7 +94,7 @@ class EditOptions:
             object.__setattr__(self, "editable", tuple(bool(x) for x in self.editable))
         _count(self.best_of, "best_of", 1, MAX_BEST_OF)
         _count(self.retries, "retries", 0, 16)
-        for name in ("reason", "plan_in_words", "greedy_plan"):
+        for name in ("reason", "plan_in_words", "greedy_plan", "refuse"):
             _flag(getattr(self, name), name)
         if (self.plan_in_words or self.greedy_plan) and not self.reason:
             raise AnygenError("plan_in_words and greedy_plan shape a reasoned edit: they need reason")

@@ -1,7 +1,9 @@
 """Interleaved stories: the user's opening, then (picture, next sentence) turns.
 
-Plainly the model writes the whole story in one pass (`<eos>` is not allowed before the
-story has its pictures). Stepwise (`StoryOptions.stepwise`) it writes one sentence and one
+The opening is the user's sentence: the first picture follows it at once (`<boi>` forced, as
+the story layout puts a picture after each sentence), so the model never extends it. Plainly
+the model writes the whole story in one pass (`<eos>` is not allowed before the story has its
+pictures). Stepwise (`StoryOptions.stepwise`) it writes one sentence and one
 picture at a time: the first picture is ranked by the opening as its caption, each later one
 by its sentence as the edit of the picture before (`describe_edit`); with `reason` each later
 picture is a reasoned edit of the one before, with the sentence as its instruction.
@@ -46,7 +48,7 @@ class StoryWriter:
             story_ids = self._stepwise(ids, options, seed, **settings)
             return Document([Text(opening)]) + s.tokenizer.decode(story_ids[len(ids):])
         cfg = s.settings(max_new_tokens=options.n_steps * self.step_budget, seed=seed, stop_at_eos=False, **settings)
-        [result] = s.sample([ids], cfg)
+        [result] = s.sample([Prompt(ids, force=[s.vocab.boi])], cfg)  # the opening ends as written: its picture
         image_ends = [span.end for span in result.spans if span.kind == "image"]
         cut = result.ids[:image_ends[options.n_steps - 1]] if len(image_ends) >= options.n_steps else result.ids
         return Document([Text(opening)]) + s.tokenizer.decode(cut)
@@ -99,7 +101,7 @@ class StoryWriter:
         s, v = self.session, self.session.vocab
         if options.reason and previous is not None and sentence:
             edit = EditOptions(best_of=options.best_of, reason=True, plan_in_words=options.plan_in_words,
-                               greedy_plan=options.plan_in_words)
+                               greedy_plan=options.plan_in_words, refuse=False)  # the story's own sentence
             [(codes, _)] = self.editor.edit([previous], [sentence], edit, seed, image=image, **settings)
             return codes
         cfg = s.settings(max_new_tokens=s.image_budget, seed=seed, image=image, allow_audio=False, **settings)

@@ -163,13 +163,15 @@ def sample_images(model: TransfusionModel, vocab: Vocab, prompts: list[list[int]
 @torch.no_grad()
 def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_new_tokens: int = 256,
              max_images: int = 4, temperature: float = 0.0, settings: DiffusionSettings = DiffusionSettings(),
-             seed: int | None = None, min_images: int = 0) -> tuple[list[int], list[torch.Tensor]]:
+             seed: int | None = None, min_images: int = 0,
+             image_first: bool = False) -> tuple[list[int], list[torch.Tensor]]:
     """Interleaved sampling of one sequence: (new token ids, images).
 
     Each image appears in the ids as `<boi> <grid> <eoi>` (its slots are not ids); images
     are (C, S, S) in the head's space, clamped to [-1, 1], in order. Text is greedy at temperature 0 (or
     below `anygen.sampling.settings.GREEDY_BELOW_TEMPERATURE`). `<eos>` is forbidden until `min_images` images exist.
-    One generator (from `seed`) serves the text draws and the images' noise in turn.
+    One generator (from `seed`) serves the text draws and the images' noise in turn. `image_first`:
+    the first new token is `<boi>` (a story's picture right after its opening).
     """
     text = SamplingSettings(temperature=temperature)  # refuses non-finite and out-of-range temperatures
     seed = check_seed(seed)
@@ -190,7 +192,9 @@ def generate(model: TransfusionModel, vocab: Vocab, prompt: list[int], *, max_ne
             logits[vocab.boi] = float("-inf")
         if len(images) < min_images:
             logits[vocab.eos] = float("-inf")
-        if not text.is_greedy:
+        if image_first and not out and max_images > 0:
+            token = vocab.boi
+        elif not text.is_greedy:
             probs = torch.softmax(scale_by_temperature(logits, text.temperature), -1)
             token = int(torch.multinomial(probs, 1, generator=generator))
         else:

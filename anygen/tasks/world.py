@@ -28,7 +28,8 @@ class PlanFormat(Protocol):
     `seen` says what the source shows, `plan` what the edit will draw. The sampler forces
     `lead`, allows `budget` text tokens before the picture, re-plans with `seen_prompt(seen)`
     as the prompt of the `reasoned_text` task, and keeps a picture whose caption
-    `follows` its text.
+    `follows` its text. `refusal` turns down an edit whose instruction names an object the
+    source does not hold, or that would change nothing (`anygen.api.options.EditOptions.refuse`).
     """
 
     lead: str  # every plan text starts with it
@@ -45,6 +46,11 @@ class PlanFormat(Protocol):
 
     def follows(self, text: str, caption: str) -> bool:
         """Whether a picture whose caption is `caption` shows what `text` planned."""
+
+    def refusal(self, instruction: str, seen: str, plan: str | None = None) -> str | None:
+        """Why an edit by `instruction` should be refused, or None: `seen` is the model's caption of
+        the source, `plan` the plan part of a reasoned edit's text (None for a plain edit). Optional:
+        a plan format without it refuses nothing."""
 
 
 class TaskSource(Protocol):

@@ -59,7 +59,7 @@ def cmd_eval_shapes(args) -> None:
         raise AnygenError(f"--n: must be >= 1, got {args.n}")
     draw = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                        best_of=args.best_of)
-    edit = edit_options_of(args, "edit-")
+    edit = edit_options_of(args, "edit-", refuse=False)  # the edit suite scores pictures; `--only refuse` scores refusals
     story = StoryOptions(best_of=args.story_best_of, reason=args.story_reason, sentences=args.story_sentences,
                          plan_in_words=args.story_plan_in_words)
     draw_settings = {}
@@ -86,8 +86,8 @@ class _WithOptions:
     def draw_batch(self, texts, seed=0):
         return self.model.draw_batch(texts, seed=seed, options=self.draw, **self.draw_settings)
 
-    def edit_batch(self, images, instructions, seed=0):
-        return self.model.edit_batch(images, instructions, seed=seed, options=self.edit)
+    def edit_batch(self, images, instructions, seed=0, **options):
+        return self.model.edit_batch(images, instructions, seed=seed, options=self.edit, **options)
 
     def edit_batch_with_reasoning(self, images, instructions, seed=0):
         return self.model.edit_batch_with_reasoning(images, instructions, seed=seed, options=self.edit)
@@ -127,7 +127,9 @@ def add_commands(sub, ev_sub) -> None:
     p.add_argument("--n", type=int, default=200, help="samples per task (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", help="comma-separated subset of t2i,i2t,edit,t2a,a2t,story (the default), or "
-                                  "plan: the reasoned edit's plan in words alone (models trained with reasoned_text)")
+                                  "plan: the reasoned edit's plan in words alone (models trained with reasoned_text), "
+                                  "or refuse: edits of absent objects and no-op edits refused, valid ones let through "
+                                  "(with --edit-reason: reasoned edits)")
     p.add_argument("--sample-images", action="store_true", dest="sample_images",
                    help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",

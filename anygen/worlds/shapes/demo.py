@@ -66,7 +66,8 @@ def build_demo(generator, seed: int = 0, progress=print) -> tuple[str, dict]:
     # one edit of each kind: the model says what it sees and will draw (re-planned in words), draws it 8 times
     # and keeps a picture that shows its plan (README: the most accurate setting after best of 16)
     results = generator.edit_batch_with_reasoning(sources, [e.instruction for e in edits], seed=seed, best_of=8,
-                                                  plan_in_words=True, greedy_plan=True)
+                                                  plan_in_words=True, greedy_plan=True,
+                                                  refuse=False)  # the world's own edits: the page shows each
     cells = []
     for e, source, (edited, reasoning) in zip(edits, sources, results):
         said = f"after: “{e.instruction}” (the model's reasoning: “{reasoning}”)"

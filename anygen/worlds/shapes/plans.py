@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from anygen.worlds.shapes.world import Scene, parse_caption, parse_slots
+from anygen.worlds.shapes.world import Scene, apply_instruction, edit_refusal, parse_caption, parse_slots
 
 REASON_LEAD = "before"  # every reasoned edit's text starts with it (the sampler forces it)
 PLAN_TURN = " after "  # between what the source shows and the plan (scene, object and slots forms)
@@ -80,6 +80,26 @@ def planned_scene(text: str) -> Scene | None:
     return parse_caption(parts[1]) or parse_slots(parts[1])
 
 
+def _scene_of(text: str) -> Scene | None:
+    return parse_caption(text) or parse_slots(text)
+
+
+def refusal(instruction: str, seen: str, plan: str | None = None) -> str | None:
+    """Why an edit should be refused, given what the source shows (`seen`: a caption, or the
+    `before` part of a `scene` or `slots` reasoning) and optionally the edit's plan (the `after`
+    part of one): the instruction names an object `seen` does not hold, or would change nothing
+    (`edit_refusal`); or, for an instruction that is no valid change of `seen` in the world's
+    grammar, a plan that draws `seen` unchanged. None when `seen` does not parse (nothing is known)."""
+    scene = _scene_of(seen)
+    if scene is None:
+        return None
+    if (why := edit_refusal(scene, instruction)) is not None:
+        return why
+    if plan is not None and apply_instruction(scene, instruction) is None and _scene_of(plan) == scene:
+        return "nothing would change: the plan draws the image as it is"
+    return None
+
+
 def follows_plan(reasoning: str, caption: str) -> bool:
     """Whether a caption of a reasoned edit's picture names the scene its reasoning planned
     (`planned_scene`); False where either does not parse."""
@@ -91,7 +111,8 @@ def follows_plan(reasoning: str, caption: str) -> bool:
 class ShapesPlanFormat:
     """`anygen.tasks.world.PlanFormat` of ShapesWorld's `scene`, `object` and `slots` forms:
     `before <seen> after <plan>`; a picture follows its plan when its caption parses to the
-    scene the plan names (`scene` and `slots` forms)."""
+    scene the plan names (`scene` and `slots` forms); an edit is refused (`refusal`) by what
+    `seen` (a caption) says the source holds and the plan of a `scene` or `slots` text."""
 
     lead: str = REASON_LEAD
     budget: int = REASONING_BUDGET
@@ -107,3 +128,6 @@ class ShapesPlanFormat:
 
     def follows(self, text: str, caption: str) -> bool:
         return follows_plan(text, caption)
+
+    def refusal(self, instruction: str, seen: str, plan: str | None = None) -> str | None:
+        return refusal(instruction, seen, plan)

@@ -31,7 +31,16 @@ Metrics
   (same_colour_shape), or are wrong otherwise (other) (`plan_mistake`).
 - story.image_coherence: share of story images whose judged scene equals the scene the text
   so far describes (opening caption, then each sentence applied as an edit);
-  story.text_validity: share of sentences after the opening that are valid edits.
+  story.text_validity: share of sentences after the opening that are valid edits;
+  story.opening_kept: share of stories whose text before the first picture is the opening as given.
+- refuse.* (`--only refuse`, `n` absent-object edits, `n // 2` no-op edits, `n // 2` valid edits of
+  each kind, one at a time): refuse.absent.refused / refuse.noop.refused: share of the edits that
+  name a colour-shape pair the scene does not hold / that would change nothing which the generator
+  refuses (`EditRefused` from `generator.edit_batch(..., refuse=True)`); refuse.valid.refused: share of
+  valid edits wrongly refused; refuse.valid.same_image: share of the valid edits let through whose
+  picture equals the one drawn with `refuse=False`; refuse.seconds_per_edit.{checked,unchecked}: wall
+  time of a valid edit with and without the check. The edit suite scores pictures: `anygen eval
+  shapes` runs it with refuse off.
 """
 
 from __future__ import annotations
@@ -43,15 +52,18 @@ from collections import defaultdict
 
 import numpy as np
 
-from anygen.worlds.shapes.world import (EDIT_KINDS, Scene, ShapesWorld, WorldConfig, apply_instruction, melody_text,
-                                parse_caption, parse_melody_text, render_melody, render_scene)
+from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS, SIZES, Scene, ShapesWorld,
+                                        WorldConfig, apply_instruction, melody_text, parse_caption,
+                                        parse_melody_text, refer, render_melody, render_scene)
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.worlds.shapes.judges import judge_image, judge_melody
 
 ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
 SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
-EXTRA_SUITES = ("plan",)  # on request (`--only plan`): needs a model trained with reasoned_text
+EXTRA_SUITES = ("plan", "refuse")  # on request: plan needs a model trained with reasoned_text
+NOOP_KINDS = ("recolor", "resize", "move", "add")  # edits that would change nothing: same colour/size/cell/object
+ABSENT_KINDS = ("recolor", "resize", "move", "remove")  # edits of an object the scene does not hold
 
 
 def score_scene(target: Scene, judged: Scene | None) -> dict[str, float]:
@@ -143,6 +155,60 @@ def story_scores(document) -> tuple[list[bool], list[bool]]:
             scene = new
         images_ok.append(scene is not None and judge_image(seg.image) == scene)
     return images_ok, texts_ok
+
+
+def opening_of(document) -> str:
+    """The text of a story Document before its first picture, stripped."""
+    text = ""
+    for seg in document:
+        if isinstance(seg, Image):
+            break
+        if isinstance(seg, Text):
+            text += seg.text
+    return text.strip()
+
+
+def absent_edit(world, rng) -> tuple[Scene, str]:
+    """A scene and an instruction that names a colour-shape pair the scene does not hold."""
+    scene = world.sample_scene(rng)
+    pairs = [p for p in ALL_PAIRS if p not in scene.pairs]
+    pair = pairs[rng.integers(len(pairs))]
+    kind = ABSENT_KINDS[rng.integers(len(ABSENT_KINDS))]
+    free = [POSITIONS[c] for c in range(9) if c not in scene.cells]
+    if kind == "recolor":
+        return scene, f"make the {pair} {[c for c in COLORS if c not in pair.split()][rng.integers(len(COLORS) - 1)]}"
+    if kind == "resize":
+        size = SIZES[rng.integers(len(SIZES))]
+        return scene, f"make the {size} {pair} {SIZES[1 - SIZES.index(size)]}"
+    if kind == "move":
+        return scene, f"move the {pair} to the {free[rng.integers(len(free))]}"
+    return scene, f"remove the {pair}"
+
+
+def noop_edit(world, rng) -> tuple[Scene, str]:
+    """A scene and an instruction that would leave it as it is (`NOOP_KINDS`)."""
+    scene = world.sample_scene(rng)
+    obj = scene.objects[rng.integers(len(scene.objects))]
+    kind = NOOP_KINDS[rng.integers(len(NOOP_KINDS))]
+    if kind == "recolor":
+        return scene, f"make the {refer(scene, obj)} {obj.color}"
+    if kind == "resize":
+        return scene, f"make the {refer(scene, obj, with_size=True)} {obj.size}"
+    if kind == "move":
+        return scene, f"move the {refer(scene, obj)} to the {obj.position}"
+    return scene, f"add a {obj.size} {obj.pair} at the {obj.position}"
+
+
+def _refused(generator, scene: Scene, instruction: str, seed: int):
+    """(refused, picture or None, seconds) of one edit with refusal on."""
+    from anygen.api.editing import EditRefused
+
+    start = time.perf_counter()
+    try:
+        [image] = generator.edit_batch([render_scene(scene)], [instruction], seed=seed, refuse=True)
+    except EditRefused:
+        return True, None, time.perf_counter() - start
+    return False, image, time.perf_counter() - start
 
 
 PLAN_MISTAKES = ("same_colour", "same_shape", "same_colour_shape", "other")
@@ -268,6 +334,29 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
         if reason_form == "slots":
             results.update({f"plan.wrong.{m}": count / (n * len(edit_kinds)) for m, count in mistakes.items()})
 
+    if "refuse" in suites:
+        for name, edits in (("absent", [absent_edit(world, rng) for _ in range(n)]),
+                            ("noop", [noop_edit(world, rng) for _ in range(max(n // 2, 1))])):
+            results[f"refuse.{name}.refused"] = float(np.mean(
+                [_refused(generator, scene, ins, seed + i)[0] for i, (scene, ins) in enumerate(edits)]))
+            tick(f"refuse {name}")
+        refused, same, checked, unchecked = [], [], 0.0, 0.0
+        valid = [e for _, edits in _edits_by_kind(world, rng, max(n // 2, 1), EDIT_KINDS) for e in edits]
+        for i, e in enumerate(valid):
+            no, image, seconds = _refused(generator, e.source, e.instruction, seed + i)
+            start = time.perf_counter()
+            [plain] = generator.edit_batch([render_scene(e.source)], [e.instruction], seed=seed + i, refuse=False)
+            unchecked += time.perf_counter() - start
+            checked += seconds
+            refused.append(no)
+            if not no:
+                same.append(np.array_equal(np.asarray(image), np.asarray(plain)))
+        results["refuse.valid.refused"] = float(np.mean(refused))
+        results["refuse.valid.same_image"] = float(np.mean(same)) if same else 0.0
+        results["refuse.seconds_per_edit.checked"] = checked / len(valid)
+        results["refuse.seconds_per_edit.unchecked"] = unchecked / len(valid)
+        tick("refuse valid")
+
     if "t2a" in suites or "a2t" in suites:
         melodies = [world.sample_melody(rng) for _ in range(n)]
         if "t2a" in suites:
@@ -284,14 +373,17 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             tick("a2t")
 
     if "story" in suites:
-        images_ok, texts_ok = [], []
+        images_ok, texts_ok, kept = [], [], 0
         for i in range(n):
             opening = world.sample_scene(rng).caption()
-            a, b = story_scores(generator.story(opening, n_steps=story_steps, seed=seed + i))
+            document = generator.story(opening, n_steps=story_steps, seed=seed + i)
+            a, b = story_scores(document)
             images_ok += a or [False]
             texts_ok += b
+            kept += opening_of(document) == opening
         results["story.image_coherence"] = float(np.mean(images_ok))
         results["story.text_validity"] = float(np.mean(texts_ok)) if texts_ok else 0.0
+        results["story.opening_kept"] = kept / n
         tick("story")
     return results
 

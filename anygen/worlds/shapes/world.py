@@ -45,7 +45,8 @@ from anygen.document import Audio, Document, Image, Text
 __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
     "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center",
-    "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "narrate",
+    "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "edit_refusal",
+    "narrate",
     "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
     "Story",
     "WorldConfig", "ShapesWorld", "scene_document", "edit_document", "melody_document", "story_document",
@@ -286,15 +287,20 @@ def refer(scene: Scene, obj: Obj, with_size: bool = False) -> str:
     return f"{prefix}{obj.pair} at the {obj.position}"
 
 
-def resolve(scene: Scene, ref: str) -> Obj | None:
-    """The one object of `scene` that `ref` (``[size] color shape [at the position]``) names, else None."""
+def _named(scene: Scene, ref: str) -> list[Obj] | None:
+    """Every object of `scene` that `ref` (``[size] color shape [at the position]``) fits, or None
+    when `ref` is not such a name (``it``, a typo)."""
     m = _REF_RE.fullmatch(ref.strip())
     if m is None:
         return None
     size, color, shape, pos = m.groups()
-    matches = [o for o in scene.objects
-               if o.color == color and o.shape == shape and (size is None or o.size == size)
-               and (pos is None or o.position == pos)]
+    return [o for o in scene.objects if o.color == color and o.shape == shape and (size is None or o.size == size)
+            and (pos is None or o.position == pos)]
+
+
+def resolve(scene: Scene, ref: str) -> Obj | None:
+    """The one object of `scene` that `ref` (``[size] color shape [at the position]``) names, else None."""
+    matches = _named(scene, ref) or []
     return matches[0] if len(matches) == 1 else None
 
 
@@ -356,33 +362,65 @@ def _replace_obj(scene: Scene, old: Obj, new: Obj | None) -> Scene | None:
         return None
 
 
+def _parse_instruction(instruction: str) -> tuple[str, tuple[str, ...]] | None:
+    """(kind, groups) of an edit instruction (imperative or story narration, `_INSTRUCTION_RES`), else None."""
+    text = _normalize(instruction)
+    for kind, pattern in _INSTRUCTION_RES:
+        if (m := pattern.fullmatch(text)) is not None:
+            return kind, m.groups()
+    return None
+
+
 def apply_instruction(scene: Scene, instruction: str) -> Scene | None:
     """Scene after an edit instruction (imperative or story narration); None if the text is not a
     valid, unambiguous edit of `scene` that changes it."""
-    text = _normalize(instruction)
-    for kind, pattern in _INSTRUCTION_RES:
-        m = pattern.fullmatch(text)
-        if m is None:
-            continue
-        if kind == "add":
-            size, color, shape, pos = m.groups()
-            cell = POSITIONS.index(pos)
-            if cell in scene.cells:
-                return None
-            return _replace_obj(scene, None, Obj(shape, color, size, cell))  # type: ignore[arg-type]
-        obj = resolve(scene, m.group(1))
-        if obj is None:
+    if (parsed := _parse_instruction(instruction)) is None:
+        return None
+    kind, groups = parsed
+    if kind == "add":
+        size, color, shape, pos = groups
+        cell = POSITIONS.index(pos)
+        if cell in scene.cells:
             return None
-        if kind == "remove":
-            return _replace_obj(scene, obj, None)
-        if kind == "move":
-            cell = POSITIONS.index(m.group(2))
-            if cell in scene.cells:
-                return None
-            return _replace_obj(scene, obj, replace(obj, cell=cell))
-        value = m.group(2)  # make: a colour or a size
-        new = replace(obj, color=value) if value in COLORS else replace(obj, size=value)
-        return None if new == obj else _replace_obj(scene, obj, new)
+        return _replace_obj(scene, None, Obj(shape, color, size, cell))  # type: ignore[arg-type]
+    obj = resolve(scene, groups[0])
+    if obj is None:
+        return None
+    if kind == "remove":
+        return _replace_obj(scene, obj, None)
+    if kind == "move":
+        cell = POSITIONS.index(groups[1])
+        if cell in scene.cells:
+            return None
+        return _replace_obj(scene, obj, replace(obj, cell=cell))
+    value = groups[1]  # make: a colour or a size
+    new = replace(obj, color=value) if value in COLORS else replace(obj, size=value)
+    return None if new == obj else _replace_obj(scene, obj, new)
+
+
+def edit_refusal(scene: Scene, instruction: str) -> str | None:
+    """Why `instruction` (imperative or narrative) cannot edit `scene`: the object it names is not
+    in the scene (``the image holds no yellow circle``), or the edit would change nothing (``the red
+    circle is already red``). None otherwise: a valid edit, text that is not an edit instruction,
+    or an object named ambiguously."""
+    if (parsed := _parse_instruction(instruction)) is None:
+        return None
+    kind, groups = parsed
+    if kind == "add":
+        size, color, shape, pos = groups
+        if scene.at(POSITIONS.index(pos)) == Obj(shape, color, size, POSITIONS.index(pos)):
+            return f"nothing would change: a {size} {color} {shape} is already at the {pos}"
+        return None
+    ref, named = groups[0], _named(scene, groups[0])
+    if named is None or len(named) > 1:
+        return None
+    if not named:
+        return f"the image holds no {ref}"
+    obj = named[0]
+    if kind == "move" and obj.position == groups[1]:
+        return f"nothing would change: the {ref} is already at the {obj.position}"
+    if kind == "make" and groups[1] in (obj.color, obj.size):
+        return f"nothing would change: the {ref} is already {groups[1]}"
     return None
 
 
