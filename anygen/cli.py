@@ -119,8 +119,10 @@ def cmd_generate(args) -> None:
 def cmd_draw(args) -> None:
     from anygen.api.options import DrawOptions
 
+    if args.greedy and _settings(args):
+        raise AnygenError("--greedy draws the most likely codes: drop --temperature/--top-k/--top-p")
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
-                          best_of=args.best_of)
+                          best_of=args.best_of, greedy=True if args.greedy else None)
     images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -354,12 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
     p.add_argument("--out", default="out/generate", help="output directory (default out/generate)")
-    p.add_argument("--max-new-tokens", type=int, default=512, dest="max_new_tokens")
+    p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
+                   help="new tokens at most (default: 512, or the room the prompt leaves in the model's context "
+                        "when less; more than that room is an error)")
     sampling_args(p)
     p.set_defaults(func=cmd_generate)
     p = gen_parser("draw", "text -> image(s)", "text", "what to draw")
     p.add_argument("--out", default="out/draw.png", help="output PNG (with --n > 1: NAME_i.png)")
-    p.add_argument("--n", type=int, default=1, help="number of images (batched)")
+    p.add_argument("--n", type=int, default=1,
+                   help="number of images (batched): one is the most likely image (greedy); several are sampled, "
+                        "different images (the model's recommended image temperature/top-k, else 1 and 64)")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy codes for every image, also with --n > 1 (the same as --temperature 0)")
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
                    help="classifier-free guidance, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
     p.add_argument("--num-inference-steps", type=int, default=None, dest="num_inference_steps",
