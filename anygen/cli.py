@@ -240,6 +240,16 @@ def _world_regions(worlds):
     return None
 
 
+def cmd_recommend(args) -> None:
+    from anygen.api import model_meta
+    from anygen.api.capabilities import write_recommended
+    from anygen.config import apply_overrides
+
+    if args.values:
+        write_recommended(args.directory, apply_overrides({}, args.values))
+    print_json(model_meta(args.directory).get("recommended", {}))
+
+
 # ---- benchmarks --------------------------------------------------------------------------
 def cmd_bench_sample(args) -> None:
     from anygen.sampling.bench import format_sample_bench, run_sample_bench
@@ -400,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "image", "source image file")
     p.add_argument("target", help="edited image file")
     p.set_defaults(func=cmd_describe_edit)
+
+    p = sub.add_parser("recommend", help="record a model's recommended guidance and image sampling",
+                       description="Write the defaults a model uses where the user sets none into its "
+                                   "anygen_decoder.json (\"recommended\"; replaces the record), then print it; "
+                                   "with no KEY=VALUE, only print it. Measure them first, e.g. with `anygen eval`. "
+                                   "Keys: guidance_scale (text->image guidance), image.temperature, image.top_k, "
+                                   "image.top_p, image.min_p (how draw samples images for --n > 1).")
+    p.add_argument("directory", help="model directory")
+    p.add_argument("values", nargs="*", help="KEY=VALUE, e.g. guidance_scale=3 image.temperature=1 image.top_k=64")
+    p.set_defaults(func=cmd_recommend)
 
     # benchmarks
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="action", metavar="ACTION",

@@ -202,3 +202,13 @@ def test_generate_default_budget_fits_the_context(model_dir):
         gen.generate("a red circle", max_new_tokens=gen.context)
     with pytest.raises(AnygenError, match="exceeds the model's context"):
         gen.generate(" ".join(["red"] * gen.context))
+
+
+def test_cli_recommend_writes_prints_and_refuses_bad_values(model_dir, tmp_path, capsys):
+    d = with_meta(model_dir, tmp_path)
+    assert cli_main(["recommend", str(d), "guidance_scale=3", "image.temperature=1", "image.top_k=64"]) == 0
+    assert json.loads(capsys.readouterr().out)["image"]["top_k"] == 64
+    assert load_model(d).capabilities.recommended.guidance_scale == 3.0
+    assert cli_main(["recommend", str(d), "image.top_k=-2"]) == 2
+    assert "top_k" in capsys.readouterr().err
+    assert cli_main(["recommend", str(d)]) == 0 and json.loads(capsys.readouterr().out)["guidance_scale"] == 3.0
