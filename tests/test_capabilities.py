@@ -169,7 +169,8 @@ def test_recommended_defaults_apply_unless_the_caller_sets_them(model_dir, tmp_p
     gen.draw("a red circle", n=2, guidance_scale=1.0, image=SamplingSettings(temperature=1.0, top_k=9))
     gen.draw("a red circle")
     recommended, explicit, one = rec.configs
-    assert recommended.guidance_scales == (3.0,) and (recommended.image.temperature, recommended.image.top_k) == (0.7, 5)
+    assert recommended.guidance_scales == (3.0,)
+    assert (recommended.image.temperature, recommended.image.top_k) == (0.7, 5)
     assert explicit.guidance_scales == (1.0,) and (explicit.image.temperature, explicit.image.top_k) == (1.0, 9)
     assert one.guidance_scales == (3.0,) and one.image.is_greedy
 

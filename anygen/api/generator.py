@@ -133,7 +133,8 @@ class AnyGen:
         if "image" not in settings and options.greedy is True:
             settings["image"] = replace(s.config.image, greedy=True)
         elif "image" not in settings and (options.greedy is False or options.best_of > 1):
-            settings["image"] = replace(recommended.image or SAMPLED_IMAGE, keep_threshold=s.config.image.keep_threshold)
+            settings["image"] = replace(recommended.image or SAMPLED_IMAGE,
+                                        keep_threshold=s.config.image.keep_threshold)
         scale = 1.0 if options.guidance_scale is None else options.guidance_scale
         uncond = s.null_prompt("text_to_image")
         prompts = []

@@ -776,8 +776,9 @@ class Trainer:
     def _summarise(self, stopped: str, model: Path) -> None:
         """`out_dir/summary.json`: why and at which step the run stopped; a budget stop is also printed."""
         t = self.cfg.train
-        summary = {"stopped": stopped, "step": self.step, "steps": t.steps, "time_budget_minutes": t.time_budget_minutes,
-                   "wall_s": round(self.budget.elapsed(), 1), "skipped": self.skipped, "model": str(model)}
+        summary = {"stopped": stopped, "step": self.step, "steps": t.steps,
+                   "time_budget_minutes": t.time_budget_minutes, "wall_s": round(self.budget.elapsed(), 1),
+                   "skipped": self.skipped, "model": str(model)}
         if self.acc.is_main_process:
             with writing(self.out / "summary.json"):
                 atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
