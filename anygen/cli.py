@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true",
                    help="greedy codes for every image, also with --n > 1 (the same as --temperature 0)")
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
-                   help="classifier-free guidance, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
+                   help="classifier-free guidance, 1 = none (default: the model's recommended scale, else 1 for a "
+                        "tokens-head model, 3 for a diffusion head)")
     p.add_argument("--num-inference-steps", type=int, default=None, dest="num_inference_steps",
                    help="denoising steps of a diffusion-head model (default 25)")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
