@@ -172,8 +172,10 @@ def cmd_draw(args) -> None:
     out, settings = out_file(args.out, IMAGE_SUFFIXES), sampling_flags(args)
     check_text(args.text)
     check_int(args.n, "--n", 1, MAX_ROWS)
+    if args.greedy and settings:
+        raise AnygenError("--greedy draws the most likely codes: drop --temperature/--top-k/--top-p")
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
-                          best_of=args.best_of)
+                          best_of=args.best_of, greedy=True if args.greedy else None)
     images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **settings)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths):
@@ -315,6 +317,16 @@ def _world_regions(worlds):
     return None
 
 
+def cmd_recommend(args) -> None:
+    from anygen.api import model_meta
+    from anygen.api.capabilities import write_recommended
+    from anygen.config import apply_overrides
+
+    if args.values:
+        write_recommended(args.directory, apply_overrides({}, args.values))
+    print_json(model_meta(args.directory).get("recommended", {}))
+
+
 # ---- benchmarks --------------------------------------------------------------------------
 def cmd_bench_sample(args) -> None:
     from anygen.sampling.bench import format_sample_bench, run_sample_bench
@@ -431,14 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
     p.add_argument("--out", default="out/generate", help="output directory (default out/generate)")
-    p.add_argument("--max-new-tokens", type=int, default=512, dest="max_new_tokens")
+    p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
+                   help="new tokens at most (default: 512, or the room the prompt leaves in the model's context "
+                        "when less; more than that room is an error)")
     sampling_args(p)
     p.set_defaults(func=cmd_generate)
     p = gen_parser("draw", "text -> image(s)", "text", "what to draw")
     p.add_argument("--out", default="out/draw.png", help="output PNG (with --n > 1: NAME_i.png)")
-    p.add_argument("--n", type=int, default=1, help="number of images (batched)")
+    p.add_argument("--n", type=int, default=1,
+                   help="number of images (batched): one is the most likely image (greedy); several are sampled, "
+                        "different images (the model's recommended image temperature/top-k, else 1 and 64)")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy codes for every image, also with --n > 1 (the same as --temperature 0)")
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
-                   help="classifier-free guidance, 1 = none (default: 1 for a tokens-head model, 3 for a diffusion head)")
+                   help="classifier-free guidance, 1 = none (default: the model's recommended scale, else 1 for a "
+                        "tokens-head model, 3 for a diffusion head)")
     p.add_argument("--num-inference-steps", type=int, default=None, dest="num_inference_steps",
                    help="denoising steps of a diffusion-head model (default 25)")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",
@@ -472,6 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "image", "source image file")
     p.add_argument("target", help="edited image file")
     p.set_defaults(func=cmd_describe_edit)
+
+    p = sub.add_parser("recommend", help="record a model's recommended guidance and image sampling",
+                       description="Write the defaults a model uses where the user sets none into its "
+                                   "anygen_decoder.json (\"recommended\"; replaces the record), then print it; "
+                                   "with no KEY=VALUE, only print it. Measure them first, e.g. with `anygen eval`. "
+                                   "Keys: guidance_scale (text->image guidance), image.temperature, image.top_k, "
+                                   "image.top_p, image.min_p (how draw samples images for --n > 1).")
+    p.add_argument("directory", help="model directory")
+    p.add_argument("values", nargs="*", help="KEY=VALUE, e.g. guidance_scale=3 image.temperature=1 image.top_k=64")
+    p.set_defaults(func=cmd_recommend)
 
     # benchmarks
     bench = sub.add_parser("bench", help="speed benchmarks").add_subparsers(dest="action", metavar="ACTION",

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from anygen.api.capabilities import Capabilities
 from anygen.errors import AnygenError
 from anygen.sampling.engine import generate
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
@@ -32,10 +33,14 @@ def greedy_config() -> GenerationConfig:
 
 
 class Session:
-    """A loaded decoder and tokenizer with the sampling primitives of every task."""
+    """A loaded decoder and tokenizer with the sampling primitives of every task.
 
-    def __init__(self, model, tokenizer, config: GenerationConfig | None = None, sampler: Sampler | None = None):
+    `capabilities` (the tasks the model learned): building a prompt for any other task is an error."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig | None = None, sampler: Sampler | None = None,
+                 capabilities: Capabilities | None = None):
         self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
+        self.capabilities = capabilities or Capabilities()
         self.config = config or greedy_config()
         self.sampler = sampler or generate
         self.context = int(getattr(model.config, "max_position_embeddings", DEFAULT_CONTEXT))
@@ -61,11 +66,13 @@ class Session:
 
     # -- prompts --
     def prompt(self, task: str, **inputs) -> list[int]:
-        """The ids before `task`'s output (`anygen.tasks.layouts.task_prompt`)."""
+        """The ids before `task`'s output (`anygen.tasks.layouts.task_prompt`); the model must know `task`."""
+        self.capabilities.require(task)
         return layouts.task_prompt(self.tokenizer, task, **inputs)
 
     def null_prompt(self, task: str, **inputs) -> list[int]:
-        """`task`'s unconditional prompt (`anygen.tasks.layouts.null_condition_prompt`)."""
+        """`task`'s unconditional prompt (`anygen.tasks.layouts.null_condition_prompt`); the model must know `task`."""
+        self.capabilities.require(task)
         return layouts.null_condition_prompt(self.tokenizer, task, **inputs)
 
     # -- sampling and reading results --

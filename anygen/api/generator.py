@@ -9,10 +9,12 @@ models). Keyword arguments that are not an option of the method are sampling set
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from PIL import Image as PILImage
 
+from anygen.api.capabilities import SAMPLED_IMAGE, Capabilities, edit_tasks, story_tasks
 from anygen.api.core import Session
 from anygen.api.diffusion import DiffusionImages
 from anygen.api.editing import Editor
@@ -26,6 +28,7 @@ from anygen.sampling.engine import Prompt
 from anygen.sampling.settings import GenerationConfig, check_seed
 
 MAX_ROWS = 4096  # images, edits or captions of one call; larger work belongs in a loop over calls
+GENERATE_TOKENS = 512  # generate's default budget where the context leaves room for it
 
 
 class AnyGen:
@@ -36,14 +39,17 @@ class AnyGen:
     (caption, edit) need a tokens-head model. `plan_format` is the plan format of the model's
     world (`anygen.tasks.world.PlanFormat`), needed by reasoned edits; `sampler` replaces the
     sampling loop and `verifier` (a `Verifier` class) the likelihood scores best-of ranks by (seams for tests);
-    `meta` is what the model directory records (`anygen_decoder.json`).
+    `meta` is what the model directory records (`anygen_decoder.json`): a task the model was not
+    trained on (its `"tasks"`) is refused with a one-line error, and its `"recommended"` defaults
+    apply where the caller sets none (`anygen.api.capabilities`).
     """
 
     def __init__(self, model, tokenizer, config: GenerationConfig | None = None, diffusion=None,
                  plan_format=None, sampler=None, verifier: type[Verifier] = Verifier, meta: dict | None = None):
-        self.session = Session(model, tokenizer, config, sampler)
-        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
         self.meta = meta or {}
+        self.capabilities = Capabilities.of(self.meta)
+        self.session = Session(model, tokenizer, config, sampler, self.capabilities)
+        self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
         self.verifier = verifier(self.session)
         self.diffusion = DiffusionImages(self.session, diffusion) if diffusion is not None else None
         self.editor = Editor(self.session, plan_format, self.verifier)
@@ -58,9 +64,11 @@ class AnyGen:
         return self.editor.plan_format
 
     # ---- any document -----------------------------------------------------------------
-    def generate(self, prompt: Document | str, max_new_tokens: int = 512, seed: int | None = None,
+    def generate(self, prompt: Document | str, max_new_tokens: int | None = None, seed: int | None = None,
                  callback: Callable[[Document], None] | None = None, **settings) -> Document:
         """Continue any Document with interleaved text, images and audio; returns the continuation.
+        `max_new_tokens` (default: `GENERATE_TOKENS`, or the room the prompt leaves in the model's
+        context when that is less) must fit in that room, else a one-line error names both.
         `callback` receives each finished segment as a Document while sampling runs."""
         s = self.session
         if isinstance(prompt, str):
@@ -70,8 +78,12 @@ class AnyGen:
         if len(prompt) == 0:
             raise AnygenError("prompt is empty")
         prompt.check_size(max_text_chars=MAX_PROMPT_CHARS, what="prompt")  # before any encoding work
-        max_new_tokens, seed = check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed)
+        seed = check_seed(seed)
+        if max_new_tokens is not None:
+            max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1)
         ids = self.tokenizer.encode(prompt, eos=False)
+        if max_new_tokens is None:
+            max_new_tokens = max(1, min(GENERATE_TOKENS, s.context - len(ids)))  # none left: check_length says so
         s.check_length(ids, max_new_tokens)
         if self.diffusion is not None:
             return self.diffusion.generate(ids, max_new_tokens, seed, **settings)
@@ -84,22 +96,45 @@ class AnyGen:
     def draw(self, text: str, /, n: int = 1, seed: int | None = 0, options: DrawOptions | None = None,
              **settings) -> list[PILImage.Image]:
         """text -> n images, batched. Options (`DrawOptions`, or its fields as keywords):
-        guidance_scale, num_inference_steps (diffusion head), best_of."""
+        guidance_scale, num_inference_steps (diffusion head), best_of, greedy.
+
+        n = 1 draws the most likely image (greedy codes); n > 1 samples n different images (the
+        model's recommended image settings, else temperature 1 and top-k 64; each row has its own
+        random stream, so a seed still reproduces them). `greedy=True` keeps every image greedy,
+        `greedy=False` samples even one; explicit `image=SamplingSettings(...)` settings win over both
+        defaults (temperature 0 is greedy)."""
         n = check_int(n, "n", 1, MAX_ROWS)
+        options, settings = resolve(DrawOptions, options, settings)
+        if options.greedy is None and n > 1:
+            options = replace(options, greedy=False)
         return self.draw_batch([text] * n, seed=seed, options=options, **settings)
 
     def draw_batch(self, texts: Sequence[str], seed: int | None = 0, options: DrawOptions | None = None,
                    **settings) -> list[PILImage.Image]:
-        """One image per text, all rows sampled together."""
+        """One image per text, all rows sampled together: greedy codes unless `greedy=False` or, with
+        `greedy` unset, `best_of` > 1 (then sampled as `draw` with n > 1 samples; explicit
+        `image=...` settings win). Guidance: `guidance_scale`, else the model's recommended one,
+        else the image head's default."""
         options, settings = resolve(DrawOptions, options, settings)
         texts, seed = check_texts(texts), check_seed(seed)
         if len(texts) > MAX_ROWS:
             raise AnygenError(f"{len(texts)} prompts in one call, over the limit of {MAX_ROWS}")
+        self.capabilities.require("text_to_image")
+        if options.best_of > 1:
+            self.capabilities.require("image_to_text", why="best_of ranks pictures by their caption")
+        recommended = self.capabilities.recommended
+        if options.guidance_scale is None and recommended.guidance_scale is not None:
+            options = replace(options, guidance_scale=recommended.guidance_scale)
         if self.diffusion is not None:
             return self.diffusion.draw(texts, options, seed, **settings)
         if options.num_inference_steps is not None:
             raise AnygenError("num_inference_steps (denoising steps) applies to diffusion-head models only")
         s = self.session
+        if "image" not in settings and options.greedy is True:
+            settings["image"] = replace(s.config.image, greedy=True)
+        elif "image" not in settings and (options.greedy is False or options.best_of > 1):
+            settings["image"] = replace(recommended.image or SAMPLED_IMAGE,
+                                        keep_threshold=s.config.image.keep_threshold)
         scale = 1.0 if options.guidance_scale is None else options.guidance_scale
         uncond = s.null_prompt("text_to_image")
         prompts = []
@@ -185,6 +220,8 @@ class AnyGen:
 
     def _edits(self, images, instructions, seed, options, settings) -> list[tuple[PILImage.Image, str | None]]:
         options, settings = resolve(EditOptions, options, settings)
+        for task, why in edit_tasks(options):
+            self.capabilities.require(task, why=why)
         self.session.needs_token_images("edit", self.diffusion)
         images = self._rows(images, "image")
         instructions = check_texts(instructions, "instruction")
@@ -205,6 +242,7 @@ class AnyGen:
         instructions, seen = check_texts(instructions, "instruction"), check_texts(seen, "seen")
         if len(instructions) != len(seen):
             raise AnygenError(f"{len(instructions)} instructions but {len(seen)} descriptions of the source")
+        self.capabilities.require("reasoned_text")
         return self.editor.plan_edits(instructions, seen, check_int(max_new_tokens, "max_new_tokens", 1),
                                       check_seed(seed))
 
@@ -224,6 +262,8 @@ class AnyGen:
         Options: `StoryOptions` (or its fields as keywords): n_steps, best_of, reason, plan_in_words, sentences."""
         options, settings = resolve(StoryOptions, options, settings)
         opening, seed = check_text(opening, "opening"), check_seed(seed)
+        for task, why in story_tasks(options):
+            self.capabilities.require(task, why=why)
         if self.diffusion is None:
             return self.stories.write(opening, options, seed, **settings)
         if options.stepwise:

@@ -39,14 +39,17 @@ def _flag(value, name: str) -> bool:
 
 @dataclass(frozen=True)
 class DrawOptions:
-    """text -> image. `guidance_scale`: classifier-free guidance (None: 1 for the tokens head, the
-    diffusion head's default otherwise); `num_inference_steps`: denoising steps (diffusion head
-    only); `best_of`: candidates per image, the one under which the prompt is most likely as its
-    caption is kept (tokens head only)."""
+    """text -> image. `guidance_scale`: classifier-free guidance (None: the model's recommended
+    scale, else 1 for the tokens head, the diffusion head's default otherwise); `num_inference_steps`:
+    denoising steps (diffusion head only); `best_of`: candidates per image, the one under which the
+    prompt is most likely as its caption is kept (tokens head only); `greedy`: True draws the most
+    likely codes, False samples them, None decides by the call (`AnyGen.draw`: greedy for one image,
+    sampled for several)."""
 
     guidance_scale: float | None = None
     num_inference_steps: int | None = None
     best_of: int = 1
+    greedy: bool | None = None
 
     def __post_init__(self):
         if self.guidance_scale is not None:
@@ -54,6 +57,8 @@ class DrawOptions:
         if self.num_inference_steps is not None:
             _count(self.num_inference_steps, "num_inference_steps", 1, 1000)
         _count(self.best_of, "best_of", 1, MAX_BEST_OF)
+        if self.greedy is not None:
+            _flag(self.greedy, "greedy")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
 - Guards: `check_finite` (no saved weights hold NaN/Inf), `check_memory` (a decoder that cannot
   fit is refused before it is built), `writing` (a failed write is one line, not a traceback).
 - `flops_per_token`: training FLOPs of a decoder (6·N + attention).
+- `WallBudget`: a run's wall time across resumes against `train.time_budget_minutes`, and its ETA.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import math
 import os
 import random
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -91,6 +93,37 @@ def lr_at(step: int, cfg: OptimConfig, total: int, progress: float | None = None
         return cfg.lr
     t = min(1.0, (step - decay_start + 1) / max(1, total - decay_start))
     return cfg.lr + (lo - cfg.lr) * t
+
+
+# ---- wall-time budget ---------------------------------------------------------------------------
+class WallBudget:
+    """A run's wall time, counted across resumes (`elapsed_before`), against `minutes` (0: no budget).
+
+    With a budget the run is done when its steps are or its time is, whichever comes first, and
+    `progress` (what a cosine schedule follows) is the larger fraction. `clock` (seconds, monotonic)
+    is the seam tests replace to spend the budget without sleeping.
+    """
+
+    def __init__(self, minutes: float, elapsed_before: float = 0.0, clock: Callable[[], float] = time.monotonic):
+        self.budget_s, self.before, self.clock = float(minutes) * 60, float(elapsed_before), clock
+        self.start = clock()
+
+    def elapsed(self) -> float:
+        return self.before + self.clock() - self.start
+
+    def progress(self, step: int, steps: int) -> float:
+        p = step / steps
+        return max(p, self.elapsed() / self.budget_s) if self.budget_s > 0 else p
+
+    def spent(self) -> bool:
+        return self.budget_s > 0 and self.elapsed() >= self.budget_s
+
+    def eta(self, steps_left: int, seconds_per_step: float | None) -> float | None:
+        """Seconds until the run ends: the steps left at the measured pace, capped by the budget left."""
+        left = [steps_left * seconds_per_step] if seconds_per_step is not None else []
+        if self.budget_s > 0:
+            left.append(max(0.0, self.budget_s - self.elapsed()))
+        return min(left) if left else None
 
 
 # ---- RNG state ----------------------------------------------------------------------------------

@@ -16,6 +16,13 @@ Checkpoint `out_dir/checkpoints/step_XXXXXXXX/` (written to a temp dir, then ren
 `resume=True` restores all of it, so N steps + resume + N steps equals 2N steps
 (bitwise on CPU). The learning rate is a pure function of the step.
 
+`train.time_budget_minutes` > 0 also ends the run by wall time (counted across resumes), as
+the tokenizer trainer does: the cosine schedule follows max(step/steps, time used/budget), and
+when the time is spent the run stops cleanly after its current step with a checkpoint and the
+final model (`out_dir/model`, loadable). `out_dir/summary.json` says why the run stopped
+(`"stopped": "steps" | "stop_at" | "time_budget"`) and at which step; `--resume` with a larger
+budget (or 0) continues from that checkpoint. Budgeted runs are not bit-reproducible.
+
 A non-finite loss or gradient norm skips the update (weights and optimizer untouched)
 with a warning; `train.max_bad_steps` in a row abort with `TrainingDiverged`. Weights
 holding NaN or Inf are never saved, as a checkpoint or as the model.
@@ -44,6 +51,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -54,12 +62,14 @@ from anygen.model.positions import ImagePositions
 from anygen.model.decoder import (N_STATS, DecoderConfig, LossConfig, build_decoder, count_parameters,
                                   decoder_loss, forward_logits, save_decoder, stats_to_metrics)
 from anygen.threads import set_threads
-from anygen.training.common import (OptimConfig, RunLock, check_memory, count_nonfinite, flatten_optimizer,
+from anygen.training.common import (OptimConfig, RunLock, WallBudget, check_memory, count_nonfinite, flatten_optimizer,
                                     lock_run_dir, lr_at, refuse_existing_run, refuse_nonfinite, remove_stale_temps,
                                     rng_state, set_rng_state, trim_metrics, unflatten_optimizer, writing)
 from anygen.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
+# tqdm's bar without its own remaining-time estimate: the postfix's `eta` also honours the time budget
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
 
 class TrainingDiverged(AnygenError):
@@ -72,6 +82,7 @@ class TrainSection:
     out_dir: str = "runs/decoder"
     steps: int = 1000  # optimizer steps (each: grad_accum micro-batches per process)
     stop_at: int = 0  # stop (with a checkpoint) after this step in this invocation; 0 = run to `steps`
+    time_budget_minutes: float = 0.0  # > 0: the lr schedule and the run also end by wall time (not bit-reproducible)
     grad_accum: int = 1
     seed: int = 0
     mixed_precision: str = choice("auto", "no", "bf16")  # auto: bf16 on CUDA, fp32 on CPU
@@ -93,7 +104,7 @@ class TrainSection:
         check(bool(self.out_dir.strip()), "out_dir", "is required (the run directory)")
         for name in ("steps", "grad_accum", "log_every", "eval_batches", "keep_checkpoints", "max_bad_steps"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-        for name in ("stop_at", "threads", "eval_every", "save_every"):
+        for name in ("stop_at", "threads", "eval_every", "save_every", "time_budget_minutes"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(not self.train_only_new_rows or self.init_from, "train_only_new_rows", "needs train.init_from")
         check(not (self.init_weights and self.init_from), "init_weights", "cannot be combined with init_from")
@@ -394,8 +405,8 @@ class Trainer:
     """One training run; `run()` returns the final model directory."""
 
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, vocab: Vocab | None = None,
-                 train_data=None, eval_data=None, model=None):
-        self.cfg, self.resume = cfg, resume
+                 train_data=None, eval_data=None, model=None, clock: Callable[[], float] = time.monotonic):
+        self.cfg, self.resume, self.clock = cfg, resume, clock
         self.out = Path(cfg.train.out_dir)
         self._vocab, self._train_data, self._eval_data, self._model = vocab, train_data, eval_data, model
         self.lock: RunLock | None = None
@@ -490,7 +501,7 @@ class Trainer:
                     break
 
         # state
-        self.step, self.bad_in_row, self.skipped = 0, 0, 0
+        self.step, self.bad_in_row, self.skipped, self.elapsed_before = 0, 0, 0, 0.0
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.stream = _Stream(self.train_source)
@@ -568,6 +579,7 @@ class Trainer:
                 state = {"format_version": CHECKPOINT_FORMAT, "step": self.step, "data": data_state,
                          "rng": [meta for meta, _ in rngs],
                          "bad_in_row": self.bad_in_row, "skipped": self.skipped, "world_size": acc.num_processes,
+                         "elapsed_s": self.budget.elapsed(),
                          "distributed_type": acc.distributed_type.value, "config": to_dict(self.cfg)}
                 (tmp / "trainer_state.json").write_text(json.dumps(state))
             for old in checkpoints(self.out)[:-self.cfg.train.keep_checkpoints]:
@@ -601,6 +613,7 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer.optimizer, opt,
                                  options=StateDictOptions(full_state_dict=True))
         self.step, self.bad_in_row, self.skipped = state["step"], state["bad_in_row"], state.get("skipped", 0)
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.train_source.load_state_dict(state["data"])
         rank = self.acc.process_index
         if state["world_size"] == self.acc.num_processes:
@@ -627,8 +640,10 @@ class Trainer:
     def train_step(self) -> tuple[torch.Tensor, float, bool, int]:
         """One optimizer step over grad_accum micro-batches: (stats, grad_norm, applied, tokens)."""
         acc, accum = self.acc, self.cfg.train.grad_accum
+        steps = self.cfg.train.steps
+        progress = self.budget.progress(self.step, steps) if self.budget.budget_s > 0 else None
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg.optim, self.cfg.train.steps)
+            group["lr"] = lr_at(self.step, self.cfg.optim, steps, progress)
         stats = torch.zeros(N_STATS, dtype=torch.float64, device=acc.device)
         finite = torch.ones((), device=acc.device)
         tokens = 0
@@ -673,6 +688,13 @@ class Trainer:
         self.model.train()
         return stats_to_metrics(self.acc.reduce(stats, reduction="sum"))
 
+    def _out_of_time(self) -> bool:
+        """Whether the time budget is spent; every process gets the same answer (the slowest clock's)."""
+        spent = self.budget.spent()
+        if self.budget.budget_s > 0 and self.acc.num_processes > 1:
+            spent = bool(self.acc.reduce(torch.tensor(float(spent), device=self.acc.device), reduction="sum") > 0)
+        return spent
+
     def run(self) -> Path:
         from tqdm.auto import tqdm
 
@@ -680,12 +702,19 @@ class Trainer:
         cfg, acc = self.cfg, self.acc
         t = cfg.train
         end = min(t.steps, t.stop_at) if t.stop_at else t.steps
+        self.budget = WallBudget(t.time_budget_minutes, self.elapsed_before, self.clock)
+        started, first_step = self.clock(), self.step
+        saved = self.step if self.ckpt is not None else None  # the step of the newest checkpoint
         self.model.train()
         bar = tqdm(total=t.steps, initial=self.step, disable=not (t.progress and acc.is_main_process),
-                   desc="train", dynamic_ncols=True)
+                   desc="train", dynamic_ncols=True, bar_format=BAR_FORMAT)
+        postfix: dict[str, str] = {}
         window = torch.zeros(N_STATS, dtype=torch.float64, device=acc.device)
-        win_tokens, win_time, last_eval = 0, 0.0, None
+        win_tokens, win_time, last_eval, out_of_time = 0, 0.0, None, False
         while self.step < end:
+            if self._out_of_time():
+                out_of_time = True
+                break
             t0 = time.perf_counter()
             stats, norm, applied, tokens = self.train_step()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -705,26 +734,32 @@ class Trainer:
                                            f"lower optim.lr or raise optim.warmup_steps")
             win_tokens += tokens * acc.num_processes
             win_time += time.perf_counter() - t0
-            bar.update(1)
             if self.step % t.log_every == 0 or self.step == end:
                 m = stats_to_metrics(acc.reduce(window, reduction="sum"))
                 rec = {"step": self.step, "split": "train", "lr": lr, "grad_norm": norm,
                        "tokens_per_s": win_tokens / max(win_time, 1e-9), "skipped": self.skipped, **m}
                 self._log(rec)
-                bar.set_postfix({k: f"{rec[k]:.3f}" for k in ("loss", "loss_text", "loss_image", "loss_audio")
-                                 if k in rec} | {"tok/s": f"{rec['tokens_per_s']:.0f}"}, refresh=False)
+                postfix.update({k: f"{rec[k]:.3f}" for k in ("loss", "loss_text", "loss_image", "loss_audio")
+                                if k in rec} | {"tok/s": f"{rec['tokens_per_s']:.0f}"})
                 window.zero_()
                 win_tokens, win_time = 0, 0.0
+            eta = self.budget.eta(end - self.step, (self.clock() - started) / (self.step - first_step))
+            bar.set_postfix(postfix | {"eta": tqdm.format_interval(eta)}, refresh=False)
+            bar.update(1)
             if self.eval_batches and t.eval_every and self.step % t.eval_every == 0:
                 last_eval = self.step
                 self._log({"step": self.step, "split": "eval", **self.evaluate()})
             if (t.save_every and self.step % t.save_every == 0) or self.step == end:
                 self.save_checkpoint()
+                saved = self.step
         bar.close()
+        if out_of_time and saved != self.step:
+            self.save_checkpoint()
         if self.eval_batches and last_eval != self.step:
             self._log({"step": self.step, "split": "eval", **self.evaluate()})
         final = self.out / "model"
-        if self.step >= t.steps:
+        finished = self.step >= t.steps or out_of_time
+        if finished:
             state_dict = acc.get_state_dict(self.model)
             self._refuse_nonfinite(state_dict, final)
             if acc.is_main_process:
@@ -732,20 +767,38 @@ class Trainer:
                     save_decoder(self.raw, final, config=None if self.n_old else cfg.model, vocab=self.vocab,
                                  state_dict=state_dict, extra=self._model_extra(), tokenizer_dir=self.tokenizer_dir)
             acc.wait_for_everyone()
+        result = final if finished else checkpoints(self.out)[-1] / "model"
+        self._summarise("time_budget" if out_of_time else "steps" if self.step >= t.steps else "stop_at", result)
         if cfg.train.tensorboard:
             acc.end_training()
-        return final if self.step >= t.steps else checkpoints(self.out)[-1] / "model"
+        return result
+
+    def _summarise(self, stopped: str, model: Path) -> None:
+        """`out_dir/summary.json`: why and at which step the run stopped; a budget stop is also printed."""
+        t = self.cfg.train
+        summary = {"stopped": stopped, "step": self.step, "steps": t.steps,
+                   "time_budget_minutes": t.time_budget_minutes, "wall_s": round(self.budget.elapsed(), 1),
+                   "skipped": self.skipped, "model": str(model)}
+        if self.acc.is_main_process:
+            with writing(self.out / "summary.json"):
+                atomic_write_bytes(self.out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        if stopped == "time_budget":
+            self.acc.print(f"time budget of {t.time_budget_minutes:g} min spent: stopped at step {self.step} of "
+                           f"{t.steps} with a checkpoint; continue with --resume and a larger "
+                           f"train.time_budget_minutes (or 0)")
 
 
 def run_training(cfg: TrainConfig, *, resume: bool = False, vocab: Vocab | None = None, train_data=None,
-                 eval_data=None, model=None) -> Path:
+                 eval_data=None, model=None, clock: Callable[[], float] = time.monotonic) -> Path:
     """Train per `cfg`; returns the final model directory (or, with `train.stop_at`, the last checkpoint's).
 
     `vocab`, `train_data`, `eval_data` and `model` override what the recipe would build
-    (tests, callers with their own data). A single-process run resets accelerate's
+    (tests, callers with their own data); `clock` (monotonic seconds) is what
+    `train.time_budget_minutes` is measured by. A single-process run resets accelerate's
     process-wide state when it ends, so runs can follow one another in one process.
     """
-    trainer = Trainer(cfg, resume=resume, vocab=vocab, train_data=train_data, eval_data=eval_data, model=model)
+    trainer = Trainer(cfg, resume=resume, vocab=vocab, train_data=train_data, eval_data=eval_data, model=model,
+                      clock=clock)
     threads = torch.get_num_threads()
     try:
         return trainer.run()

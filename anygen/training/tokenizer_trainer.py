@@ -44,8 +44,9 @@ from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
 from anygen.training import common
 from anygen.threads import set_threads
-from anygen.training.common import (OptimConfig, holds_run, json_default, load_checkpoint, lock_run_dir,
-                                    refuse_existing_run, remove_stale_temps, save_checkpoint, trim_metrics, writing)
+from anygen.training.common import (OptimConfig, WallBudget, holds_run, json_default, load_checkpoint,
+                                    lock_run_dir, refuse_existing_run, remove_stale_temps, save_checkpoint,
+                                    trim_metrics, writing)
 from anygen.worlds import MEDIA_SOURCES
 
 # what `out/` holds that is written atomically (a killed write leaves `.NAME.*.tmp` or `.NAME.old.*`)
@@ -373,18 +374,15 @@ def _train_codec(recipe: TokenizerRecipe, cfg, out: Path, resume: bool, progress
     source = make_source(recipe.data, train.batch_size, train.seed, image_size=image_size, sample_rate=sample_rate)
     batches = source.batches(start=step)
 
-    start_time, start_cpu = time.time(), time.process_time()
-    budget_s = train.time_budget_minutes * 60
-
-    def elapsed() -> float:
-        return elapsed_before + time.time() - start_time
+    start_cpu = time.process_time()
+    budget = WallBudget(train.time_budget_minutes, elapsed_before)
+    elapsed = budget.elapsed
 
     def cpu() -> float:  # process CPU seconds: the honest cost on a shared machine
         return cpu_before + time.process_time() - start_cpu
 
     def progress_of(s: int) -> float:
-        p = s / train.steps
-        return max(p, elapsed() / budget_s) if budget_s > 0 else p
+        return budget.progress(s, train.steps)
 
     restore_sigterm = _checkpoint_on_sigterm()
     bar = tqdm(total=train.steps, initial=step, disable=not progress, dynamic_ncols=True, desc=f"train {out.name}")

@@ -229,3 +229,82 @@ def test_init_weights_deepens_a_decoder_without_changing_its_outputs(tmp_path):
     assert not layers[1].mlp.down_proj.weight.any() and layers[0].mlp.down_proj.weight.any()
     with pytest.raises(AnygenError, match="multiple"):
         _load_weights(build_decoder(DecoderConfig(n_layers=3, **small), VOCAB), tmp_path / "shallow", grow=True)
+
+
+class MinuteBatches(SyntheticBatches):
+    """Synthetic batches that each take one (fake) minute of the run's clock."""
+
+    def __init__(self, clock, *args, **kw):
+        super().__init__(*args, **kw)
+        self.clock = clock
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.clock.now += 60.0
+            yield batch
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_budget_stops_with_a_loadable_model_and_a_checkpoint_then_resumes(tmp_path):
+    from anygen.model.decoder import load_decoder
+
+    clock = FakeClock()
+    run = tmp_path / "budget"
+    cfg = load_train_config(None, recipe(tmp_path, "budget", ["train.steps=10", "train.save_every=0",
+                                                                 "train.time_budget_minutes=2.5"]))
+    out = run_training(cfg, train_data=MinuteBatches(clock, VOCAB, 32, 2, doc_len=(4, 20)), clock=clock)
+    # minutes 0, 1, 2 start a step; at 3 the 2.5-minute budget is spent
+    assert out == run / "model" and [p.name for p in checkpoints(run)] == ["step_00000003"]
+    assert json.loads((out / "anygen_decoder.json").read_text())["step"] == 3
+    load_decoder(out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "time_budget" and summary["step"] == 3 and summary["steps"] == 10
+    state = json.loads((checkpoints(run)[-1] / "trainer_state.json").read_text())
+    assert state["elapsed_s"] == pytest.approx(180.0)
+    # the cosine schedule followed the budget: lr at the last step is past the step-only value
+    lrs = [m["lr"] for m in metrics(run) if m["split"] == "train"]
+    assert lrs[-1] < lr_at(2, cfg.optim, 10)
+    reset_accelerate_state()
+    cfg = load_train_config(None, recipe(tmp_path, "budget", ["train.steps=10", "train.save_every=0"]))
+    out = run_training(cfg, resume=True, train_data=MinuteBatches(clock, VOCAB, 32, 2, doc_len=(4, 20)), clock=clock)
+    assert json.loads((out / "anygen_decoder.json").read_text())["step"] == 10
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped"] == "steps" and summary["step"] == 10
+    assert [m["step"] for m in metrics(run) if m["split"] == "train"] == list(range(1, 11))
+
+
+def test_a_spent_budget_on_resume_stops_at_once(tmp_path):
+    clock = FakeClock()
+    extra = ["train.steps=10", "train.save_every=0", "train.time_budget_minutes=1"]
+    run_training(load_train_config(None, recipe(tmp_path, "spent", extra)),
+                 train_data=MinuteBatches(clock, VOCAB, 32, 2, doc_len=(4, 20)), clock=clock)
+    reset_accelerate_state()
+    out = run_training(load_train_config(None, recipe(tmp_path, "spent", extra)), resume=True,
+                       train_data=MinuteBatches(clock, VOCAB, 32, 2, doc_len=(4, 20)), clock=clock)
+    assert json.loads((out / "anygen_decoder.json").read_text())["step"] == 1
+    assert [p.name for p in checkpoints(tmp_path / "spent")] == ["step_00000001"]
+
+
+def test_time_budget_must_not_be_negative():
+    with pytest.raises(ConfigError, match="train.time_budget_minutes"):
+        load_train_config(None, ["train.time_budget_minutes=-1", "data.kind=synthetic"])
+
+
+def test_wall_budget_eta_is_capped_by_the_budget():
+    from anygen.training.common import WallBudget
+
+    clock = FakeClock()
+    budget = WallBudget(2.0, elapsed_before=30.0, clock=clock)
+    clock.now += 30.0
+    assert budget.elapsed() == 60.0 and not budget.spent()
+    assert budget.eta(100, 1.0) == 60.0 and budget.eta(10, 1.0) == 10.0
+    assert WallBudget(0, clock=clock).eta(10, 2.0) == 20.0 and WallBudget(0, clock=clock).eta(10, None) is None
+    clock.now += 60.0
+    assert budget.spent() and budget.progress(1, 100) == 1.0
