@@ -80,8 +80,6 @@ class DataConfig:
     def __post_init__(self):
         check(self.source not in ("image-folder", "audio-folder") or bool(self.path), "path",
               f"is required for source {self.source!r}")
-        check(self.source != "user" or bool(self.user), "user",
-              "source user needs data (user.image_folders, user.datasets, user.documents, ...)")
         check(1 <= self.max_objects <= 9, "max_objects", f"must be 1..9, got {self.max_objects}")
         check(self.clip_seconds > 0, "clip_seconds", f"must be > 0, got {self.clip_seconds}")
         check(self.crop_align >= 1, "crop_align", f"must be >= 1, got {self.crop_align}")

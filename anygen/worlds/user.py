@@ -591,7 +591,14 @@ def _dataset_columns(ds, path: Path, image_column: str, text_column: str) -> tup
                                  next((c for c in IMAGE_COLUMNS if c in features), ""))
     if not image:
         raise AnygenError(f"{path}: no image column found (columns: {', '.join(features)}); set image_column")
-    text = text_column or next((c for c in TEXT_COLUMNS if c in features and c != image), None)
+    if text_column:
+        return image, text_column
+    text = next((c for c in TEXT_COLUMNS if c in features and c != image), None)
+    if text is None:  # else the one class-label column, else the one string column
+        labels = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
+        strings = [c for c, f in features.items() if isinstance(f, datasets.Value) and f.dtype in ("string",
+                                                                                                   "large_string")]
+        text = labels[0] if len(labels) == 1 else strings[0] if len(strings) == 1 else None
     return image, text
 
 
@@ -613,8 +620,9 @@ def load_dataset_images(path: str | os.PathLike, split: str = "", image_column: 
     [Image, Text(caption)] (or [Image] where the row has no text).
 
     Columns: `image_column` (default: the column of type Image, else one named image, img, ...),
-    `text_column` (default: the first of caption, text, ..., label present); a class-label
-    column gives its class name. `caption_template` (e.g. "a handwritten digit {label}") wraps
+    `text_column` (default: the first of caption, text, ..., label present, else the one
+    class-label column, else the one string column; none: uncaptioned); a class-label column
+    gives its class name. `caption_template` (e.g. "a handwritten digit {label}") wraps
     the text, `{label}` standing for it. A row with no image or an undecodable one is reported.
     """
     _check_image_size(image_size)
@@ -764,7 +772,7 @@ class DatasetSource:
     path: str = ""
     split: str = ""  # a DatasetDict's split (default: train, or its only split)
     image_column: str = ""  # default: the Image-typed column, else image/img/picture/photo
-    text_column: str = ""  # default: caption/text/.../label (a class label gives its class name)
+    text_column: str = ""  # default: caption/text/.../label, or the one class-label or string column
     caption_template: str = ""  # e.g. "a handwritten digit {label}": {label} is the text column's value
 
     def __post_init__(self):
