@@ -602,7 +602,7 @@ def _dataset_columns(ds, path: Path, image_column: str, text_column: str) -> tup
     return image, text
 
 
-def _image_value(value, where: str) -> bytes:
+def _image_value(value) -> bytes:
     """The encoded image bytes of a dataset cell ({"bytes": ..., "path": ...} or raw bytes)."""
     if isinstance(value, dict):
         value = value.get("bytes")
@@ -644,7 +644,7 @@ def load_dataset_images(path: str | os.PathLike, split: str = "", image_column: 
             where, row = f"{path}:{row}", row + 1
             result.total += 1
             try:
-                picture = read_image_bytes(_image_value(value, where), "image")
+                picture = read_image_bytes(_image_value(value), "image")
             except AnygenError as e:
                 collector.bad(where, str(e))
                 continue
