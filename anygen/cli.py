@@ -81,7 +81,8 @@ def cmd_tokenizer_eval(args) -> None:
     from anygen.eval.tokenizer_eval import evaluate_tokenizer
 
     json_path = json_out(args)
-    results = evaluate_tokenizer(args.directory, data=args.data, n=args.n, seed=args.seed)
+    results = evaluate_tokenizer(args.directory, data=args.data, n=args.n, seed=args.seed,
+                                 recursive=args.recursive or None)
     print_json(results)
     write_json(json_path, results)
 
@@ -396,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = tk.add_parser("eval", help="reconstruction quality, codebook usage, judge accuracy and throughput")
     p.add_argument("directory", help="a trained codec or text tokenizer directory")
     p.add_argument("--data", default="", help="shapes | emoji | melodies | speech | a folder (default: by codec)")
-    p.add_argument("--n", type=int, default=500, help="held-out samples (default 500)")
+    p.add_argument("--n", type=int, default=500, help="held-out samples; from a folder, n files drawn at random "
+                                                      "(default 500)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the held-out samples (default 1234)")
+    p.add_argument("--recursive", action="store_true", help="a --data folder: also the files in its sub-folders")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_tokenizer_eval)
     p = tk.add_parser("assemble", help="combine a text tokenizer and codecs into one MultimodalTokenizer")

@@ -49,6 +49,10 @@ MAX_JSON_BYTES = 64 * 1024 * 1024  # documents, configs and metadata are far sma
 # the endings an image may be saved under (PIL's registry picks the format from the ending):
 # formats anygen also reads (`IMAGE_FORMATS`)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
+# the file names a folder of media is listed by (one list for every folder reader: data loaders,
+# codec training, codec evaluation)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+AUDIO_EXTENSIONS = (".wav", ".wave")
 
 
 # ---- atomic writes ---------------------------------------------------------------------
@@ -170,6 +174,36 @@ def file_inside(folder: str | os.PathLike, name, what: str) -> Path:
     return path
 
 
+def folder_files(directory: str | os.PathLike, extensions: tuple[str, ...], recursive: bool = False,
+                 ) -> tuple[list[Path], list[Path]]:
+    """(media files, other files) in `directory`, each list sorted: the folder's own files, or with
+    `recursive` every file below it. Hidden files and folders (".name") are left out of both.
+
+    Every folder reader lists files here, so one folder means the same files everywhere.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AnygenError(f"{directory}: no such folder")
+    walk = directory.rglob("*") if recursive else directory.iterdir()
+    media, other = [], []
+    for path in sorted(walk):
+        if any(part.startswith(".") for part in path.relative_to(directory).parts):
+            continue
+        if not (path.is_file() or path.is_symlink()):
+            continue
+        (media if path.suffix.lower() in extensions else other).append(path)
+    return media, other
+
+
+def subfolder_hint(directory: str | os.PathLike, recursive: bool) -> str:
+    """" (it has N sub-folders: set recursive: true to read them)" when a flat listing found nothing
+    but the folder has sub-folders; else ""."""
+    if recursive or not Path(directory).is_dir():
+        return ""
+    subs = [p for p in Path(directory).iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return f" (it has {len(subs)} sub-folders: set recursive: true to read them)" if subs else ""
+
+
 def _check_regular_file(path: Path, kind: str) -> None:
     """Refuse a missing path, a folder or a device/FIFO (which could block or never end), an empty file."""
     if not path.exists():
@@ -249,26 +283,37 @@ def read_image_file(path: str | os.PathLike) -> PILImage.Image:
     """
     path = Path(path)
     _check_regular_file(path, "image")
+    return _open_image(path, str(path))
+
+
+def read_image_bytes(data: bytes, what: str) -> PILImage.Image:
+    """`read_image_file` for an encoded image held in memory (a dataset record); errors name `what`."""
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise AnygenError(f"{what}: image is empty (0 bytes)")
+    return _open_image(io.BytesIO(bytes(data)), what)
+
+
+def _open_image(source, what: str) -> PILImage.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            with PILImage.open(path, formats=IMAGE_FORMATS) as im:
+            with PILImage.open(source, formats=IMAGE_FORMATS) as im:
                 if im.width * im.height > MAX_IMAGE_PIXELS:
-                    raise AnygenError(f"{path}: image is {im.width}x{im.height}, over the "
+                    raise AnygenError(f"{what}: image is {im.width}x{im.height}, over the "
                                       f"{MAX_IMAGE_PIXELS}-pixel limit")
                 im.load()
                 image = im.copy()
     except AnygenError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
-        raise AnygenError(f"{path}: image is too large (decompression-bomb guard, limit "
+        raise AnygenError(f"{what}: image is too large (decompression-bomb guard, limit "
                           f"{MAX_IMAGE_PIXELS} pixels)") from None
     except PILImage.UnidentifiedImageError:
-        raise AnygenError(f"{path}: cannot read image: not a {'/'.join(IMAGE_FORMATS)} image") from None
+        raise AnygenError(f"{what}: cannot read image: not a {'/'.join(IMAGE_FORMATS)} image") from None
     except Exception as e:  # PIL raises many types for corrupt data; their messages may quote the data
         problem = "the file is truncated" if "truncated" in str(e).lower() else f"corrupt data ({type(e).__name__})"
-        raise AnygenError(f"{path}: cannot read image: {problem}") from None
-    check_finite_pixels(image, str(path))
+        raise AnygenError(f"{what}: cannot read image: {problem}") from None
+    check_finite_pixels(image, what)
     return image
 
 

@@ -9,9 +9,11 @@ Why this shape:
   the cost, and sub-pixel output still draws sharp anti-aliased edges.
 - The decoder gets more residual blocks than the encoder: identifying the content of a patch
   is easy, drawing it exactly is the hard part.
-- `object_weight` multiplies the reconstruction loss on non-white pixels. ShapesWorld and
-  emoji images are mostly white background; unweighted, the loss is dominated by the
-  background and small shapes blur into blobs (docs/design.md, "Pitfalls").
+- `object_weight` multiplies the reconstruction loss on pixels that are not background.
+  ShapesWorld and emoji images are mostly white background; unweighted, the loss is dominated
+  by the background and small shapes blur into blobs (docs/design.md, "Pitfalls"). `background`
+  says what the background is: `white` (dark objects on white, the default), `black`
+  (light-on-dark data such as MNIST digits) or `none` (every pixel weighs the same).
 - Quantizers come from vector-quantize-pytorch. FSQ (default) needs no codebook losses and
   cannot collapse into dead codes the way VQ can; VQ gets EMA updates, k-means init,
   optional cosine similarity and dead-code restarts; LFQ gets its entropy loss.
@@ -41,6 +43,8 @@ MAX_CODEC_WIDTH = 4096  # channels of a stage, vq_dim, disc_channels
 MAX_CODEC_BLOCKS = 64  # residual blocks per stage, discriminator layers
 MAX_CODEC_IMAGE_SIZE = 1024
 MAX_CODEBOOK_SIZE = 1 << 20
+BACKGROUNDS = ("white", "black", "none")  # what `object_weight` treats as background (see the module doc)
+BACKGROUND_MARGIN = 0.9  # in [-1, 1]: a pixel is background within 0.1 (~0.05 in [0, 1]) of its value
 
 
 @dataclass
@@ -63,7 +67,8 @@ class ImageCodecConfig:
     vq_commitment_weight: float = 0.25
     l1_weight: float = 1.0
     l2_weight: float = 1.0
-    object_weight: float = 5.0  # loss weight on non-white pixels (1 = plain)
+    object_weight: float = 5.0  # loss weight on pixels that are not `background` (1 = plain)
+    background: str = choice(*BACKGROUNDS)  # white: dark objects on white; black: light on dark; none: unweighted
     adversarial: bool = False
     disc_channels: int = 64
     disc_layers: int = 3
@@ -211,13 +216,18 @@ def _make_quantizer(cfg: ImageCodecConfig) -> nn.Module:
 
 
 def weighted_reconstruction(recon: torch.Tensor, target: torch.Tensor, l1: float, l2: float,
-                            object_weight: float) -> torch.Tensor:
-    """L1+L2 with `object_weight` on pixels whose target is not white (any channel < ~0.95)."""
+                            object_weight: float, background: str = "white") -> torch.Tensor:
+    """L1+L2 with `object_weight` on pixels whose target is not `background`: with white, pixels
+    with any channel below ~0.95; with black, any channel above ~0.05; with none, no weighting."""
     err = recon - target  # (B,3,H,W)
     per_pixel = l1 * err.abs().mean(1) + l2 * err.pow(2).mean(1)  # (B,H,W)
-    if object_weight == 1.0:
+    if object_weight == 1.0 or background == "none":
         return per_pixel.mean()
-    is_object = (target < 0.9).any(1).float()  # (B,H,W); white is 1.0 in [-1,1]
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+    # white is 1.0 and black -1.0 in [-1, 1]
+    is_object = ((target < BACKGROUND_MARGIN) if background == "white" else (target > -BACKGROUND_MARGIN)).any(1)
+    is_object = is_object.float()  # (B,H,W)
     weight = 1.0 + (object_weight - 1.0) * is_object
     return (per_pixel * weight).sum() / weight.sum()
 
@@ -355,7 +365,7 @@ class ImageCodec(nn.Module):
         cfg = self.config
         self._check_pixels(x)
         recon, codes, aux = self(x)
-        rec = weighted_reconstruction(recon, x, cfg.l1_weight, cfg.l2_weight, cfg.object_weight)
+        rec = weighted_reconstruction(recon, x, cfg.l1_weight, cfg.l2_weight, cfg.object_weight, cfg.background)
         loss = rec + aux
         metrics = {"rec": float(rec.detach())}
         if cfg.quantizer != "fsq":

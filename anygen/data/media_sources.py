@@ -23,9 +23,8 @@ from PIL import Image as PILImage
 
 from anygen.codecs.image import images_to_tensor  # the codec's pixel convention: [-1, 1], fit_image policy
 from anygen.errors import AnygenError
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-AUDIO_EXTENSIONS = (".wav",)
+from anygen.io import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, read_audio_file, read_image_file, subfolder_hint
+from anygen.io import folder_files as list_folder
 
 
 def batch_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
@@ -113,21 +112,28 @@ class ImageListSource(BatchSource):
         return batch
 
 
-def folder_files(path: str | Path, extensions: tuple[str, ...], what: str) -> list[Path]:
-    path = Path(path)
-    if not path.is_dir():
-        raise AnygenError(f"{path}: {what} folder not found")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+def folder_files(path: str | Path, extensions: tuple[str, ...], what: str, recursive: bool = False,
+                 n: int | None = None, seed: int = 0) -> list[Path]:
+    """The `what` files in folder `path` (`anygen.io.folder_files`: its own files, or every file
+    below it with `recursive`); with `n`, a random sample of `n` of them drawn with `seed`, in
+    listing order. No such files is an error."""
+    try:
+        files = list_folder(path, extensions, recursive)[0]
+    except AnygenError:
+        raise AnygenError(f"{path}: {what} folder not found") from None
     if not files:
-        raise AnygenError(f"{path}: no {what} files ({', '.join(extensions)}) in the folder")
+        raise AnygenError(f"{path}: no {what} files ({', '.join(extensions)}) in the folder"
+                          f"{subfolder_hint(path, recursive)}")
+    if n is not None and n < len(files):
+        files = [files[i] for i in sorted(np.random.default_rng(seed).choice(len(files), n, replace=False))]
     return files
 
 
-def folder_images(path: str | Path) -> list[PILImage.Image]:
-    """Every image under `path` (recursively), read through anygen.io (bad files name their path)."""
-    from anygen.io import read_image_file
-
-    return [read_image_file(p) for p in folder_files(path, IMAGE_EXTENSIONS, "image")]
+def folder_images(path: str | Path, recursive: bool = False, n: int | None = None,
+                  seed: int = 0) -> list[PILImage.Image]:
+    """The images of `folder_files(path, ..., recursive, n, seed)`, read through anygen.io (a bad
+    file is an error naming its path)."""
+    return [read_image_file(p) for p in folder_files(path, IMAGE_EXTENSIONS, "image", recursive, n, seed)]
 
 
 # ---- audio --------------------------------------------------------------------------------
@@ -161,7 +167,8 @@ class WaveListSource(BatchSource):
         return torch.from_numpy(np.stack(clips))[:, None, :]
 
 
-def folder_waves(path: str | Path, sample_rate: int) -> list[np.ndarray]:
-    from anygen.io import read_audio_file
-
-    return [read_audio_file(p, sample_rate)[0] for p in folder_files(path, AUDIO_EXTENSIONS, "audio")]
+def folder_waves(path: str | Path, sample_rate: int, recursive: bool = False, n: int | None = None,
+                 seed: int = 0) -> list[np.ndarray]:
+    """The WAV files of `folder_files(path, ..., recursive, n, seed)` as mono waveforms at `sample_rate`."""
+    return [read_audio_file(p, sample_rate)[0]
+            for p in folder_files(path, AUDIO_EXTENSIONS, "audio", recursive, n, seed)]

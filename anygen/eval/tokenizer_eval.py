@@ -9,7 +9,9 @@ characters per token and exact round trips. Every codec: encode+decode throughpu
 (items/s, median of three timed passes). Results are one flat dict of floats.
 
 Held-out data: each world's `eval_images` / `eval_audio` of `seed`, on a stream that training
-never uses (`anygen.tasks.world.EVAL_STREAM`); folders are used as they are.
+never uses (`anygen.tasks.world.EVAL_STREAM`); from a folder, `n` of its files drawn at random
+with `seed` (its own files, or every file below it with `recursive`: the listing the loaders
+and codec training use).
 
 Metric conventions: pixels in [0, 1]; PSNR per image, capped at `PSNR_CAP` dB for identical
 images, then averaged; SSIM is Wang et al. (2004) with an 11×11 Gaussian window (σ 1.5),
@@ -97,11 +99,13 @@ def artifact_kind(directory: Path) -> str:
 
 
 def evaluate_tokenizer(directory: str | os.PathLike, data: str = "", n: int = 500, seed: int = 1234,
-                       batch_size: int = 64, threads: int = 0) -> dict[str, float]:
+                       batch_size: int = 64, threads: int = 0, recursive: bool | None = None) -> dict[str, float]:
     """Evaluate the codec or text tokenizer in `directory` on `data` (held out); a flat dict of floats.
 
     `data`: shapes | emoji | melodies | speech | a folder of images or WAV files ("" picks the
-    training source recorded in the artifact's recipe.yaml, else shapes/melodies).
+    training source recorded in the artifact's recipe.yaml, else shapes/melodies). `recursive`:
+    a folder's files below sub-folders too (None: as the recipe's `data.recursive` when `data`
+    comes from it, else False).
     """
     if threads:
         set_threads(threads, "threads")
@@ -109,45 +113,50 @@ def evaluate_tokenizer(directory: str | os.PathLike, data: str = "", n: int = 50
         raise AnygenError(f"n must be >= 1, got {n}")
     directory = Path(directory)
     kind = artifact_kind(directory)
-    data = data or _recipe_source(directory) or {"image": "shapes", "audio": "melodies", "text": "shapes"}[kind]
+    if not data:
+        data, recipe_recursive = _recipe_source(directory)
+        recursive = recipe_recursive if recursive is None else recursive
+    data = data or {"image": "shapes", "audio": "melodies", "text": "shapes"}[kind]
     if kind == "image":
         from anygen.codecs.image import ImageCodec
 
-        return evaluate_image_codec(ImageCodec.load(directory), data, n, seed, batch_size)
+        return evaluate_image_codec(ImageCodec.load(directory), data, n, seed, batch_size, bool(recursive))
     if kind == "audio":
         from anygen.codecs.audio import AudioCodec
 
-        return evaluate_audio_codec(AudioCodec.load(directory), data, n, seed, batch_size)
+        return evaluate_audio_codec(AudioCodec.load(directory), data, n, seed, batch_size, bool(recursive))
     if kind == "text":
         return evaluate_text_tokenizer(directory, data, n, seed)
     raise AnygenError(f"{directory / 'config.json'}: unknown tokenizer kind {kind!r}")
 
 
-def _recipe_source(directory: Path) -> str:
+def _recipe_source(directory: Path) -> tuple[str, bool]:
+    """(the data a codec was trained on, as `--data` names it, and its recipe's `recursive`)."""
     recipe = directory / "recipe.yaml"
     if not recipe.exists():
-        return ""
+        return "", False
     import yaml
 
     try:
         data = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}).get("data", {})
+        source = data.get("source", "")
     except (yaml.YAMLError, AttributeError):
-        return ""
-    source = data.get("source", "")
+        return "", False
+    recursive = data.get("recursive") is True
     if source in ("image-folder", "audio-folder"):
-        return data.get("path", "")
-    return source if source != "text" else ""
+        return data.get("path", ""), recursive
+    return (source if source not in ("text", "user") else ""), False
 
 
 # ---- images --------------------------------------------------------------------------------
-def _eval_images(data: str, n: int, seed: int):
+def _eval_images(data: str, n: int, seed: int, recursive: bool = False):
     """(PIL images, the world with their ground truth or None, that truth) for an image `data` spec:
-    a world's media source (`anygen.worlds.MEDIA_SOURCES`) or an image folder."""
+    a world's media source (`anygen.worlds.MEDIA_SOURCES`) or an image folder (`n` files drawn with `seed`)."""
     path = Path(data)
     if data not in MEDIA_SOURCES and path.is_dir():
         from anygen.data.media_sources import folder_images
 
-        return folder_images(path)[:n], None, None
+        return folder_images(path, recursive, n, seed), None, None
     try:
         world = media_source(data, "image")
     except AnygenError:
@@ -156,8 +165,9 @@ def _eval_images(data: str, n: int, seed: int):
     return images, world, truth
 
 
-def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch_size: int = 64) -> dict[str, float]:
-    images, world, truth = _eval_images(data, n, seed)
+def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch_size: int = 64,
+                         recursive: bool = False) -> dict[str, float]:
+    images, world, truth = _eval_images(data, n, seed, recursive)
     if not images:
         raise AnygenError(f"--data {data!r}: no images to evaluate")
     codec.eval()
@@ -187,13 +197,13 @@ def evaluate_image_codec(codec, data: str, n: int = 500, seed: int = 1234, batch
 
 
 # ---- audio ---------------------------------------------------------------------------------
-def _eval_waves(data: str, n: int, seed: int, sample_rate: int):
+def _eval_waves(data: str, n: int, seed: int, sample_rate: int, recursive: bool = False):
     """(waveforms, the world with their ground truth or None, that truth) for an audio `data` spec."""
     path = Path(data)
     if data not in MEDIA_SOURCES and path.is_dir():
         from anygen.data.media_sources import folder_waves
 
-        return folder_waves(path, sample_rate)[:n], None, None
+        return folder_waves(path, sample_rate, recursive, n, seed), None, None
     try:
         world = media_source(data, "audio")
     except AnygenError:
@@ -202,10 +212,11 @@ def _eval_waves(data: str, n: int, seed: int, sample_rate: int):
     return waves, world, truth
 
 
-def evaluate_audio_codec(codec, data: str, n: int = 200, seed: int = 1234, batch_size: int = 16) -> dict[str, float]:
+def evaluate_audio_codec(codec, data: str, n: int = 200, seed: int = 1234, batch_size: int = 16,
+                         recursive: bool = False) -> dict[str, float]:
     from anygen.codecs.audio import si_snr
 
-    waves, world, truth = _eval_waves(data, n, seed, codec.sample_rate)
+    waves, world, truth = _eval_waves(data, n, seed, codec.sample_rate, recursive)
     if not waves:
         raise AnygenError(f"--data {data!r}: no audio to evaluate")
     codec.eval()

@@ -6,11 +6,15 @@ and the longest document kept. Output:
 
     OUT/train/           shards of `n_train` world examples (+ user data: `anygen.worlds.user`)
     OUT/val/             `n_val` fresh world examples from the same distribution (another seed stream)
+                         (+ the user data's `val_fraction`)
     OUT/holdout/         `n_holdout` examples whose scenes contain a held-out pair (when > 0)
     OUT/recipe.yaml      the resolved recipe
 
 Examples are split over tasks exactly in proportion to the weights, then shuffled; each
-split is deterministic given `world.seed`. Images go through the codec in batches of
+split is deterministic given `world.seed`. A recipe with a `user:` section trains on its data
+alone: `n_train` and `n_val` (world examples) default to 0 there, and 20000 / 500 without one;
+set them to mix ShapesWorld examples in. A task the written examples do not contain needs no
+codec; one they do contain names the codec the tokenizer lacks. Images go through the codec in batches of
 `codec_batch`, and a scene or melody seen before reuses its codes.
 
 Example recipe:
@@ -50,6 +54,9 @@ from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes, check_output_path
 
 SPLITS = ("train", "val", "holdout")
+WORLD_EXAMPLES = {"n_train": 20000, "n_val": 500}  # world examples per split of a recipe without user data
+IMAGE_TASKS = ("text_to_image", "image_to_text", "edit", "describe_edit", "reasoned_edit", "story")
+AUDIO_TASKS = ("text_to_audio", "audio_to_text")
 
 
 @dataclass
@@ -67,8 +74,8 @@ class EmojiData:
 class PretokenizeConfig:
     tokenizer: str = ""  # MultimodalTokenizer directory
     out: str = "data/shapes"  # writes OUT/train, OUT/val (and OUT/holdout)
-    n_train: int = 20000  # world examples in the train split
-    n_val: int = 500
+    n_train: int | None = None  # world examples in the train split (default: 20000, or 0 with user data)
+    n_val: int | None = None  # world examples in the val split (default: 500, or 0 with user data)
     n_holdout: int = 0  # examples from scenes with a held-out pair (needs world.holdout)
     seq_len: int = 1024  # longest document kept; longer ones follow `overflow`
     overflow: str = choice("truncate", "drop")
@@ -81,6 +88,9 @@ class PretokenizeConfig:
     shard_tokens: int = 1 << 27  # tokens per shard file
 
     def __post_init__(self):
+        for name, default in WORLD_EXAMPLES.items():
+            if getattr(self, name) is None:
+                setattr(self, name, 0 if self.user else default)
         check(bool(self.tokenizer), "tokenizer", "set the tokenizer directory (tokenizer=DIR)")
         check(bool(self.out), "out", "set the output directory")
         for name in ("n_train", "n_val", "n_holdout"):
@@ -106,27 +116,51 @@ def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> lis
     return [plan[i] for i in order]
 
 
+def _world_examples(cfg: PretokenizeConfig) -> bool:
+    return cfg.n_train + cfg.n_val + cfg.n_holdout > 0
+
+
+def written_tasks(cfg: PretokenizeConfig) -> list[str]:
+    """The tasks the recipe's shards hold: the world's weighted tasks (when it writes world
+    examples), then those the user data teaches under the mix."""
+    tasks = [t for t, w in cfg.tasks.weights().items() if w > 0] if _world_examples(cfg) else []
+    if cfg.user:
+        tasks += [t for t in get_world("user", cfg.user).tasks_for(cfg.tasks) if t not in tasks]
+    return tasks
+
+
 def trained_on(cfg: PretokenizeConfig) -> dict:
     """{"worlds": [...], "tasks": [...]}: what a model trained on this recipe's shards knows (the
     decoder trainer records it in `anygen_decoder.json`, and `anygen.load` picks strategies by it)."""
-    worlds = ["shapes"] + (["emoji"] if cfg.emoji.share > 0 else [])
+    worlds = (["shapes"] + (["emoji"] if cfg.emoji.share > 0 else [])) if _world_examples(cfg) else []
     if cfg.user:
         worlds.append("user")
-    return {"worlds": worlds, "tasks": [t for t, w in cfg.tasks.weights().items() if w > 0]}
+    return {"worlds": worlds, "tasks": written_tasks(cfg)}
 
 
 def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
-    w = cfg.tasks.weights()
-    image_tasks = ("text_to_image", "image_to_text", "edit", "describe_edit", "reasoned_edit", "story")
-    if tokenizer.image is None and any(w[t] > 0 for t in image_tasks):
-        raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no image codec, but the task mix has image tasks "
-                          f"(set tasks.<task>.weight=0 for {', '.join(image_tasks)})")
-    audio_tasks = [t for t in ("text_to_audio", "audio_to_text") if w[t] > 0]
-    if w["story"] > 0 and cfg.world.melody_prob > 0:
-        audio_tasks.append("story (world.melody_prob > 0)")
-    if tokenizer.audio is None and (audio_tasks or cfg.user.audio_folders):
-        raise AnygenError(f"{cfg.tokenizer}: the tokenizer has no audio codec, but the recipe has audio "
-                          f"({', '.join(audio_tasks) or 'user.audio_folders'})")
+    """Each codec the written examples need is in the tokenizer; the error names the tasks that need it."""
+    w, tasks = cfg.tasks.weights(), written_tasks(cfg)
+
+    def weighted(names) -> str:
+        return ", ".join(f"{t} {w[t]:g}" if t in w else t for t in names)
+
+    image_tasks = [t for t in IMAGE_TASKS if t in tasks]
+    if tokenizer.image is None and image_tasks:
+        raise AnygenError(f"{cfg.tokenizer}: no image codec, and image tasks have weight > 0 "
+                          f"({weighted(image_tasks)}): set "
+                          f"{' and '.join(f'tasks.{t}.weight=0' for t in image_tasks)} or give an image codec")
+    audio_tasks = [t for t in AUDIO_TASKS if t in tasks]
+    melodies = "story" in tasks and _world_examples(cfg) and cfg.world.melody_prob > 0
+    if tokenizer.audio is None and (audio_tasks or melodies):
+        fixes = [f"tasks.{t}.weight=0" for t in audio_tasks] + (["world.melody_prob=0"] if melodies else [])
+        need = [weighted(audio_tasks)] if audio_tasks else []
+        need += [f"story with world.melody_prob {cfg.world.melody_prob:g}"] if melodies else []
+        raise AnygenError(f"{cfg.tokenizer}: no audio codec, and audio tasks have weight > 0 ({', '.join(need)}): "
+                          f"set {' and '.join(fixes)} or give an audio codec")
+    if tokenizer.audio is None and cfg.user.audio_folders:
+        raise AnygenError(f"{cfg.tokenizer}: no audio codec, but the recipe has user.audio_folders: "
+                          "give an audio codec or drop them")
 
 
 def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, split: str, n: int,
@@ -135,8 +169,8 @@ def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, spl
     from tqdm import tqdm
 
     rng = np.random.default_rng([cfg.world.seed, SPLITS.index(split)])
-    sources = {"shapes": get_world("shapes", cfg.world).task_source(cfg.tasks)}
     plan = _world_plan(cfg, n, rng)
+    sources = {"shapes": get_world("shapes", cfg.world).task_source(cfg.tasks)} if plan else {}
     if any(src == "emoji" for _, src in plan):
         sources["emoji"] = get_world("emoji", size=cfg.emoji.size).task_source(cfg.tasks)
     world_split = "holdout" if split == "holdout" else "train"

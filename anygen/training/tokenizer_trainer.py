@@ -48,11 +48,12 @@ from anygen.training.common import (OptimConfig, WallBudget, holds_run, json_def
                                     lock_run_dir, refuse_existing_run, remove_stale_temps, save_checkpoint,
                                     trim_metrics, writing)
 from anygen.worlds import MEDIA_SOURCES
+from anygen.worlds.user import UserData
 
 # what `out/` holds that is written atomically (a killed write leaves `.NAME.*.tmp` or `.NAME.old.*`)
 ATOMIC_NAMES = ("checkpoint", "recipe.yaml", "summary.json", "metrics.jsonl")
 STAGING_PREFIX = ".artifact."  # `_install_artifact`'s staging directories
-IMAGE_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "image") + ("image-folder",)
+IMAGE_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "image") + ("image-folder", "user")
 AUDIO_SOURCES = tuple(k for k, (_, kind) in MEDIA_SOURCES.items() if kind == "audio") + ("audio-folder",)
 
 
@@ -62,6 +63,8 @@ class DataConfig:
 
     source: str = choice(*IMAGE_SOURCES, *AUDIO_SOURCES, "text")
     path: str = ""  # image-folder / audio-folder
+    recursive: bool = False  # image-folder / audio-folder: also the files in sub-folders
+    user: UserData = field(default_factory=UserData)  # source user: the user's data (a pretokenize `user:` section)
     seed: int = 0  # world seed (ShapesWorld layout of held-out splits etc.)
     split: str = "train"
     max_objects: int = 3  # ShapesWorld: 1..max_objects per scene
@@ -141,6 +144,7 @@ class TokenizerRecipe:
                   f"{self.data.source!r} is not an audio source ({', '.join(AUDIO_SOURCES)})")
 
 
+
 @dataclass
 class TextCodecConfig:
     vocab_size: int = 1000
@@ -205,14 +209,14 @@ def _checkpoint_on_sigterm():
 def _architecture_changes(saved: dict, current: dict) -> list[str]:
     """Codec keys that differ between a checkpoint and the recipe, ignoring loss weights.
 
-    Loss weights (`*_weight`, `disc_start`, `usage_decay`) may change on resume (fine-tuning);
+    Loss settings (`*_weight`, `disc_start`, `usage_decay`, `background`) may change on resume (fine-tuning);
     anything else changes what the weights mean, even where tensor shapes agree (e.g. FSQ levels).
     """
     def norm(d):
         return json.loads(json.dumps(d, default=json_default))
 
     saved, current = norm(saved), norm(current)
-    tunable = {"disc_start", "usage_decay"}
+    tunable = {"disc_start", "usage_decay", "background"}
     return sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k) and not k.endswith("_weight") and k not in tunable)
 
@@ -251,14 +255,16 @@ def make_source(data: DataConfig, batch_size: int, seed: int, *, image_size: int
                 sample_rate: int | None = None) -> BatchSource:
     """The batch source a recipe's `data:` section describes: a folder, or a world's media
     (`anygen.worlds.MEDIA_SOURCES`)."""
-    from anygen.worlds import media_source
+    from anygen.worlds import get_world, media_source
 
     sr = sample_rate or data.sample_rate
-    if data.source == "image-folder":
-        return ImageListSource(folder_images(data.path), batch_size, image_size, seed, data.prefetch, data.path,
+    if data.source in ("image-folder", "user"):
+        images = (folder_images(data.path, data.recursive) if data.source == "image-folder"
+                  else get_world("user", data.user, seed=data.seed).images())
+        return ImageListSource(images, batch_size, image_size, seed, data.prefetch, data.path or "user data",
                                data.hflip)
     if data.source == "audio-folder":
-        return WaveListSource(folder_waves(data.path, sr), batch_size, sr, data.clip_seconds, seed,
+        return WaveListSource(folder_waves(data.path, sr, data.recursive), batch_size, sr, data.clip_seconds, seed,
                               data.prefetch, data.path, data.crop_align)
     if data.source in IMAGE_SOURCES:
         return media_source(data.source, "image").image_batches(data, batch_size, seed, image_size)
@@ -288,10 +294,14 @@ def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] 
 
 
 def text_corpus(data: DataConfig) -> list[str]:
-    """The text tokenizer's corpus: the shapes world's text (captions, edit instructions, melody
-    texts, stories) and, with `text_include_emoji`, the emoji world's names."""
+    """The text tokenizer's corpus: with source user, every text of the user's data once
+    (captions, transcripts, documents, instructions); else the shapes world's text (captions,
+    edit instructions, melody texts, stories) and, with `text_include_emoji`, the emoji world's names."""
     from anygen.worlds import get_world
     from anygen.worlds.shapes.world import WorldConfig
+
+    if data.source == "user":
+        return get_world("user", data.user, seed=data.seed).texts()
 
     rng = np.random.default_rng(data.seed)
     lines = get_world("shapes", WorldConfig(seed=data.seed)).text_corpus(data.text_scenes, rng)

@@ -36,9 +36,13 @@ symlinks out of it):
 
 from __future__ import annotations
 
+import csv
+import importlib
+import io
 import json
 import logging
 import os
+import string
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,21 +52,32 @@ import numpy as np
 
 from PIL import Image as PILImage
 
-from anygen.config import check, choice
+from anygen.config import ConfigError, check, choice
 from anygen.document import Audio, Document, Image, Segment, Text
 from anygen.errors import AnygenError, short_repr
-from anygen.io import file_inside, fit_image, read_audio_file, read_image_file, to_rgb
+from anygen.io import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_inside, fit_image, folder_files, read_audio_file,
+                       read_image_bytes, read_image_file, subfolder_hint, to_rgb)
 from anygen.tasks.layouts import (Spec, TaskMix, audio_to_text, describe_edit, document, edit, image_to_text,
                                   text_to_audio, text_to_image)
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-AUDIO_EXTENSIONS = (".wav", ".wave")
 OTHER_AUDIO_EXTENSIONS = (".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 ON_ERROR = ("skip", "fail")
 SUMMARY_SHOWN = 5  # bad files named in the warning line
 VAL_STREAM = 7919  # prime: the val/train assignment of items draws from its own seed stream
+AUTO = "auto"  # a sidecar setting: the folder's default sidecar (.jsonl or .csv), if it has one
+CAPTION_SIDECARS = ("captions.jsonl", "captions.csv")
+TRANSCRIPT_SIDECARS = ("transcripts.jsonl", "transcripts.csv")
+LABELS = ("none", "subfolders")  # where an image folder's class labels come from
+# dataset columns tried, in order, when a recipe names none (an Image-typed column wins for images)
+IMAGE_COLUMNS = ("image", "img", "picture", "photo", "png", "jpg")
+TEXT_COLUMNS = ("caption", "text", "captions", "sentence", "prompt", "description", "label", "labels")
+# WebDataset sample members tried, in order, when a recipe names none
+WDS_IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp")
+WDS_TEXT_KEYS = ("txt", "caption", "text", "json", "cls")
+JSON_TEXT_FIELDS = ("caption", "text")  # the caption inside a sample's .json member
+ROW_BATCH = 256  # dataset rows converted to Python at a time
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -73,11 +88,12 @@ class _Report:
     total: int = 0  # records or media files considered: loaded + skipped
     what: str = "files"
     where: str = ""
+    unit: str = "line"  # what "WHERE:N" counts: a JSONL or CSV line, a dataset row
 
     def _short(self, path: str) -> str:
         """A skipped path relative to the folder, or "line N" of the JSONL file."""
         if path.startswith(self.where + ":"):
-            return f"line {path[len(self.where) + 1:]}"
+            return f"{self.unit} {path[len(self.where) + 1:]}"
         if path.startswith(self.where + os.sep):
             return path[len(self.where) + 1:]
         return path
@@ -209,19 +225,87 @@ def _relative_file(base: Path, value, field_name: str) -> Path:
     return file_inside(base, value, f"'{field_name}'")
 
 
-def _sidecar(directory: Path, name: str | None, text_keys: tuple[str, ...], collector: _Collector,
-             ) -> dict[str, tuple[str, str]]:
-    """Read a sidecar JSONL mapping relative file -> (text, "sidecar:LINE"). Absent file: {}."""
-    if name is None:
-        return {}
+def check_caption_template(template: str, labelled: bool | None) -> None:
+    """A caption template may name only `{label}`; with class labels (`labelled`) it must, without
+    them it must not (None: either).
+
+    Raises ValueError (a config check turns it into an error naming the field).
+    """
+    if not template:
+        return
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as e:
+        raise ValueError(f"{template!r} is not a valid template ({e})") from None
+    if names - {"label"}:
+        raise ValueError(f"{template!r} has an unknown field {{{sorted(names - {'label'})[0]}}} "
+                         "(the one field is {label})")
+    if labelled is True and "label" not in names:
+        raise ValueError(f"{template!r} must contain {{label}} (labels: subfolders names each image's class)")
+    if labelled is False and "label" in names:
+        raise ValueError(f"{template!r} uses {{label}}, which needs labels: subfolders")
+
+
+def _sidecar_path(directory: Path, name: str | None, defaults: tuple[str, ...]) -> Path | None:
+    """The sidecar a setting names: None/"" none; "auto" the one of `defaults` the folder has;
+    a default name that is absent: none; any other name must exist."""
+    if not name:
+        return None
+    if name == AUTO:
+        present = [directory / d for d in defaults if (directory / d).exists()]
+        if len(present) > 1:
+            raise AnygenError(f"{directory}: both {' and '.join(p.name for p in present)}; "
+                              "name the one to use (captions: FILE)")
+        return present[0] if present else None
     path = Path(name) if Path(name).is_absolute() else directory / name
     if not path.exists():
-        if name not in ("captions.jsonl", "transcripts.jsonl"):  # a path the user asked for must exist
-            raise AnygenError(f"{path}: sidecar file not found")
-        return {}
+        if name in defaults:
+            return None
+        raise AnygenError(f"{path}: sidecar file not found")
+    return path
+
+
+def _csv_records(path: Path, collector: _Collector) -> Iterator[tuple[str, dict]]:
+    """Yield ("file:LINE", row) for each row of a CSV file with a header row; bad rows go to the collector."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise AnygenError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise AnygenError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = reader.fieldnames
+    except csv.Error as e:
+        raise AnygenError(f"{path}: bad CSV header ({e})") from None
+    if not header or "file" not in header:
+        raise AnygenError(f"{path}: needs a header row naming a 'file' column and a caption/text column")
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            collector.bad(f"{path}:{reader.line_num}", f"bad CSV ({e})")
+            continue
+        where = f"{path}:{reader.line_num}"
+        if None in row or None in row.values():
+            collector.bad(where, f"expected {len(header)} fields ({', '.join(header)})")
+            continue
+        yield where, row
+
+
+def _sidecar(directory: Path, name: str | None, defaults: tuple[str, ...], text_keys: tuple[str, ...],
+             collector: _Collector) -> tuple[Path | None, dict[str, tuple[str, str]]]:
+    """The sidecar file (JSONL, or CSV by its suffix) and its mapping relative file -> (text, "sidecar:LINE")."""
+    path = _sidecar_path(directory, name, defaults)
+    if path is None:
+        return None, {}
     out: dict[str, tuple[str, str]] = {}
     skipped_before = len(collector.report.skipped)
-    for where, record in _jsonl_records(path, collector, count=False):
+    records = (_csv_records(path, collector) if path.suffix.lower() == ".csv"
+               else _jsonl_records(path, collector, count=False))
+    for where, record in records:
         file = record.get("file")
         key = next((k for k in text_keys if k in record), None)
         if not isinstance(file, str) or not file.strip():
@@ -236,41 +320,63 @@ def _sidecar(directory: Path, name: str | None, text_keys: tuple[str, ...], coll
             continue
         out[rel] = (record[key], where)
     collector.report.total += len(collector.report.skipped) - skipped_before  # bad lines count as entries
-    return out
+    return path, out
 
 
-def _folder_files(directory: Path, extensions: tuple[str, ...], recursive: bool) -> tuple[list[Path], list[Path]]:
-    if not directory.is_dir():
-        raise AnygenError(f"{directory}: no such folder")
-    walk = directory.rglob("*") if recursive else directory.iterdir()
-    media, other = [], []
-    for path in sorted(walk):
-        if not (path.is_file() or path.is_symlink()) or path.name.startswith("."):
-            continue
-        (media if path.suffix.lower() in extensions else other).append(path)
-    return media, other
+def _labelled_files(directory: Path, extensions: tuple[str, ...], recursive: bool, labels: str,
+                    collector: _Collector) -> tuple[list[tuple[Path, str | None]], list[Path]]:
+    """((media file, class label or None) pairs, other files). With `labels="subfolders"` each
+    sub-folder is a class named by the folder; an empty class folder and a media file outside
+    the class folders are reported."""
+    if labels == "none":
+        media, other = folder_files(directory, extensions, recursive)
+        return [(p, None) for p in media], other
+    media, other = folder_files(directory, extensions, recursive=False)
+    for path in media:
+        collector.report.total += 1
+        collector.bad(str(path), "not inside a class sub-folder (labels: subfolders)")
+    classes = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise AnygenError(f"{directory}: labels: subfolders, but the folder has no sub-folders (one per class)")
+    pairs = []
+    for folder in classes:
+        files, rest = folder_files(folder, extensions, recursive)
+        other += rest
+        if not files:
+            collector.report.total += 1
+            collector.bad(str(folder), f"class folder has no {collector.report.what}"
+                                       f"{subfolder_hint(folder, recursive)}")
+        pairs += [(p, folder.name) for p in files]
+    return pairs, other
 
 
-def _load_folder(directory, sidecar_name, text_keys, extensions, read, what, on_error, recursive,
-                 unsupported: tuple[str, ...] = ()) -> LoadResult:
+def _load_folder(directory, sidecar_name, defaults, text_keys, extensions, read, what, on_error, recursive,
+                 unsupported: tuple[str, ...] = (), labels: str = "none", caption_template: str = "",
+                 ) -> LoadResult:
     directory = Path(directory)
+    if labels not in LABELS:
+        raise AnygenError(f"labels must be one of {', '.join(LABELS)}; got {labels!r}")
+    try:
+        check_caption_template(caption_template, labels != "none")
+    except ValueError as e:
+        raise AnygenError(f"{directory}: caption_template {e}") from None
     result = LoadResult(what=what, where=str(directory))
     collector = _Collector(result, on_error)
-    media, other = _folder_files(directory, extensions + unsupported, recursive)
-    sidecar_path = None
-    if sidecar_name is not None:
-        sidecar_path = Path(sidecar_name) if Path(sidecar_name).is_absolute() else directory / sidecar_name
-    texts = _sidecar(directory, sidecar_name, text_keys, collector)
+    if not directory.is_dir():
+        raise AnygenError(f"{directory}: no such folder")
+    sidecar_path, texts = _sidecar(directory, sidecar_name, defaults, text_keys, collector)
+    media, other = _labelled_files(directory, extensions + unsupported, recursive, labels, collector)
     result.ignored = [str(p) for p in other if p != sidecar_path]
-    on_disk = {p.relative_to(directory).as_posix() for p in media}
+    on_disk = {p.relative_to(directory).as_posix() for p, _ in media}
     for rel, (_, where) in texts.items():  # sidecar entries whose media file is not there
         if rel not in on_disk:
             result.total += 1
             missing = "not found" if not (directory / rel).exists() else f"not one of the {what} loaded here"
             collector.bad(str(directory / rel), f"listed in {Path(where).name} but {missing}")
-    if not media and not texts:
-        raise AnygenError(f"{directory}: no {what} found (looked for {', '.join(extensions)})")
-    for path in media:
+    if not media and not texts and not result.skipped:
+        raise AnygenError(f"{directory}: no {what} found (looked for {', '.join(extensions)})"
+                          f"{subfolder_hint(directory, recursive)}")
+    for path, label in media:
         result.total += 1
         rel = path.relative_to(directory).as_posix()
         if path.suffix.lower() in unsupported:
@@ -281,12 +387,13 @@ def _load_folder(directory, sidecar_name, text_keys, extensions, read, what, on_
         except AnygenError as e:
             collector.bad(str(path), _reason(e, path))
             continue
-        text = texts.get(rel)
+        text = texts[rel][0] if rel in texts else (caption_template.format(label=label) if caption_template
+                                                  else None)
         if text is None:
             result.uncaptioned += 1
             result.documents.append(Document([segment]))
         else:
-            result.documents.append(Document([segment, Text(text[0])]))
+            result.documents.append(Document([segment, Text(text)]))
         result.sources.append(str(path))
     if result.ignored:
         log.info("%s: ignored %d files that are not %s: %s", directory, len(result.ignored), what,
@@ -295,28 +402,34 @@ def _load_folder(directory, sidecar_name, text_keys, extensions, read, what, on_
     return result
 
 
-def load_image_folder(directory: str | os.PathLike, captions: str | None = "captions.jsonl",
-                      on_error: str = "skip", image_size: int | None = None,
-                      recursive: bool = False) -> LoadResult:
+def load_image_folder(directory: str | os.PathLike, captions: str | None = AUTO, on_error: str = "skip",
+                      image_size: int | None = None, recursive: bool = False, labels: str = "none",
+                      caption_template: str = "") -> LoadResult:
     """Each image in `directory` -> Document [Image, Text(caption)] (or just [Image] without a caption).
 
-    `captions`: a sidecar JSONL in the folder (`{"file": ..., "caption": ...}`); an absent
-    default `captions.jsonl` means no captions; None disables it. `image_size`: fit each
-    image to a square of this size (centre crop + resize); default: keep the size, as RGB.
+    `recursive`: also the images in sub-folders (default: the folder's own files only).
+    `labels="subfolders"`: each sub-folder is a class named by the folder (`train/3/a.png` has
+    label "3"); `caption_template` (e.g. "a handwritten digit {label}") captions each image that
+    the sidecar does not. `captions`: the sidecar, JSONL (`{"file": ..., "caption": ...}`) or CSV
+    (columns file, caption), with paths relative to `directory`; "auto" (default) reads
+    captions.jsonl or captions.csv when the folder has one; None disables it. `image_size`: fit
+    each image to a square of this size (centre crop + resize); default: keep the size, as RGB.
     """
     _check_image_size(image_size)
-    return _load_folder(directory, captions, ("caption", "text"), IMAGE_EXTENSIONS,
-                        lambda p: Image(_read_image(p, image_size)), "image files", on_error, recursive)
+    return _load_folder(directory, captions, CAPTION_SIDECARS, ("caption", "text"), IMAGE_EXTENSIONS,
+                        lambda p: Image(_read_image(p, image_size)), "image files", on_error, recursive,
+                        labels=labels, caption_template=caption_template)
 
 
-def load_audio_folder(directory: str | os.PathLike, transcripts: str | None = "transcripts.jsonl",
+def load_audio_folder(directory: str | os.PathLike, transcripts: str | None = AUTO,
                       on_error: str = "skip", sample_rate: int | None = 16000,
                       recursive: bool = False) -> LoadResult:
     """Each WAV in `directory` -> Document [Audio, Text(transcript)] (or just [Audio]).
 
-    `transcripts`: sidecar JSONL (`{"file": ..., "text": ...}`). Audio is mixed to mono
+    `transcripts`: sidecar JSONL (`{"file": ..., "text": ...}`) or CSV (columns file, text);
+    "auto" reads transcripts.jsonl or transcripts.csv when present. Audio is mixed to mono
     and resampled to `sample_rate` (None keeps each file's rate). Other audio formats
-    (mp3, flac, ...) are reported as unsupported rather than ignored.
+    (mp3, flac, ...) are reported as unsupported rather than ignored. `recursive` as for images.
     """
     if sample_rate is not None and (not isinstance(sample_rate, int) or sample_rate <= 0):
         raise AnygenError(f"sample_rate must be a positive integer or None, got {sample_rate!r}")
@@ -325,8 +438,9 @@ def load_audio_folder(directory: str | os.PathLike, transcripts: str | None = "t
         waveform, sr = read_audio_file(path, sample_rate)
         return Audio(waveform, sr)
 
-    return _load_folder(directory, transcripts, ("text", "transcript", "caption"), AUDIO_EXTENSIONS,
-                        read, "audio files", on_error, recursive, unsupported=OTHER_AUDIO_EXTENSIONS)
+    return _load_folder(directory, transcripts, TRANSCRIPT_SIDECARS, ("text", "transcript", "caption"),
+                        AUDIO_EXTENSIONS, read, "audio files", on_error, recursive,
+                        unsupported=OTHER_AUDIO_EXTENSIONS)
 
 
 def _jsonl_path(path: str | os.PathLike) -> Path:
@@ -414,21 +528,303 @@ def load_edit_pairs(path: str | os.PathLike, on_error: str = "skip",
     return result
 
 
+# ---- datasets and WebDataset shards ----------------------------------------------------------
+def _require(module: str, package: str, what: str):
+    """Import an optional package, or say which one to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AnygenError(f"{what} needs the `{package}` package: pip install {package}") from None
+
+
+def _caption(value, template: str) -> str | None:
+    text = value.strip() if isinstance(value, str) else None
+    if not text:
+        return None
+    return template.format(label=text) if template else text
+
+
+def _open_dataset(path: Path, split: str):
+    """A `datasets.Dataset` from a `save_to_disk` folder (a DatasetDict's `split`, default train or
+    its only split), a parquet file or a folder of parquet files."""
+    datasets = _require("datasets", "datasets", "reading a Hugging Face dataset or parquet files")
+    if not path.exists():
+        raise AnygenError(f"{path}: dataset not found")
+    parquet = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+    if path.is_file() and path.suffix.lower() != ".parquet":
+        raise AnygenError(f"{path}: expected a .parquet file or a dataset folder (saved with save_to_disk)")
+    if parquet and not (path / "dataset_info.json").exists():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.concat_tables([pq.read_table(p) for p in parquet])
+        except (pa.ArrowException, OSError) as e:
+            raise AnygenError(f"{path}: cannot read parquet ({' '.join(str(e).split())[:200]})") from None
+        # an explicit fingerprint: no hashing of the table, no cache files
+        return datasets.Dataset(datasets.table.InMemoryTable(table), fingerprint=f"anygen-{path.name}")
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise AnygenError(f"{path}: not a dataset saved with save_to_disk, nor parquet files "
+                          f"({' '.join(str(e).split())[:200]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = list(ds)
+        chosen = split or ("train" if "train" in ds else names[0] if len(names) == 1 else "")
+        if chosen not in ds:
+            raise AnygenError(f"{path}: {'no split ' + repr(split) if split else 'several splits'} "
+                              f"(splits: {', '.join(names)}); set split")
+        return ds[chosen]
+    if split:
+        raise AnygenError(f"{path}: split={split!r}, but the folder holds one dataset, not a DatasetDict")
+    return ds
+
+
+def _dataset_columns(ds, path: Path, image_column: str, text_column: str) -> tuple[str, str | None]:
+    import datasets
+
+    features = ds.features
+    for name, given in (("image_column", image_column), ("text_column", text_column)):
+        if given and given not in features:
+            raise AnygenError(f"{path}: no column {given!r} for {name} (columns: {', '.join(features)})")
+    image = image_column or next((c for c, f in features.items() if isinstance(f, datasets.Image)),
+                                 next((c for c in IMAGE_COLUMNS if c in features), ""))
+    if not image:
+        raise AnygenError(f"{path}: no image column found (columns: {', '.join(features)}); set image_column")
+    if text_column:
+        return image, text_column
+    text = next((c for c in TEXT_COLUMNS if c in features and c != image), None)
+    if text is None:  # else the one class-label column, else the one string column
+        labels = [c for c, f in features.items() if isinstance(f, datasets.ClassLabel)]
+        strings = [c for c, f in features.items() if isinstance(f, datasets.Value) and f.dtype in ("string",
+                                                                                                   "large_string")]
+        text = labels[0] if len(labels) == 1 else strings[0] if len(strings) == 1 else None
+    return image, text
+
+
+def _image_value(value) -> bytes:
+    """The encoded image bytes of a dataset cell ({"bytes": ..., "path": ...} or raw bytes)."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if value is None:
+        raise AnygenError("no image (empty cell)")
+    if not isinstance(value, (bytes, bytearray)):
+        raise AnygenError(f"the image cell holds {type(value).__name__}, not encoded image bytes")
+    return bytes(value)
+
+
+def load_dataset_images(path: str | os.PathLike, split: str = "", image_column: str = "", text_column: str = "",
+                        caption_template: str = "", on_error: str = "skip",
+                        image_size: int | None = None) -> LoadResult:
+    """Each row of a Hugging Face dataset folder (`save_to_disk`) or parquet file(s) -> Document
+    [Image, Text(caption)] (or [Image] where the row has no text).
+
+    Columns: `image_column` (default: the column of type Image, else one named image, img, ...),
+    `text_column` (default: the first of caption, text, ..., label present, else the one
+    class-label column, else the one string column; none: uncaptioned); a class-label column
+    gives its class name. `caption_template` (e.g. "a handwritten digit {label}") wraps
+    the text, `{label}` standing for it. A row with no image or an undecodable one is reported.
+    """
+    _check_image_size(image_size)
+    try:
+        check_caption_template(caption_template, labelled=None)
+    except ValueError as e:
+        raise AnygenError(f"{path}: caption_template {e}") from None
+    path = Path(path)
+    ds = _open_dataset(path, split)
+    image, text = _dataset_columns(ds, path, image_column, text_column)
+    names = getattr(ds.features[text], "names", None) if text else None  # a ClassLabel's class names
+    result = LoadResult(what="rows", where=str(path), unit="row")
+    collector = _Collector(result, on_error)
+    row = 0
+    for batch in ds.data.to_batches(max_chunksize=ROW_BATCH):  # undecoded cells: decoding is ours
+        images = batch.column(image).to_pylist()
+        texts = batch.column(text).to_pylist() if text else [None] * len(images)
+        for value, label in zip(images, texts):
+            where, row = f"{path}:{row}", row + 1
+            result.total += 1
+            try:
+                picture = read_image_bytes(_image_value(value), "image")
+            except AnygenError as e:
+                collector.bad(where, str(e))
+                continue
+            if names is not None and isinstance(label, int) and 0 <= label < len(names):
+                label = names[label]
+            elif isinstance(label, (int, float)) and not isinstance(label, bool):
+                label = str(label)
+            picture = fit_image(picture, image_size) if image_size else to_rgb(picture)
+            caption = _caption(label, caption_template)
+            if caption is None:
+                result.uncaptioned += 1
+            result.documents.append(Document([Image(picture)] + ([Text(caption)] if caption else [])))
+            result.sources.append(where)
+    if result.total == 0:
+        raise AnygenError(f"{path}: the dataset has no rows")
+    collector.finish()
+    return result
+
+
+def _wds_text(sample: dict, text_key: str) -> str | None:
+    """The caption of a WebDataset sample: its `text_key` member, or the first of `WDS_TEXT_KEYS`."""
+    key = text_key or next((k for k in WDS_TEXT_KEYS if k in sample), None)
+    if key is None:
+        return None
+    if key not in sample:
+        raise AnygenError(f"no .{key} member")
+    try:
+        raw = bytes(sample[key]).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AnygenError(f".{key} is not valid UTF-8 (byte {e.start})") from None
+    if not key.endswith("json"):
+        return raw
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise AnygenError(f"bad JSON in .{key} ({e.msg})") from None
+    value = next((record[f] for f in JSON_TEXT_FIELDS if isinstance(record, dict) and f in record), None)
+    if not isinstance(value, str):
+        raise AnygenError(f".{key} has no {' or '.join(JSON_TEXT_FIELDS)} string")
+    return value
+
+
+def load_webdataset(path: str | os.PathLike, image_key: str = "", text_key: str = "", caption_template: str = "",
+                    on_error: str = "skip", image_size: int | None = None) -> LoadResult:
+    """Each sample of WebDataset tar shards (a .tar file, or a folder of them) -> Document
+    [Image, Text(caption)] (or [Image] without a caption).
+
+    A sample is the members sharing a key: `{key}.png` (or `image_key`: jpg, webp, ...) and
+    `{key}.txt`, or `{key}.json` with a caption/text field (or `text_key`). `caption_template`
+    wraps the text as `{label}`. A sample without an image or with a bad one is reported, and so
+    is a shard that cannot be read (the samples read before the damage are kept).
+    """
+    _check_image_size(image_size)
+    wds = _require("webdataset", "webdataset", "reading WebDataset shards")
+    path = Path(path)
+    if not path.exists():
+        raise AnygenError(f"{path}: not found")
+    shards = [path] if path.is_file() else folder_files(path, (".tar",))[0]
+    if not shards:
+        raise AnygenError(f"{path}: no .tar shards in the folder")
+    result = LoadResult(what="samples", where=str(path))
+    collector = _Collector(result, on_error)
+    for shard in shards:
+        try:
+            for sample in wds.WebDataset(str(shard), shardshuffle=False, empty_check=False):
+                where = f"{shard}: sample {sample['__key__']}"
+                result.total += 1
+                key = image_key or next((k for k in WDS_IMAGE_KEYS if k in sample), None)
+                try:
+                    if key is None or key not in sample:
+                        raise AnygenError(f"no image member (.{image_key or ', .'.join(WDS_IMAGE_KEYS)})")
+                    picture = read_image_bytes(sample[key], f".{key}")
+                    caption = _caption(_wds_text(sample, text_key), caption_template)
+                except AnygenError as e:
+                    collector.bad(where, str(e))
+                    continue
+                picture = fit_image(picture, image_size) if image_size else to_rgb(picture)
+                if caption is None:
+                    result.uncaptioned += 1
+                result.documents.append(Document([Image(picture)] + ([Text(caption)] if caption else [])))
+                result.sources.append(where)
+        except AnygenError:
+            raise
+        except Exception as e:  # tarfile and webdataset raise many types for a damaged shard
+            result.total += 1
+            collector.bad(str(shard), f"cannot read the tar shard ({type(e).__name__})")
+    if result.total == 0:
+        raise AnygenError(f"{path}: no samples in the shards")
+    collector.finish()
+    return result
+
+
 # ---- the world ------------------------------------------------------------------------------
+def _template_check(template: str, labelled: bool | None) -> None:
+    try:
+        check_caption_template(template, labelled)
+    except ValueError as e:
+        raise ConfigError(f"caption_template: {e}") from None
+
+
+@dataclass
+class ImageFolder:
+    """One entry of `user.image_folders` (a plain path string is `{path: PATH}`)."""
+
+    path: str = ""
+    recursive: bool = False  # also the images in sub-folders (default: the folder's own files)
+    labels: str = choice(*LABELS)  # subfolders: each sub-folder is a class named by its folder
+    caption_template: str = ""  # caption of images the sidecar does not caption, e.g. "a digit {label}"
+    captions: str = AUTO  # sidecar (.jsonl or .csv) in the folder; auto: captions.jsonl/.csv if there; "" none
+
+    def __post_init__(self):
+        check(bool(self.path), "path", "set the image folder")
+        _template_check(self.caption_template, self.labels != "none")
+
+    def load(self, on_error: str) -> LoadResult:
+        return load_image_folder(self.path, self.captions or None, on_error, recursive=self.recursive,
+                                 labels=self.labels, caption_template=self.caption_template)
+
+
+@dataclass
+class DatasetSource:
+    """One entry of `user.datasets`: a Hugging Face dataset folder (`save_to_disk`) or parquet
+    file(s), one captioned image per row (a plain path string is `{path: PATH}`)."""
+
+    path: str = ""
+    split: str = ""  # a DatasetDict's split (default: train, or its only split)
+    image_column: str = ""  # default: the Image-typed column, else image/img/picture/photo
+    text_column: str = ""  # default: caption/text/.../label, or the one class-label or string column
+    caption_template: str = ""  # e.g. "a handwritten digit {label}": {label} is the text column's value
+
+    def __post_init__(self):
+        check(bool(self.path), "path", "set the dataset folder or parquet file")
+        _template_check(self.caption_template, None)
+
+    def load(self, on_error: str) -> LoadResult:
+        return load_dataset_images(self.path, self.split, self.image_column, self.text_column,
+                                   self.caption_template, on_error)
+
+
+@dataclass
+class WebDatasetSource:
+    """One entry of `user.webdatasets`: WebDataset tar shards, `{key}.png` + `{key}.txt`/`.json`
+    per sample (a plain path string is `{path: PATH}`: a .tar file or a folder of them)."""
+
+    path: str = ""
+    image_key: str = ""  # image member extension (default: png, jpg, jpeg, webp or bmp)
+    text_key: str = ""  # caption member extension (default: txt, caption, text, json or cls)
+    caption_template: str = ""  # e.g. "a photo of {label}": {label} is the caption member's text
+
+    def __post_init__(self):
+        check(bool(self.path), "path", "set the .tar shard or the folder of shards")
+        _template_check(self.caption_template, None)
+
+    def load(self, on_error: str) -> LoadResult:
+        return load_webdataset(self.path, self.image_key, self.text_key, self.caption_template, on_error)
+
+
+def _entries(values: list, cls: type) -> list:
+    return [cls(path=v) if isinstance(v, str) else v for v in values]
+
+
 @dataclass
 class UserData:
     """The user's own data, added to the train split (and `val_fraction` of it to val), `repeat` times.
 
-    documents: JSONL documents (task `document`, loss on every token); image_folders:
-    captioned images (one text->image and one image->text example each; uncaptioned images
-    become one-image documents); audio_folders: transcribed WAVs (text->audio, audio->text);
-    edits: edit-pair JSONL files (task `edit`, and `describe_edit` when the mix has it).
+    documents: JSONL documents (task `document`, loss on every token); image_folders, datasets,
+    webdatasets: captioned images (one text->image and one image->text example each;
+    uncaptioned images become one-image documents); audio_folders: transcribed WAVs
+    (text->audio, audio->text); edits: edit-pair JSONL files (task `edit`, and `describe_edit`
+    when the mix has it). Image entries are a path or a mapping (`ImageFolder`,
+    `DatasetSource`, `WebDatasetSource`); paths become mappings once built.
     """
 
     documents: list[str] = field(default_factory=list)
-    image_folders: list[str] = field(default_factory=list)
+    image_folders: list[ImageFolder | str] = field(default_factory=list)
+    datasets: list[DatasetSource | str] = field(default_factory=list)
+    webdatasets: list[WebDatasetSource | str] = field(default_factory=list)
     audio_folders: list[str] = field(default_factory=list)
     edits: list[str] = field(default_factory=list)
+    recursive: bool = False  # audio folders: also the files in sub-folders
     repeat: int = 1
     val_fraction: float = 0.0
     on_error: str = choice("skip", "fail")
@@ -436,9 +832,17 @@ class UserData:
     def __post_init__(self):
         check(self.repeat >= 1, "repeat", f"must be >= 1, got {self.repeat}")
         check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        self.image_folders = _entries(self.image_folders, ImageFolder)
+        self.datasets = _entries(self.datasets, DatasetSource)
+        self.webdatasets = _entries(self.webdatasets, WebDatasetSource)
+
+    @property
+    def images(self) -> list:
+        """Every image source (folders, datasets, WebDataset shards)."""
+        return [*self.image_folders, *self.datasets, *self.webdatasets]
 
     def __bool__(self) -> bool:
-        return bool(self.documents or self.image_folders or self.audio_folders or self.edits)
+        return bool(self.documents or self.images or self.audio_folders or self.edits)
 
 
 class User:
@@ -454,8 +858,8 @@ class User:
     @property
     def tasks(self) -> tuple[str, ...]:
         c = self.config
-        tasks = ["document"] if c.documents or c.image_folders or c.audio_folders else []
-        tasks += ["text_to_image", "image_to_text"] if c.image_folders else []
+        tasks = ["document"] if c.documents or c.images or c.audio_folders else []
+        tasks += ["text_to_image", "image_to_text"] if c.images else []
         tasks += ["text_to_audio", "audio_to_text"] if c.audio_folders else []
         tasks += ["edit", "describe_edit"] if c.edits else []
         return tuple(tasks)
@@ -466,31 +870,50 @@ class User:
         c = self.config
         if not c:
             raise AnygenError("the user world has no data (set user.documents, user.image_folders, "
-                              "user.audio_folders or user.edits)")
+                              "user.datasets, user.webdatasets, user.audio_folders or user.edits)")
         items = {"documents": [], "image": [], "audio": [], "edits": []}
         for path in c.documents:
             items["documents"] += load_jsonl_documents(path, on_error=c.on_error).documents
-        for path in c.image_folders:
-            items["image"] += load_image_folder(path, on_error=c.on_error).documents
+        for source in c.images:
+            items["image"] += source.load(c.on_error).documents
         for path in c.audio_folders:
-            items["audio"] += load_audio_folder(path, on_error=c.on_error).documents
+            items["audio"] += load_audio_folder(path, on_error=c.on_error, recursive=c.recursive).documents
         for path in c.edits:
             items["edits"] += load_edit_pairs(path, on_error=c.on_error).pairs
         return items
 
+    def tasks_for(self, mix: TaskMix) -> tuple[str, ...]:
+        """The tasks this data teaches under `mix`: `tasks` less those the mix weighs 0
+        (`document` has no weight and is always kept)."""
+        weights = mix.weights()
+        return tuple(t for t in self.tasks if weights.get(t, 1.0) > 0)
+
     def task_source(self, mix: TaskMix) -> "UserTasks":
         return UserTasks(self, mix)
 
-    def text_corpus(self, n: int, rng: np.random.Generator) -> list[str]:
-        """`n` texts drawn (with replacement) from the data's captions, transcripts, document text
-        and instructions."""
+    def texts(self) -> list[str]:
+        """Every text of the data, once: captions, transcripts, document text, edit instructions."""
         items = self.loaded
         texts = [s.text for key in ("documents", "image", "audio") for d in items[key]
                  for s in d if isinstance(s, Text) and s.text.strip()]
         texts += [p.instruction for p in items["edits"]]
         if not texts:
             raise AnygenError("the user data holds no text")
+        return texts
+
+    def text_corpus(self, n: int, rng: np.random.Generator) -> list[str]:
+        """`n` texts drawn (with replacement) from `texts()`."""
+        texts = self.texts()
         return [texts[i] for i in rng.integers(0, len(texts), n)]
+
+    def images(self) -> list[PILImage.Image]:
+        """Every image of the data, once: image sources, documents' images, both sides of edit pairs."""
+        items = self.loaded
+        out = [s.image for key in ("documents", "image") for d in items[key] for s in d if isinstance(s, Image)]
+        out += [im for p in items["edits"] for im in (p.source, p.target)]
+        if not out:
+            raise AnygenError("the user data holds no images")
+        return out
 
     def preview(self, rng: np.random.Generator, kind: str = "") -> Document:
         """One loaded document (an edit pair as source, instruction, target)."""
@@ -504,7 +927,7 @@ class UserTasks:
 
     def __init__(self, world: User, mix: TaskMix):
         self.world, self.mix = world, mix
-        self.tasks = world.tasks
+        self.tasks = world.tasks_for(mix)
 
     def _in_split(self, n: int, split: str) -> np.ndarray:
         """Which of `n` items fall in `split`: a fixed `val_fraction` of them are val, the rest train."""
@@ -537,10 +960,9 @@ class UserTasks:
         for i in self._in_split(len(items["edits"]), split):
             p = items["edits"][i]
             makers += [("edit", lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng))] * k
-            if mix.describe_edit.weight > 0:
-                makers += [("describe_edit", lambda p=p: describe_edit(p.source, p.target, p.instruction,
-                                                                       mix.describe_edit, rng))] * k
-        return makers
+            makers += [("describe_edit", lambda p=p: describe_edit(p.source, p.target, p.instruction,
+                                                                   mix.describe_edit, rng))] * k
+        return [(task, make) for task, make in makers if task in self.tasks]
 
 
 def _media_text_makers(doc: Document, kind: str, mix: TaskMix, rng) -> list[tuple[str, Callable[[], Spec]]]:

@@ -228,3 +228,23 @@ def test_corrupt_image_file_error_names_the_path(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(AnygenError, match="broken.png"):
         folder_images(tmp_path)
+
+
+def test_background_black_emphasises_light_pixels_on_dark_and_none_weighs_all_alike():
+    target = -torch.ones(1, 3, 4, 4)  # black background
+    target[..., 0, 0] = 1.0  # one white stroke pixel
+    recon = target.clone()
+    recon[..., 0, 0] = 0.0  # error only on the stroke
+    assert torch.isclose(weighted_reconstruction(recon, target, 1, 0, 5.0, "black"), torch.tensor(5 / 20))
+    # with the default (white) background the black pixels are the objects and the stroke counts least
+    assert torch.isclose(weighted_reconstruction(recon, target, 1, 0, 5.0), torch.tensor(1 / 76))
+    assert torch.isclose(weighted_reconstruction(recon, target, 1, 0, 5.0, "none"), torch.tensor(1 / 16))
+    assert ImageCodecConfig().background == "white"
+    with pytest.raises(ConfigError, match="background: invalid value 'grey'"):
+        build(ImageCodecConfig, {"background": "grey"})
+    # the codec's training loss uses the setting
+    white, black = ImageCodec(tiny()), ImageCodec(tiny(background="black"))
+    black.load_state_dict(white.state_dict())
+    x = -torch.ones(2, 3, 16, 16)
+    x[..., 4:8, 4:8] = 1.0
+    assert white.training_losses(x)[1]["rec"] != black.training_losses(x)[1]["rec"]

@@ -125,3 +125,23 @@ def test_evaluate_audio_codec_on_melodies(tmp_path):
     out = evaluate_tokenizer(tmp_path / "audio", "melodies", n=3, seed=0)
     assert out["note_accuracy_originals"] == 1.0 and 0 <= out["note_accuracy"] <= 1
     assert math.isfinite(out["si_snr"]) and {"usage_l0", "usage_l1", "items_per_s"} <= set(out)
+
+
+def test_folder_evaluation_draws_a_seeded_sample_of_the_whole_folder(tiny_codec_dir, tmp_path):
+    from anygen.data.media_sources import folder_files, IMAGE_EXTENSIONS
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(10):
+        Image.new("RGB", (16, 16), (25 * i, 0, 0)).save(folder / f"{i}.png")
+    picked = [p.name for p in folder_files(folder, IMAGE_EXTENSIONS, "image", n=4, seed=0)]
+    assert len(picked) == 4 and picked != [f"{i}.png" for i in range(4)]  # not the first n in sorted order
+    assert picked == [p.name for p in folder_files(folder, IMAGE_EXTENSIONS, "image", n=4, seed=0)]
+    assert picked != [p.name for p in folder_files(folder, IMAGE_EXTENSIONS, "image", n=4, seed=1)]
+    assert evaluate_tokenizer(tiny_codec_dir, str(folder), n=4, seed=0)["n"] == 4
+    nested = tmp_path / "nested"
+    (nested / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(nested / "a" / "x.png")
+    with pytest.raises(AnygenError, match="set recursive: true"):
+        evaluate_tokenizer(tiny_codec_dir, str(nested), n=4, seed=0)
+    assert evaluate_tokenizer(tiny_codec_dir, str(nested), n=4, seed=0, recursive=True)["n"] == 1

@@ -229,3 +229,38 @@ def test_audio_kind_dispatches_to_the_audio_codec(tmp_path):
     train_tokenizer(recipe, progress=False)
     loaded = AudioCodec.load(out)
     assert loaded.n_q == 2 and (out / "checkpoint" / "state.json").exists()
+
+
+def test_image_folder_source_is_flat_unless_recursive(tmp_path):
+    folder = tmp_path / "data"
+    for sub in ("train", "test"):
+        (folder / sub).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / sub / "a.png")
+    recipe = write_recipe(tmp_path, tmp_path / "out", data={"source": "image-folder", "path": str(folder)},
+                          train={"steps": 1})
+    with pytest.raises(AnygenError, match="no image files.*2 sub-folders: set recursive: true"):
+        train_tokenizer(recipe, progress=False)
+    train_tokenizer(recipe, ["data.recursive=true", f"out={tmp_path / 'out2'}"], progress=False)
+    assert ImageCodec.load(tmp_path / "out2").image_size == 16
+
+
+def test_text_tokenizer_trains_on_the_user_data_text(tmp_path):
+    from anygen.codecs.text import load_text_tokenizer
+
+    folder = tmp_path / "digits"
+    for label in "0123456789":
+        (folder / label).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / label / "a.png")
+    out = tmp_path / "text"
+    recipe = tmp_path / "text.yaml"
+    recipe.write_text(yaml.safe_dump({"kind": "text", "out": str(out), "codec": {"vocab_size": 300},
+                                      "data": {"source": "user", "user": {"image_folders": [{
+                                          "path": str(folder), "labels": "subfolders",
+                                          "caption_template": "a handwritten digit {label}"}]}}}))
+    train_tokenizer(recipe, progress=False)
+    assert json.loads((out / "summary.json").read_text())["lines"] == 10
+    tok = load_text_tokenizer(out)
+    assert tok.decode(tok.encode("a handwritten digit 7")) == "a handwritten digit 7"
+    assert len(tok.encode("a handwritten digit 7")) < len("a handwritten digit 7")  # learned pieces, not bytes
+    with pytest.raises(AnygenError, match="the user world has no data"):
+        train_tokenizer(recipe, ["data.user.image_folders=[]"], progress=False)
