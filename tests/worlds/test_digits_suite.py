@@ -82,7 +82,8 @@ def test_evaluate_digits_end_to_end_on_the_tiny_model(gen):
     assert results["doc.exact"] <= results["doc.count"]
     assert "doc 3/3" in calls and "i2t" in calls
     table = format_report(results)
-    assert "| t2i.fd |" in table and "| 9 |" in table and "t2i.accuracy.d3" not in table
+    assert "| t2i.fd |" in table and "| t2i.diversity.ratio |" in table and "| 9 |" in table
+    assert "t2i.accuracy.d3" not in table and "diversity.d3" not in table
     only = evaluate_digits(gen, tiny_data(), BrightnessClassifier(), n_per_digit=1, n_documents=1, suites=("i2t",))
     assert set(only) == {"i2t.accuracy", "i2t.unparsed"} | {f"i2t.accuracy.d{d}" for d in range(10)}
 

@@ -24,6 +24,7 @@ Metrics
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Callable
 
@@ -38,6 +39,7 @@ from anygen.worlds.digits.data import DIGITS, DigitsData, to_image
 from anygen.worlds.metrics import frechet_distance
 
 SUITES = ("t2i", "i2t", "doc")
+PER_DIGIT_KEY = re.compile(r"\.d[0-9](\.|$)")  # "t2i.accuracy.d3", "t2i.diversity.d3.ratio": the per-digit table
 CAPTION_BATCH = 100  # test digits captioned per call
 ITEM_TEXT_TOKENS = 16  # new tokens allowed for each item's phrase in a document, besides its image
 
@@ -130,7 +132,7 @@ def _ratio(a: float, b: float) -> float:
 def format_report(results: dict[str, float]) -> str:
     """The overall metrics as a Markdown table, then one row per digit."""
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in results.items() if ".d" not in k]
+    lines += [f"| {k} | {v:.3f} |" for k, v in results.items() if not PER_DIGIT_KEY.search(k)]
     per_digit = [("t2i.accuracy.d{}", "t2i acc"), ("t2i.diversity.d{}.generated", "div gen"),
                  ("t2i.diversity.d{}.real", "div real"), ("t2i.diversity.d{}.ratio", "div ratio"),
                  ("i2t.accuracy.d{}", "i2t acc")]
