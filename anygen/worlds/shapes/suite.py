@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -58,6 +57,7 @@ from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.worlds.shapes.judges import judge_image, judge_melody
+from anygen.worlds.metrics import frechet_distance
 
 ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
 SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
@@ -95,18 +95,6 @@ def pooled_features(images, grid: int = 8) -> np.ndarray:
         k = 64 // grid
         out.append(a.reshape(grid, k, grid, k, 3).mean(axis=(1, 3)).reshape(-1))
     return np.stack(out)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature rows a (N, D) and b (M, D)."""
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():  # fewer samples than dimensions: singular but still a finite distance
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        root = np.real(linalg.sqrtm(cov_a @ cov_b))
-    return float(max(0.0, ((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root)))
 
 
 def _cells_touched(source: Scene, target: Scene) -> set[int]:
