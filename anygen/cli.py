@@ -1,7 +1,9 @@
 """`anygen <verb>`: the command line. Each verb is a thin wrapper over the Python API.
 
 User mistakes (bad files, prompts, configs, model directories) print one line
-`anygen: error: ...` and exit with code 2; no traceback.
+`anygen: error: ...` and exit with code 2; no traceback. A generation verb whose input looks
+outside what the model knows, or whose result is empty, prints one line `anygen: warning: ...`
+to stderr (with `--strict` that is an error, exit code 2).
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def model_of(args):
     return anygen.load(args.model)
 
 
+def warn_domain(*results) -> None:
+    """One `anygen: warning: ...` line on stderr per result whose `DomainScore` is flagged."""
+    from anygen.api import domain_of
+
+    for result in results:
+        score = domain_of(result)
+        if score is not None and score.flagged:
+            print(f"anygen: warning: {score.message()}", file=sys.stderr)
+
+
 def _settings(args) -> dict:
     from anygen.sampling.settings import SamplingSettings
 
@@ -111,7 +123,9 @@ def cmd_generate(args) -> None:
     else:
         prompt = Document([Text(check_text(args.prompt))])
     model = model_of(args)
-    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **_settings(args))
+    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, strict=args.strict,
+                                  **_settings(args))
+    warn_domain(continuation)
     out = (prompt + continuation).save(args.out)
     print(f"wrote {out / 'index.html'}")
 
@@ -121,7 +135,9 @@ def cmd_draw(args) -> None:
 
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                           best_of=args.best_of)
-    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **_settings(args))
+    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, strict=args.strict,
+                                 **_settings(args))
+    warn_domain(*images)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}")
@@ -132,22 +148,29 @@ def cmd_draw(args) -> None:
 
 
 def cmd_describe_edit(args) -> None:
-    print(model_of(args).describe_edit(args.image, args.target, seed=args.seed))
+    answer = model_of(args).describe_edit(args.image, args.target, seed=args.seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_caption(args) -> None:
-    print(model_of(args).caption(args.image, seed=args.seed))
+    answer = model_of(args).caption(args.image, seed=args.seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_transcribe(args) -> None:
-    print(model_of(args).transcribe(args.audio, seed=args.seed))
+    answer = model_of(args).transcribe(args.audio, seed=args.seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_say(args) -> None:
     from anygen.document import wav_bytes
     from anygen.io import atomic_write_bytes
 
-    audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
+    audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed, strict=args.strict)
+    warn_domain(audio)
     atomic_write_bytes(args.out, wav_bytes(audio.waveform, audio.sample_rate))
     print(f"wrote {args.out} ({audio.seconds:.2f} s)")
 
@@ -165,10 +188,12 @@ def cmd_edit(args) -> None:
         options = replace(options, editable=parse_mask(args.mask, model.vocab.image_grids[0],
                                                        model.meta.get("worlds", ())))
     if args.reason:
-        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, seed=args.seed, options=options)
+        image, reasoning = model.edit_with_reasoning(args.image, args.instruction, seed=args.seed, options=options,
+                                                     strict=args.strict)
         print(reasoning)
     else:
-        image = model.edit(args.image, args.instruction, seed=args.seed, options=options)
+        image = model.edit(args.image, args.instruction, seed=args.seed, options=options, strict=args.strict)
+    warn_domain(image)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -239,6 +264,22 @@ def cmd_bench_train(args) -> None:
 
 
 # ---- model evaluation and demo -----------------------------------------------------------
+def cmd_calibrate(args) -> None:
+    from anygen.eval.domain import calibrate
+
+    print(f"wrote {calibrate(args.model, n=args.n, seed=args.seed)}")
+
+
+def cmd_eval_domain(args) -> None:
+    from anygen.eval.domain import evaluate_domain, format_report
+
+    report = evaluate_domain(args.model, n=args.n, seed=args.seed, n_draws=args.draws)
+    print(format_report(report))
+    if args.json:
+        from anygen.io import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(report, indent=2, ensure_ascii=False).encode())
+
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
@@ -314,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument(positional, help=positional_help)
         q.add_argument("--model", help="model directory (default: the bundled model, or $ANYGEN_MODEL)")
         q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        q.add_argument("--strict", action="store_true",
+                       help="an input outside what the model knows, or an empty result, is an error (exit 2) "
+                            "instead of a warning")
         return q
 
     def sampling_args(q):
@@ -399,8 +443,24 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")
     ev_sub = ev.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = ev_sub.add_parser("domain", help="how well the domain score flags inputs outside the model's domain")
+    p.add_argument("--model", help="a calibrated model directory (default: the bundled model, or $ANYGEN_MODEL)")
+    p.add_argument("--n", type=int, default=1000, help="held-out in-domain inputs per kind (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out inputs (default 0)")
+    p.add_argument("--draws", type=int, default=100,
+                   help="in-domain captions drawn to count empty results (default 100; 0: no drawing)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval_domain)
     for name in WORLD_COMMANDS:  # the verbs worlds bring: `anygen eval shapes`, `anygen judge`, ...
         importlib.import_module(name).add_commands(sub, ev_sub)
+    p = sub.add_parser("calibrate", help="write the model's domain.json: where in-domain inputs' scores fall",
+                       description="Score in-domain inputs of every kind from the worlds the model records and "
+                                   "write domain.json into the model directory: generation then warns about "
+                                   "inputs less likely than 99.5%% of them.")
+    p.add_argument("--model", help="model directory (default: the bundled model, or $ANYGEN_MODEL)")
+    p.add_argument("--n", type=int, default=1000, help="in-domain inputs per kind (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration inputs (default 0)")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bundle", help="copy a model directory with float16 weights (for shipping)")
     p.add_argument("source", help="model directory (decoder + tokenizer/)")
     p.add_argument("--out", required=True, help="output directory, e.g. anygen/assets/default")
