@@ -95,13 +95,13 @@ def model_of(args):
 
 
 def warn_domain(*results) -> None:
-    """One `anygen: warning: ...` line on stderr per result whose `DomainScore` is flagged."""
+    """One `anygen: warning: ...` line on stderr per distinct message of the results whose `DomainScore`
+    is flagged."""
     from anygen.api import domain_of
 
-    for result in results:
-        score = domain_of(result)
-        if score is not None and score.flagged:
-            print(f"anygen: warning: {score.message()}", file=sys.stderr)
+    scores = [domain_of(result) for result in results]
+    for message in dict.fromkeys(s.message() for s in scores if s is not None and s.flagged):
+        print(f"anygen: warning: {message}", file=sys.stderr)
 
 
 def _settings(args) -> dict:

@@ -17,7 +17,7 @@ from anygen.api import DomainScore, domain_of, load_model
 from anygen.api.domain import (DOMAIN_FILE, KINDS, QUANTILES, Answer, Calibration, KindCalibration, is_empty,
                                is_silent)
 from anygen.cli import main as cli_main
-from anygen.document import Audio, Document, Text
+from anygen.document import Audio, Document
 from anygen.errors import AnygenError
 from anygen.model.decoder import forward_logits
 from anygen.model.positions import ImagePositions

@@ -49,7 +49,7 @@ FLAG_SHARE = 0.005  # in-domain inputs flagged by design (half below the range, 
 QUANTILES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 1.0)  # stored per kind
 MIN_CALIBRATION = 20  # fewer in-domain inputs cannot place a 99.5% quantile at all
 # A picture whose pixel values (0-255, all channels) vary by less than this shows nothing: a flat
-# page plus codec noise stays below 3 levels, while one small shape on a plain background is tens.
+# page plus codec noise stays well below 3 levels, one small shape on a plain page is over ten.
 BLANK_IMAGE_STD = 3.0
 SILENT_RMS = 1e-3  # -60 dBFS: quieter than any audible clip, louder than dither and codec noise on silence
 IMAGE_INFO_KEY = "anygen_domain"  # where a PIL image result carries its DomainScore

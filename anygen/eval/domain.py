@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage, ImageDraw
 
-from anygen.api.domain import KINDS, MIN_CALIBRATION, Calibration, KindCalibration, domain_of, is_blank_image, is_silent
+from anygen.api.domain import (KINDS, MIN_CALIBRATION, Calibration, KindCalibration, domain_of, is_blank_image,
+                               is_silent)
 from anygen.document import Audio, Document, Image, Text
 from anygen.errors import AnygenError
 from anygen.tasks.layouts import TaskMix
@@ -175,7 +176,7 @@ def ood_audio(sample_rate: int = 16000, seconds: float = 1.0, seed: int = 0) -> 
 
 
 # ---- the measurement ----------------------------------------------------------------------
-def ood_inputs(kind: str, gen) -> dict:
+def ood_inputs(kind: str) -> dict:
     """name -> input of `kind` outside the bundled model's domain."""
     if kind in ("text_to_image", "text_to_audio", "edit"):
         return {t: t for t in OOD_TEXTS}
@@ -202,7 +203,7 @@ def evaluate_domain(directory: str | os.PathLike | None = None, n: int = 1000, s
     for kind in KINDS:
         if kind not in check.calibration.kinds:
             continue
-        ood = ood_inputs(kind, gen)
+        ood = ood_inputs(kind)
         blank = [is_blank_image(x) if kind == "image_to_text" else is_silent(x[0]) if kind == "audio_to_text"
                  else False for x in ood.values()]
         ood_scores = check.score(kind, [check.prompt(kind, x) for x in ood.values()], blank)
