@@ -2,7 +2,9 @@
 
 User mistakes (bad files, prompts, configs, model directories, output paths) print one line
 `anygen: error: ...` and exit with code 2; no traceback. Each verb checks its output path and
-its flags before it loads a model or starts work.
+its flags before it loads a model or starts work. A generation verb whose input looks outside
+what the model knows, or whose result is empty, prints one line `anygen: warning: ...` to
+stderr (with `--strict` that is an error, exit code 2).
 """
 
 from __future__ import annotations
@@ -134,6 +136,16 @@ def model_of(args):
     return anygen.load(args.model)
 
 
+def warn_domain(*results) -> None:
+    """One `anygen: warning: ...` line on stderr per distinct message of the results whose `DomainScore`
+    is flagged."""
+    from anygen.api import domain_of
+
+    scores = [domain_of(result) for result in results]
+    for message in dict.fromkeys(s.message() for s in scores if s is not None and s.flagged):
+        print(f"anygen: warning: {message}", file=sys.stderr)
+
+
 def sampling_flags(args) -> dict:
     """The sampling flags as `**settings` of the API (checked: call it before the model loads);
     --seed is checked too."""
@@ -158,7 +170,9 @@ def cmd_generate(args) -> None:
     else:
         prompt = Document([Text(check_text(args.prompt))])
     model = model_of(args)
-    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, **settings)
+    continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, strict=args.strict,
+                                  **settings)
+    warn_domain(continuation)
     with writing_output(out):
         (prompt + continuation).save(out)
     print(f"wrote {out / 'index.html'}")
@@ -177,7 +191,9 @@ def cmd_draw(args) -> None:
         raise AnygenError("--greedy draws the most likely codes: drop --temperature/--top-k/--top-p")
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                           best_of=args.best_of, greedy=True if args.greedy else None)
-    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, **settings)
+    images = model_of(args).draw(args.text, n=args.n, seed=args.seed, options=options, strict=args.strict,
+                                 **settings)
+    warn_domain(*images)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(len(images))]
     for image, path in zip(images, paths):
         with writing_output(path):
@@ -190,7 +206,9 @@ def cmd_describe_edit(args) -> None:
     from anygen.sampling.settings import check_seed
 
     source, target, seed = read_image_file(args.image), read_image_file(args.target), check_seed(args.seed)
-    print(model_of(args).describe_edit(source, target, seed=seed))
+    answer = model_of(args).describe_edit(source, target, seed=seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_caption(args) -> None:
@@ -198,7 +216,9 @@ def cmd_caption(args) -> None:
     from anygen.sampling.settings import check_seed
 
     image, seed = read_image_file(args.image), check_seed(args.seed)
-    print(model_of(args).caption(image, seed=seed))
+    answer = model_of(args).caption(image, seed=seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_transcribe(args) -> None:
@@ -206,7 +226,9 @@ def cmd_transcribe(args) -> None:
     from anygen.sampling.settings import check_seed
 
     audio, seed = read_audio_file(args.audio), check_seed(args.seed)  # what the API reads from a path
-    print(model_of(args).transcribe(audio, seed=seed))
+    answer = model_of(args).transcribe(audio, seed=seed, strict=args.strict)
+    warn_domain(answer)
+    print(answer)
 
 
 def cmd_say(args) -> None:
@@ -217,7 +239,8 @@ def cmd_say(args) -> None:
     out = out_file(args.out, WAV_SUFFIXES)
     check_text(args.text)
     check_seed(args.seed)
-    audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed)
+    audio = model_of(args).say(args.text, guidance_scale=args.guidance_scale, seed=args.seed, strict=args.strict)
+    warn_domain(audio)
     with writing_output(out):
         atomic_write_bytes(out, wav_bytes(audio.waveform, audio.sample_rate))
     print(f"wrote {out} ({audio.seconds:.2f} s)")
@@ -275,10 +298,12 @@ def cmd_edit(args) -> None:
         options = replace(options, editable=parse_mask(args.mask, model.vocab.image_grids[0],
                                                        model.meta.get("worlds", ())))
     if args.reason:
-        image, reasoning = model.edit_with_reasoning(source, args.instruction, seed=args.seed, options=options)
+        image, reasoning = model.edit_with_reasoning(source, args.instruction, seed=args.seed, options=options,
+                                                     strict=args.strict)
         print(reasoning)
     else:
-        image = model.edit(source, args.instruction, seed=args.seed, options=options)
+        image = model.edit(source, args.instruction, seed=args.seed, options=options, strict=args.strict)
+    warn_domain(image)
     with writing_output(out):
         save_image(image, out)
     print(f"wrote {out}")
@@ -359,6 +384,22 @@ def cmd_bench_train(args) -> None:
 
 
 # ---- model evaluation and demo -----------------------------------------------------------
+def cmd_calibrate(args) -> None:
+    from anygen.eval.domain import calibrate
+
+    print(f"wrote {calibrate(args.model, n=args.n, seed=args.seed)}")
+
+
+def cmd_eval_domain(args) -> None:
+    from anygen.eval.domain import evaluate_domain, format_report
+
+    report = evaluate_domain(args.model, n=args.n, seed=args.seed, n_draws=args.draws)
+    print(format_report(report))
+    if args.json:
+        from anygen.io import atomic_write_bytes
+
+        atomic_write_bytes(args.json, json.dumps(report, indent=2, ensure_ascii=False).encode())
+
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
@@ -436,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument(positional, help=positional_help)
         q.add_argument("--model", help="model directory (default: the bundled model, or $ANYGEN_MODEL)")
         q.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+        q.add_argument("--strict", action="store_true",
+                       help="an input outside what the model knows, or an empty result, is an error (exit 2) "
+                            "instead of a warning")
         return q
 
     def sampling_args(q):
@@ -527,8 +571,24 @@ def build_parser() -> argparse.ArgumentParser:
     # eval
     ev = sub.add_parser("eval", help="measure judges, tokenizers and models")
     ev_sub = ev.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = ev_sub.add_parser("domain", help="how well the domain score flags inputs outside the model's domain")
+    p.add_argument("--model", help="a calibrated model directory (default: the bundled model, or $ANYGEN_MODEL)")
+    p.add_argument("--n", type=int, default=1000, help="held-out in-domain inputs per kind (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out inputs (default 0)")
+    p.add_argument("--draws", type=int, default=100,
+                   help="in-domain captions drawn to count empty results (default 100; 0: no drawing)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval_domain)
     for name in WORLD_COMMANDS:  # the verbs worlds bring: `anygen eval shapes`, `anygen judge`, ...
         importlib.import_module(name).add_commands(sub, ev_sub)
+    p = sub.add_parser("calibrate", help="write the model's domain.json: where in-domain inputs' scores fall",
+                       description="Score in-domain inputs of every kind from the worlds the model records and "
+                                   "write domain.json into the model directory: generation then warns about "
+                                   "inputs less likely than 99.5%% of them.")
+    p.add_argument("--model", help="model directory (default: the bundled model, or $ANYGEN_MODEL)")
+    p.add_argument("--n", type=int, default=1000, help="in-domain inputs per kind (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration inputs (default 0)")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bundle", help="copy a model directory with float16 weights (for shipping)")
     p.add_argument("source", help="model directory (decoder + tokenizer/)")
     p.add_argument("--out", required=True, help="output directory, e.g. anygen/assets/default")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from anygen.api.domain import DomainScore, domain_of
 from anygen.api.generator import AnyGen
 from anygen.api.options import DrawOptions, EditOptions, StoryOptions
 from anygen.api.rerank import Verifier
@@ -17,8 +18,8 @@ from anygen.errors import AnygenError
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default"
 
-__all__ = ["AnyGen", "DrawOptions", "EditOptions", "StoryOptions", "DEFAULT_MODEL", "default_model_dir",
-           "load_model", "model_meta"]
+__all__ = ["AnyGen", "DrawOptions", "EditOptions", "StoryOptions", "DEFAULT_MODEL", "DomainScore",
+           "default_model_dir", "domain_of", "load_model", "model_meta"]
 
 
 def default_model_dir() -> Path:
@@ -37,9 +38,11 @@ def model_meta(directory: str | os.PathLike | None = None) -> dict:
 
 
 def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", plan_format=None,
-               sampler=None, verifier=None) -> AnyGen:
+               sampler=None, verifier=None, calibrated: bool = True) -> AnyGen:
     """Load a model directory (default: $ANYGEN_MODEL or the bundled model) with the given strategies
-    (`AnyGen`: a plan format for reasoned edits; a sampler and a verifier to replace, in tests)."""
+    (`AnyGen`: a plan format for reasoned edits; a sampler and a verifier to replace, in tests). Its
+    `domain.json`, when present and `calibrated`, calibrates the domain scores of inputs (`anygen.api.domain`)."""
+    from anygen.api.domain import Calibration
     from anygen.model.decoder import load_decoder
     from anygen.model.transfusion import check_codec_fits, image_head_of, load_transfusion
     from anygen.tokenizer import MultimodalTokenizer
@@ -64,4 +67,5 @@ def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", 
         diffusion = load_transfusion(directory, model, meta).eval()
         check_codec_fits(diffusion.head, tokenizer.image, str(directory))
     return AnyGen(model.eval(), tokenizer, diffusion=diffusion, plan_format=plan_format, sampler=sampler,
-                  verifier=verifier or Verifier, meta=meta)
+                  verifier=verifier or Verifier, meta=meta,
+                  domain=Calibration.load(directory) if calibrated else None)

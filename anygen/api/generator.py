@@ -5,6 +5,10 @@ hands them to the strategy that does the work: the `Session` (prompts, sampling,
 `Editor` (plain, best-of and reasoned edits), `StoryWriter`, `DiffusionImages` (Transfusion
 models). Keyword arguments that are not an option of the method are sampling settings
 (`GenerationConfig` fields, e.g. `text=SamplingSettings(temperature=0.7)`).
+
+Every result carries a `DomainScore` (`anygen.api.domain`; read it with `domain_of(result)`):
+how far the input lies from the model's calibrated in-domain inputs, and whether the result is
+empty. With `strict=True` a flagged input or an empty result raises `AnygenError` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from PIL import Image as PILImage
 from anygen.api.capabilities import SAMPLED_IMAGE, Capabilities, edit_tasks, story_tasks
 from anygen.api.core import Session
 from anygen.api.diffusion import DiffusionImages
+from anygen.api.domain import Calibration, DomainCheck, attach, is_blank_image, is_empty, is_silent
 from anygen.api.editing import Editor
 from anygen.api.inputs import MAX_PROMPT_CHARS, as_audio, as_image, check_int, check_text, check_texts
 from anygen.api.options import DrawOptions, EditOptions, StoryOptions, check_scale, resolve
@@ -41,14 +46,17 @@ class AnyGen:
     sampling loop and `verifier` (a `Verifier` class) the likelihood scores best-of ranks by (seams for tests);
     `meta` is what the model directory records (`anygen_decoder.json`): a task the model was not
     trained on (its `"tasks"`) is refused with a one-line error, and its `"recommended"` defaults
-    apply where the caller sets none (`anygen.api.capabilities`).
+    apply where the caller sets none (`anygen.api.capabilities`). `domain` is its domain
+    calibration (`domain.json`; None: results are scored but inputs never flagged).
     """
 
     def __init__(self, model, tokenizer, config: GenerationConfig | None = None, diffusion=None,
-                 plan_format=None, sampler=None, verifier: type[Verifier] = Verifier, meta: dict | None = None):
+                 plan_format=None, sampler=None, verifier: type[Verifier] = Verifier, meta: dict | None = None,
+                 domain: Calibration | None = None):
         self.meta = meta or {}
         self.capabilities = Capabilities.of(self.meta)
         self.session = Session(model, tokenizer, config, sampler, self.capabilities)
+        self.domain_check = DomainCheck(self.session, domain)
         self.model, self.tokenizer, self.vocab = model, tokenizer, tokenizer.vocab
         self.verifier = verifier(self.session)
         self.diffusion = DiffusionImages(self.session, diffusion) if diffusion is not None else None
@@ -65,7 +73,7 @@ class AnyGen:
 
     # ---- any document -----------------------------------------------------------------
     def generate(self, prompt: Document | str, max_new_tokens: int | None = None, seed: int | None = None,
-                 callback: Callable[[Document], None] | None = None, **settings) -> Document:
+                 callback: Callable[[Document], None] | None = None, strict: bool = False, **settings) -> Document:
         """Continue any Document with interleaved text, images and audio; returns the continuation.
         `max_new_tokens` (default: `GENERATE_TOKENS`, or the room the prompt leaves in the model's
         context when that is less) must fit in that room, else a one-line error names both.
@@ -85,16 +93,17 @@ class AnyGen:
         if max_new_tokens is None:
             max_new_tokens = max(1, min(GENERATE_TOKENS, s.context - len(ids)))  # none left: check_length says so
         s.check_length(ids, max_new_tokens)
+        [score] = self.domain_check.score("document", [ids], strict=strict)
         if self.diffusion is not None:
-            return self.diffusion.generate(ids, max_new_tokens, seed, **settings)
+            return attach(self.diffusion.generate(ids, max_new_tokens, seed, **settings), score, strict)
         cfg = s.settings(max_new_tokens=max_new_tokens, seed=seed, **settings)
         on_span = None if callback is None else (lambda row, span: callback(self.tokenizer.decode(list(span.ids))))
         [result] = s.sample([ids], cfg, callback=on_span)
-        return self.tokenizer.decode(result.ids)
+        return attach(self.tokenizer.decode(result.ids), score, strict)
 
     # ---- images -----------------------------------------------------------------------
     def draw(self, text: str, /, n: int = 1, seed: int | None = 0, options: DrawOptions | None = None,
-             **settings) -> list[PILImage.Image]:
+             strict: bool = False, **settings) -> list[PILImage.Image]:
         """text -> n images, batched. Options (`DrawOptions`, or its fields as keywords):
         guidance_scale, num_inference_steps (diffusion head), best_of, greedy.
 
@@ -107,10 +116,10 @@ class AnyGen:
         options, settings = resolve(DrawOptions, options, settings)
         if options.greedy is None and n > 1:
             options = replace(options, greedy=False)
-        return self.draw_batch([text] * n, seed=seed, options=options, **settings)
+        return self.draw_batch([text] * n, seed=seed, options=options, strict=strict, **settings)
 
     def draw_batch(self, texts: Sequence[str], seed: int | None = 0, options: DrawOptions | None = None,
-                   **settings) -> list[PILImage.Image]:
+                   strict: bool = False, **settings) -> list[PILImage.Image]:
         """One image per text, all rows sampled together: greedy codes unless `greedy=False` or, with
         `greedy` unset, `best_of` > 1 (then sampled as `draw` with n > 1 samples; explicit
         `image=...` settings win). Guidance: `guidance_scale`, else the model's recommended one,
@@ -125,8 +134,11 @@ class AnyGen:
         recommended = self.capabilities.recommended
         if options.guidance_scale is None and recommended.guidance_scale is not None:
             options = replace(options, guidance_scale=recommended.guidance_scale)
+        scores = self.domain_check.score("text_to_image", [self.domain_check.prompt("text_to_image", t)
+                                                           for t in texts], strict=strict)
         if self.diffusion is not None:
-            return self.diffusion.draw(texts, options, seed, **settings)
+            images = self.diffusion.draw(texts, options, seed, **settings)
+            return [attach(im, score, strict) for im, score in zip(images, scores)]
         if options.num_inference_steps is not None:
             raise AnygenError("num_inference_steps (denoising steps) applies to diffusion-head models only")
         s = self.session
@@ -153,23 +165,28 @@ class AnyGen:
             group, self.tokenizer.encode_text(texts[row])), options.best_of)
         if any(codes is None for codes in picked):
             raise AnygenError("the model did not finish an image within its token budget")
-        return [self.tokenizer.image_from_codes(codes) for codes in picked]
+        return [attach(self.tokenizer.image_from_codes(codes), score, strict)
+                for codes, score in zip(picked, scores)]
 
-    def caption(self, image, /, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
+    def caption(self, image, /, max_new_tokens: int = 64, seed: int | None = 0, strict: bool = False,
+                **settings) -> str:
         """image -> text."""
-        return self.caption_batch([image], max_new_tokens, seed, **settings)[0]
+        return self.caption_batch([image], max_new_tokens, seed, strict=strict, **settings)[0]
 
     def caption_batch(self, images: Sequence, max_new_tokens: int = 64, seed: int | None = 0,
-                      **settings) -> list[str]:
-        """One caption per image, batched."""
+                      strict: bool = False, **settings) -> list[str]:
+        """One caption per image, batched; a blank image is flagged."""
         self.session.needs_token_images("caption", self.diffusion)
-        prompts = [self.session.prompt("image_to_text", image=as_image(im)) for im in self._rows(images, "image")]
-        return self.session.text_answers(prompts, check_int(max_new_tokens, "max_new_tokens", 1),
-                                         check_seed(seed), **settings)
+        images = [as_image(im) for im in self._rows(images, "image")]
+        prompts = [self.domain_check.prompt("image_to_text", im) for im in images]
+        scores = self.domain_check.score("image_to_text", prompts, [is_blank_image(im) for im in images], strict)
+        answers = self.session.text_answers(prompts, check_int(max_new_tokens, "max_new_tokens", 1),
+                                            check_seed(seed), **settings)
+        return [attach(answer, score, strict) for answer, score in zip(answers, scores)]
 
     # ---- audio ------------------------------------------------------------------------
     def say(self, text: str, /, guidance_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
-            **settings) -> Audio:
+            strict: bool = False, **settings) -> Audio:
         """text -> audio (e.g. "the notes C E G" -> a melody); `max_frames` bounds its length in codec frames."""
         from anygen.codecs.layout import stream_length
 
@@ -179,6 +196,7 @@ class AnyGen:
         cond, uncond = s.prompt("text_to_audio", text=text), s.null_prompt("text_to_audio")
         budget = stream_length(frames, self.vocab.audio_levels, self.vocab.audio_layout) + 3
         s.check_length(cond, budget)
+        [score] = self.domain_check.score("text_to_audio", [cond], strict=strict)
         cfg = s.settings(max_new_tokens=budget, seed=seed, guidance_scales=(scale,), allow_image=False,
                          audio_max_frames=frames, **settings)
         prompt = Prompt(cond, uncond=[uncond] if scale != 1.0 else (), force=[self.vocab.boa])
@@ -186,39 +204,46 @@ class AnyGen:
         audios = self.tokenizer.decode(result.ids).audios
         if not audios:
             raise AnygenError("the model did not produce audio within its token budget")
-        return audios[0]
+        return attach(audios[0], score, strict)
 
-    def transcribe(self, audio, /, max_new_tokens: int = 64, seed: int | None = 0, **settings) -> str:
-        """audio (path, Audio or (waveform, sr)) -> text."""
-        ids = self.session.prompt("audio_to_text", audio=as_audio(audio))
-        return self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1),
-                                         check_seed(seed), **settings)[0]
+    def transcribe(self, audio, /, max_new_tokens: int = 64, seed: int | None = 0, strict: bool = False,
+                   **settings) -> str:
+        """audio (path, Audio or (waveform, sr)) -> text; silent audio is flagged."""
+        audio = as_audio(audio)
+        ids = self.domain_check.prompt("audio_to_text", audio)
+        [score] = self.domain_check.score("audio_to_text", [ids], [is_silent(audio[0])], strict)
+        answer = self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1),
+                                           check_seed(seed), **settings)[0]
+        return attach(answer, score, strict)
 
     # ---- edits ------------------------------------------------------------------------
     def edit(self, image, instruction: str, /, seed: int | None = 0, options: EditOptions | None = None,
-             **settings) -> PILImage.Image:
-        """(image, instruction) -> edited image. Options: `EditOptions` (or its fields as keywords)."""
-        return self.edit_batch([image], [instruction], seed=seed, options=options, **settings)[0]
+             strict: bool = False, **settings) -> PILImage.Image:
+        """(image, instruction) -> edited image. Options: `EditOptions` (or its fields as keywords).
+        The domain score is the instruction's."""
+        return self.edit_batch([image], [instruction], seed=seed, options=options, strict=strict, **settings)[0]
 
     def edit_batch(self, images: Sequence, instructions: Sequence[str], seed: int | None = 0,
-                   options: EditOptions | None = None, **settings) -> list[PILImage.Image]:
+                   options: EditOptions | None = None, strict: bool = False, **settings) -> list[PILImage.Image]:
         """One edit per (image, instruction) pair, all rows (and their guidance rows) in one batch;
         `editable`, when given, applies to every image."""
-        return [edited for edited, _ in self._edits(images, instructions, seed, options, settings)]
+        return [edited for edited, _ in self._edits(images, instructions, seed, options, settings, strict)]
 
     def edit_with_reasoning(self, image, instruction: str, /, seed: int | None = 0,
-                            options: EditOptions | None = None, **settings) -> tuple[PILImage.Image, str]:
+                            options: EditOptions | None = None, strict: bool = False,
+                            **settings) -> tuple[PILImage.Image, str]:
         """`edit(..., reason=True)` that also returns the plan the model wrote (in its world's plan format)."""
-        [(edited, plan)] = self.edit_batch_with_reasoning([image], [instruction], seed, options, **settings)
+        [(edited, plan)] = self.edit_batch_with_reasoning([image], [instruction], seed, options, strict, **settings)
         return edited, plan
 
     def edit_batch_with_reasoning(self, images: Sequence, instructions: Sequence[str], seed: int | None = 0,
-                                  options: EditOptions | None = None,
+                                  options: EditOptions | None = None, strict: bool = False,
                                   **settings) -> list[tuple[PILImage.Image, str]]:
         """`edit_batch(..., reason=True)` that also returns each row's plan text."""
-        return self._edits(images, instructions, seed, options, {**settings, "reason": True})
+        return self._edits(images, instructions, seed, options, {**settings, "reason": True}, strict)
 
-    def _edits(self, images, instructions, seed, options, settings) -> list[tuple[PILImage.Image, str | None]]:
+    def _edits(self, images, instructions, seed, options, settings,
+               strict: bool = False) -> list[tuple[PILImage.Image, str | None]]:
         options, settings = resolve(EditOptions, options, settings)
         for task, why in edit_tasks(options):
             self.capabilities.require(task, why=why)
@@ -227,12 +252,15 @@ class AnyGen:
         instructions = check_texts(instructions, "instruction")
         if len(images) != len(instructions):
             raise AnygenError(f"{len(images)} images but {len(instructions)} instructions")
+        scores = self.domain_check.score("edit", [self.domain_check.prompt("edit", ins) for ins in instructions],
+                                         strict=strict)
         sources = [self.tokenizer.image_codes(as_image(image)) for image in images]  # (H, W) each
         if options.editable is not None and len(options.editable) != sources[0].numel():
             h, w = sources[0].shape
             raise AnygenError(f"editable has {len(options.editable)} flags; the code grid needs {h}x{w} = {h * w}")
-        return [(self.tokenizer.image_from_codes(codes), plan)
-                for codes, plan in self.editor.edit(sources, instructions, options, check_seed(seed), **settings)]
+        edited = self.editor.edit(sources, instructions, options, check_seed(seed), **settings)
+        return [(attach(self.tokenizer.image_from_codes(codes), score, strict), plan)
+                for (codes, plan), score in zip(edited, scores)]
 
     def plan_edits(self, instructions: Sequence[str], seen: Sequence[str], /, max_new_tokens: int = 64,
                    seed: int | None = 0) -> list[str]:
@@ -247,23 +275,32 @@ class AnyGen:
                                       check_seed(seed))
 
     def describe_edit(self, source, target, /, max_new_tokens: int = 64, seed: int | None = 0,
-                      **settings) -> str:
+                      strict: bool = False, **settings) -> str:
         """(source image, edited image) -> the instruction that turns one into the other."""
         self.session.needs_token_images("describe_edit", self.diffusion)
         codes = [self.tokenizer.image_codes(as_image(im)) for im in (source, target)]
-        ids = self.session.prompt("describe_edit", image=codes[0], target=codes[1])
-        return self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed),
-                                         **settings)[0]
+        ids = self.domain_check.prompt("describe_edit", codes)
+        [score] = self.domain_check.score("describe_edit", [ids], strict=strict)
+        answer = self.session.text_answers([ids], check_int(max_new_tokens, "max_new_tokens", 1), check_seed(seed),
+                                           **settings)[0]
+        return attach(answer, score, strict)
 
     # ---- stories ----------------------------------------------------------------------
     def story(self, opening: str, /, seed: int | None = 0, options: StoryOptions | None = None,
-              **settings) -> Document:
+              strict: bool = False, **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (picture, next sentence) turns.
-        Options: `StoryOptions` (or its fields as keywords): n_steps, best_of, reason, plan_in_words, sentences."""
+        Options: `StoryOptions` (or its fields as keywords): n_steps, best_of, reason, plan_in_words, sentences.
+        The result is empty when nothing follows the opening."""
         options, settings = resolve(StoryOptions, options, settings)
         opening, seed = check_text(opening, "opening"), check_seed(seed)
         for task, why in story_tasks(options):
             self.capabilities.require(task, why=why)
+        [score] = self.domain_check.score("story", [self.domain_check.prompt("story", Document([Text(opening)]))],
+                                          strict=strict)
+        doc = self._story(opening, options, seed, settings)
+        return attach(doc, score, strict, empty=is_empty(Document(list(doc)[1:])))
+
+    def _story(self, opening: str, options: StoryOptions, seed: int | None, settings: dict) -> Document:
         if self.diffusion is None:
             return self.stories.write(opening, options, seed, **settings)
         if options.stepwise:
