@@ -48,7 +48,9 @@ FAST_EDIT = dict(reason=False, best_of=1, greedy_plan=False, plan_in_words=False
 EDIT_PRESETS = {"accurate (reason, best of 16, plan in words, retries 2)": ACCURATE_EDIT, "fast (one plain edit)": FAST_EDIT}
 SYSTEM_FONTS = ("ui-sans-serif", "system-ui", "sans-serif")  # nothing downloaded
 MONO_FONTS = ("ui-monospace", "Consolas", "monospace")
-CSS = "img {image-rendering: pixelated}"  # the models' images are small: enlarge them without blur
+CSS = (".anygen-pixels img, .anygen-doc img {image-rendering: pixelated; width: 192px !important; "
+       "height: 192px !important; object-fit: contain} "
+       "#draw-gallery img {image-rendering: pixelated}")  # the models' images are small: enlarge them without blur
 MISSING_GRADIO = "anygen serve needs Gradio: pip install anygen[ui]"
 BUNDLED = Path(__file__).resolve().parent / "assets"  # each folder with anygen_decoder.json is a bundled model
 
@@ -107,7 +109,8 @@ class Models:
         meta = self.meta(name)
         tasks = ", ".join(meta.get("tasks", ())) or "not recorded"
         worlds = ", ".join(meta.get("worlds", ())) or "none recorded"
-        return (f"**{name}** ({self.choices[name]}) · tasks: {tasks} · worlds: {worlds} · "
+        where = "bundled" if self.choices[name].parent == BUNDLED else self.choices[name]
+        return (f"**{name}** ({where}) · tasks: {tasks} · worlds: {worlds} · "
                 f"image head: {meta.get('image_head', 'tokens')}")
 
 
@@ -354,7 +357,7 @@ def build(app: App, gr):
                 with gr.Row():
                     cap_file = gr.File(label="image (PNG, JPEG, WEBP, GIF, BMP, TIFF, PPM)", file_types=IMAGE_TYPES,
                                        type="filepath")
-                    cap_view = gr.Image(label="as read", interactive=False, height=200)
+                    cap_view = gr.Image(label="as read", interactive=False, height=220, elem_classes="anygen-pixels")
                 cap_btn = gr.Button("Caption", variant="primary")
                 cap_text = gr.Textbox(label="caption", interactive=False)
             with gr.Tab("Edit", id="edit"):
@@ -379,22 +382,23 @@ def build(app: App, gr):
                     painted = gr.ImageEditor(label="or paint over the parts that may change", type="numpy",
                                              sources=(), transforms=(), layers=False, height=300,
                                              brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"))
-                edit_btn = gr.Button("Edit", variant="primary")
+                edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 with gr.Row():
-                    before = gr.Image(label="before", interactive=False, height=220)
-                    after = gr.Image(label="after", interactive=False, height=220)
+                    before = gr.Image(label="before", interactive=False, height=220, elem_classes="anygen-pixels")
+                    after = gr.Image(label="after", interactive=False, height=220, elem_classes="anygen-pixels")
                 plan = gr.Textbox(label="the model's plan (with reason)", interactive=False)
             with gr.Tab("Document", id="document"):
                 opening = gr.Textbox(label="opening", value="a small green square at the center")
                 mode = gr.Radio(["story", "continue (streamed)"], value="story", label="what to write")
                 with gr.Row():
-                    s_steps = gr.Slider(1, MAX_STORY_STEPS, value=3, step=1, label="story steps")
-                    s_best_of = gr.Slider(1, 16, value=1, step=1, label="best_of (story)")
-                    s_reason = gr.Checkbox(False, label="reason (story)")
-                    s_words = gr.Checkbox(False, label="plan_in_words (story)")
-                    s_tokens = gr.Slider(16, 1024, value=256, step=16, label="max_new_tokens (continue)")
+                    s_steps = gr.Slider(1, MAX_STORY_STEPS, value=3, step=1, label="story: steps")
+                    s_best_of = gr.Slider(1, 16, value=1, step=1, label="story: best_of")
+                    s_reason = gr.Checkbox(False, label="story: reason")
+                    s_words = gr.Checkbox(False, label="story: plan_in_words")
+                with gr.Row():
+                    s_tokens = gr.Slider(16, 1024, value=256, step=16, label="continue: max_new_tokens")
                     s_seed = gr.Number(0, precision=0, label="seed")
-                doc_btn = gr.Button("Write", variant="primary")
+                doc_btn = gr.Button("Write", variant="primary", elem_id="document-button")
                 doc_view = gr.HTML(label="document")
                 doc_files = gr.File(label="download: zip of the Document directory, or its HTML page",
                                     file_count="multiple", interactive=False)
