@@ -93,6 +93,21 @@ def test_edit_returns_before_after_and_plan(client, server):
     assert isinstance(plan, str)
 
 
+def test_edit_accepts_a_painted_mask(client, server, tmp_path):
+    from gradio_client import handle_file
+
+    image = draw(client, server[1], n=1)[0]["image"]
+    with PILImage.open(image) as source:
+        layer = PILImage.new("RGBA", source.size, (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (0, 0, layer.width // 4, layer.height // 4))
+    layer.save(tmp_path / "layer.png")
+    painted = {"background": handle_file(image), "layers": [handle_file(str(tmp_path / "layer.png"))],
+               "composite": None, "id": None}
+    _, after, _ = client.predict(server[1], handle_file(image), "make the red circle blue", 1.0, 1.0, 1, False,
+                                 False, False, 0, 5, "", painted, api_name="/edit")
+    assert Path(after).is_file()
+
+
 def test_story_renders_and_downloads(client, server):
     html, files = client.predict(server[1], "story", "a small green square at the center", 1, 1, False, False, 32,
                                  0, api_name="/story")
@@ -126,6 +141,31 @@ def test_app_reads_only_files_inside_its_folder(tmp_path):
         app.caption("m", str(tmp_path / "work" / ".." / "secret.png"))
     with pytest.raises(AnygenError, match="not a file this app received"):
         app.transcribe("m", "/etc/passwd")
+
+
+class RecordingModel:
+    """What `App.edit` needs of a model: a 2x2 code grid, no world; it records the options it is given."""
+
+    vocab = type("Vocab", (), {"image_grids": [(2, 2)]})
+    meta: dict = {}
+
+    def edit(self, image, instruction, seed, options):
+        self.options = options
+        return image
+
+
+def test_edit_passes_the_painted_and_typed_mask(tmp_path):
+    model = RecordingModel()
+    app = App(Models({"m": tmp_path}, loader=lambda directory: model), tmp_path / "work")
+    source = app.save_image(PILImage.new("RGB", (8, 8), "white"))
+    layer = np.zeros((8, 8, 4), np.uint8)
+    layer[0:2, 0:2, 3] = 255  # painted over the top-left cell
+    app.edit("m", source, "make it red", 1.0, 1.0, 1, False, False, False, 0, 0, "box:1,1,1,1", {"layers": [layer]})
+    assert model.options.editable == (True, False, False, True)
+    app.edit("m", source, "make it red", 1.0, 1.0, 1, False, False, False, 0, 0, "", {"layers": [layer]})
+    assert model.options.editable == (True, False, False, False)
+    app.edit("m", source, "make it red", 1.0, 1.0, 1, False, False, False, 0, 0, "", None)
+    assert model.options.editable is None
 
 
 def test_painted_cells_become_the_editable_flags():
