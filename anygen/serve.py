@@ -180,7 +180,7 @@ class App:
         gen = self.models.get(model)
         steps = int(num_inference_steps) if num_inference_steps and gen.diffusion is not None else None
         options = DrawOptions(guidance_scale=float(guidance_scale), best_of=int(best_of), num_inference_steps=steps)
-        images = gen.draw(prompt, n=int(n), seed=int(seed), options=options)
+        images = gen.draw(prompt, n=int(n), seed=seed_of(seed), options=options)
         folder = self.new_dir()
         paths = []
         for i, image in enumerate(images):
@@ -212,9 +212,9 @@ class App:
 
             options = replace(options, editable=[any(flags) for flags in zip(*masks)])
         if options.reason:
-            edited, plan = gen.edit_with_reasoning(image, instruction, seed=int(seed), options=options)
+            edited, plan = gen.edit_with_reasoning(image, instruction, seed=seed_of(seed), options=options)
         else:
-            edited, plan = gen.edit(image, instruction, seed=int(seed), options=options), ""
+            edited, plan = gen.edit(image, instruction, seed=seed_of(seed), options=options), ""
         return self.save_image(image, "before.png"), self.save_image(edited, "after.png"), plan
 
     def story(self, model: str, opening: str, n_steps: int, best_of: int, reason: bool, plan_in_words: bool,
@@ -223,7 +223,7 @@ class App:
 
         options = StoryOptions(n_steps=int(n_steps), best_of=int(best_of), reason=bool(reason),
                                plan_in_words=bool(plan_in_words))
-        return self.models.get(model).story(opening, seed=int(seed), options=options)
+        return self.models.get(model).story(opening, seed=seed_of(seed), options=options)
 
     def continuation(self, model: str, opening: str, max_new_tokens: int, seed: int):
         """Yield the growing Document (the opening, then each finished segment) while the model writes it;
@@ -237,7 +237,7 @@ class App:
 
         def work():
             try:
-                result["doc"] = gen.generate(prompt, max_new_tokens=int(max_new_tokens), seed=int(seed),
+                result["doc"] = gen.generate(prompt, max_new_tokens=int(max_new_tokens), seed=seed_of(seed),
                                              callback=segments.put)
             except BaseException as e:  # handed to the caller's thread
                 result["error"] = e
@@ -263,7 +263,7 @@ class App:
     def say(self, model: str, text: str, guidance_scale: float, seed: int) -> str:
         from anygen.document import wav_bytes
 
-        audio = self.models.get(model).say(text, guidance_scale=float(guidance_scale), seed=int(seed))
+        audio = self.models.get(model).say(text, guidance_scale=float(guidance_scale), seed=seed_of(seed))
         path = self.new_dir() / "say.wav"
         path.write_bytes(wav_bytes(audio.waveform, audio.sample_rate))
         return str(path)
@@ -277,6 +277,11 @@ class App:
         except AnygenError as e:
             raise AnygenError(str(e).replace(str(path), path.name)) from None
         return self.models.get(model).transcribe(audio)
+
+
+def seed_of(value) -> int | None:
+    """A seed field's value: None (left empty) samples afresh, a number is the seed."""
+    return None if value is None or value == "" else int(value)
 
 
 def document_html(doc) -> str:
@@ -345,7 +350,7 @@ def build(app: App, gr):
                     n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="images")
                     guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="guidance_scale (1 = none)")
                     best_of = gr.Slider(1, 16, value=1, step=1, label="best_of")
-                    seed = gr.Number(0, precision=0, label="seed")
+                    seed = gr.Number(0, precision=0, label="seed (empty: random)")
                     steps = gr.Slider(1, 100, value=25, step=1, label="num_inference_steps (diffusion head)",
                                       visible=app.models.meta(names[0]).get("image_head") == "diffusion")
                 gallery = gr.Gallery(label="images", columns=8, height=260, elem_id="draw-gallery")
@@ -371,7 +376,7 @@ def build(app: App, gr):
                         e_image_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="image_guidance_scale")
                         e_best_of = gr.Slider(1, 64, value=ACCURATE_EDIT["best_of"], step=1, label="best_of")
                         e_retries = gr.Slider(0, 16, value=ACCURATE_EDIT["retries"], step=1, label="retries")
-                        e_seed = gr.Number(0, precision=0, label="seed")
+                        e_seed = gr.Number(0, precision=0, label="seed (empty: random)")
                     with gr.Row():
                         e_reason = gr.Checkbox(ACCURATE_EDIT["reason"], label="reason")
                         e_words = gr.Checkbox(ACCURATE_EDIT["plan_in_words"], label="plan_in_words")
@@ -389,7 +394,8 @@ def build(app: App, gr):
                 plan = gr.Textbox(label="the model's plan (with reason)", interactive=False)
             with gr.Tab("Document", id="document"):
                 opening = gr.Textbox(label="opening", value="a small green square at the center")
-                mode = gr.Radio(["story", "continue (streamed)"], value="story", label="what to write")
+                mode = gr.Radio(["story", "continue (streamed)"], value="story", label="what to write",
+                                info="a story is shown when it is finished; a continuation segment by segment")
                 with gr.Row():
                     s_steps = gr.Slider(1, MAX_STORY_STEPS, value=3, step=1, label="story: steps")
                     s_best_of = gr.Slider(1, 16, value=1, step=1, label="story: best_of")
@@ -397,7 +403,7 @@ def build(app: App, gr):
                     s_words = gr.Checkbox(False, label="story: plan_in_words")
                 with gr.Row():
                     s_tokens = gr.Slider(16, 1024, value=256, step=16, label="continue: max_new_tokens")
-                    s_seed = gr.Number(0, precision=0, label="seed")
+                    s_seed = gr.Number(0, precision=0, label="seed (empty: random)")
                 doc_btn = gr.Button("Write", variant="primary", elem_id="document-button")
                 doc_view = gr.HTML(label="document")
                 doc_files = gr.File(label="download: zip of the Document directory, or its HTML page",
@@ -406,7 +412,7 @@ def build(app: App, gr):
                 with gr.Row():
                     say_text = gr.Textbox(label="text", value="the notes C E G", scale=3)
                     a_guidance = gr.Slider(0, 10, value=1.0, step=0.5, label="guidance_scale")
-                    a_seed = gr.Number(0, precision=0, label="seed")
+                    a_seed = gr.Number(0, precision=0, label="seed (empty: random)")
                 say_btn = gr.Button("Say", variant="primary")
                 said = gr.Audio(label="audio", type="filepath", interactive=False)
                 heard = gr.Audio(label="audio to transcribe (WAV)", type="filepath", format=None,

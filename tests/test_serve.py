@@ -60,6 +60,8 @@ def test_draw_returns_images(client, server):
     for item in images:
         with PILImage.open(item["image"]) as im:
             assert im.format == "PNG" and im.width > 0
+    fresh = client.predict(server[1], "a large red circle at the top left", 1, 1.0, 1, None, 25, api_name="/draw")
+    assert len(fresh) == 1  # an empty seed field samples afresh
 
 
 def test_caption_returns_text(client, server):
