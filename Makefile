@@ -20,6 +20,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
+# The web app (anygen serve) on http://127.0.0.1:7860, with Gradio (the `ui` extra) installed on first use;
+# SERVE_ARGS adds flags, e.g. make serve SERVE_ARGS="--model runs/default_model --port 8000".
+.PHONY: serve
+serve: setup
+	$(BIN)/python -c "import gradio" 2>/dev/null || $(BIN)/pip install -q -e '.[ui]'
+	$(BIN)/anygen serve $(SERVE_ARGS)
+
 # Train the default model from scratch (tokenizers -> shards -> decoder -> bundle in runs/default_model), timed
 # step by step (codec logs in runs/logs/). See README "Default model" and training/default_model.sh.
 .PHONY: default-model

@@ -593,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="model directory (decoder + tokenizer/)")
     p.add_argument("--out", required=True, help="output directory, e.g. anygen/assets/default")
     p.set_defaults(func=cmd_bundle)
+    importlib.import_module("anygen.serve").add_command(sub)  # `anygen serve`: the web app
 
     return parser
 
