@@ -164,7 +164,8 @@ def cmd_generate(args) -> None:
     from anygen.api.inputs import check_int, check_text
 
     out, settings = out_dir(args.out), sampling_flags(args)
-    check_int(args.max_new_tokens, "--max-new-tokens", 1)
+    if args.max_new_tokens is not None:  # None: what the model's context leaves (the API decides)
+        check_int(args.max_new_tokens, "--max-new-tokens", 1)
     if args.prompt.strip() and Path(args.prompt).is_dir():  # Path("") is the current directory
         prompt = Document.load(args.prompt)
     else:

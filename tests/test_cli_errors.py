@@ -144,10 +144,10 @@ def test_measure_judges_refuses_no_samples():
 class FakeGenerator:
     """What `anygen.load` returns here: draws grey squares and says silence (only the writing is tested)."""
 
-    def draw(self, text, n=1, seed=0, options=None, **settings):
+    def draw(self, text, n=1, seed=0, options=None, strict=False, **settings):
         return [PILImage.new("RGB", (8, 8), "grey") for _ in range(n)]
 
-    def say(self, text, guidance_scale=1.0, seed=0):
+    def say(self, text, guidance_scale=1.0, seed=0, strict=False):
         return Audio(np.zeros(80, np.float32), 8000)
 
 
