@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import json
 import sys
 from contextlib import contextmanager
@@ -401,6 +402,20 @@ def cmd_eval_domain(args) -> None:
 
         atomic_write_bytes(args.json, json.dumps(report, indent=2, ensure_ascii=False).encode())
 
+def cmd_quickstart(args) -> None:
+    from anygen.training.quickstart import QuickstartOptions, plan, quickstart
+
+    opts = QuickstartOptions(data=args.data, out=args.out, minutes=args.minutes, image_size=args.image_size,
+                             labels=args.labels or "", caption_template=args.caption_template or "",
+                             recursive=args.recursive, background=args.background)
+    if args.dry_run:
+        for name, _, argv in plan(opts):
+            print(f"# {name}\nanygen {shlex.join(argv)}")
+        return
+    out_dir(args.out)
+    quickstart(opts)
+
+
 def cmd_bundle(args) -> None:
     from anygen.bundle import bundle_model
 
@@ -594,6 +609,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="model directory (decoder + tokenizer/)")
     p.add_argument("--out", required=True, help="output directory, e.g. anygen/assets/default")
     p.set_defaults(func=cmd_bundle)
+    p = sub.add_parser("quickstart", help="captioned images -> text tokenizer, image codec, decoder: a loadable "
+                                          "model in --minutes (rerun to continue)",
+                       description="Train a model on your own captioned images (a folder) or a world's (e.g. "
+                                   "digits) in one command; intermediate runs go to OUT.runs/. --dry-run prints "
+                                   "the six commands it runs.")
+    p.add_argument("data", help="a folder of images with captions.jsonl/.csv (or class sub-folders with --labels "
+                                "subfolders), or a world name such as digits")
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.add_argument("--minutes", type=float, default=60.0, help="time for the whole run (default 60; at least 5)")
+    p.add_argument("--image-size", type=int, default=32, dest="image_size",
+                   help="images are resized to this square size (default 32; 8 times a power of two)")
+    p.add_argument("--labels", choices=["subfolders"], help="each sub-folder of DATA is a class")
+    p.add_argument("--caption-template", dest="caption_template",
+                   help='with --labels: the caption of a class, e.g. "a photo of {label}"')
+    p.add_argument("--recursive", action="store_true", help="also read images in sub-folders of DATA")
+    p.add_argument("--background", choices=["white", "black", "none"], default="white",
+                   help="the image codec weighs pixels unlike this background more (black: light drawings on "
+                        "dark, as MNIST; none: all pixels alike; default white)")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run", help="print the commands, run nothing")
+    p.set_defaults(func=cmd_quickstart)
     importlib.import_module("anygen.serve").add_command(sub)  # `anygen serve`: the web app
 
     return parser

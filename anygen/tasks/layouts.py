@@ -162,6 +162,14 @@ class StorySpec:
 
 
 @dataclass
+class DocumentSpec:
+    weight: float = 1.0  # a world's interleaved documents (and the user's): loss on every token
+
+    def __post_init__(self):
+        check(self.weight >= 0, "weight", f"must be >= 0, got {self.weight}")
+
+
+@dataclass
 class TaskMix:
     """Per-task weights and conditioning settings (a recipe section: `tasks.edit.weight=3`)."""
 
@@ -174,6 +182,7 @@ class TaskMix:
     reasoned_edit: ReasonedEditSpec = field(default_factory=ReasonedEditSpec)
     reasoned_text: ReasonedTextSpec = field(default_factory=ReasonedTextSpec)
     story: StorySpec = field(default_factory=StorySpec)
+    document: DocumentSpec = field(default_factory=DocumentSpec)
 
     def __post_init__(self):
         check(sum(self.weights().values()) > 0, "tasks", "at least one task needs a weight > 0")

@@ -79,7 +79,8 @@ class PretokenizeConfig:
     n_holdout: int = 0  # examples from scenes with a held-out pair (needs world.holdout)
     seq_len: int = 1024  # longest document kept; longer ones follow `overflow`
     overflow: str = choice("truncate", "drop")
-    world: WorldConfig = field(default_factory=WorldConfig)
+    source: str = "shapes"  # the registered world (`anygen.worlds.WORLDS`) of the n_train/n_val examples
+    world: WorldConfig = field(default_factory=WorldConfig)  # shapes' settings; `world.seed` seeds every source
     tasks: TaskMix = field(default_factory=TaskMix)
     emoji: EmojiData = field(default_factory=EmojiData)
     user: UserData = field(default_factory=UserData)
@@ -107,13 +108,26 @@ def _world_plan(cfg: PretokenizeConfig, n: int, rng: np.random.Generator) -> lis
     """(task, source) for each of `n` world examples, in a shuffled order."""
     if n == 0:
         return []
-    counts = allocate(cfg.tasks.weights(), n)
+    counts = allocate(_world_weights(cfg), n)
     plan = []
     for task, k in counts.items():
-        n_emoji = int(round(k * cfg.emoji.share)) if task in get_world("emoji").tasks else 0
-        plan += [(task, "emoji")] * n_emoji + [(task, "shapes")] * (k - n_emoji)
+        mixed = cfg.source == "shapes" and task in get_world("emoji").tasks
+        n_emoji = int(round(k * cfg.emoji.share)) if mixed else 0
+        plan += [(task, "emoji")] * n_emoji + [(task, cfg.source)] * (k - n_emoji)
     order = rng.permutation(len(plan))
     return [plan[i] for i in order]
+
+
+def _source_world(cfg: PretokenizeConfig):
+    if cfg.source == "shapes":
+        return get_world("shapes", cfg.world)
+    return get_world(cfg.source, seed=cfg.world.seed)
+
+
+def _world_weights(cfg: PretokenizeConfig) -> dict[str, float]:
+    """The mix's weights of the tasks the source world has (the others it cannot sample)."""
+    tasks = _source_world(cfg).tasks
+    return {t: w for t, w in cfg.tasks.weights().items() if t in tasks}
 
 
 def _world_examples(cfg: PretokenizeConfig) -> bool:
@@ -123,7 +137,7 @@ def _world_examples(cfg: PretokenizeConfig) -> bool:
 def written_tasks(cfg: PretokenizeConfig) -> list[str]:
     """The tasks the recipe's shards hold: the world's weighted tasks (when it writes world
     examples), then those the user data teaches under the mix."""
-    tasks = [t for t, w in cfg.tasks.weights().items() if w > 0] if _world_examples(cfg) else []
+    tasks = [t for t, w in _world_weights(cfg).items() if w > 0] if _world_examples(cfg) else []
     if cfg.user:
         tasks += [t for t in get_world("user", cfg.user).tasks_for(cfg.tasks) if t not in tasks]
     return tasks
@@ -132,7 +146,8 @@ def written_tasks(cfg: PretokenizeConfig) -> list[str]:
 def trained_on(cfg: PretokenizeConfig) -> dict:
     """{"worlds": [...], "tasks": [...]}: what a model trained on this recipe's shards knows (the
     decoder trainer records it in `anygen_decoder.json`, and `anygen.load` picks strategies by it)."""
-    worlds = (["shapes"] + (["emoji"] if cfg.emoji.share > 0 else [])) if _world_examples(cfg) else []
+    mixed = cfg.source == "shapes" and cfg.emoji.share > 0
+    worlds = ([cfg.source] + (["emoji"] if mixed else [])) if _world_examples(cfg) else []
     if cfg.user:
         worlds.append("user")
     return {"worlds": worlds, "tasks": written_tasks(cfg)}
@@ -151,7 +166,7 @@ def _check_tokenizer(cfg: PretokenizeConfig, tokenizer) -> None:
                           f"({weighted(image_tasks)}): set "
                           f"{' and '.join(f'tasks.{t}.weight=0' for t in image_tasks)} or give an image codec")
     audio_tasks = [t for t in AUDIO_TASKS if t in tasks]
-    melodies = "story" in tasks and _world_examples(cfg) and cfg.world.melody_prob > 0
+    melodies = "story" in tasks and cfg.source == "shapes" and _world_examples(cfg) and cfg.world.melody_prob > 0
     if tokenizer.audio is None and (audio_tasks or melodies):
         fixes = [f"tasks.{t}.weight=0" for t in audio_tasks] + (["world.melody_prob=0"] if melodies else [])
         need = [weighted(audio_tasks)] if audio_tasks else []
@@ -170,10 +185,12 @@ def write_split(cfg: PretokenizeConfig, tokenizer, encoder: SequenceEncoder, spl
 
     rng = np.random.default_rng([cfg.world.seed, SPLITS.index(split)])
     plan = _world_plan(cfg, n, rng)
-    sources = {"shapes": get_world("shapes", cfg.world).task_source(cfg.tasks)} if plan else {}
+    world = _source_world(cfg)
+    sources = {cfg.source: world.task_source(cfg.tasks)} if plan else {}
     if any(src == "emoji" for _, src in plan):
         sources["emoji"] = get_world("emoji", size=cfg.emoji.size).task_source(cfg.tasks)
-    world_split = "holdout" if split == "holdout" else "train"
+    # val examples come from the world's val split where it has one (else fresh train-distribution samples)
+    world_split = split if split == "holdout" or split in getattr(world, "splits", ()) else "train"
     emoji_split = "heldout" if split == "holdout" else "train"
     makers = [lambda t=t, s=s: sources[s].sample(t, rng, emoji_split if s == "emoji" else world_split)
               for t, s in plan]

@@ -295,15 +295,19 @@ def train_tokenizer(recipe_path: str | os.PathLike | None, overrides: list[str] 
 
 def text_corpus(data: DataConfig) -> list[str]:
     """The text tokenizer's corpus: with source user, every text of the user's data once
-    (captions, transcripts, documents, instructions); else the shapes world's text (captions,
+    (captions, transcripts, documents, instructions); with a world's source name (e.g. digits),
+    `text_scenes` lines of that world's text corpus; else (text, shapes) the shapes world's text (captions,
     edit instructions, melody texts, stories) and, with `text_include_emoji`, the emoji world's names."""
-    from anygen.worlds import get_world
+    from anygen.worlds import MEDIA_SOURCES, get_world
     from anygen.worlds.shapes.world import WorldConfig
 
     if data.source == "user":
         return get_world("user", data.user, seed=data.seed).texts()
 
     rng = np.random.default_rng(data.seed)
+    if data.source not in ("text", "shapes"):  # another world's text: its corpus of `text_scenes` lines
+        world, _ = MEDIA_SOURCES.get(data.source, (data.source, None))
+        return get_world(world, seed=data.seed).text_corpus(data.text_scenes, rng)
     lines = get_world("shapes", WorldConfig(seed=data.seed)).text_corpus(data.text_scenes, rng)
     if data.text_include_emoji:
         try:

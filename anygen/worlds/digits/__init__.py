@@ -27,7 +27,7 @@ import numpy as np
 from anygen.document import Document, Image, Text
 from anygen.errors import AnygenError
 from anygen.tasks.layouts import Media, Spec, TaskMix, document, image_to_text, text_to_image
-from anygen.worlds.digits.data import DIGITS, DigitsData, load_digits, to_image
+from anygen.worlds.digits.data import SPLITS, DIGITS, DigitsData, load_digits, to_image
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTION_FORMS = ("the digit {numeral}", "a handwritten digit {word}", "a handwritten {word}")  # training captions
@@ -99,6 +99,7 @@ class Digits:
     name = "digits"
     tasks = TASKS
     previews = ("digits",)
+    splits = SPLITS  # val: held-out validation digits; test (alias holdout): never trained on
     plan_format = None  # no edits: nothing to plan in words
 
     def __init__(self, size: int = IMAGE_SIZE, seed: int = 0, directory: str | None = None,

@@ -1,0 +1,142 @@
+"""`anygen quickstart DATA --out DIR --minutes M`: from captioned images to a loadable model.
+
+DATA is a folder of images with captions (`captions.jsonl` / `captions.csv` beside them, or
+class sub-folders with `--labels subfolders --caption-template "a photo of {label}"`), or the
+name of a registered world that has images and captions (e.g. `digits`). The steps are the
+documented ones, run with recipes' defaults and a few overrides:
+
+    1. text tokenizer on the data's text        anygen tokenizer train tokenizers/text.yaml ...
+    2. image codec on its images                anygen tokenizer train tokenizers/shapes_image.yaml ...
+    3. the tokenizer                            anygen tokenizer assemble ...
+    4. token shards                             anygen pretokenize training/shapes_data.yaml ...
+    5. the decoder, on the time left            anygen train training/shapes.yaml train.time_budget_minutes=...
+    6. the model directory                      anygen bundle ... --out DIR
+
+Intermediate runs go to `DIR.runs/`; a step whose output exists is kept, and an interrupted
+codec or decoder run resumes, so rerunning the same command continues. The codec and the
+decoder stop by wall time (`--minutes` split by `BUDGET_SHARES`); the rest takes what it takes
+(a few minutes for ~20,000 examples). `plan()` lists the commands without running them.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from anygen.config import check, choice
+from anygen.errors import AnygenError
+
+BUDGET_SHARES = {"codec": 0.3, "decoder": 0.55}  # of --minutes; tokenizer, shards and bundling take the rest
+CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder learns in minutes
+WORLD_EXAMPLES = 20000  # training examples sampled from a world (user data is written as it is)
+VAL_EXAMPLES = 300
+TEXT_VOCAB = 300  # small: a data set's captions have few words (the BPE's floor: 256 bytes + characters)
+
+
+@dataclass
+class QuickstartOptions:
+    data: str  # a folder of captioned images, or a registered world's name
+    out: str  # the model directory to write
+    minutes: float = 60.0
+    image_size: int = 32
+    labels: str = choice("", "subfolders")  # subfolders: each sub-folder is a class, captioned by the template
+    caption_template: str = ""  # with labels: e.g. "a photo of {label}"
+    recursive: bool = False
+    background: str = choice("white", "black", "none")  # the codec's weighting: dark-on-white, light-on-dark, none
+
+    def __post_init__(self):
+        check(self.minutes >= 5, "minutes", f"must be at least 5, got {self.minutes}")
+        check(bool(self.out.strip()), "out", "is required (the model directory)")
+        size = self.image_size
+        check(size >= CODES_PER_SIDE * 2 and size % CODES_PER_SIDE == 0 and _is_power_of_two(size // CODES_PER_SIDE),
+              "image_size", f"must be {CODES_PER_SIDE} times a power of two (16, 32, 64, ...), got {size}")
+
+    @property
+    def world(self) -> str | None:
+        """The world DATA names, or None for a folder."""
+        from anygen.worlds import WORLDS
+
+        return self.data if self.data in WORLDS and not Path(self.data).exists() else None
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+def _user_section(opts: QuickstartOptions) -> str:
+    """The recipe override naming the folder (a pretokenize `user:` section)."""
+    entry = {"path": opts.data, "recursive": opts.recursive}
+    if opts.labels:
+        entry.update(labels=opts.labels, caption_template=opts.caption_template)
+    flow = ", ".join(f"{k}: {_yaml_scalar(v)}" for k, v in entry.items())
+    return f"[{{{flow}}}]"
+
+
+def _yaml_scalar(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def plan(opts: QuickstartOptions) -> list[tuple[str, Path, list[str]]]:
+    """The steps: (name, the output that marks it done, the anygen command line)."""
+    runs = Path(opts.out + ".runs")
+    world = opts.world
+    downsample = (opts.image_size // CODES_PER_SIDE).bit_length() - 1
+    channels = "[" + ",".join(str(min(64 * 2 ** i, 256)) for i in range(downsample)) + "]"
+    user = ([] if world else [f"data.user.image_folders={_user_section(opts)}"])
+    text_source = [f"data.source={world}"] if world else ["data.source=user"] + user
+    image_source = [f"data.source={world}"] if world else ["data.source=user"] + user
+    minutes = opts.minutes
+    shards = runs / "shards"
+    # the recipe's task weights apply to the tasks the data has (text_to_image, image_to_text, document)
+    data_overrides = ([f"source={world}", f"n_train={WORLD_EXAMPLES}", f"n_val={VAL_EXAMPLES}"] if world else
+                      ["n_train=0", "n_val=0", f"user.image_folders={_user_section(opts)}", "user.val_fraction=0.02"])
+    return [
+        ("text tokenizer", runs / "text" / "summary.json",
+         ["tokenizer", "train", "tokenizers/text.yaml", f"out={runs / 'text'}", f"codec.vocab_size={TEXT_VOCAB}",
+          *text_source]),
+        ("image codec", runs / "image" / "summary.json",
+         ["tokenizer", "train", "tokenizers/shapes_image.yaml", f"out={runs / 'image'}", *image_source,
+          "data.fill=0", f"codec.image_size={opts.image_size}", f"codec.downsample={downsample}",
+          f"codec.channels={channels}", f"codec.background={opts.background}", "train.steps=100000",
+          f"train.time_budget_minutes={minutes * BUDGET_SHARES['codec']:.2f}", "--resume"]),
+        ("tokenizer", runs / "tokenizer" / "tokenizer.json",
+         ["tokenizer", "assemble", "--text", str(runs / "text"), "--image", str(runs / "image"),
+          "--out", str(runs / "tokenizer")]),
+        ("token shards", shards / "val" / "index.json",
+         ["pretokenize", "training/shapes_data.yaml", f"tokenizer={runs / 'tokenizer'}", f"out={shards}",
+          "seq_len=512", *data_overrides]),
+        ("decoder", runs / "decoder" / "model" / "anygen_decoder.json",
+         ["train", "training/shapes.yaml", f"train.out_dir={runs / 'decoder'}", f"data.shard_dir={shards / 'train'}",
+          f"data.eval_shard_dir={shards / 'val'}", "train.steps=100000", "train.threads=1",
+          f"train.time_budget_minutes={minutes * BUDGET_SHARES['decoder']:.2f}", "--resume"]),
+        ("model", Path(opts.out) / "anygen_decoder.json",
+         ["bundle", str(runs / "decoder" / "model"), "--out", opts.out]),
+    ]
+
+
+def quickstart(opts: QuickstartOptions, run=None, log=print) -> Path:
+    """Run the steps of `plan(opts)` not yet done, each through `run(argv)` (default: the CLI's
+    `main`, raising on a non-zero exit); returns the model directory."""
+    from anygen.worlds import WORLDS
+
+    if opts.world is None and not Path(opts.data).is_dir():
+        raise AnygenError(f"{opts.data}: not a folder, nor a world ({', '.join(WORLDS)})")
+    if run is None:
+        from anygen.cli import main
+
+        def run(argv):
+            if main(argv) != 0:
+                raise AnygenError(f"quickstart stopped: `anygen {shlex.join(argv)}` failed (see above)")
+    start = time.monotonic()
+    for name, done, argv in plan(opts):
+        if done.exists():
+            log(f"[quickstart] kept {name} ({done.parent})")
+            continue
+        log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: {name}: anygen {shlex.join(argv)}")
+        run(argv)
+    log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: done: {opts.out} (anygen draw ... --model {opts.out})")
+    return Path(opts.out)
