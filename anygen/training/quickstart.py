@@ -61,6 +61,18 @@ class QuickstartOptions:
         return self.data if self.data in WORLDS and not Path(self.data).exists() else None
 
 
+def runs_of(opts: QuickstartOptions) -> Path:
+    """Where the intermediate runs go."""
+    return Path(opts.out + ".runs")
+
+
+def _empty_shards(directory: Path) -> bool:
+    import json
+
+    index = directory / "index.json"
+    return index.exists() and json.loads(index.read_text()).get("n_documents", 0) == 0
+
+
 def _is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
@@ -80,9 +92,10 @@ def _yaml_scalar(value) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def plan(opts: QuickstartOptions) -> list[tuple[str, Path, list[str]]]:
-    """The steps: (name, the output that marks it done, the anygen command line)."""
-    runs = Path(opts.out + ".runs")
+def plan(opts: QuickstartOptions, overrides: dict[str, list[str]] | None = None) -> list[tuple[str, Path, list[str]]]:
+    """The steps: (name, the output that marks it done, the anygen command line); `overrides`
+    appends recipe overrides to the steps it names (e.g. tiny sizes in tests)."""
+    runs = runs_of(opts)
     world = opts.world
     downsample = (opts.image_size // CODES_PER_SIDE).bit_length() - 1
     channels = "[" + ",".join(str(min(64 * 2 ** i, 256)) for i in range(downsample)) + "]"
@@ -94,7 +107,7 @@ def plan(opts: QuickstartOptions) -> list[tuple[str, Path, list[str]]]:
     # the recipe's task weights apply to the tasks the data has (text_to_image, image_to_text, document)
     data_overrides = ([f"source={world}", f"n_train={WORLD_EXAMPLES}", f"n_val={VAL_EXAMPLES}"] if world else
                       ["n_train=0", "n_val=0", f"user.image_folders={_user_section(opts)}", "user.val_fraction=0.02"])
-    return [
+    steps = [
         ("text tokenizer", runs / "text" / "summary.json",
          ["tokenizer", "train", "tokenizers/text.yaml", f"out={runs / 'text'}", f"codec.vocab_size={TEXT_VOCAB}",
           *text_source]),
@@ -116,11 +129,21 @@ def plan(opts: QuickstartOptions) -> list[tuple[str, Path, list[str]]]:
         ("model", Path(opts.out) / "anygen_decoder.json",
          ["bundle", str(runs / "decoder" / "model"), "--out", opts.out]),
     ]
+    extra = overrides or {}
+    if unknown := set(extra) - {name for name, _, _ in steps}:
+        raise AnygenError(f"quickstart: no step named {sorted(unknown)[0]!r}")
+    return [(name, done, _before_flags(argv, extra.get(name, []))) for name, done, argv in steps]
 
 
-def quickstart(opts: QuickstartOptions, run=None, log=print) -> Path:
-    """Run the steps of `plan(opts)` not yet done, each through `run(argv)` (default: the CLI's
-    `main`, raising on a non-zero exit); returns the model directory."""
+def _before_flags(argv: list[str], more: list[str]) -> list[str]:
+    """`argv` with `more` inserted before its trailing --flags."""
+    cut = len(argv) - (1 if argv[-1].startswith("--") and "=" not in argv[-1] else 0)
+    return argv[:cut] + list(more) + argv[cut:]
+
+
+def quickstart(opts: QuickstartOptions, run=None, log=print, overrides: dict[str, list[str]] | None = None) -> Path:
+    """Run the steps of `plan(opts, overrides)` not yet done, each through `run(argv)` (default:
+    the CLI's `main`, raising on a non-zero exit); returns the model directory."""
     from anygen.worlds import WORLDS
 
     if opts.world is None and not Path(opts.data).is_dir():
@@ -132,10 +155,13 @@ def quickstart(opts: QuickstartOptions, run=None, log=print) -> Path:
             if main(argv) != 0:
                 raise AnygenError(f"quickstart stopped: `anygen {shlex.join(argv)}` failed (see above)")
     start = time.monotonic()
-    for name, done, argv in plan(opts):
+    for name, done, argv in plan(opts, overrides):
         if done.exists():
             log(f"[quickstart] kept {name} ({done.parent})")
             continue
+        if name == "decoder" and _empty_shards(runs_of(opts) / "shards" / "val"):
+            # too little data to hold any out: no evaluation
+            argv = ["data.eval_shard_dir=" if a.startswith("data.eval_shard_dir=") else a for a in argv]
         log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: {name}: anygen {shlex.join(argv)}")
         run(argv)
     log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: done: {opts.out} (anygen draw ... --model {opts.out})")
