@@ -209,6 +209,25 @@ def allocate(weights: dict[str, float], n: int) -> dict[str, int]:
     return counts
 
 
+# ---- captioned sequences: several captioned images as one interleaved document -------------
+SEQUENCE_JOIN = "then "  # joins the items of a captioned sequence
+
+
+def sequence_text(captions) -> str:
+    """The list a captioned sequence starts with: "c1, then c2, then c3"."""
+    return ", ".join((SEQUENCE_JOIN if i else "") + c for i, c in enumerate(captions))
+
+
+def captioned_sequence(captions, images) -> Document:
+    """Several captioned images as one document: the whole list first, then each caption followed by
+    its image ("c1" <image> "then c2" <image>). Given the list as a prompt, a model trained on these
+    continues with the captions and their pictures: interleaved generation from captioned data."""
+    segments = [Text(sequence_text(captions))]
+    for j, (c, image) in enumerate(zip(captions, images)):
+        segments += [Text((SEQUENCE_JOIN if j else "") + c), Image(image)]
+    return Document(segments)
+
+
 # ---- specs: what an example is made of, before the codecs run -----------------------------
 @dataclass
 class Media:

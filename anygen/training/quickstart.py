@@ -32,6 +32,7 @@ BUDGET_SHARES = {"codec": 0.3, "decoder": 0.55}  # of --minutes; tokenizer, shar
 CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder learns in minutes
 WORLD_EXAMPLES = 20000  # training examples sampled from a world (user data is written as it is)
 VAL_EXAMPLES = 300
+USER_SEQUENCES = 0.5  # captioned sequences per captioned image: teaches interleaved documents (`generate`)
 TEXT_VOCAB = 300  # small: a data set's captions have few words (the BPE's floor: 256 bytes + characters)
 
 
@@ -106,7 +107,8 @@ def plan(opts: QuickstartOptions, overrides: dict[str, list[str]] | None = None)
     shards = runs / "shards"
     # the recipe's task weights apply to the tasks the data has (text_to_image, image_to_text, document)
     data_overrides = ([f"source={world}", f"n_train={WORLD_EXAMPLES}", f"n_val={VAL_EXAMPLES}"] if world else
-                      ["n_train=0", "n_val=0", f"user.image_folders={_user_section(opts)}", "user.val_fraction=0.02"])
+                      ["n_train=0", "n_val=0", f"user.image_folders={_user_section(opts)}", "user.val_fraction=0.02",
+                       f"user.sequences={USER_SEQUENCES}"])
     steps = [
         ("text tokenizer", runs / "text" / "summary.json",
          ["tokenizer", "train", "tokenizers/text.yaml", f"out={runs / 'text'}", f"codec.vocab_size={TEXT_VOCAB}",

@@ -57,14 +57,16 @@ from anygen.document import Audio, Document, Image, Segment, Text
 from anygen.errors import AnygenError, short_repr
 from anygen.io import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, file_inside, fit_image, folder_files, read_audio_file,
                        read_image_bytes, read_image_file, subfolder_hint, to_rgb)
-from anygen.tasks.layouts import (Spec, TaskMix, audio_to_text, describe_edit, document, edit, image_to_text,
-                                  text_to_audio, text_to_image)
+from anygen.tasks.layouts import (Spec, TaskMix, audio_to_text, captioned_sequence, describe_edit, document, edit,
+                                  image_to_text, text_to_audio, text_to_image)
 
 log = logging.getLogger(__name__)
 
 OTHER_AUDIO_EXTENSIONS = (".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 ON_ERROR = ("skip", "fail")
 SUMMARY_SHOWN = 5  # bad files named in the warning line
+SEQUENCE_ITEMS = (2, 4)  # captioned images in one captioned sequence (fewest, most)
+MAX_SEQUENCES = 10.0  # sequences per captioned image: more only repeats the same pairs
 VAL_STREAM = 7919  # prime: the val/train assignment of items draws from its own seed stream
 AUTO = "auto"  # a sidecar setting: the folder's default sidecar (.jsonl or .csv), if it has one
 CAPTION_SIDECARS = ("captions.jsonl", "captions.csv")
@@ -827,11 +829,13 @@ class UserData:
     recursive: bool = False  # audio folders: also the files in sub-folders
     repeat: int = 1
     val_fraction: float = 0.0
+    sequences: float = 0.0  # captioned sequences (task document: 2-4 captioned images in one document) per captioned image
     on_error: str = choice("skip", "fail")
 
     def __post_init__(self):
         check(self.repeat >= 1, "repeat", f"must be >= 1, got {self.repeat}")
         check(0.0 <= self.val_fraction < 1.0, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check(0.0 <= self.sequences <= MAX_SEQUENCES, "sequences", f"must be in [0, {MAX_SEQUENCES}], got {self.sequences}")
         self.image_folders = _entries(self.image_folders, ImageFolder)
         self.datasets = _entries(self.datasets, DatasetSource)
         self.webdatasets = _entries(self.webdatasets, WebDatasetSource)
@@ -957,12 +961,26 @@ class UserTasks:
         for kind in ("image", "audio"):
             for i in self._in_split(len(items[kind]), split):
                 makers += _media_text_makers(items[kind][i], kind, mix, rng) * k
+        captioned = [_caption_and_image(items["image"][i]) for i in self._in_split(len(items["image"]), split)]
+        captioned = [pair for pair in captioned if pair is not None]
+        n_sequences = round(self.world.config.sequences * len(captioned)) * k if len(captioned) >= 2 else 0
+        for _ in range(n_sequences):  # items drawn now, from `rng`: the split's examples are fixed by the seed
+            picked = rng.choice(len(captioned), int(rng.integers(SEQUENCE_ITEMS[0], SEQUENCE_ITEMS[1] + 1)))
+            pairs = [captioned[j] for j in picked]
+            makers.append(("document", lambda pairs=pairs: document(captioned_sequence(*zip(*pairs)))))
         for i in self._in_split(len(items["edits"]), split):
             p = items["edits"][i]
             makers += [("edit", lambda p=p: edit(p.source, p.instruction, p.target, mix.edit, rng))] * k
             makers += [("describe_edit", lambda p=p: describe_edit(p.source, p.target, p.instruction,
                                                                    mix.describe_edit, rng))] * k
         return [(task, make) for task, make in makers if task in self.tasks]
+
+
+def _caption_and_image(doc: Document) -> tuple[str, PILImage.Image] | None:
+    """(caption, image) of a captioned-image document, None when it has no caption."""
+    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
+    images = [s.image for s in doc if isinstance(s, Image)]
+    return (text, images[0]) if text and images else None
 
 
 def _media_text_makers(doc: Document, kind: str, mix: TaskMix, rng) -> list[tuple[str, Callable[[], Spec]]]:

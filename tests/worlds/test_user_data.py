@@ -272,3 +272,27 @@ def test_user_data_is_a_registered_world(tmp_path):
     assert len(corpus) == 50 and set(corpus) <= {f"box number {i}" for i in range(10)} | {"make it blue"}
     with pytest.raises(AnygenError, match="has no data"):
         get_world("user").text_corpus(1, rng)
+
+
+def test_captioned_images_make_interleaved_sequences(tmp_path):
+    from anygen.document import Image as ImageSegment, Text
+    from anygen.tasks.layouts import TaskMix
+    from anygen.worlds.user import User, UserData
+
+    d = tmp_path / "imgs"
+    for i in range(6):
+        png(d / f"{i}.png", colour=(40 * i, 0, 0))
+    jsonl(d / "captions.jsonl", [{"file": f"{i}.png", "caption": f"box {i}"} for i in range(6)])
+    source = User(UserData(image_folders=[str(d)], sequences=0.5)).task_source(TaskMix())
+    docs = [make() for make in source.examples("train", np.random.default_rng(0))]
+    sequences = [s for s in docs if s.task == "document"]
+    assert len(sequences) == 3  # 0.5 per captioned image
+    without = User(UserData(image_folders=[str(d)])).task_source(TaskMix()).examples("train", np.random.default_rng(0))
+    assert len(without) == 12  # text_to_image and image_to_text of each image, no sequences by default
+    from anygen.tasks.layouts import captioned_sequence, sequence_text
+
+    doc = captioned_sequence(["box 1", "box 2"], [Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4))])
+    segments = list(doc)
+    assert [type(s) for s in segments] == [Text, Text, ImageSegment, Text, ImageSegment]
+    assert segments[0].text == sequence_text(["box 1", "box 2"]) == "box 1, then box 2"
+    assert segments[3].text == "then box 2"

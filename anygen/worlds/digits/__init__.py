@@ -24,15 +24,15 @@ from functools import cached_property
 
 import numpy as np
 
-from anygen.document import Document, Image, Text
+from anygen.document import Document, Image
 from anygen.errors import AnygenError
-from anygen.tasks.layouts import Media, Spec, TaskMix, document, image_to_text, text_to_image
+from anygen.tasks.layouts import (Media, Spec, TaskMix, captioned_sequence, document, image_to_text, sequence_text,
+                                  text_to_image)
 from anygen.worlds.digits.data import SPLITS, DIGITS, DigitsData, load_digits, to_image
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTION_FORMS = ("the digit {numeral}", "a handwritten digit {word}", "a handwritten {word}")  # training captions
 DRAW_PROMPT = "the digit {numeral}"  # the form `anygen eval digits` draws with (one of CAPTION_FORMS)
-THEN = "then "  # joins the items of a document
 MIN_ITEMS, MAX_ITEMS = 2, 4  # digits in one document
 IMAGE_SIZE = 32  # 28x28 MNIST padded with 2 black pixels each side
 TASKS = ("text_to_image", "image_to_text", "document")
@@ -46,7 +46,7 @@ def caption(digit: int, form: int = 0) -> str:
 def list_text(digits, forms=None) -> str:
     """The list a document starts with: "the digit 3, then the digit 4" (forms: CAPTION_FORMS indices)."""
     forms = [0] * len(digits) if forms is None else forms
-    return ", ".join((THEN if i else "") + caption(d, f) for i, (d, f) in enumerate(zip(digits, forms)))
+    return sequence_text([caption(d, f) for d, f in zip(digits, forms)])
 
 
 _NUMERAL = re.compile(r"(?<![0-9])([0-9])(?![0-9])")
@@ -142,10 +142,8 @@ class Digits:
         digits = [int(d) for d in rng.integers(0, 10, k)]
         forms = [int(f) for f in rng.integers(0, len(CAPTION_FORMS), k)]
         indices = self.pick(rng, split, k, digits)
-        segments = [Text(list_text(digits, forms))]
-        for j, (d, f, i) in enumerate(zip(digits, forms, indices)):
-            segments += [Text((THEN if j else "") + caption(d, f)), Image(self.image(i))]
-        return Document(segments), indices
+        captions = [caption(d, f) for d, f in zip(digits, forms)]
+        return captioned_sequence(captions, [self.image(i) for i in indices]), indices
 
     def task_source(self, mix: TaskMix) -> DigitTasks:
         return DigitTasks(self, mix)
