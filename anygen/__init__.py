@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 
 def load(directory=None, device: str = "cpu"):
-    """Load a model directory (default: $ANYGEN_MODEL or the bundled model) -> `anygen.api.AnyGen`.
+    """Load a model directory or a bundled model by name (`load("digits")`; default: $ANYGEN_MODEL
+    or the bundled default model) -> `anygen.api.AnyGen`.
 
     The worlds the directory records (`anygen_decoder.json` "worlds") bring their strategies:
     the first one with a plan format enables reasoned edits.

@@ -52,7 +52,6 @@ CSS = (".anygen-pixels img, .anygen-doc img {image-rendering: pixelated; width: 
        "height: 192px !important; object-fit: contain} "
        "#draw-gallery img {image-rendering: pixelated}")  # the models' images are small: enlarge them without blur
 MISSING_GRADIO = "anygen serve needs Gradio: pip install anygen[ui]"
-BUNDLED = Path(__file__).resolve().parent / "assets"  # each folder with anygen_decoder.json is a bundled model
 
 
 def import_gradio():
@@ -66,10 +65,18 @@ def import_gradio():
 
 
 # ---- models ------------------------------------------------------------------------------
+def bundled_root() -> Path:
+    from anygen.api import BUNDLED_MODELS
+
+    return BUNDLED_MODELS
+
+
 def model_choices(given=()) -> dict[str, Path]:
     """Display name -> model directory: each `--model` (a directory or a bundled model's name), then
     the bundled models; the first is the one the page starts with."""
-    bundled = {p.name: p for p in sorted(BUNDLED.iterdir()) if (p / "anygen_decoder.json").is_file()}
+    from anygen.api import bundled_models
+
+    bundled = bundled_models()
     choices = {}
     for item in given:
         path = Path(item)
@@ -109,7 +116,7 @@ class Models:
         meta = self.meta(name)
         tasks = ", ".join(meta.get("tasks", ())) or "not recorded"
         worlds = ", ".join(meta.get("worlds", ())) or "none recorded"
-        where = "bundled" if self.choices[name].parent == BUNDLED else self.choices[name]
+        where = "bundled" if self.choices[name].parent == bundled_root() else self.choices[name]
         return (f"**{name}** ({where}) · tasks: {tasks} · worlds: {worlds} · "
                 f"image head: {meta.get('image_head', 'tokens')}")
 

@@ -493,3 +493,13 @@ def test_demo_and_eval_run_on_a_model(model_dir, tmp_path):
     assert "t2i.objects_3.all_correct" in results and "story.image_coherence" in results
     assert all(0.0 <= v <= 60.0 for v in results.values())
 
+
+
+def test_bundled_models_load_by_name(tmp_path):
+    from anygen.api import bundled_models, model_dir
+
+    assert "default" in bundled_models()
+    assert model_dir("default") == bundled_models()["default"]
+    assert model_dir(tmp_path) == tmp_path  # a directory wins
+    with pytest.raises(AnygenError, match="bundled models: .*default"):
+        model_dir("no-such-model")

@@ -16,10 +16,11 @@ from anygen.api.options import DrawOptions, EditOptions, StoryOptions
 from anygen.api.rerank import Verifier
 from anygen.errors import AnygenError
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default"
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "assets"  # each folder with anygen_decoder.json: a model
+DEFAULT_MODEL = BUNDLED_MODELS / "default"
 
 __all__ = ["AnyGen", "DrawOptions", "EditOptions", "StoryOptions", "DEFAULT_MODEL", "DomainScore",
-           "default_model_dir", "domain_of", "load_model", "model_meta"]
+           "bundled_models", "default_model_dir", "domain_of", "load_model", "model_dir", "model_meta"]
 
 
 def default_model_dir() -> Path:
@@ -27,14 +28,30 @@ def default_model_dir() -> Path:
     return Path(os.environ.get("ANYGEN_MODEL", DEFAULT_MODEL))
 
 
+def bundled_models() -> dict[str, Path]:
+    """The models shipped in the package, by name (`anygen.load("digits")`)."""
+    return {p.name: p for p in sorted(BUNDLED_MODELS.iterdir()) if (p / "anygen_decoder.json").is_file()}
+
+
+def model_dir(model: str | os.PathLike | None = None) -> Path:
+    """A model directory, or a bundled model's name -> its directory (default: $ANYGEN_MODEL, else
+    the bundled default model). A directory wins over a bundled model of the same name."""
+    if model is None:
+        return default_model_dir()
+    directory = Path(model)
+    if directory.is_dir():
+        return directory
+    bundled = bundled_models()
+    if str(model) in bundled:
+        return bundled[str(model)]
+    raise AnygenError(f"{model}: model directory not found (bundled models: {', '.join(bundled)})")
+
+
 def model_meta(directory: str | os.PathLike | None = None) -> dict:
     """What a model directory records about itself (`anygen_decoder.json`; {} for none)."""
     from anygen.model.decoder import read_decoder_meta
 
-    directory = Path(directory) if directory is not None else default_model_dir()
-    if not directory.is_dir():
-        raise AnygenError(f"{directory}: model directory not found")
-    return read_decoder_meta(directory)
+    return read_decoder_meta(model_dir(directory))
 
 
 def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", plan_format=None,
@@ -47,7 +64,7 @@ def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", 
     from anygen.model.transfusion import check_codec_fits, image_head_of, load_transfusion
     from anygen.tokenizer import MultimodalTokenizer
 
-    directory = Path(directory) if directory is not None else default_model_dir()
+    directory = model_dir(directory)
     meta = model_meta(directory)
     tok_dir = directory / "tokenizer"
     if not tok_dir.is_dir():
