@@ -976,20 +976,24 @@ class UserTasks:
         return [(task, make) for task, make in makers if task in self.tasks]
 
 
+def _text_and_media(doc: Document, kind: str):
+    """(the document's text, its first image or audio clip or None)."""
+    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
+    media = [s for s in doc if isinstance(s, Image if kind == "image" else Audio)]
+    return text, (media[0].image if kind == "image" else media[0]) if media else None
+
+
 def _caption_and_image(doc: Document) -> tuple[str, PILImage.Image] | None:
     """(caption, image) of a captioned-image document, None when it has no caption."""
-    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
-    images = [s.image for s in doc if isinstance(s, Image)]
-    return (text, images[0]) if text and images else None
+    text, image = _text_and_media(doc, "image")
+    return (text, image) if text and image is not None else None
 
 
 def _media_text_makers(doc: Document, kind: str, mix: TaskMix, rng) -> list[tuple[str, Callable[[], Spec]]]:
     """A captioned image (transcribed clip) -> its two conditional tasks; uncaptioned -> a document."""
-    media = [s for s in doc if isinstance(s, Image if kind == "image" else Audio)]
-    text = " ".join(s.text for s in doc if isinstance(s, Text)).strip()
-    if not media:
+    text, m = _text_and_media(doc, kind)
+    if m is None:
         return []
-    m = media[0].image if kind == "image" else media[0]
     if not text:
         return [("document", lambda: document(doc))]
     if kind == "image":
