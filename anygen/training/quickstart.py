@@ -15,7 +15,7 @@ documented ones, run with recipes' defaults and a few overrides:
 Intermediate runs go to `DIR.runs/`; a step whose output exists is kept, and an interrupted
 codec or decoder run resumes, so rerunning the same command continues. The codec and the
 decoder stop by wall time (`--minutes` split by `BUDGET_SHARES`); the rest takes what it takes
-(a few minutes for ~20,000 examples). `plan()` lists the commands without running them.
+(about a minute for 60,000 examples). `plan()` lists the commands without running them.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pathlib import Path
 from anygen.config import check, choice
 from anygen.errors import AnygenError
 
-BUDGET_SHARES = {"codec": 0.3, "decoder": 0.55}  # of --minutes; tokenizer, shards and bundling take the rest
+BUDGET_SHARES = {"codec": 0.2, "decoder": 0.75}  # of --minutes; tokenizer, shards and bundling take the rest
+CODEC_WIDTH = 48  # the codec's first-level channels, doubled per level up to 256: a 32 px codec of ~1M parameters
 CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder learns in minutes
-WORLD_EXAMPLES = 20000  # training examples sampled from a world (user data is written as it is)
+WORLD_EXAMPLES = 60000  # training examples sampled from a world (user data is written as it is)
 VAL_EXAMPLES = 300
 USER_SEQUENCES = 0.5  # captioned sequences per captioned image: teaches interleaved documents (`generate`)
 TEXT_VOCAB = 300  # small: a data set's captions have few words (the BPE's floor: 256 bytes + characters)
@@ -99,7 +100,7 @@ def plan(opts: QuickstartOptions, overrides: dict[str, list[str]] | None = None)
     runs = runs_of(opts)
     world = opts.world
     downsample = (opts.image_size // CODES_PER_SIDE).bit_length() - 1
-    channels = "[" + ",".join(str(min(64 * 2 ** i, 256)) for i in range(downsample)) + "]"
+    channels = "[" + ",".join(str(min(CODEC_WIDTH * 2 ** i, 256)) for i in range(downsample)) + "]"
     user = ([] if world else [f"data.user.image_folders={_user_section(opts)}"])
     text_source = [f"data.source={world}"] if world else ["data.source=user"] + user
     image_source = [f"data.source={world}"] if world else ["data.source=user"] + user

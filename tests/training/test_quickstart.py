@@ -54,8 +54,8 @@ def test_quickstart_plan_and_errors(tmp_path, class_folders):
     assert [name for name, _, _ in steps] == ["text tokenizer", "image codec", "tokenizer", "token shards",
                                               "decoder", "model"]
     codec, decoder = steps[1][2], steps[4][2]
-    assert "codec.background=black" in codec and "train.time_budget_minutes=12.00" in codec
-    assert "train.time_budget_minutes=22.00" in decoder and decoder[-1] == "--resume"
+    assert "codec.background=black" in codec and "train.time_budget_minutes=8.00" in codec
+    assert "train.time_budget_minutes=30.00" in decoder and decoder[-1] == "--resume"
     assert "source=digits" in steps[3][2]
     with pytest.raises(AnygenError, match="image_size"):
         QuickstartOptions(data="digits", out="m", image_size=24)

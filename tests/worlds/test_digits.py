@@ -15,7 +15,8 @@ from anygen.document import Image, Text
 from anygen.errors import AnygenError
 from anygen.tasks.layouts import TaskMix
 from anygen.worlds import get_world, media_source, preview_document
-from anygen.worlds.digits import (CAPTION_FORMS, MAX_ITEMS, MIN_ITEMS, Digits, caption, list_text, parse_digit)
+from anygen.worlds.digits import (AUGMENT_VARIANTS, CAPTION_FORMS, MAX_ITEMS, MIN_ITEMS, Digits, caption, list_text,
+                                  parse_digit)
 from anygen.worlds.digits.data import (DIR_ENV_VAR, TEST_PER_DIGIT, VAL_PER_DIGIT, DigitsData, digits_file, fetch,
                                        load_digits, read_package, write_digits)
 
@@ -116,16 +117,31 @@ def test_split_is_fixed_by_position_and_disjoint():
 def test_training_never_samples_a_test_digit(data_dir):
     world = Digits()
     source = world.task_source(TaskMix())
-    test = {world.media_key(i) for i in world.data.split_indices["test"]}
+    test = {int(i) for i in world.data.split_indices["test"]}
     rng = np.random.default_rng(0)
     seen = set()
     for task in ("text_to_image", "image_to_text", "document"):
         for _ in range(150):
             seen |= {p.value.key for p in source.sample(task, rng).pieces if p.kind == "image"}
-    assert seen and not seen & test
-    assert len(seen) > 50  # many distinct training digits, not one
+    indices = {key[2] for key in seen}  # ("digits", size, index[, variant])
+    assert indices and not indices & test
+    assert len(indices) > 50  # many distinct training digits, not one
+    assert {key[3] for key in seen if len(key) == 4} == set(range(1, AUGMENT_VARIANTS))  # warped versions too
     held = {p.value.key for p in source.sample("text_to_image", rng, split="test").pieces if p.kind == "image"}
-    assert held <= test
+    assert held <= {world.media_key(i) for i in test}  # test digits are shown unwarped
+
+
+def test_training_variants_are_fixed_warps_of_the_digit(data_dir):
+    world = Digits()
+    [i] = world.pick(np.random.default_rng(1), "train", 1)
+    original = np.asarray(world.image(i), dtype=float)
+    assert np.array_equal(np.asarray(world.image(i, 0)), original)  # variant 0: the digit itself
+    warps = [np.asarray(world.image(i, v), dtype=float) for v in range(1, AUGMENT_VARIANTS)]
+    assert all(np.array_equal(w, np.asarray(world.image(i, v))) for v, w in enumerate(warps, 1))  # reproducible
+    assert len({w.tobytes() for w in warps}) == len(warps) and all(not np.array_equal(w, original) for w in warps)
+    for w in warps:  # a small warp: the same amount of ink, roughly where it was
+        assert abs(w.sum() / original.sum() - 1) < 0.3
+        assert np.abs(w - original).mean() < original.mean()
 
 
 # ---- captions, tasks, images ----------------------------------------------------------------

