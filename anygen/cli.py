@@ -371,6 +371,19 @@ def cmd_bench_sample(args) -> None:
     write_json(json_path, results)
 
 
+def cmd_bench_serve(args) -> None:
+    from anygen.serve import bench, import_gradio
+
+    json_path = json_out(args)
+    import_gradio()  # its one-line error before a model is loaded
+    if args.repeats < 1:
+        raise AnygenError(f"--repeats: must be >= 1, got {args.repeats}")
+    results = bench(args.model, args.repeats)
+    for key, value in results.items():
+        print(f"{key:24s} {value:.2f}")
+    write_json(json_path, results)
+
+
 def cmd_bench_train(args) -> None:
     from anygen.training.bench import measure_recipe_mfu
 
@@ -573,6 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
+    p = bench.add_parser("serve", help="web app: seconds from request to result for draw, edit, a story",
+                         description="Start `anygen serve` on a free local port and time requests through "
+                                     "gradio_client: one drawn image, an edit with the accurate preset, a 3-step "
+                                     "story plain and reasoned (median of --repeats after a warm-up)")
+    p.add_argument("--model", help="model directory or bundled name (default: the page's first model)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per request (default 3)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_serve)
     p = bench.add_parser("train", help="decoder training tokens/s and model-FLOPs utilisation (MFU)",
                          description="Time the decoder trainer's step on random packed documents with a recipe's "
                                      "model, seq_len, batch_size, threads and vocab, e.g. anygen bench train "

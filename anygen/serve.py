@@ -2,7 +2,7 @@
 
 One page with a model picker and a tab per task: Draw, Caption, Edit (with the recommended
 accurate settings as a preset, the model's plan, and an optional mask painted on the image),
-Document (a story, or any continuation streamed segment by segment; downloadable as HTML or a
+Document (a story or any continuation, streamed segment by segment; downloadable as HTML or a
 zip of the Document directory) and Audio (say, transcribe).
 
 The contract:
@@ -28,8 +28,10 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+from anygen.document import Document, Text
 from anygen.errors import AnygenError
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only; serving a network is an explicit --host
@@ -52,6 +54,10 @@ CSS = (".anygen-pixels img, .anygen-doc img {image-rendering: pixelated; width: 
        "height: 192px !important; object-fit: contain} "
        "#draw-gallery img {image-rendering: pixelated}")  # the models' images are small: enlarge them without blur
 MISSING_GRADIO = "anygen serve needs Gradio: pip install anygen[ui]"
+EXAMPLE_PROMPT = "a large red circle at the top left"  # the page's first values: the default model's words
+EXAMPLE_INSTRUCTION = "make the red circle blue"
+EXAMPLE_OPENING = "a small green square at the center"
+BENCH_STORY_STEPS = 3
 
 
 def import_gradio():
@@ -226,39 +232,25 @@ class App:
 
     def story(self, model: str, opening: str, n_steps: int, best_of: int, reason: bool, plan_in_words: bool,
               seed: int):
+        """Yield the growing story (the opening, then each finished segment); the last one yielded
+        is the whole story."""
         from anygen.api import StoryOptions
+        from anygen.api.inputs import check_text
 
         options = StoryOptions(n_steps=int(n_steps), best_of=int(best_of), reason=bool(reason),
                                plan_in_words=bool(plan_in_words))
-        return self.models.get(model).story(opening, seed=seed_of(seed), options=options)
+        gen = self.models.get(model)
+        yield from streamed(Document([Text(check_text(opening, "opening"))]), lambda callback: Document(list(
+            gen.story(opening, seed=seed_of(seed), options=options, callback=callback))[1:]))
 
     def continuation(self, model: str, opening: str, max_new_tokens: int, seed: int):
         """Yield the growing Document (the opening, then each finished segment) while the model writes it;
         the last one yielded is the whole result."""
         from anygen.api.inputs import check_text
-        from anygen.document import Document, Text
 
-        prompt = Document([Text(check_text(opening, "opening"))])
-        gen, segments, done = self.models.get(model), queue.Queue(), object()
-        result = {}
-
-        def work():
-            try:
-                result["doc"] = gen.generate(prompt, max_new_tokens=int(max_new_tokens), seed=seed_of(seed),
-                                             callback=segments.put)
-            except BaseException as e:  # handed to the caller's thread
-                result["error"] = e
-            finally:
-                segments.put(done)
-
-        threading.Thread(target=work, daemon=True).start()
-        doc = prompt
-        while (item := segments.get()) is not done:
-            doc = doc + item
-            yield doc
-        if "error" in result:
-            raise result["error"]
-        yield prompt + result["doc"]
+        gen = self.models.get(model)
+        yield from streamed(Document([Text(check_text(opening, "opening"))]), lambda callback: gen.generate(
+            Document([Text(opening)]), max_new_tokens=int(max_new_tokens), seed=seed_of(seed), callback=callback))
 
     def downloads(self, doc) -> list[str]:
         """The Document saved (JSON, media, index.html) and zipped: [zip, index.html]."""
@@ -284,6 +276,30 @@ class App:
         except AnygenError as e:
             raise AnygenError(str(e).replace(str(path), path.name)) from None
         return self.models.get(model).transcribe(audio)
+
+
+def streamed(prompt, write: Callable):
+    """Yield `prompt`, then `prompt` plus each segment `write(callback)` hands its callback, as it comes (the model
+    works in a thread), then `prompt` plus what `write` returns: the whole result, as the last."""
+    segments, done, result = queue.Queue(), object(), {}
+
+    def work():
+        try:
+            result["doc"] = write(segments.put)
+        except BaseException as e:  # handed to the caller's thread
+            result["error"] = e
+        finally:
+            segments.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    doc = prompt
+    yield doc
+    while (item := segments.get()) is not done:
+        doc = doc + item
+        yield doc
+    if "error" in result:
+        raise result["error"]
+    yield prompt + result["doc"]
 
 
 def seed_of(value) -> int | None:
@@ -350,7 +366,7 @@ def build(app: App, gr):
         with gr.Tabs() as tabs:
             with gr.Tab("Draw", id="draw"):
                 with gr.Row():
-                    prompt = gr.Textbox(label="prompt", value="a large red circle at the top left", scale=4,
+                    prompt = gr.Textbox(label="prompt", value=EXAMPLE_PROMPT, scale=4,
                                         elem_id="draw-prompt")
                     draw_btn = gr.Button("Draw", variant="primary", scale=1, elem_id="draw-button")
                 with gr.Row():
@@ -375,7 +391,7 @@ def build(app: App, gr):
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     edit_file = gr.File(label="source image", file_types=IMAGE_TYPES, type="filepath")
-                    instruction = gr.Textbox(label="instruction", value="make the red circle blue")
+                    instruction = gr.Textbox(label="instruction", value=EXAMPLE_INSTRUCTION)
                 preset = gr.Radio(list(EDIT_PRESETS), value=next(iter(EDIT_PRESETS)), label="settings")
                 with gr.Accordion("advanced", open=False):
                     with gr.Row():
@@ -400,9 +416,9 @@ def build(app: App, gr):
                     after = gr.Image(label="after", interactive=False, height=220, elem_classes="anygen-pixels")
                 plan = gr.Textbox(label="the model's plan (with reason)", interactive=False)
             with gr.Tab("Document", id="document"):
-                opening = gr.Textbox(label="opening", value="a small green square at the center")
-                mode = gr.Radio(["story", "continue (streamed)"], value="story", label="what to write",
-                                info="a story is shown when it is finished; a continuation segment by segment")
+                opening = gr.Textbox(label="opening", value=EXAMPLE_OPENING)
+                mode = gr.Radio(["story", "continue"], value="story", label="what to write",
+                                info="either is shown segment by segment as the model writes it")
                 with gr.Row():
                     s_steps = gr.Slider(1, MAX_STORY_STEPS, value=3, step=1, label="story: steps")
                     s_best_of = gr.Slider(1, 16, value=1, step=1, label="story: best_of")
@@ -497,11 +513,12 @@ def build(app: App, gr):
         def do_document(model, mode, opening, steps, best_of, reason, words, tokens, seed, progress=gr.Progress()):
             if mode == "story":
                 progress(0, desc=f"writing a {int(steps)}-step story")
-                doc = app.story(model, opening, steps, best_of, reason, words, seed)
+                growing = app.story(model, opening, steps, best_of, reason, words, seed)
             else:
-                doc = None
-                for doc in app.continuation(model, opening, tokens, seed):
-                    yield document_html(doc), None
+                growing = app.continuation(model, opening, tokens, seed)
+            doc = None
+            for doc in growing:
+                yield document_html(doc), None
             yield document_html(doc), app.downloads(doc)
 
         doc_btn.click(_shown(gr, do_document), [model, mode, opening, s_steps, s_best_of, s_reason, s_words, s_tokens,
@@ -545,6 +562,53 @@ def cmd_serve(args) -> None:
         raise AnygenError(f"--port must be in 1..65535, got {args.port}")
     model_choices(args.model or ())  # checked before Gradio loads
     launch(args.model or (), host=args.host, port=args.port)
+
+
+def bench(model: str | None = None, repeats: int = 3, prompt: str = EXAMPLE_PROMPT,
+          instruction: str = EXAMPLE_INSTRUCTION, opening: str = EXAMPLE_OPENING) -> dict[str, float]:
+    """Seconds from request to result through a local server (`gradio_client`, as a click does), the
+    median of `repeats` after one warm-up call each: one drawn image, an edit with the accurate
+    preset, a `BENCH_STORY_STEPS`-step story, plain and reasoned."""
+    import socket
+    import statistics
+    import time
+
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as probe:
+        probe.bind((DEFAULT_HOST, 0))
+        port = probe.getsockname()[1]
+    given = [model] if model else []
+    name = next(iter(model_choices(given)))  # the model named, else the page's first
+    demo, url = launch(given, port=port, block=False)
+    try:
+        client = Client(url, verbose=False)
+        [first] = client.predict(name, prompt, 1, 1.0, 1, 0, 25, api_name="/draw")
+        source = handle_file(first["image"])
+        a = ACCURATE_EDIT
+        calls = {
+            "draw": lambda: client.predict(name, prompt, 1, 1.0, 1, 0, 25, api_name="/draw"),
+            "edit_accurate": lambda: client.predict(name, source, instruction, 1.0, 1.0, a["best_of"], a["reason"],
+                                                    a["plan_in_words"], a["greedy_plan"], a["retries"], 0, "", None,
+                                                    api_name="/edit"),
+            "story": lambda: client.predict(name, "story", opening, BENCH_STORY_STEPS, 1, False, False, 256, 0,
+                                            api_name="/story"),
+            "story_reasoned": lambda: client.predict(name, "story", opening, BENCH_STORY_STEPS, 1, True, False, 256,
+                                                     0, api_name="/story"),
+        }
+        results = {}
+        for what, call in calls.items():
+            call()  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - start)
+            results[f"{what}.seconds"] = statistics.median(times)
+        return results
+    finally:
+        demo.close()
+        shutil.rmtree(demo.anygen_workdir, ignore_errors=True)
 
 
 def add_command(sub) -> None:

@@ -235,6 +235,18 @@ def test_story_best_of_keeps_the_picture_that_best_explains_each_sentence(any_mo
         gen.story("a small red circle", best_of=0)
 
 
+@pytest.mark.parametrize("options", [{}, {"best_of": 2}], ids=["one pass", "stepwise"])
+def test_story_streams_its_segments_as_they_are_written(any_model_dir, options):
+    """The callback's Documents, in order, are the story after its opening: the same segments."""
+    gen = load_model(any_model_dir)
+    pieces = []
+    doc = gen.story("a small red circle", n_steps=2, seed=0, callback=pieces.append, **options)
+    assert pieces and all(isinstance(p, Document) for p in pieces)
+    streamed = Document([Text("a small red circle")]) + sum(pieces, Document([]))
+    assert streamed.with_text_joined() == doc.with_text_joined()
+    assert len(streamed.images) == len(doc.images) >= 1
+
+
 def test_reasoned_edit_writes_its_plan_then_draws(any_model_dir):
     """reason=True: the row is forced to start with the plan format's lead (not <boi>); its text comes
     back as the plan and the image is the one drawn after it. A row whose text runs out of budget (as

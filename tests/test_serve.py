@@ -6,6 +6,7 @@ or chromedriver is not installed)."""
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image as PILImage
 
 from anygen.cli import main as cli_main
+from anygen.document import Document, Text
 from anygen.errors import AnygenError
 from anygen.serve import App, Models, import_gradio, mask_of, model_choices
 
@@ -119,6 +121,16 @@ def test_story_renders_and_downloads(client, server):
     assert any(f.endswith("index.html") for f in files)
 
 
+def test_bench_times_each_request_through_a_server(model_dir, monkeypatch, tmp_path):
+    pytest.importorskip("gradio")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", os.environ.get("GRADIO_TEMP_DIR", str(tmp_path)))  # restored after
+    assert cli_main(["bench", "serve", "--model", str(model_dir), "--repeats", "1",
+                     "--json", str(tmp_path / "b.json")]) == 0
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert set(results) == {"draw.seconds", "edit_accurate.seconds", "story.seconds", "story_reasoned.seconds"}
+    assert all(0 < v < REQUEST_TIMEOUT_S for v in results.values())
+
+
 def test_say_then_transcribe(client, server):
     from gradio_client import handle_file
 
@@ -168,6 +180,18 @@ def test_edit_passes_the_painted_and_typed_mask(tmp_path):
     assert model.options.editable == (True, False, False, False)
     app.edit("m", source, "make it red", 1.0, 1.0, 1, False, False, False, 0, 0, "", None)
     assert model.options.editable is None
+
+
+def test_story_is_shown_as_it_grows(tmp_path, gen, model_dir):
+    """The app yields the opening, then the opening plus each finished segment; the last is the story."""
+    app = App(Models({"m": model_dir}, loader=lambda directory: gen), tmp_path / "work")
+    shown = list(app.story("m", "a small red circle", 2, 1, False, False, 0))
+    assert shown[0] == Document([Text("a small red circle")]) and len(shown) > 2
+    assert all(len(a) < len(b) for a, b in zip(shown[1:-1], shown[2:-1]))  # each view adds a segment
+    story = gen.story("a small red circle", n_steps=2, seed=0)
+    assert shown[-1].with_text_joined() == story.with_text_joined() == shown[-2].with_text_joined()
+    with pytest.raises(AnygenError, match="opening is empty"):
+        next(app.story("m", "  ", 2, 1, False, False, 0))
 
 
 def test_painted_cells_become_the_editable_flags():

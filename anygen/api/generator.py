@@ -287,9 +287,11 @@ class AnyGen:
 
     # ---- stories ----------------------------------------------------------------------
     def story(self, opening: str, /, seed: int | None = 0, options: StoryOptions | None = None,
-              strict: bool = False, **settings) -> Document:
+              callback: Callable[[Document], None] | None = None, strict: bool = False, **settings) -> Document:
         """An interleaved story: the opening sentence, then `n_steps` (picture, next sentence) turns.
         Options: `StoryOptions` (or its fields as keywords): n_steps, best_of, reason, plan_in_words, sentences.
+        `callback` receives the new segments as Documents in order while the story is written
+        (the diffusion head: all of them at the end); the opening plus them is the story.
         The result is empty when nothing follows the opening."""
         options, settings = resolve(StoryOptions, options, settings)
         opening, seed = check_text(opening, "opening"), check_seed(seed)
@@ -297,12 +299,13 @@ class AnyGen:
             self.capabilities.require(task, why=why)
         [score] = self.domain_check.score("story", [self.domain_check.prompt("story", Document([Text(opening)]))],
                                           strict=strict)
-        doc = self._story(opening, options, seed, settings)
+        doc = self._story(opening, options, seed, settings, callback)
         return attach(doc, score, strict, empty=is_empty(Document(list(doc)[1:])))
 
-    def _story(self, opening: str, options: StoryOptions, seed: int | None, settings: dict) -> Document:
+    def _story(self, opening: str, options: StoryOptions, seed: int | None, settings: dict,
+               callback: Callable[[Document], None] | None) -> Document:
         if self.diffusion is None:
-            return self.stories.write(opening, options, seed, **settings)
+            return self.stories.write(opening, options, seed, callback=callback, **settings)
         if options.stepwise:
             raise AnygenError("best_of, reason and sentences are not supported by the diffusion image head")
         ids = self.tokenizer.encode(Document([Text(opening)]), eos=False)
@@ -311,7 +314,10 @@ class AnyGen:
         doc = self.diffusion.generate(ids, budget, seed, min_images=options.n_steps, max_images=options.n_steps,
                                       image_first=True, **settings)  # the opening ends as written
         cut = [i for i, seg in enumerate(doc) if isinstance(seg, Image)][-1:] or [len(doc) - 1]
-        return Document([Text(opening)]) + Document(list(doc)[:cut[0] + 1])
+        story = Document(list(doc)[:cut[0] + 1])
+        if callback is not None and len(story):
+            callback(story)
+        return Document([Text(opening)]) + story
 
     # ---- helpers ----------------------------------------------------------------------
     @staticmethod

@@ -12,6 +12,7 @@ picture is a reasoned edit of the one before, with the sentence as its instructi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -38,23 +39,34 @@ class StoryWriter:
     def step_budget(self) -> int:
         return self.session.image_budget + SENTENCE_BUDGET
 
-    def write(self, opening: str, options: StoryOptions, seed: int | None, **settings) -> Document:
+    def write(self, opening: str, options: StoryOptions, seed: int | None,
+              callback: Callable[[Document], None] | None = None, **settings) -> Document:
+        """The story; `callback` receives its new segments in order as each is finished (stepwise:
+        each step's sentence and picture), and together they are the story after the opening."""
         s = self.session
         ids = s.tokenizer.encode(Document([Text(opening)]), eos=False)
         s.check_length(ids, options.n_steps * self.step_budget)
         if options.reason:
             self.editor.plan()  # fails now, with its message, when the model has no plan format
         if options.stepwise:
-            story_ids = self._stepwise(ids, options, seed, **settings)
+            story_ids = self._stepwise(ids, options, seed, callback=callback, **settings)
             return Document([Text(opening)]) + s.tokenizer.decode(story_ids[len(ids):])
         cfg = s.settings(max_new_tokens=options.n_steps * self.step_budget, seed=seed, stop_at_eos=False, **settings)
-        [result] = s.sample([Prompt(ids, force=[s.vocab.boi])], cfg)  # the opening ends as written: its picture
+        pictures = [0]
+
+        def on_span(row, span):  # the spans after the last picture kept are cut: not sent
+            if pictures[0] < options.n_steps:
+                pictures[0] += span.kind == "image"
+                callback(s.tokenizer.decode(list(span.ids)))
+
+        [result] = s.sample([Prompt(ids, force=[s.vocab.boi])], cfg,  # the opening's picture next
+                            callback=None if callback is None else on_span)
         image_ends = [span.end for span in result.spans if span.kind == "image"]
         cut = result.ids[:image_ends[options.n_steps - 1]] if len(image_ends) >= options.n_steps else result.ids
         return Document([Text(opening)]) + s.tokenizer.decode(cut)
 
     def _stepwise(self, ids: list[int], options: StoryOptions, seed: int | None, image: SamplingSettings | None = None,
-                  **settings) -> list[int]:
+                  callback: Callable[[Document], None] | None = None, **settings) -> list[int]:
         """The story's ids (`<keep>`-free), one sentence and picture at a time; with `sentences` > 1 each
         later step writes that many sentences (greedy, then sampled), draws a picture for each and keeps
         the pair whose picture best explains its sentence (`describe_edit`, per token)."""
@@ -80,7 +92,10 @@ class StoryWriter:
                 return [x if t else -math.inf for (_, t, _), x in zip(found, likely)]
 
             [(new, _, previous)] = best_of(lambda n: [choices], score, len(choices))
-            ids = ids + new + s.tokenizer.image_span(previous)
+            step_ids = new + s.tokenizer.image_span(previous)
+            ids = ids + step_ids
+            if callback is not None:
+                callback(s.tokenizer.decode(step_ids))
         return ids
 
     def _sentences(self, ids: list[int], n: int, seed: int | None, **settings) -> list[list[int]]:
