@@ -173,7 +173,7 @@ def cmd_generate(args) -> None:
         prompt = Document([Text(check_text(args.prompt))])
     model = model_of(args)
     continuation = model.generate(prompt, max_new_tokens=args.max_new_tokens, seed=args.seed, strict=args.strict,
-                                  **settings)
+                                  guidance_scale=args.guidance_scale, **settings)
     warn_domain(continuation)
     with writing_output(out):
         (prompt + continuation).save(out)
@@ -522,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, dest="max_new_tokens",
                    help="new tokens at most (default: 512, or the room the prompt leaves in the model's context "
                         "when less; more than that room is an error)")
+    p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
+                   help="classifier-free guidance of each image in the document, 1 = none (default: the model's "
+                        "recommended scale, else 1)")
     sampling_args(p)
     p.set_defaults(func=cmd_generate)
     p = gen_parser("draw", "text -> image(s)", "text", "what to draw")

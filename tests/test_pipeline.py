@@ -406,6 +406,43 @@ def test_generate_continues_a_document(gen):
     assert isinstance(doc, Document)
 
 
+def test_generate_with_guidance_draws_each_image_against_the_unconditional_prompt(model_dir):
+    """Text is sampled up to each <boi> (unguided); each image is then drawn with the document so far
+    as its condition and the unconditional image prompt as its guidance row."""
+    from anygen.sampling.engine import Prompt, generate as engine_generate
+
+    calls = []
+
+    def sampler(model, vocab, prompts, cfg, callback=None):
+        [p] = prompts
+        p = p if isinstance(p, Prompt) else Prompt(list(p))
+        text_part = cfg.stop_at_image
+        calls.append(("text" if text_part else "image", p, cfg))
+        if text_part and sum(kind == "text" for kind, _, _ in calls) <= 2:  # the first two texts open an image
+            p = Prompt(p.ids, p.uncond, [vocab.boi])
+        return engine_generate(model, vocab, [p], cfg, callback=callback)
+
+    gen = load_model(model_dir, sampler=sampler)
+    pieces = []
+    doc = gen.generate("a large red circle", max_new_tokens=3 * gen.session.image_budget, seed=0,
+                       guidance_scale=3.0, callback=pieces.append)
+    kinds = [kind for kind, _, _ in calls]
+    assert kinds[:4] == ["text", "image", "text", "image"] and kinds.count("image") == 2
+    null = gen.session.null_prompt("text_to_image")
+    before = calls[0][1].ids
+    for kind, p, cfg in calls:
+        if kind == "image":
+            assert p.uncond == [null] and cfg.guidance_scales == (3.0,) and p.force == [gen.vocab.boi]
+            assert p.ids[:len(before)] == before  # the whole document so far is the condition
+        else:
+            assert not p.uncond
+    assert len(doc.images) == 2
+    assert sum(pieces, Document([])).with_text_joined() == doc.with_text_joined()
+    calls.clear()
+    gen.generate("a large red circle", max_new_tokens=20, seed=0, guidance_scale=1.0)
+    assert len(calls) == 1 and not calls[0][2].stop_at_image  # unguided: one pass
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda g: g.draw(""), "empty"),
     (lambda g: g.draw("   "), "empty"),

@@ -13,6 +13,7 @@ empty. With `strict=True` a flagged input or an empty result raises `AnygenError
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -22,7 +23,7 @@ from anygen.api.capabilities import SAMPLED_IMAGE, Capabilities, edit_tasks, sto
 from anygen.api.core import Session
 from anygen.api.diffusion import DiffusionImages
 from anygen.api.domain import Calibration, DomainCheck, attach, is_blank_image, is_empty, is_silent
-from anygen.api.editing import Editor
+from anygen.api.editing import SEED_STRIDE, Editor
 from anygen.api.inputs import MAX_PROMPT_CHARS, as_audio, as_image, check_int, check_text, check_texts
 from anygen.api.options import DrawOptions, EditOptions, StoryOptions, check_scale, resolve
 from anygen.api.rerank import Verifier, best_of
@@ -73,11 +74,15 @@ class AnyGen:
 
     # ---- any document -----------------------------------------------------------------
     def generate(self, prompt: Document | str, max_new_tokens: int | None = None, seed: int | None = None,
-                 callback: Callable[[Document], None] | None = None, strict: bool = False, **settings) -> Document:
+                 callback: Callable[[Document], None] | None = None, strict: bool = False,
+                 guidance_scale: float | None = None, **settings) -> Document:
         """Continue any Document with interleaved text, images and audio; returns the continuation.
         `max_new_tokens` (default: `GENERATE_TOKENS`, or the room the prompt leaves in the model's
         context when that is less) must fit in that room, else a one-line error names both.
-        `callback` receives each finished segment as a Document while sampling runs."""
+        `callback` receives each finished segment as a Document while sampling runs.
+        `guidance_scale` (default: the model's recommended one, else 1) guides each image the way
+        `draw` does: against the unconditional image prompt, with the document so far as the
+        condition (`guided_document`); 1 samples the whole continuation in one pass."""
         s = self.session
         if isinstance(prompt, str):
             prompt = Document([Text(check_text(prompt))])
@@ -87,6 +92,10 @@ class AnyGen:
             raise AnygenError("prompt is empty")
         prompt.check_size(max_text_chars=MAX_PROMPT_CHARS, what="prompt")  # before any encoding work
         seed = check_seed(seed)
+        if guidance_scale is None:
+            guidance_scale = self.capabilities.recommended.guidance_scale
+        if guidance_scale is not None:
+            guidance_scale = check_scale(guidance_scale, "guidance_scale")
         if max_new_tokens is not None:
             max_new_tokens = check_int(max_new_tokens, "max_new_tokens", 1)
         ids = self.tokenizer.encode(prompt, eos=False)
@@ -95,11 +104,43 @@ class AnyGen:
         s.check_length(ids, max_new_tokens)
         [score] = self.domain_check.score("document", [ids], strict=strict)
         if self.diffusion is not None:
-            return attach(self.diffusion.generate(ids, max_new_tokens, seed, **settings), score, strict)
-        cfg = s.settings(max_new_tokens=max_new_tokens, seed=seed, **settings)
+            return attach(self.diffusion.generate(ids, max_new_tokens, seed, guidance_scale=guidance_scale,
+                                                  **settings), score, strict)
         on_span = None if callback is None else (lambda row, span: callback(self.tokenizer.decode(list(span.ids))))
-        [result] = s.sample([ids], cfg, callback=on_span)
-        return attach(self.tokenizer.decode(result.ids), score, strict)
+        if guidance_scale not in (None, 1.0):
+            new = self.guided_document(ids, max_new_tokens, seed, guidance_scale, on_span, settings)
+        else:
+            [result] = s.sample([ids], s.settings(max_new_tokens=max_new_tokens, seed=seed, **settings),
+                                callback=on_span)
+            new = result.ids
+        return attach(self.tokenizer.decode(new), score, strict)
+
+    def guided_document(self, ids: list[int], max_new_tokens: int, seed: int | None, guidance_scale: float,
+                        on_span=None, settings: dict | None = None) -> list[int]:
+        """The new ids of a continuation of `ids` whose images are guided: text (and audio) is sampled
+        up to the next `<boi>`, then the image is drawn against the unconditional image prompt with
+        `guidance_scale` (the document so far is the condition, as a caption is for `draw`), and so on
+        until `<eos>` or `max_new_tokens`. Each part samples with its own seed (`SEED_STRIDE` apart)."""
+        s, settings = self.session, settings or {}
+        uncond = s.null_prompt("text_to_image")
+        new: list[int] = []
+        for part in itertools.count():
+            room = max_new_tokens - len(new)
+            if room <= 0:
+                break
+            part_seed = None if seed is None else seed + SEED_STRIDE * part
+            cfg = s.settings(max_new_tokens=room, seed=part_seed, stop_at_image=True, **settings)
+            [words] = s.sample([ids + new], cfg, callback=on_span)  # up to and with the next <boi>
+            if words.finish_reason != "image":
+                return new + words.ids
+            new += words.ids[:-1]  # the image is drawn with its <boi> forced
+            if max_new_tokens - len(new) < s.image_budget:
+                break  # no room left for a whole image: stop before it
+            cfg = s.settings(max_new_tokens=s.image_budget, seed=part_seed, guidance_scales=(guidance_scale,),
+                             allow_audio=False, **settings)
+            [image] = s.sample([Prompt(ids + new, uncond=[uncond], force=[self.vocab.boi])], cfg, callback=on_span)
+            new += image.ids
+        return new
 
     # ---- images -----------------------------------------------------------------------
     def draw(self, text: str, /, n: int = 1, seed: int | None = 0, options: DrawOptions | None = None,

@@ -69,7 +69,7 @@ class SampleResult:
 
     ids: list[int]
     spans: list[Span]
-    finish_reason: str  # "eos" or "length"
+    finish_reason: str  # "eos", "image" (`stop_at_image`: it drew <boi>) or "length"
 
     def images(self) -> list[Span]:
         return [s for s in self.spans if s.kind == "image"]

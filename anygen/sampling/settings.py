@@ -140,6 +140,7 @@ class GenerationConfig:
     guidance_scales: float | tuple[float, ...] = (1.0,)
     guidance_interval: tuple[float, float] = (0.0, 1.0)
     stop_at_eos: bool = True  # False: <eos> is never drawn and rows run to max_new_tokens
+    stop_at_image: bool = False  # True: a row ends (finish "image") as it draws <boi>, before the image
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
 

@@ -268,6 +268,9 @@ class RowState:
             if tok == g.boi or tok == g.boa or tok == g.eos:
                 self._close_text(n - 1)
                 self.seg_start = n - 1
+                if tok == g.boi and g.cfg.stop_at_image:
+                    self.mode, self.finish = _DONE, "image"
+                    return
                 if tok == g.boi:
                     self.mode = _GRID
                 elif tok == g.boa:

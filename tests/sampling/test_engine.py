@@ -1,5 +1,6 @@
 """The interleaved sampler: grammar, budget, batching, guidance, editing, seeds."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -227,6 +228,21 @@ def test_callback_sees_each_segment_as_it_completes():
     assert res.spans[0].kind == "text" and res.spans[0].ids == (5, 6)
     assert res.spans[1].kind == "image" and res.spans[1].start == 2
     assert stats.steps == 20 and stats.rows == 1 and "image" in stats.first_span_s
+
+
+def test_stop_at_image_ends_a_row_as_it_opens_an_image():
+    vocab = make_vocab()
+    model = tiny_model(vocab)
+    cfg = GenerationConfig(max_new_tokens=20, image_grid=(2, 2), seed=3, stop_at_eos=False, allow_audio=False,
+                           stop_at_image=True)
+    opens, plain = generate(model, vocab, [Prompt([vocab.bos, 3], force=[5, 6, vocab.boi]),
+                                           Prompt([vocab.bos, 3], force=[5, 6])],
+                            cfg)
+    assert opens.ids == [5, 6, vocab.boi] and opens.finish_reason == "image"
+    assert [s.kind for s in opens.spans] == ["text"] and opens.spans[0].ids == (5, 6)
+    assert vocab.boi not in plain.ids[:-1] and plain.finish_reason in ("image", "length")
+    [image] = generate(model, vocab, [Prompt([vocab.bos, 3], force=[vocab.boi])], replace(cfg, stop_at_image=False))
+    assert image.images()  # off: the image is drawn
 
 
 # ---- guidance ----------------------------------------------------------------------------------

@@ -92,7 +92,8 @@ def add_commands(sub, ev_sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="image sampling temperature (default 1)")
     p.add_argument("--top-k", type=int, default=0, dest="top_k", help="image sampling top-k (default 0: off)")
     p.add_argument("--guidance-scale", type=float, dest="guidance_scale",
-                   help="classifier-free guidance of the drawn digits (default: the model's recommended one, else 1)")
+                   help="classifier-free guidance of the drawn digits and the documents' digits (default: the model's "
+                        "recommended one, else 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the flat results to this JSON file")
     p.set_defaults(func=cmd_eval_digits)

@@ -72,8 +72,9 @@ def evaluate_digits(generator, data: DigitsData, classifier, n_per_digit: int = 
                     guidance_scale: float | None = None,
                     progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """The metrics of the module docstring for the suites named; `settings` are the sampling
-    settings of the drawn images (`image=SamplingSettings(...)`), `guidance_scale` the drawings'
-    classifier-free guidance (None: the model's recommended one) and `image_tokens` the new tokens
+    settings of the drawn images (`image=SamplingSettings(...)`), `guidance_scale` the classifier-free
+    guidance of the drawings and the documents' images (None: the model's recommended one) and
+    `image_tokens` the new tokens
     one image takes (the documents' budget)."""
     settings = settings or {}
     results: dict[str, float] = {}
@@ -119,7 +120,7 @@ def evaluate_digits(generator, data: DigitsData, classifier, n_per_digit: int = 
         for j, digits in enumerate(document_prompts(n_documents, seed)):
             note(f"doc {j + 1}/{n_documents}")
             out = generator.generate(list_text(digits), max_new_tokens=len(digits) * (image_tokens + ITEM_TEXT_TOKENS),
-                                     seed=seed + j, **settings)
+                                     seed=seed + j, guidance_scale=guidance_scale, **settings)
             count, match = count_and_match(out, digits, classifier)
             counts.append(count)
             exact.append(match)
