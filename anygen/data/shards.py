@@ -258,6 +258,33 @@ def pack(lengths: np.ndarray, order: np.ndarray, seq_len: int, open_rows: int = 
     return rows
 
 
+def _row_tensors(shards: TokenShards, docs: list[int], seq_len: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    T = seq_len
+    ids = np.full(T, pad_id, dtype=np.int64)
+    labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros(T, dtype=np.int64)
+    doc = np.zeros(T, dtype=np.int64)
+    at = 0
+    for k, d in enumerate(docs, start=1):
+        t, m = shards[d]
+        n = min(len(t), T - at)
+        t, m = t[:n], m[:n]
+        ids[at:at + n] = t
+        labels[at:at + n] = np.where(m > 0, t, IGNORE_INDEX)
+        labels[at] = IGNORE_INDEX  # a document's first token is never predicted from the previous one
+        pos[at:at + n] = np.arange(n)
+        doc[at:at + n] = k
+        at += n
+    return ids, labels, pos, doc
+
+
+def packed_batch(shards: TokenShards, rows: list[list[int]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of document indices -> the loader's batch (input_ids, labels, position_ids, document_ids; B × seq_len)."""
+    parts = [_row_tensors(shards, r, seq_len, pad_id) for r in rows]
+    names = ("input_ids", "labels", "position_ids", "document_ids")
+    return {name: torch.from_numpy(np.stack([p[i] for p in parts])) for i, name in enumerate(names)}
+
+
 # ---- the loader -----------------------------------------------------------------------------
 @dataclass
 class _Position:
@@ -314,29 +341,8 @@ class TokenDataset:
     def rows_per_epoch(self) -> int:
         return len(self._rows(0))
 
-    def _row_tensors(self, docs: list[int]) -> tuple[np.ndarray, ...]:
-        T = self.seq_len
-        ids = np.full(T, self.pad_id, dtype=np.int64)
-        labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
-        pos = np.zeros(T, dtype=np.int64)
-        doc = np.zeros(T, dtype=np.int64)
-        at = 0
-        for k, d in enumerate(docs, start=1):
-            t, m = self.shards[d]
-            n = min(len(t), T - at)
-            t, m = t[:n], m[:n]
-            ids[at:at + n] = t
-            labels[at:at + n] = np.where(m > 0, t, IGNORE_INDEX)
-            labels[at] = IGNORE_INDEX  # a document's first token is never predicted from the previous one
-            pos[at:at + n] = np.arange(n)
-            doc[at:at + n] = k
-            at += n
-        return ids, labels, pos, doc
-
     def _batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        parts = [self._row_tensors(r) for r in rows]
-        names = ("input_ids", "labels", "position_ids", "document_ids")
-        return {name: torch.from_numpy(np.stack([p[i] for p in parts])) for i, name in enumerate(names)}
+        return packed_batch(self.shards, rows, self.seq_len, self.pad_id)
 
     # -- iteration --
     def __iter__(self):

@@ -34,6 +34,8 @@ Data: any object whose `__iter__` yields batches (dicts: input_ids, labels,
 position_ids, document_ids; see anygen.data.shards) and whose `state_dict()` after k
 batches, loaded into a fresh object, continues at batch k+1. `data.kind: shards` uses
 `anygen.data.shards.TokenDataset` (each process takes its rows of a global batch);
+`data.kind: stream` uses `anygen.data.stream.StreamLoader` (the documents split by process and
+by `data.num_workers` DataLoader workers, each packing its own batches);
 `data.kind: synthetic` makes random packed documents (benchmarks, smoke tests).
 
 Run several processes with `accelerate launch [--config_file training/accelerate_ddp.yaml]
@@ -112,7 +114,7 @@ class TrainSection:
 
 @dataclass
 class DataSection:
-    kind: str = choice("shards", "synthetic")
+    kind: str = choice("shards", "stream", "synthetic")  # stream: the shards split by rank and loader worker
     shard_dir: str = ""  # token shards (anygen pretokenize) for training
     eval_shard_dir: str = ""  # optional held-out shards
     seq_len: int = 512
@@ -122,11 +124,14 @@ class DataSection:
     vocab_file: str = ""  # a Vocab JSON (Vocab.to_dict); shards and tokenizers carry their own vocab
     synthetic_docs: int = 0  # synthetic: 0 = endless random documents, n = cycle n fixed documents
     synthetic_doc_len: tuple[int, int] = (16, 128)
+    num_workers: int = 0  # stream: DataLoader worker processes per rank (0 = read in the training process)
 
     def __post_init__(self):
         check(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.kind != "shards" or self.shard_dir, "shard_dir", "is required when data.kind is shards")
+        check(self.kind == "synthetic" or self.shard_dir, "shard_dir", f"is required when data.kind is {self.kind}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.kind == "stream" or not self.num_workers, "num_workers", "needs data.kind: stream")
         lo, hi = self.synthetic_doc_len
         check(2 <= lo <= hi, "synthetic_doc_len", f"must be [min, max] with 2 <= min <= max, got {[lo, hi]}")
 
@@ -218,7 +223,7 @@ def resolve_tokenizer_dir(cfg: TrainConfig) -> Path | None:
     """data.tokenizer_dir, else the tokenizer the shards were made with (when it still exists)."""
     if cfg.data.tokenizer_dir:
         return Path(cfg.data.tokenizer_dir)
-    if cfg.data.kind == "shards":
+    if cfg.data.kind != "synthetic":
         index = Path(cfg.data.shard_dir) / "index.json"
         if index.exists():
             tok = ((json.loads(index.read_text()).get("meta") or {}).get("recipe") or {}).get("tokenizer")
@@ -233,7 +238,7 @@ def trained_on(cfg: TrainConfig) -> dict:
     `anygen_decoder.json`; `anygen.load` gives the model its worlds' strategies by it."""
     found = {"worlds": [], "tasks": []}
     sources = []
-    if cfg.data.kind == "shards" and (Path(cfg.data.shard_dir) / "index.json").exists():
+    if cfg.data.kind != "synthetic" and (Path(cfg.data.shard_dir) / "index.json").exists():
         sources.append(json.loads((Path(cfg.data.shard_dir) / "index.json").read_text()).get("meta") or {})
     if cfg.train.init_weights and (Path(cfg.train.init_weights) / "anygen_decoder.json").exists():
         sources.append(json.loads((Path(cfg.train.init_weights) / "anygen_decoder.json").read_text()))
@@ -254,7 +259,7 @@ def resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
         if not path.exists():
             raise AnygenError(f"data.vocab_file: {path} not found")
         return Vocab.from_dict(json.loads(path.read_text()))
-    if cfg.data.kind == "shards":
+    if cfg.data.kind != "synthetic":
         from anygen.data.shards import TokenShards
 
         return TokenShards(cfg.data.shard_dir).vocab
@@ -273,6 +278,11 @@ def open_data(cfg: TrainConfig, vocab: Vocab, rank: int = 0, world_size: int = 1
     shard_dir = d.shard_dir if split == "train" else d.eval_shard_dir
     if not shard_dir:
         return None
+    if d.kind == "stream" and split == "train":
+        from anygen.data.stream import StreamLoader
+
+        return StreamLoader(shard_dir, d.seq_len, d.batch_size, d.seed, rank=rank, world_size=world_size,
+                            num_workers=d.num_workers, vocab=vocab)
     return make_loader(shard_dir, d.seq_len, d.batch_size, d.seed, shuffle=split == "train",
                        loop=split == "train", rank=rank, world_size=world_size, vocab=vocab)
 

@@ -150,6 +150,28 @@ def test_trains_from_token_shards_with_eval(tmp_path):
     assert state["data"]["row"] == 6  # 3 steps × 2 rows
 
 
+def test_trains_from_a_stream_read_by_workers_and_resumes_exactly(tmp_path):
+    from anygen.data.shards import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "train", VOCAB, max_len=24) as w:
+        for _ in range(40):
+            ids = torch.randint(0, VOCAB.size, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
+            w.add(ids.numpy(), (ids >= 0).numpy(), "t")
+    stream = TINY + ["data.kind=stream", f"data.shard_dir={tmp_path / 'train'}", "data.num_workers=2",
+                     "data.seq_len=24", "data.batch_size=2", "train.threads=1", "train.progress=false",
+                     "train.steps=5", "train.save_every=0"]
+    full = train_decoder(None, stream + [f"train.out_dir={tmp_path / 'full'}"])
+    train_decoder(None, stream + [f"train.out_dir={tmp_path / 'part'}", "train.stop_at=3"])  # 3 batches: odd
+    state = json.loads((checkpoints(tmp_path / "part")[-1] / "trainer_state.json").read_text())
+    assert state["data"]["batches"] == 3 and state["data"]["next_worker"] == 1
+    resumed = train_decoder(None, stream + [f"train.out_dir={tmp_path / 'part'}"], resume=True)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_train_config(None, ["data.kind=shards", "data.shard_dir=x", "data.num_workers=2"])
+
+
 def test_synthetic_batches_format_and_resume():
     src = SyntheticBatches(VOCAB, 32, 3, seed=1, doc_len=(4, 12))
     it = iter(src)
