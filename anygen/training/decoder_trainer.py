@@ -86,6 +86,7 @@ class TrainSection:
     stop_at: int = 0  # stop (with a checkpoint) after this step in this invocation; 0 = run to `steps`
     time_budget_minutes: float = 0.0  # > 0: the lr schedule and the run also end by wall time (not bit-reproducible)
     grad_accum: int = 1
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (less memory)
     seed: int = 0
     mixed_precision: str = choice("auto", "no", "bf16")  # auto: bf16 on CUDA, fp32 on CPU
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
@@ -487,6 +488,8 @@ class Trainer:
         self.attn = model.config._attn_implementation
         if self.ckpt is not None:
             _load_weights(model, self.ckpt / "model")
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.n_params = count_parameters(model)
         o = cfg.optim
         optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
