@@ -489,7 +489,7 @@ class Trainer:
         if self.ckpt is not None:
             _load_weights(model, self.ckpt / "model")
         if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
         self.n_params = count_parameters(model)
         o = cfg.optim
         optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),

@@ -330,3 +330,79 @@ def test_wall_budget_eta_is_capped_by_the_budget():
     assert WallBudget(0, clock=clock).eta(10, 2.0) == 20.0 and WallBudget(0, clock=clock).eta(10, None) is None
     clock.now += 60.0
     assert budget.spent() and budget.progress(1, 100) == 1.0
+
+
+class FixedBatches:
+    """The given batches in turn, endlessly; resumable (the trainer's data contract)."""
+
+    def __init__(self, batches):
+        self.batches, self.index = batches, 0
+
+    def __iter__(self):
+        while True:
+            yield self.batches[self.index % len(self.batches)]
+            self.index += 1
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = state["index"]
+
+
+def full_rows(n_batches, rows, seed=0):
+    """Batches of `rows` rows, each one 32-token document: every row has 31 targets."""
+    src = SyntheticBatches(VOCAB, 32, rows, seed=seed, doc_len=(32, 32))
+    return [src.batch(k) for k in range(n_batches)]
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big = full_rows(3, 4)
+    halves = [{k: v[i:i + 2] for k, v in b.items()} for b in big for i in (0, 2)]
+    one = run_training(load_train_config(None, recipe(tmp_path, "big", ["train.steps=3", "data.batch_size=4"])),
+                       train_data=FixedBatches(big))
+    reset_accelerate_state()
+    two = run_training(load_train_config(None, recipe(tmp_path, "acc", ["train.steps=3", "train.grad_accum=2"])),
+                       train_data=FixedBatches(halves))
+    a, b = weights(one), weights(two)
+    for k in a:  # the same up to summation order (AdamW's g/√v magnifies it where g ≈ 0)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    la = [m["loss"] for m in metrics(tmp_path / "big") if m["split"] == "train"]
+    lb = [m["loss"] for m in metrics(tmp_path / "acc") if m["split"] == "train"]
+    assert la == pytest.approx(lb, rel=1e-6) and len(la) == 3
+
+
+def test_gradient_checkpointing_recomputes_the_same_training(tmp_path):
+    from anygen.model.decoder import build_decoder
+
+    data = full_rows(3, 2)
+    plain = run_training(load_train_config(None, recipe(tmp_path, "plain", ["train.steps=3"])),
+                         train_data=FixedBatches(data))
+    reset_accelerate_state()
+    cfg = load_train_config(None, recipe(tmp_path, "gc", ["train.steps=3", "train.gradient_checkpointing=true"]))
+    model = build_decoder(cfg.model, VOCAB, seed=cfg.train.seed)
+    ckpt = run_training(cfg, train_data=FixedBatches(data), model=model)
+    assert model.is_activation_checkpointing  # it was on, and the layers were recomputed in the backward pass
+    a, b = weights(plain), weights(ckpt)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_mixed_precision_on_cpu_tracks_fp32_with_fp32_weights(tmp_path):
+    data = full_rows(1, 2)  # one batch again and again: the loss must fall
+    fp32 = run_training(load_train_config(None, recipe(tmp_path, "fp32", ["train.steps=5",
+                                                                           "train.mixed_precision='no'"])),
+                        train_data=FixedBatches(data))
+    reset_accelerate_state()
+    bf16 = run_training(load_train_config(None, recipe(tmp_path, "bf16", ["train.steps=5",
+                                                                           "train.mixed_precision=bf16"])),
+                        train_data=FixedBatches(data))
+    a, b = weights(fp32), weights(bf16)
+    assert all(t.dtype == torch.float32 for t in b.values())  # master weights stay fp32
+    la = [m["loss"] for m in metrics(tmp_path / "fp32") if m["split"] == "train"]
+    lb = [m["loss"] for m in metrics(tmp_path / "bf16") if m["split"] == "train"]
+    assert la != lb  # the forward really ran in bf16
+    assert la == pytest.approx(lb, abs=0.05)  # and tracks the fp32 run
+    assert lb[-1] < lb[0]
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["train"]["mixed_precision"] == "bf16"
