@@ -286,6 +286,16 @@ def packed_batch(shards: TokenShards, rows: list[list[int]], seq_len: int, pad_i
 
 
 # ---- the loader -----------------------------------------------------------------------------
+def check_loader_args(seq_len: int, batch_size: int, rank: int, world_size: int) -> None:
+    """One-line errors for a loader's row length, rows per batch and process rank."""
+    if seq_len < 2:
+        raise AnygenError(f"seq_len must be >= 2, got {seq_len}")
+    if batch_size < 1:
+        raise AnygenError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise AnygenError(f"rank {rank} outside 0..{world_size - 1}")
+
+
 @dataclass
 class _Position:
     epoch: int = 0
@@ -312,12 +322,7 @@ class TokenDataset:
     def __init__(self, shard_dir: str | os.PathLike, seq_len: int, batch_size: int, seed: int = 0,
                  shuffle: bool = True, *, rank: int = 0, world_size: int = 1, loop: bool = True,
                  open_rows: int = 8, vocab: Vocab | None = None):
-        if seq_len < 2:
-            raise AnygenError(f"seq_len must be >= 2, got {seq_len}")
-        if batch_size < 1:
-            raise AnygenError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise AnygenError(f"rank {rank} outside 0..{world_size - 1}")
+        check_loader_args(seq_len, batch_size, rank, world_size)
         self.shards = TokenShards(shard_dir, vocab=vocab)
         if len(self.shards) == 0:
             raise AnygenError(f"{shard_dir}: the shard directory holds no documents")

@@ -29,7 +29,7 @@ import os
 import numpy as np
 import torch
 
-from anygen.data.shards import TokenShards, packed_batch
+from anygen.data.shards import TokenShards, check_loader_args, packed_batch
 from anygen.errors import AnygenError
 from anygen.vocab import Vocab
 
@@ -125,12 +125,7 @@ class StreamLoader:
     def __init__(self, shard_dir: str | os.PathLike, seq_len: int, batch_size: int, seed: int = 0,
                  shuffle: bool = True, *, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  loop: bool = True, vocab: Vocab | None = None):
-        if seq_len < 2:
-            raise AnygenError(f"seq_len must be >= 2, got {seq_len}")
-        if batch_size < 1:
-            raise AnygenError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise AnygenError(f"rank {rank} outside 0..{world_size - 1}")
+        check_loader_args(seq_len, batch_size, rank, world_size)
         if num_workers < 0:
             raise AnygenError(f"num_workers must be >= 0, got {num_workers}")
         shards = TokenShards(shard_dir, vocab=vocab)  # checks the directory and the vocab once, here
