@@ -39,7 +39,9 @@ by `data.num_workers` DataLoader workers, each packing its own batches);
 `data.kind: synthetic` makes random packed documents (benchmarks, smoke tests).
 
 Run several processes with `accelerate launch [--config_file training/accelerate_ddp.yaml]
--m anygen train RECIPE.yaml [key=value ...] [--resume]`.
+-m anygen train RECIPE.yaml [key=value ...] [--resume]`. An FSDP config shards the model
+(FSDP2) on GPUs through accelerate and on CPU through the trainer (`cpu_fsdp_plugin`: accelerate
+itself would fall back to DDP there); a DeepSpeed config is refused (`DEEPSPEED_REFUSED`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ from anygen.training.common import (OptimConfig, RunLock, WallBudget, check_memo
 from anygen.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
+# DeepSpeed's engine steps the optimizer inside backward (no skipping a non-finite update, its own accumulation)
+# and checkpoints with pickle; the trainer's sharded engine is FSDP
+DEEPSPEED_REFUSED = ("accelerate config: DeepSpeed is not supported by anygen's decoder trainer (its engine applies "
+                     "updates itself, so non-finite steps cannot be skipped, and its checkpoints are pickled); shard "
+                     "with FSDP instead: training/accelerate_fsdp.yaml (like ZeRO-3) or "
+                     "training/accelerate_fsdp_zero2.yaml (like ZeRO-2)")
 # tqdm's bar without its own remaining-time estimate: the postfix's `eta` also honours the time budget
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -385,6 +393,38 @@ def reset_accelerate_state() -> None:
     PartialState._reset_state()
 
 
+def cpu_fsdp_plugin(acc):
+    """The FSDP2 plugin `accelerate launch` asked for when accelerate runs the processes as MULTI_CPU, else None.
+
+    accelerate selects FSDP only on accelerator devices (its `AcceleratorState` promotes
+    MULTI_GPU/XPU/... to FSDP, never MULTI_CPU), so under gloo an FSDP config would silently
+    train with DDP. The trainer then shards the model itself with accelerate's own
+    `fsdp2_prepare_model` and this plugin (read from the launcher's environment).
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (acc.distributed_type != DistributedType.MULTI_CPU
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"):
+        return None
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise AnygenError(f"FSDP on CPU needs fsdp_version: 2 in the accelerate config, got {plugin.fsdp_version}")
+    if acc.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.mixed_precision)
+    return plugin
+
+
+class _ShardingHost:
+    """What accelerate's `fsdp2_prepare_model` reads of its Accelerator, for a MULTI_CPU one and a plugin."""
+
+    def __init__(self, acc, plugin):
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(fsdp_plugin=plugin)
+        self.torch_device_mesh, self.parallelism_config = None, None  # the default 1-D mesh over all processes
+        self.mixed_precision, self.is_main_process, self.device = acc.mixed_precision, acc.is_main_process, acc.device
+
+
 def _mixed_precision(choice_: str) -> str | None:
     if choice_ != "auto":
         return choice_
@@ -438,12 +478,15 @@ class Trainer:
                 log_with = "tensorboard"
             else:
                 warnings.warn("train.tensorboard: tensorboard is not installed; logging to metrics.jsonl only")
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # set by `accelerate launch`
+            raise AnygenError(DEEPSPEED_REFUSED)
         # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu`) that selects gloo (MULTI_CPU)
         acc = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), log_with=log_with,
                           project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.acc = acc
         self.lock = self._lock_out_dir()
-        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        self.cpu_fsdp = cpu_fsdp_plugin(acc)
+        self.fsdp = acc.distributed_type == DistributedType.FSDP or self.cpu_fsdp is not None
         if self.fsdp and cfg.train.train_only_new_rows:
             raise AnygenError("train.train_only_new_rows is not supported with FSDP (use DDP)")
         ckpts = checkpoints(self.out)
@@ -492,9 +535,16 @@ class Trainer:
             model.activation_checkpointing_enable({"use_reentrant": False})
         self.n_params = count_parameters(model)
         o = cfg.optim
+        if self.cpu_fsdp is not None:  # sharded before the optimizer is built, so it holds the shards
+            from accelerate.utils import fsdp2_prepare_model
+
+            model = fsdp2_prepare_model(_ShardingHost(acc, self.cpu_fsdp), model)
         optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
                                       betas=o.betas, eps=o.eps, foreach=True)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.cpu_fsdp is not None:
+            self.model, self.optimizer = model, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         self.raw = acc.unwrap_model(self.model)
         self.positions = ImagePositions.of(self.raw, self.vocab)
 
@@ -524,8 +574,12 @@ class Trainer:
             with writing(self.out / "config.json"):
                 atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
             trim_metrics(self.out / "metrics.jsonl", self.step)  # those after the checkpoint are redone
+        engine = acc.distributed_type.value + (" + FSDP2 (CPU)" if self.cpu_fsdp is not None else "")
+        if self.fsdp:  # DTensor shards: what this process keeps of each parameter
+            local = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in self.model.parameters())
+            engine += f" (the main process holds {local:,} of {self.n_params:,} parameters)"
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
-                  f"{acc.num_processes} process(es), {acc.distributed_type.value}, {acc.device}, "
+                  f"{acc.num_processes} process(es), {engine}, {acc.device}, "
                   f"mixed precision {acc.mixed_precision}; step {self.step}/{cfg.train.steps}")
         if log_with:
             flat = {f"{s}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -562,6 +616,14 @@ class Trainer:
                           if isinstance(v, (int, float)) and k not in ("step", "split")}, step=record["step"])
 
     # -- checkpoints --
+    def _model_state(self) -> dict:
+        """The full model state dict on the main process (gathered from the shards under FSDP)."""
+        if self.cpu_fsdp is None:
+            return self.acc.get_state_dict(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def _optimizer_state(self) -> dict:
         """Full AdamW state keyed by parameter name (same file for one process, DDP and FSDP)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -574,7 +636,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         acc = self.acc
-        state_dict = acc.get_state_dict(self.model)
+        state_dict = self._model_state()
         final = self.out / "checkpoints" / f"step_{self.step:08d}"
         self._refuse_nonfinite(state_dict, final)
         opt = self._optimizer_state()
@@ -773,7 +835,7 @@ class Trainer:
         final = self.out / "model"
         finished = self.step >= t.steps or out_of_time
         if finished:
-            state_dict = acc.get_state_dict(self.model)
+            state_dict = self._model_state()
             self._refuse_nonfinite(state_dict, final)
             if acc.is_main_process:
                 with writing(final):

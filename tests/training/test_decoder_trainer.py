@@ -406,3 +406,31 @@ def test_bf16_mixed_precision_on_cpu_tracks_fp32_with_fp32_weights(tmp_path):
     assert lb[-1] < lb[0]
     config = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert config["train"]["mixed_precision"] == "bf16"
+
+
+def test_a_deepspeed_accelerate_config_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
+    with pytest.raises(AnygenError, match="DeepSpeed is not supported .* training/accelerate_fsdp.yaml"):
+        train_decoder(None, recipe(tmp_path, "ds", ["train.steps=1"]))
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_fsdp_config_on_cpu_processes_is_sharded_by_the_trainer(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from anygen.training.decoder_trainer import cpu_fsdp_plugin
+
+    gloo = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, mixed_precision="no")
+    assert cpu_fsdp_plugin(gloo) is None  # no FSDP asked for: DDP
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "Qwen3DecoderLayer")
+    plugin = cpu_fsdp_plugin(gloo)
+    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["Qwen3DecoderLayer"]
+    assert cpu_fsdp_plugin(SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="no")) is None
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(AnygenError, match="FSDP on CPU needs fsdp_version: 2"):
+        cpu_fsdp_plugin(gloo)
