@@ -129,6 +129,16 @@ def cmd_train(args) -> None:
         print(f"model written to {out}")
 
 
+def cmd_plan(args) -> None:
+    from anygen.training.decoder_trainer import load_train_config
+    from anygen.training.plan import format_plan, make_plan
+
+    cfg = load_train_config(args.recipe, args.overrides)
+    given = {k: getattr(args, k) for k in ("mfu", "peak_tflops", "vocab_size") if getattr(args, k) is not None}
+    plan = make_plan(cfg, args.gpus, args.gpu_memory, **given)
+    print(format_plan(plan, args.recipe))
+
+
 # ---- generation --------------------------------------------------------------------------
 def model_of(args):
     """The model `--model` names (default: $ANYGEN_MODEL or the bundled one)."""
@@ -499,6 +509,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue exactly from the last checkpoint")
     p.add_argument("--init-from", help="a local Hugging Face causal LM directory to extend")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("plan", help="a decoder recipe's parameters, memory per GPU (DDP, ZeRO-2, FSDP) and speed",
+                       description="Estimates from the recipe alone (nothing is built); formulas in "
+                                   "anygen/training/plan.py. Recipes by size: training/sizes/.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides (dotted keys)")
+    p.add_argument("--gpus", type=int, required=True, help="number of GPUs (processes)")
+    p.add_argument("--gpu-memory", type=float, required=True, dest="gpu_memory", help="memory per GPU, GiB")
+    p.add_argument("--mfu", type=float, help="model-FLOPs utilisation assumed (default 0.40)")
+    p.add_argument("--peak-tflops", type=float, dest="peak_tflops",
+                   help="peak TFLOP/s per GPU (default 989: H100 SXM dense bf16)")
+    p.add_argument("--vocab-size", type=int, dest="vocab_size",
+                   help="vocab size (default: the recipe's tokenizer or shards, else 32768)")
+    p.set_defaults(func=cmd_plan)
 
     # generation
     def gen_parser(name, help_, positional, positional_help):

@@ -258,7 +258,44 @@ def pack(lengths: np.ndarray, order: np.ndarray, seq_len: int, open_rows: int = 
     return rows
 
 
+def _row_tensors(shards: TokenShards, docs: list[int], seq_len: int, pad_id: int) -> tuple[np.ndarray, ...]:
+    T = seq_len
+    ids = np.full(T, pad_id, dtype=np.int64)
+    labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
+    pos = np.zeros(T, dtype=np.int64)
+    doc = np.zeros(T, dtype=np.int64)
+    at = 0
+    for k, d in enumerate(docs, start=1):
+        t, m = shards[d]
+        n = min(len(t), T - at)
+        t, m = t[:n], m[:n]
+        ids[at:at + n] = t
+        labels[at:at + n] = np.where(m > 0, t, IGNORE_INDEX)
+        labels[at] = IGNORE_INDEX  # a document's first token is never predicted from the previous one
+        pos[at:at + n] = np.arange(n)
+        doc[at:at + n] = k
+        at += n
+    return ids, labels, pos, doc
+
+
+def packed_batch(shards: TokenShards, rows: list[list[int]], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of document indices -> the loader's batch (input_ids, labels, position_ids, document_ids; B × seq_len)."""
+    parts = [_row_tensors(shards, r, seq_len, pad_id) for r in rows]
+    names = ("input_ids", "labels", "position_ids", "document_ids")
+    return {name: torch.from_numpy(np.stack([p[i] for p in parts])) for i, name in enumerate(names)}
+
+
 # ---- the loader -----------------------------------------------------------------------------
+def check_loader_args(seq_len: int, batch_size: int, rank: int, world_size: int) -> None:
+    """One-line errors for a loader's row length, rows per batch and process rank."""
+    if seq_len < 2:
+        raise AnygenError(f"seq_len must be >= 2, got {seq_len}")
+    if batch_size < 1:
+        raise AnygenError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise AnygenError(f"rank {rank} outside 0..{world_size - 1}")
+
+
 @dataclass
 class _Position:
     epoch: int = 0
@@ -285,12 +322,7 @@ class TokenDataset:
     def __init__(self, shard_dir: str | os.PathLike, seq_len: int, batch_size: int, seed: int = 0,
                  shuffle: bool = True, *, rank: int = 0, world_size: int = 1, loop: bool = True,
                  open_rows: int = 8, vocab: Vocab | None = None):
-        if seq_len < 2:
-            raise AnygenError(f"seq_len must be >= 2, got {seq_len}")
-        if batch_size < 1:
-            raise AnygenError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise AnygenError(f"rank {rank} outside 0..{world_size - 1}")
+        check_loader_args(seq_len, batch_size, rank, world_size)
         self.shards = TokenShards(shard_dir, vocab=vocab)
         if len(self.shards) == 0:
             raise AnygenError(f"{shard_dir}: the shard directory holds no documents")
@@ -314,29 +346,8 @@ class TokenDataset:
     def rows_per_epoch(self) -> int:
         return len(self._rows(0))
 
-    def _row_tensors(self, docs: list[int]) -> tuple[np.ndarray, ...]:
-        T = self.seq_len
-        ids = np.full(T, self.pad_id, dtype=np.int64)
-        labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
-        pos = np.zeros(T, dtype=np.int64)
-        doc = np.zeros(T, dtype=np.int64)
-        at = 0
-        for k, d in enumerate(docs, start=1):
-            t, m = self.shards[d]
-            n = min(len(t), T - at)
-            t, m = t[:n], m[:n]
-            ids[at:at + n] = t
-            labels[at:at + n] = np.where(m > 0, t, IGNORE_INDEX)
-            labels[at] = IGNORE_INDEX  # a document's first token is never predicted from the previous one
-            pos[at:at + n] = np.arange(n)
-            doc[at:at + n] = k
-            at += n
-        return ids, labels, pos, doc
-
     def _batch(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        parts = [self._row_tensors(r) for r in rows]
-        names = ("input_ids", "labels", "position_ids", "document_ids")
-        return {name: torch.from_numpy(np.stack([p[i] for p in parts])) for i, name in enumerate(names)}
+        return packed_batch(self.shards, rows, self.seq_len, self.pad_id)
 
     # -- iteration --
     def __iter__(self):

@@ -176,7 +176,8 @@ def save_decoder(model, directory: str | os.PathLike, *, config: DecoderConfig |
     """
     directory = Path(directory)
     model = getattr(model, "module", model)  # unwrap DDP
-    meta = {"format_version": FORMAT_VERSION, "architecture": type(model).__name__,
+    # FSDP2 renames a sharded model's class FSDP<name>; transformers' save_pretrained strips it the same way
+    meta = {"format_version": FORMAT_VERSION, "architecture": type(model).__name__.removeprefix("FSDP"),
             "vocab_size": int(model.config.vocab_size),
             "decoder": to_dict(config) if config is not None else None,
             "vocab": vocab.to_dict() if vocab is not None else None}

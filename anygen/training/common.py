@@ -396,11 +396,16 @@ def memory_bytes() -> int:
     return total
 
 
+def decoder_layer_parameters(model) -> int:
+    """Parameters of one decoder layer of DecoderConfig `model`: projections, two RMSNorms, the q/k norms."""
+    h, q, kv = model.hidden, model.n_heads * model.head_dim, model.n_kv_heads * model.head_dim
+    return h * q + 2 * h * kv + q * h + 3 * h * model.intermediate + 2 * h + 2 * model.head_dim
+
+
 def decoder_parameters(model, vocab_size: int) -> int:
     """Parameters of a decoder built from DecoderConfig `model` with `vocab_size` rows (Qwen3 layout)."""
-    h, q, kv = model.hidden, model.n_heads * model.head_dim, model.n_kv_heads * model.head_dim
-    layer = h * q + 2 * h * kv + q * h + 3 * h * model.intermediate + 2 * h + 2 * model.head_dim
-    return vocab_size * h * (1 if model.tie_embeddings else 2) + model.n_layers * layer + h
+    h = model.hidden
+    return vocab_size * h * (1 if model.tie_embeddings else 2) + model.n_layers * decoder_layer_parameters(model) + h
 
 
 def check_memory(model, vocab_size: int, rows: int, seq_len: int, fields: str) -> None:

@@ -34,10 +34,14 @@ Data: any object whose `__iter__` yields batches (dicts: input_ids, labels,
 position_ids, document_ids; see anygen.data.shards) and whose `state_dict()` after k
 batches, loaded into a fresh object, continues at batch k+1. `data.kind: shards` uses
 `anygen.data.shards.TokenDataset` (each process takes its rows of a global batch);
+`data.kind: stream` uses `anygen.data.stream.StreamLoader` (the documents split by process and
+by `data.num_workers` DataLoader workers, each packing its own batches);
 `data.kind: synthetic` makes random packed documents (benchmarks, smoke tests).
 
 Run several processes with `accelerate launch [--config_file training/accelerate_ddp.yaml]
--m anygen train RECIPE.yaml [key=value ...] [--resume]`.
+-m anygen train RECIPE.yaml [key=value ...] [--resume]`. An FSDP config shards the model
+(FSDP2) on GPUs through accelerate and on CPU through the trainer (`cpu_fsdp_plugin`: accelerate
+itself would fall back to DDP there); a DeepSpeed config is refused (`DEEPSPEED_REFUSED`).
 """
 
 from __future__ import annotations
@@ -68,6 +72,12 @@ from anygen.training.common import (OptimConfig, RunLock, WallBudget, check_memo
 from anygen.vocab import Vocab
 
 CHECKPOINT_FORMAT = 1  # trainer_state.json; bump when the checkpoint layout changes
+# DeepSpeed's engine steps the optimizer inside backward (no skipping a non-finite update, its own accumulation)
+# and checkpoints with pickle; the trainer's sharded engine is FSDP
+DEEPSPEED_REFUSED = ("accelerate config: DeepSpeed is not supported by anygen's decoder trainer (its engine applies "
+                     "updates itself, so non-finite steps cannot be skipped, and its checkpoints are pickled); shard "
+                     "with FSDP instead: training/accelerate_fsdp.yaml (like ZeRO-3) or "
+                     "training/accelerate_fsdp_zero2.yaml (like ZeRO-2)")
 # tqdm's bar without its own remaining-time estimate: the postfix's `eta` also honours the time budget
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -84,6 +94,7 @@ class TrainSection:
     stop_at: int = 0  # stop (with a checkpoint) after this step in this invocation; 0 = run to `steps`
     time_budget_minutes: float = 0.0  # > 0: the lr schedule and the run also end by wall time (not bit-reproducible)
     grad_accum: int = 1
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (less memory)
     seed: int = 0
     mixed_precision: str = choice("auto", "no", "bf16")  # auto: bf16 on CUDA, fp32 on CPU
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
@@ -112,7 +123,7 @@ class TrainSection:
 
 @dataclass
 class DataSection:
-    kind: str = choice("shards", "synthetic")
+    kind: str = choice("shards", "stream", "synthetic")  # stream: the shards split by rank and loader worker
     shard_dir: str = ""  # token shards (anygen pretokenize) for training
     eval_shard_dir: str = ""  # optional held-out shards
     seq_len: int = 512
@@ -122,11 +133,14 @@ class DataSection:
     vocab_file: str = ""  # a Vocab JSON (Vocab.to_dict); shards and tokenizers carry their own vocab
     synthetic_docs: int = 0  # synthetic: 0 = endless random documents, n = cycle n fixed documents
     synthetic_doc_len: tuple[int, int] = (16, 128)
+    num_workers: int = 0  # stream: DataLoader worker processes per rank (0 = read in the training process)
 
     def __post_init__(self):
         check(self.seq_len >= 2, "seq_len", f"must be >= 2, got {self.seq_len}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.kind != "shards" or self.shard_dir, "shard_dir", "is required when data.kind is shards")
+        check(self.kind == "synthetic" or self.shard_dir, "shard_dir", f"is required when data.kind is {self.kind}")
+        check(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        check(self.kind == "stream" or not self.num_workers, "num_workers", "needs data.kind: stream")
         lo, hi = self.synthetic_doc_len
         check(2 <= lo <= hi, "synthetic_doc_len", f"must be [min, max] with 2 <= min <= max, got {[lo, hi]}")
 
@@ -218,7 +232,7 @@ def resolve_tokenizer_dir(cfg: TrainConfig) -> Path | None:
     """data.tokenizer_dir, else the tokenizer the shards were made with (when it still exists)."""
     if cfg.data.tokenizer_dir:
         return Path(cfg.data.tokenizer_dir)
-    if cfg.data.kind == "shards":
+    if cfg.data.kind != "synthetic":
         index = Path(cfg.data.shard_dir) / "index.json"
         if index.exists():
             tok = ((json.loads(index.read_text()).get("meta") or {}).get("recipe") or {}).get("tokenizer")
@@ -233,7 +247,7 @@ def trained_on(cfg: TrainConfig) -> dict:
     `anygen_decoder.json`; `anygen.load` gives the model its worlds' strategies by it."""
     found = {"worlds": [], "tasks": []}
     sources = []
-    if cfg.data.kind == "shards" and (Path(cfg.data.shard_dir) / "index.json").exists():
+    if cfg.data.kind != "synthetic" and (Path(cfg.data.shard_dir) / "index.json").exists():
         sources.append(json.loads((Path(cfg.data.shard_dir) / "index.json").read_text()).get("meta") or {})
     if cfg.train.init_weights and (Path(cfg.train.init_weights) / "anygen_decoder.json").exists():
         sources.append(json.loads((Path(cfg.train.init_weights) / "anygen_decoder.json").read_text()))
@@ -254,7 +268,7 @@ def resolve_vocab(cfg: TrainConfig, vocab: Vocab | None) -> Vocab:
         if not path.exists():
             raise AnygenError(f"data.vocab_file: {path} not found")
         return Vocab.from_dict(json.loads(path.read_text()))
-    if cfg.data.kind == "shards":
+    if cfg.data.kind != "synthetic":
         from anygen.data.shards import TokenShards
 
         return TokenShards(cfg.data.shard_dir).vocab
@@ -273,6 +287,11 @@ def open_data(cfg: TrainConfig, vocab: Vocab, rank: int = 0, world_size: int = 1
     shard_dir = d.shard_dir if split == "train" else d.eval_shard_dir
     if not shard_dir:
         return None
+    if d.kind == "stream" and split == "train":
+        from anygen.data.stream import StreamLoader
+
+        return StreamLoader(shard_dir, d.seq_len, d.batch_size, d.seed, rank=rank, world_size=world_size,
+                            num_workers=d.num_workers, vocab=vocab)
     return make_loader(shard_dir, d.seq_len, d.batch_size, d.seed, shuffle=split == "train",
                        loop=split == "train", rank=rank, world_size=world_size, vocab=vocab)
 
@@ -374,6 +393,38 @@ def reset_accelerate_state() -> None:
     PartialState._reset_state()
 
 
+def cpu_fsdp_plugin(acc):
+    """The FSDP2 plugin `accelerate launch` asked for when accelerate runs the processes as MULTI_CPU, else None.
+
+    accelerate selects FSDP only on accelerator devices (its `AcceleratorState` promotes
+    MULTI_GPU/XPU/... to FSDP, never MULTI_CPU), so under gloo an FSDP config would silently
+    train with DDP. The trainer then shards the model itself with accelerate's own
+    `fsdp2_prepare_model` and this plugin (read from the launcher's environment).
+    """
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if (acc.distributed_type != DistributedType.MULTI_CPU
+            or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true"):
+        return None
+    plugin = FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        raise AnygenError(f"FSDP on CPU needs fsdp_version: 2 in the accelerate config, got {plugin.fsdp_version}")
+    if acc.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.mixed_precision)
+    return plugin
+
+
+class _ShardingHost:
+    """What accelerate's `fsdp2_prepare_model` reads of its Accelerator, for a MULTI_CPU one and a plugin."""
+
+    def __init__(self, acc, plugin):
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(fsdp_plugin=plugin)
+        self.torch_device_mesh, self.parallelism_config = None, None  # the default 1-D mesh over all processes
+        self.mixed_precision, self.is_main_process, self.device = acc.mixed_precision, acc.is_main_process, acc.device
+
+
 def _mixed_precision(choice_: str) -> str | None:
     if choice_ != "auto":
         return choice_
@@ -427,12 +478,15 @@ class Trainer:
                 log_with = "tensorboard"
             else:
                 warnings.warn("train.tensorboard: tensorboard is not installed; logging to metrics.jsonl only")
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":  # set by `accelerate launch`
+            raise AnygenError(DEEPSPEED_REFUSED)
         # cpu=True without a GPU: under torchrun (`accelerate launch --multi_gpu`) that selects gloo (MULTI_CPU)
         acc = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision), log_with=log_with,
                           project_dir=str(self.out), cpu=not torch.cuda.is_available())
         self.acc = acc
         self.lock = self._lock_out_dir()
-        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        self.cpu_fsdp = cpu_fsdp_plugin(acc)
+        self.fsdp = acc.distributed_type == DistributedType.FSDP or self.cpu_fsdp is not None
         if self.fsdp and cfg.train.train_only_new_rows:
             raise AnygenError("train.train_only_new_rows is not supported with FSDP (use DDP)")
         ckpts = checkpoints(self.out)
@@ -477,11 +531,20 @@ class Trainer:
         self.attn = model.config._attn_implementation
         if self.ckpt is not None:
             _load_weights(model, self.ckpt / "model")
+        if cfg.train.gradient_checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
         self.n_params = count_parameters(model)
         o = cfg.optim
+        if self.cpu_fsdp is not None:  # sharded before the optimizer is built, so it holds the shards
+            from accelerate.utils import fsdp2_prepare_model
+
+            model = fsdp2_prepare_model(_ShardingHost(acc, self.cpu_fsdp), model)
         optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
                                       betas=o.betas, eps=o.eps, foreach=True)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        if self.cpu_fsdp is not None:
+            self.model, self.optimizer = model, acc.prepare(optimizer)
+        else:
+            self.model, self.optimizer = acc.prepare(model, optimizer)
         self.raw = acc.unwrap_model(self.model)
         self.positions = ImagePositions.of(self.raw, self.vocab)
 
@@ -511,8 +574,12 @@ class Trainer:
             with writing(self.out / "config.json"):
                 atomic_write_bytes(self.out / "config.json", json.dumps(to_dict(cfg), indent=2).encode())
             trim_metrics(self.out / "metrics.jsonl", self.step)  # those after the checkpoint are redone
+        engine = acc.distributed_type.value + (" + FSDP2 (CPU)" if self.cpu_fsdp is not None else "")
+        if self.fsdp:  # DTensor shards: what this process keeps of each parameter
+            local = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in self.model.parameters())
+            engine += f" (the main process holds {local:,} of {self.n_params:,} parameters)"
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
-                  f"{acc.num_processes} process(es), {acc.distributed_type.value}, {acc.device}, "
+                  f"{acc.num_processes} process(es), {engine}, {acc.device}, "
                   f"mixed precision {acc.mixed_precision}; step {self.step}/{cfg.train.steps}")
         if log_with:
             flat = {f"{s}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
@@ -549,6 +616,14 @@ class Trainer:
                           if isinstance(v, (int, float)) and k not in ("step", "split")}, step=record["step"])
 
     # -- checkpoints --
+    def _model_state(self) -> dict:
+        """The full model state dict on the main process (gathered from the shards under FSDP)."""
+        if self.cpu_fsdp is None:
+            return self.acc.get_state_dict(self.model)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def _optimizer_state(self) -> dict:
         """Full AdamW state keyed by parameter name (same file for one process, DDP and FSDP)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -561,7 +636,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         acc = self.acc
-        state_dict = acc.get_state_dict(self.model)
+        state_dict = self._model_state()
         final = self.out / "checkpoints" / f"step_{self.step:08d}"
         self._refuse_nonfinite(state_dict, final)
         opt = self._optimizer_state()
@@ -760,7 +835,7 @@ class Trainer:
         final = self.out / "model"
         finished = self.step >= t.steps or out_of_time
         if finished:
-            state_dict = acc.get_state_dict(self.model)
+            state_dict = self._model_state()
             self._refuse_nonfinite(state_dict, final)
             if acc.is_main_process:
                 with writing(final):

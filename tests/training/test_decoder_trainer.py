@@ -150,6 +150,28 @@ def test_trains_from_token_shards_with_eval(tmp_path):
     assert state["data"]["row"] == 6  # 3 steps × 2 rows
 
 
+def test_trains_from_a_stream_read_by_workers_and_resumes_exactly(tmp_path):
+    from anygen.data.shards import ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    with ShardWriter(tmp_path / "train", VOCAB, max_len=24) as w:
+        for _ in range(40):
+            ids = torch.randint(0, VOCAB.size, (int(torch.randint(6, 24, (1,), generator=g)),), generator=g)
+            w.add(ids.numpy(), (ids >= 0).numpy(), "t")
+    stream = TINY + ["data.kind=stream", f"data.shard_dir={tmp_path / 'train'}", "data.num_workers=2",
+                     "data.seq_len=24", "data.batch_size=2", "train.threads=1", "train.progress=false",
+                     "train.steps=5", "train.save_every=0"]
+    full = train_decoder(None, stream + [f"train.out_dir={tmp_path / 'full'}"])
+    train_decoder(None, stream + [f"train.out_dir={tmp_path / 'part'}", "train.stop_at=3"])  # 3 batches: odd
+    state = json.loads((checkpoints(tmp_path / "part")[-1] / "trainer_state.json").read_text())
+    assert state["data"]["batches"] == 3 and state["data"]["next_worker"] == 1
+    resumed = train_decoder(None, stream + [f"train.out_dir={tmp_path / 'part'}"], resume=True)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    with pytest.raises(ConfigError, match="data.num_workers"):
+        load_train_config(None, ["data.kind=shards", "data.shard_dir=x", "data.num_workers=2"])
+
+
 def test_synthetic_batches_format_and_resume():
     src = SyntheticBatches(VOCAB, 32, 3, seed=1, doc_len=(4, 12))
     it = iter(src)
@@ -308,3 +330,107 @@ def test_wall_budget_eta_is_capped_by_the_budget():
     assert WallBudget(0, clock=clock).eta(10, 2.0) == 20.0 and WallBudget(0, clock=clock).eta(10, None) is None
     clock.now += 60.0
     assert budget.spent() and budget.progress(1, 100) == 1.0
+
+
+class FixedBatches:
+    """The given batches in turn, endlessly; resumable (the trainer's data contract)."""
+
+    def __init__(self, batches):
+        self.batches, self.index = batches, 0
+
+    def __iter__(self):
+        while True:
+            yield self.batches[self.index % len(self.batches)]
+            self.index += 1
+
+    def state_dict(self) -> dict:
+        return {"index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = state["index"]
+
+
+def full_rows(n_batches, rows, seed=0):
+    """Batches of `rows` rows, each one 32-token document: every row has 31 targets."""
+    src = SyntheticBatches(VOCAB, 32, rows, seed=seed, doc_len=(32, 32))
+    return [src.batch(k) for k in range(n_batches)]
+
+
+def test_gradient_accumulation_equals_the_large_batch(tmp_path):
+    big = full_rows(3, 4)
+    halves = [{k: v[i:i + 2] for k, v in b.items()} for b in big for i in (0, 2)]
+    one = run_training(load_train_config(None, recipe(tmp_path, "big", ["train.steps=3", "data.batch_size=4"])),
+                       train_data=FixedBatches(big))
+    reset_accelerate_state()
+    two = run_training(load_train_config(None, recipe(tmp_path, "acc", ["train.steps=3", "train.grad_accum=2"])),
+                       train_data=FixedBatches(halves))
+    a, b = weights(one), weights(two)
+    for k in a:  # the same up to summation order (AdamW's g/√v magnifies it where g ≈ 0)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    la = [m["loss"] for m in metrics(tmp_path / "big") if m["split"] == "train"]
+    lb = [m["loss"] for m in metrics(tmp_path / "acc") if m["split"] == "train"]
+    assert la == pytest.approx(lb, rel=1e-6) and len(la) == 3
+
+
+def test_gradient_checkpointing_recomputes_the_same_training(tmp_path):
+    from anygen.model.decoder import build_decoder
+
+    data = full_rows(3, 2)
+    plain = run_training(load_train_config(None, recipe(tmp_path, "plain", ["train.steps=3"])),
+                         train_data=FixedBatches(data))
+    reset_accelerate_state()
+    cfg = load_train_config(None, recipe(tmp_path, "gc", ["train.steps=3", "train.gradient_checkpointing=true"]))
+    model = build_decoder(cfg.model, VOCAB, seed=cfg.train.seed)
+    ckpt = run_training(cfg, train_data=FixedBatches(data), model=model)
+    assert model.is_activation_checkpointing  # it was on, and the layers were recomputed in the backward pass
+    a, b = weights(plain), weights(ckpt)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_mixed_precision_on_cpu_tracks_fp32_with_fp32_weights(tmp_path):
+    data = full_rows(1, 2)  # one batch again and again: the loss must fall
+    fp32 = run_training(load_train_config(None, recipe(tmp_path, "fp32", ["train.steps=5",
+                                                                           "train.mixed_precision='no'"])),
+                        train_data=FixedBatches(data))
+    reset_accelerate_state()
+    bf16 = run_training(load_train_config(None, recipe(tmp_path, "bf16", ["train.steps=5",
+                                                                           "train.mixed_precision=bf16"])),
+                        train_data=FixedBatches(data))
+    a, b = weights(fp32), weights(bf16)
+    assert all(t.dtype == torch.float32 for t in b.values())  # master weights stay fp32
+    la = [m["loss"] for m in metrics(tmp_path / "fp32") if m["split"] == "train"]
+    lb = [m["loss"] for m in metrics(tmp_path / "bf16") if m["split"] == "train"]
+    assert la != lb  # the forward really ran in bf16
+    assert la == pytest.approx(lb, abs=0.05)  # and tracks the fp32 run
+    assert lb[-1] < lb[0]
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["train"]["mixed_precision"] == "bf16"
+
+
+def test_a_deepspeed_accelerate_config_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for a DeepSpeed config
+    with pytest.raises(AnygenError, match="DeepSpeed is not supported .* training/accelerate_fsdp.yaml"):
+        train_decoder(None, recipe(tmp_path, "ds", ["train.steps=1"]))
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_fsdp_config_on_cpu_processes_is_sharded_by_the_trainer(monkeypatch):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from anygen.training.decoder_trainer import cpu_fsdp_plugin
+
+    gloo = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, mixed_precision="no")
+    assert cpu_fsdp_plugin(gloo) is None  # no FSDP asked for: DDP
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "Qwen3DecoderLayer")
+    plugin = cpu_fsdp_plugin(gloo)
+    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["Qwen3DecoderLayer"]
+    assert cpu_fsdp_plugin(SimpleNamespace(distributed_type=DistributedType.FSDP, mixed_precision="no")) is None
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(AnygenError, match="FSDP on CPU needs fsdp_version: 2"):
+        cpu_fsdp_plugin(gloo)
