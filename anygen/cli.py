@@ -490,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_tokenizer_eval)
     p = tk.add_parser("assemble", help="combine a text tokenizer and codecs into one MultimodalTokenizer")
-    p.add_argument("--text", required=True, help="text tokenizer directory")
+    p.add_argument("--text", required=True,
+                   help="text tokenizer directory, or a Hugging Face model directory (its tokenizer.json; e.g. "
+                        "from anygen import-lm): the codes' ids come after its vocabulary")
     p.add_argument("--image", help="image codec directory")
     p.add_argument("--audio", help="audio codec directory")
     p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")

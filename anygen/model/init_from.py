@@ -71,11 +71,42 @@ def init_new_rows(weight: torch.Tensor, n_old: int, noise: float = DEFAULT_NOISE
     weight[n_old:] = (mean + noise * std * z).to(weight.dtype)
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a transformers causal LM (`model.model.layers`)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise AnygenError(f"{type(model).__name__}: cannot find its decoder layers (model.layers)")
+    return layers
+
+
+def keep_first_layers(model, k: int) -> None:
+    """Keep only the first `k` transformer blocks (a shallower model that starts from the pretrained
+    lower layers; the final norm and the output projection stay), in place; the config follows."""
+    layers = decoder_layers(model)
+    if not 1 <= k <= len(layers):
+        raise AnygenError(f"train.init_layers: must be in 1..{len(layers)} (the model's layers), got {k}")
+    model.model.layers = torch.nn.ModuleList(list(layers)[:k])
+    model.config.num_hidden_layers = k
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:k]
+
+
+def freeze_first_layers(model, n: int) -> None:
+    """The first `n` transformer blocks stop training (requires_grad off); embeddings and later blocks train."""
+    layers = decoder_layers(model)
+    if not 0 <= n <= len(layers):
+        raise AnygenError(f"train.freeze_layers: must be in 0..{len(layers)} (the model's layers), got {n}")
+    for layer in list(layers)[:n]:
+        layer.requires_grad_(False)
+
+
 def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: float = DEFAULT_NOISE,
-                      seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+                      seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
+                      keep_layers: int = 0):
     """Load the causal LM in `directory`, extend it to `vocab.size` rows, initialise the new rows.
 
-    Returns the model; its `config.vocab_size == vocab.size`. The tokenizer beside the
+    Returns the model; its `config.vocab_size == vocab.size`; with `keep_layers` > 0 only its
+    first `keep_layers` blocks (`keep_first_layers`). The tokenizer beside the
     model (when there is one) must have exactly `vocab.n_text` ids. The directory passes
     `anygen.model.decoder.open_causal_lm`'s checks (safetensors only, no checkpoint code).
     """
@@ -95,6 +126,8 @@ def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: floa
         raise AnygenError(f"--init-from {directory}: {e}") from None
     except (OSError, ValueError) as e:
         raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
+    if keep_layers:
+        keep_first_layers(model, keep_layers)
     n_rows = model.get_input_embeddings().weight.shape[0]
     if vocab.n_text > n_rows:
         raise AnygenError(f"--init-from {directory}: the vocab has {vocab.n_text} text ids but the model's "
