@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from anygen.errors import AnygenError
-from anygen.model.init_from import embedding_matrices, extend_pretrained, keep_first_layers
+from anygen.model.init_from import embedding_matrices, extend_pretrained, keep_layers
 from anygen.vocab import Vocab
 
 N_TEXT = 40
@@ -90,9 +90,9 @@ def test_train_from_pretrained(tmp_path, only_new):
     assert all(torch.equal(after[k], before[k]) for k in others) == only_new
 
 
-def test_keep_first_layers(tmp_path):
+def test_keep_layers(tmp_path):
     ref = save_pretrained_lm(tmp_path / "lm", layers=3)
-    model = extend_pretrained(tmp_path / "lm", VOCAB, keep_layers=2)
+    model = extend_pretrained(tmp_path / "lm", VOCAB, n_layers=2)
     assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
     kept, original = model.state_dict(), ref.state_dict()
     assert not any(k.startswith("model.layers.2.") for k in kept)
@@ -100,9 +100,28 @@ def test_keep_first_layers(tmp_path):
         if k.startswith(("model.layers.", "model.norm.")):
             assert torch.equal(w, original[k]), k
     with pytest.raises(AnygenError, match=r"train.init_layers: must be in 1..3 \(the model's layers\), got 4"):
-        extend_pretrained(tmp_path / "lm", VOCAB, keep_layers=4)
+        extend_pretrained(tmp_path / "lm", VOCAB, n_layers=4)
     with pytest.raises(AnygenError, match=r"train.init_layers: must be in 1..2 .*got 0"):
-        keep_first_layers(model, 0)
+        keep_layers(model, 0)
+
+
+def test_keep_first_and_last_layers_renumbers_the_cache(tmp_path):
+    """init_top_layers: the kept blocks are the first and the last; generate() with a KV cache works and
+    equals the same blocks run without a cache."""
+    ref = save_pretrained_lm(tmp_path / "lm", layers=4)
+    model = extend_pretrained(tmp_path / "lm", VOCAB, n_layers=3, top_layers=2).eval()
+    original = ref.state_dict()
+    for new, old in enumerate((0, 2, 3)):
+        for k, w in model.model.layers[new].state_dict().items():
+            assert torch.equal(w, original[f"model.layers.{old}.{k}"])
+        assert model.model.layers[new].self_attn.layer_idx == new
+    ids = torch.tensor([[1, 5, 9]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        for t in range(3, out.shape[1]):
+            assert int(model(input_ids=out[:, :t], use_cache=False).logits[0, -1].argmax()) == int(out[0, t])
+    with pytest.raises(AnygenError, match=r"train.init_top_layers: must be in 0..3"):
+        keep_layers(model, 3, 4)
 
 
 def train_args(tmp_path, *extra):
@@ -140,6 +159,8 @@ def test_layer_options_are_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="train.freeze_layers.*needs train.init_from"):
         load_train_config(None, ["data.kind=synthetic", "train.freeze_layers=1"])
+    with pytest.raises(ConfigError, match=r"train.init_top_layers.*must be <= train.init_layers \(0\), got 1"):
+        load_train_config(None, ["data.kind=synthetic", "train.init_from=x", "train.init_top_layers=1"])
     with pytest.raises(ConfigError, match=r"train.freeze_layers.*must be <= train.init_layers \(2\), got 3"):
         load_train_config(None, ["data.kind=synthetic", "train.init_from=x", "train.init_layers=2",
                                  "train.freeze_layers=3"])
