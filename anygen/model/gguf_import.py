@@ -125,7 +125,8 @@ def _tensor(reader, name: str) -> np.ndarray | None:
 
     for t in reader.tensors:
         if t.name == name:
-            return dequantize(t.data, t.tensor_type).astype(np.float64).reshape(tuple(int(n) for n in reversed(t.shape)))
+            shape = tuple(int(n) for n in reversed(t.shape))  # GGUF lists dimensions innermost first
+            return dequantize(t.data, t.tensor_type).astype(np.float64).reshape(shape)
     return None
 
 
@@ -261,8 +262,8 @@ def import_lm(source: str, out: str | os.PathLike, *, max_perplexity: float | No
             "format": "anygen.import", "source": str(path), "sha256": sha256_file(path),
             **origin,
             "licence": origin.get("licence") or gguf_field(reader, "general.license", "unknown"),
-            "gguf": {"architecture": gguf_field(reader, "general.architecture"), "name": gguf_field(reader, "general.name"),
-                     "file_type": gguf_field(reader, "general.file_type"),
+            "gguf": {"architecture": gguf_field(reader, "general.architecture"),
+                     "name": gguf_field(reader, "general.name"), "file_type": gguf_field(reader, "general.file_type"),
                      "tensor_types": sorted({t.tensor_type.name for t in reader.tensors})},
             "n_parameters": sum(p.numel() for p in saved.parameters()),
             "vocab_size": len(saved_tokenizer),

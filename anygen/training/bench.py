@@ -91,7 +91,7 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     tps = tokens / step_s
     return {"tokens_per_s": tps, "step_s": step_s, "flops_per_token": fpt, "matmul_params": n,
             "params": count_parameters(model), "achieved_flops": fpt * tps,
-            "trainable_params": sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "peak_flops": statistics.median(peaks), "best_peak_flops": max(peaks),
             "mfu": statistics.median(fpt * tokens / t / p for t, p in zip(times, peaks)),
             "mfu_vs_best_peak": fpt * tps / max(peaks),

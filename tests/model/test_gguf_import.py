@@ -92,7 +92,8 @@ def write_tiny_gguf(path, arch="llama", llama_cpp_order=True):
         if llama_cpp_order:
             q, k = permute(q, N_HEAD), permute(k, N_KV)
         for name, t in (("attn_norm", sd[p + "input_layernorm.weight"]), ("attn_q", q), ("attn_k", k),
-                        ("attn_v", sd[p + "self_attn.v_proj.weight"]), ("attn_output", sd[p + "self_attn.o_proj.weight"]),
+                        ("attn_v", sd[p + "self_attn.v_proj.weight"]),
+                        ("attn_output", sd[p + "self_attn.o_proj.weight"]),
                         ("ffn_norm", sd[p + "post_attention_layernorm.weight"]),
                         ("ffn_gate", sd[p + "mlp.gate_proj.weight"]), ("ffn_up", sd[p + "mlp.up_proj.weight"]),
                         ("ffn_down", sd[p + "mlp.down_proj.weight"])):
