@@ -19,14 +19,6 @@ CORPUS = ["the cat sat on the mat.", "a dog ran in the park.", "The capital of F
           "Water boils at one hundred degrees Celsius at sea level."] * 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def byte_level_bpe():
     """(tokens by id, merges) of a small byte-level BPE trained on CORPUS."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -14,14 +14,6 @@ N_TEXT = 40
 VOCAB = Vocab(n_text=N_TEXT, image_codebook_size=16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def save_pretrained_lm(directory, n_tokenizer=N_TEXT, rows=48, tie=False, layers=2):
     """A tiny random Llama whose embedding is padded past its tokenizer (rows > len(tokenizer))."""
     from tokenizers import Tokenizer, models, pre_tokenizers
