@@ -194,9 +194,11 @@ def _load_with_transformers(path: Path):
 
     try:
         with quiet_hf_progress():
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
+                                                      trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32, use_safetensors=True,
+                                                         trust_remote_code=False)
     except Exception as e:
         raise AnygenError(f"{path}: transformers cannot load it ({type(e).__name__}: {e})") from None
     # the weights are plain float32 already; a model built from the config without the GGUF
@@ -204,7 +206,7 @@ def _load_with_transformers(path: Path):
     config = model.config
     del config.quantization_config
     with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     plain.load_state_dict(model.state_dict(), assign=True)
     plain.tie_weights()
     return plain.eval(), tokenizer
@@ -235,7 +237,7 @@ def import_lm(source: str, out: str | os.PathLike, *, max_perplexity: float | No
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         saved = open_causal_lm(tmp).eval()
-        saved_tokenizer = AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
+        saved_tokenizer = AutoTokenizer.from_pretrained(str(tmp), local_files_only=True, trust_remote_code=False)
         sequences = [saved_tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
         for s, ids in zip(sentences, sequences):
             if saved_tokenizer.decode(ids) != s:
