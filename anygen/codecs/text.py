@@ -27,6 +27,7 @@ from anygen.errors import AnygenError, short_repr
 from anygen.io import atomic_write_bytes, read_json_file
 
 TEXT_KINDS = ("sentencepiece", "huggingface")  # what text.json's "kind" may say
+HF_TOKENIZER_FILE = "tokenizer.json"  # a directory holding this (and no text.json) is a Hugging Face tokenizer
 UNICODE_FORMS = ("NFC", "NFKC")  # what "normalize"."unicode" may say (unicodedata's names)
 TRAINED_UNICODE_FORM = "NFKC"  # a trained tokenizer folds full-width letters, ligatures and odd spaces
 # a corpus counts as lower-case text when at most this share of its sentences start with a capital
@@ -257,9 +258,13 @@ class HFTextTokenizer:
 
 def load_text_tokenizer(directory: str | os.PathLike):
     """Load whichever text tokenizer `save` wrote into `directory`, with the normalisation it records
-    (none when `text.json` records none: such a directory encodes text as written)."""
+    (none when `text.json` records none: such a directory encodes text as written). A directory
+    without `text.json` that has a `tokenizer.json` (a Hugging Face tokenizer or model directory, e.g.
+    one `anygen import-lm` wrote) is that Hugging Face tokenizer, encoding text as written."""
     directory = Path(directory)
     meta_path = directory / "text.json"
+    if not meta_path.exists() and (directory / HF_TOKENIZER_FILE).is_file():
+        return HFTextTokenizer.from_pretrained(directory)
     meta = read_json_file(meta_path) if meta_path.exists() else {"kind": "sentencepiece"}
     kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind not in TEXT_KINDS:

@@ -71,12 +71,53 @@ def init_new_rows(weight: torch.Tensor, n_old: int, noise: float = DEFAULT_NOISE
     weight[n_old:] = (mean + noise * std * z).to(weight.dtype)
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a transformers causal LM (`model.model.layers`)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise AnygenError(f"{type(model).__name__}: cannot find its decoder layers (model.layers)")
+    return layers
+
+
+def keep_layers(model, k: int, top: int = 0) -> None:
+    """Keep `k` transformer blocks in place: the first `k - top` and the last `top` (a shallower
+    model that starts from pretrained layers; the final norm and the output projection stay). The
+    last blocks are the ones that map into the vocabulary, so keeping some makes the shallower
+    model's first predictions closer to the pretrained model's. The config and each block's
+    cache index follow."""
+    layers = list(decoder_layers(model))
+    if not 1 <= k <= len(layers):
+        raise AnygenError(f"train.init_layers: must be in 1..{len(layers)} (the model's layers), got {k}")
+    if not 0 <= top <= k:
+        raise AnygenError(f"train.init_top_layers: must be in 0..{k} (train.init_layers), got {top}")
+    chosen = list(range(k - top)) + list(range(len(layers) - top, len(layers)))
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in chosen)
+    for new, layer in enumerate(model.model.layers):
+        for module in (layer, getattr(layer, "self_attn", None)):
+            if module is not None and hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    model.config.num_hidden_layers = k
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = [model.config.layer_types[i] for i in chosen]
+
+
+def freeze_first_layers(model, n: int) -> None:
+    """The first `n` transformer blocks stop training (requires_grad off); embeddings and later blocks train."""
+    layers = decoder_layers(model)
+    if not 0 <= n <= len(layers):
+        raise AnygenError(f"train.freeze_layers: must be in 0..{len(layers)} (the model's layers), got {n}")
+    for layer in list(layers)[:n]:
+        layer.requires_grad_(False)
+
+
 def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: float = DEFAULT_NOISE,
-                      seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32):
+                      seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
+                      n_layers: int = 0, top_layers: int = 0):
     """Load the causal LM in `directory`, extend it to `vocab.size` rows, initialise the new rows.
 
-    Returns the model; its `config.vocab_size == vocab.size`. The tokenizer beside the
-    model (when there is one) must have exactly `vocab.n_text` ids. The directory passes
+    Returns the model; its `config.vocab_size == vocab.size`; with `n_layers` > 0 only `n_layers`
+    of its blocks, the last `top_layers` of them its last ones (`keep_layers`). The tokenizer
+    beside the model (when there is one) must have exactly `vocab.n_text` ids. The directory passes
     `anygen.model.decoder.open_causal_lm`'s checks (safetensors only, no checkpoint code).
     """
     directory = Path(directory)
@@ -95,6 +136,8 @@ def extend_pretrained(directory: str | os.PathLike, vocab: Vocab, *, noise: floa
         raise AnygenError(f"--init-from {directory}: {e}") from None
     except (OSError, ValueError) as e:
         raise AnygenError(f"--init-from {directory}: cannot load the model ({e})") from None
+    if n_layers:
+        keep_layers(model, n_layers, top_layers)
     n_rows = model.get_input_embeddings().weight.shape[0]
     if vocab.n_text > n_rows:
         raise AnygenError(f"--init-from {directory}: the vocab has {vocab.n_text} text ids but the model's "

@@ -21,7 +21,8 @@ from anygen.model.decoder import (DecoderConfig, LossConfig, build_decoder, coun
                                   forward_logits)
 from anygen.threads import set_threads
 from anygen.training.common import flops_per_token
-from anygen.training.decoder_trainer import SyntheticBatches, load_train_config, resolve_vocab, weight_decay_groups
+from anygen.training.decoder_trainer import (SyntheticBatches, init_pretrained, load_train_config, resolve_vocab,
+                                             weight_decay_groups)
 from anygen.vocab import Vocab
 
 N_SPECIALS = 10  # ids besides text and image codes in a vocab made from a size: specials + one grid token
@@ -45,7 +46,7 @@ def matmul_peak_flops(n: int = 1024, reps: int = 10, dtype: torch.dtype = torch.
 
 def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 2048, *, seq_len: int = 512,
                 batch_size: int = 8, steps: int = 8, warmup: int = 2, threads: int | None = None,
-                packed: bool = True, matmul_n: int = 1024, seed: int = 0) -> dict:
+                packed: bool = True, matmul_n: int = 1024, seed: int = 0, model=None) -> dict:
     """Training tokens/s and model-FLOPs utilisation against a matmul peak measured in this process.
 
     Runs the trainer's own step (packed forward, CE + z-loss, backward, clipping, AdamW)
@@ -53,6 +54,8 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     matmul, so a short matmul peak is measured right before every step and each step's
     MFU is its achieved FLOP/s over that neighbouring peak; `mfu` is the median of those,
     `mfu_vs_best_peak` the median achieved FLOP/s over the best peak seen (conservative).
+    `model` (sized to `vocab`, a Vocab then) replaces the one `model_cfg` builds; FLOPs count
+    every parameter as trained (6·N), also frozen ones, whose weight gradients are skipped.
     """
     if threads:
         set_threads(threads, "threads")
@@ -60,7 +63,8 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     if isinstance(vocab, int):
         n_text = max(16, vocab // 2)
         vocab = Vocab(n_text=n_text, image_codebook_size=vocab - n_text - N_SPECIALS)
-    model = build_decoder(model_cfg, vocab, seed=seed)
+    if model is None:
+        model = build_decoder(model_cfg, vocab, seed=seed)
     model.train()
     optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.1), lr=1e-4, betas=(0.9, 0.95), foreach=True)
     doc_len = (max(2, seq_len // 4), seq_len) if packed else (seq_len, seq_len)
@@ -87,6 +91,7 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
     tps = tokens / step_s
     return {"tokens_per_s": tps, "step_s": step_s, "flops_per_token": fpt, "matmul_params": n,
             "params": count_parameters(model), "achieved_flops": fpt * tps,
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "peak_flops": statistics.median(peaks), "best_peak_flops": max(peaks),
             "mfu": statistics.median(fpt * tokens / t / p for t, p in zip(times, peaks)),
             "mfu_vs_best_peak": fpt * tps / max(peaks),
@@ -95,11 +100,20 @@ def measure_mfu(model_cfg: DecoderConfig | None = None, vocab: Vocab | int = 204
 
 
 def measure_recipe_mfu(recipe_path: str | os.PathLike | None, overrides: list[str] = (), steps: int = 8) -> dict:
-    """measure_mfu with a recipe's model, seq_len, batch_size, threads and vocab (random tokens)."""
+    """measure_mfu with a recipe's model, seq_len, batch_size, threads and vocab (random tokens); with
+    `train.init_from`, the pretrained model the trainer would start from (`init_pretrained`, which
+    needs the recipe's vocab)."""
     cfg = load_train_config(recipe_path, overrides)
-    try:
+    model = None
+    if cfg.train.init_from:
         vocab: Vocab | int = resolve_vocab(cfg, None)
-    except (AnygenError, OSError):
-        vocab = 2048
+        if cfg.train.threads:
+            set_threads(cfg.train.threads, "train.threads")
+        model = init_pretrained(cfg, vocab)
+    else:
+        try:
+            vocab = resolve_vocab(cfg, None)
+        except (AnygenError, OSError):
+            vocab = 2048
     return measure_mfu(cfg.model, vocab, seq_len=cfg.data.seq_len, batch_size=cfg.data.batch_size, steps=steps,
-                       threads=cfg.train.threads or None)
+                       threads=cfg.train.threads or None, model=model)

@@ -109,6 +109,9 @@ class TrainSection:
     init_from: str | None = None  # a local HF causal LM directory to extend (anygen.model.init_from)
     init_noise: float = 0.1  # new rows: mean + init_noise × std × N(0, 1)
     train_only_new_rows: bool = False  # with init_from: Anole's recipe (only new embedding rows train)
+    init_layers: int = 0  # with init_from: keep only k of the pretrained model's layers, the first ones (0 = all)
+    init_top_layers: int = 0  # with init_layers: that many of the kept layers are the pretrained model's last ones
+    freeze_layers: int = 0  # with init_from: the first n (kept) layers do not train
     init_weights: str | None = None  # an anygen decoder directory (same architecture; vocab equal or a prefix)
 
     def __post_init__(self):
@@ -118,6 +121,13 @@ class TrainSection:
         for name in ("stop_at", "threads", "eval_every", "save_every", "time_budget_minutes"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         check(not self.train_only_new_rows or self.init_from, "train_only_new_rows", "needs train.init_from")
+        for name in ("init_layers", "init_top_layers", "freeze_layers"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+            check(not getattr(self, name) or self.init_from, name, "needs train.init_from")
+        check(not self.init_layers or self.freeze_layers <= self.init_layers, "freeze_layers",
+              f"must be <= train.init_layers ({self.init_layers}), got {self.freeze_layers}")
+        check(self.init_top_layers <= self.init_layers, "init_top_layers",
+              f"must be <= train.init_layers ({self.init_layers}), got {self.init_top_layers}")
         check(not (self.init_weights and self.init_from), "init_weights", "cannot be combined with init_from")
 
 
@@ -383,6 +393,23 @@ def checkpoints(out_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / "trainer_state.json").exists())
 
 
+def init_pretrained(cfg: TrainConfig, vocab: Vocab):
+    """The model `train.init_from` names, extended to `vocab` (`anygen.model.init_from`): with only
+    `train.init_layers` of its layers (the last `train.init_top_layers` of them its last ones), its
+    first `train.freeze_layers` layers frozen, and with `train.train_only_new_rows` all but the
+    embeddings frozen."""
+    from anygen.model.init_from import extend_pretrained, freeze_all_but_embeddings, freeze_first_layers
+
+    t = cfg.train
+    model = extend_pretrained(t.init_from, vocab, noise=t.init_noise, seed=t.seed,
+                              attn_implementation=cfg.model.attn_implementation, n_layers=t.init_layers,
+                              top_layers=t.init_top_layers)
+    freeze_first_layers(model, t.freeze_layers)
+    if t.train_only_new_rows:
+        freeze_all_but_embeddings(model)
+    return model
+
+
 # ---- accelerate ---------------------------------------------------------------------------
 def reset_accelerate_state() -> None:
     """Forget accelerate's process-wide singletons (one AcceleratorState per process)."""
@@ -511,10 +538,7 @@ class Trainer:
         if self._model is not None:
             model = self._model
         elif cfg.train.init_from:
-            from anygen.model.init_from import extend_pretrained
-
-            model = extend_pretrained(cfg.train.init_from, self.vocab, noise=cfg.train.init_noise,
-                                      seed=cfg.train.seed, attn_implementation=cfg.model.attn_implementation)
+            model = init_pretrained(cfg, self.vocab)
             self.n_old = self.vocab.n_text
         else:
             check_memory(cfg.model, self.vocab.size, cfg.data.batch_size, cfg.data.seq_len,
@@ -524,10 +548,6 @@ class Trainer:
                 _load_weights(model, Path(cfg.train.init_weights), grow=True)
         if model.config.vocab_size < self.vocab.size:
             raise AnygenError(f"the model has {model.config.vocab_size} rows but the vocab needs {self.vocab.size}")
-        if cfg.train.train_only_new_rows:
-            from anygen.model.init_from import freeze_all_but_embeddings
-
-            freeze_all_but_embeddings(model)
         self.attn = model.config._attn_implementation
         if self.ckpt is not None:
             _load_weights(model, self.ckpt / "model")
@@ -701,8 +721,11 @@ class Trainer:
     def _model_extra(self) -> dict:
         extra = {"step": self.step, "train": to_dict(self.cfg), **trained_on(self.cfg)}
         if self.n_old is not None:
-            extra["init_from"] = {"source": str(self.cfg.train.init_from), "n_pretrained_rows": self.n_old,
-                                  "train_only_new_rows": self.cfg.train.train_only_new_rows}
+            t = self.cfg.train
+            extra["init_from"] = {"source": str(t.init_from), "n_pretrained_rows": self.n_old,
+                                  "train_only_new_rows": t.train_only_new_rows, "layers_kept": t.init_layers or None,
+                                  "top_layers_kept": t.init_top_layers,
+                                  "frozen_layers": t.freeze_layers}
         return extra
 
     # -- steps --

@@ -16,14 +16,6 @@ TINY = DecoderConfig(n_layers=2, hidden=32, n_heads=4, n_kv_heads=2, head_dim=8,
 VOCAB = Vocab(n_text=50, image_codebook_size=32, audio_codebook_size=8, audio_levels=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def packed_batch():
     """Row 0: documents of 5 and 7 tokens, then 4 pads; row 1: one document of 16."""
     g = torch.Generator().manual_seed(0)
