@@ -4,6 +4,9 @@ Two interchangeable backends with one interface — `prefill(ids, n_pad, lo, hi)
 `step(tokens, lo, hi)` return the last position's logits for the vocabulary columns
 [lo, hi) only (the sampler asks for just the ids some row may draw: the image-code range
 inside an image). Rows are left-padded, so every row writes the same cache column each step.
+`extend(tokens, lo, hi)` feeds n tokens per row in one forward and returns the logits after
+each of them (R, n, hi-lo); `keep(k)` then keeps only the first k of those n tokens in the
+cache (speculative decoding drops the rejected drafts).
 
 - `HFDecoder`: the model's own forward with a `DynamicCache`, a 2D padding mask and
   explicit position ids. Works for any causal LM; the reference.
@@ -92,6 +95,30 @@ class HFDecoder:
                       position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
         self.t, self.pos = t + 1, self.positions.after(self.pos, tokens)
         return out.logits[:, -1, lo:hi]
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
+        t, n = self.t, tokens.shape[1]
+        self.extended = _positions_of(self.positions, self.pos, tokens)  # (R, n+1)
+        out = self.lm(input_ids=tokens, attention_mask=self.attn[:, : t + n] if self.padded else None,
+                      position_ids=self.extended[:, :n], past_key_values=self.cache, use_cache=True)
+        self.base, self.t, self.pos = t, t + n, self.extended[:, n]
+        return out.logits[:, :, lo:hi]
+
+    def keep(self, k: int) -> None:
+        """Keep the first `k` tokens of the last `extend` in the cache."""
+        drop = self.t - (self.base + k)
+        if drop:
+            self.cache.crop(-drop)  # transformers 5: a negative count of tokens to remove
+        self.t, self.pos = self.base + k, self.extended[:, k]
+
+
+def _positions_of(positions: ImagePositions, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Position ids (R, n+1) of `tokens` (R, n) fed after a token at `first - 1`, and of the token after them."""
+    out = [first]
+    for i in range(tokens.shape[1]):
+        out.append(positions.after(out[-1], tokens[:, i]))
+    return torch.stack(out, 1)
 
 
 _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -198,6 +225,7 @@ class FastDecoder:
         cols = torch.arange(self.max_len, device=self.device)
         valid = cols[None, :] >= n_pad[:, None]  # (R, max_len) key columns holding prompt/outputs
         self.padded = bool((n_pad > 0).any())
+        self.valid = valid
         neg = torch.finfo(self.dtype).min
         self.mask = None
         prefill_mask = None
@@ -278,6 +306,44 @@ class FastDecoder:
                 h = h + d_b
         self.t, self.pos = t + 1, self.positions.after(pos, tokens)
         return self._head(h, lo, hi)
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
+        R, n = tokens.shape
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        t = self.t
+        self.extended = _positions_of(self.positions, self.pos, tokens)  # (R, n+1)
+        pos = self.extended[:, :n]
+        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
+        cols = torch.arange(t + n, device=self.device)
+        allowed = cols[None, :] <= t + torch.arange(n, device=self.device)[:, None]  # (n, t+n) causal
+        allowed = allowed[None] & self.valid[:, None, : t + n]  # (R, n, t+n)
+        mask = torch.zeros(R, 1, n, t + n, device=self.device, dtype=self.dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
+        h = F.embedding(tokens, self.embed).reshape(R * n, -1)  # (R*n, Dm)
+        rms = self._rms
+        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
+                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, n, -1)  # (R, n, (H+2K)*D)
+            qk = qkv[..., : (H + K) * D].reshape(R, n, H + K, D)
+            if qk_w is not None:
+                qk = rms(qk, qk_w, qk_eps)
+            qk = qk * cos + qk.roll(D // 2, -1) * sin
+            k_cache[:, :, t:t + n] = qk[:, :, H:].transpose(1, 2)
+            v_cache[:, :, t:t + n] = qkv[..., (H + K) * D:].reshape(R, n, K, D).transpose(1, 2)
+            att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k_cache.narrow(2, 0, t + n),
+                                                 v_cache.narrow(2, 0, t + n), attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=self.group > 1)  # (R, H, n, D)
+            h = h + _mm(att.transpose(1, 2).reshape(R * n, H * D), o_t, o_b)
+            g, u = _mm(rms(h, w_post, e_post), gu_t, gu_b).chunk(2, -1)
+            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        self.base, self.t, self.pos = t, t + n, self.extended[:, n]
+        out = self._head(h, lo, hi)
+        return None if out is None else out.view(R, n, -1)
+
+    def keep(self, k: int) -> None:
+        """Keep the first `k` tokens of the last `extend` (the later columns are overwritten next)."""
+        self.t, self.pos = self.base + k, self.extended[:, k]
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions: ImagePositions = CONSECUTIVE):
