@@ -99,7 +99,7 @@ class HFDecoder:
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
         t, n = self.t, tokens.shape[1]
-        self.extended = _positions_of(self.positions, self.pos, tokens)  # (R, n+1)
+        self.extended = self.positions.run(self.pos, tokens)  # (R, n+1)
         out = self.lm(input_ids=tokens, attention_mask=self.attn[:, : t + n] if self.padded else None,
                       position_ids=self.extended[:, :n], past_key_values=self.cache, use_cache=True)
         self.base, self.t, self.pos = t, t + n, self.extended[:, n]
@@ -111,14 +111,6 @@ class HFDecoder:
         if drop:
             self.cache.crop(-drop)  # transformers 5: a negative count of tokens to remove
         self.t, self.pos = self.base + k, self.extended[:, k]
-
-
-def _positions_of(positions: ImagePositions, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Position ids (R, n+1) of `tokens` (R, n) fed after a token at `first - 1`, and of the token after them."""
-    out = [first]
-    for i in range(tokens.shape[1]):
-        out.append(positions.after(out[-1], tokens[:, i]))
-    return torch.stack(out, 1)
 
 
 _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -312,7 +304,7 @@ class FastDecoder:
         R, n = tokens.shape
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         t = self.t
-        self.extended = _positions_of(self.positions, self.pos, tokens)  # (R, n+1)
+        self.extended = self.positions.run(self.pos, tokens)  # (R, n+1)
         pos = self.extended[:, :n]
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
         cols = torch.arange(t + n, device=self.device)

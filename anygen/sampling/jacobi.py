@@ -13,8 +13,9 @@ settings a draft passes only if it is the argmax, so the codes are exactly the g
 
 The drafts of the next forward are the Jacobi update: the positions after the new committed code
 take draws from this forward's p (conditioned on the old drafts), positions beyond them draws
-from the last p, and the first window of a span the committed code repeated (a point-mass
-proposal: any proposal keeps the samples exact, a good one only raises acceptance).
+from the last p, and the first window of a span the committed code repeated (the first code of
+the range after `<grid>`): a point-mass proposal. Any proposal keeps the samples exact; a good one
+only raises acceptance.
 
 Rows of a batch share the cache columns (left padding, see backends.py), so every row commits the
 same number of codes per forward: the fewest any row accepted, plus one (a row that accepted more
@@ -123,16 +124,9 @@ class ImageJacobi:
             u = self._uniforms(3 * W + 1)  # fill draws | acceptance tests | residual | next drafts
             drafts, q_draft, proposals = self._drafts(carry, last, tokens, d, u[:, :W])
             # forced positions (finished rows, an edit's copied cells) are drafted as themselves
-            forced = torch.full((B, d + 1), -1, dtype=torch.long)
-            mask_idx = torch.full((B, d + 1), self.any_mask, dtype=torch.long)
-            guided = torch.zeros(B, d + 1, dtype=torch.bool)
-            for r, w in enumerate(wins):
-                if w is None:
-                    forced[r] = self.pad
-                    continue
-                for i in range(d + 1):
-                    m, f, g = w[i]
-                    forced[r, i], mask_idx[r, i], guided[r, i] = f, m, g
+            idle = [(self.any_mask, self.pad, False)] * (d + 1)
+            mask_idx, forced, guided = (torch.tensor(x) for x in zip(*[e for w in wins for e in (w or idle)[:d + 1]]))
+            mask_idx, forced, guided = mask_idx.view(B, -1), forced.view(B, -1), guided.view(B, -1)
             is_forced = forced >= 0
             drafts = torch.where(is_forced[:, :d], forced[:, :d], drafts)
 
@@ -157,10 +151,10 @@ class ImageJacobi:
             n_ok = ok.long().cumprod(1).sum(1)  # (B,) drafts accepted per row
             open_rows = [r for r, w in enumerate(wins) if w is not None]
             m = int(n_ok[open_rows].min())
+            reached = (n_ok[open_rows, None] >= torch.arange(d + 1)).sum(0).tolist()  # rows testing offset j
             for j in range(d):
-                reached = sum(1 for r in open_rows if n_ok[r] >= j)
-                if reached:
-                    self.stats.count(j, reached, sum(1 for r in open_rows if n_ok[r] >= j + 1))
+                if reached[j]:
+                    self.stats.count(j, reached[j], reached[j + 1])
 
             # ---- the code after the accepted drafts ---------------------------------------------
             if self.greedy:
@@ -203,7 +197,7 @@ class ImageJacobi:
     def _drafts(self, carry, last, tokens, d, u):
         """d drafts per row (B, d), each one's probability under its proposal (B, d), the proposals
         (B, d, C) (None when greedy): the carried Jacobi drafts, then draws from `last`, or at a span's
-        first window the committed code repeated (a point mass)."""
+        first window the committed code repeated (a point mass; never `<grid>`, which would move positions)."""
         B, lo, C = self.B, self.lo, self.hi - self.lo
         drafts = torch.empty(B, 0, dtype=torch.long)
         q = torch.empty(B, 0)
@@ -216,6 +210,7 @@ class ImageJacobi:
         if k > 0:
             if last is None:
                 fill = torch.tensor(tokens, dtype=torch.long)[:, None].expand(B, k)
+                fill = torch.where((fill >= lo) & (fill < lo + C), fill, lo)  # after <grid>: any code
                 fill_q = torch.ones(B, k)
                 in_range = (fill >= lo) & (fill < lo + C)
                 fill_p = torch.zeros(B, k, C)

@@ -74,10 +74,12 @@ def test_greedy_sjd_equals_sequential_greedy(backend, seed, guidance):
     assert sum(stats.sjd_tested) > 0  # the drafts were really tested
 
 
-def test_greedy_sjd_with_keep_aligned_positions_and_a_previous_image():
-    """`<keep>` is legal (a previous image of the grid in the prompt) and positions jump at grid tokens."""
+@pytest.mark.parametrize("stride,window", [(32, 6), (128, 16)])
+def test_greedy_sjd_with_keep_aligned_positions_and_a_previous_image(stride, window):
+    """`<keep>` is legal (a previous image of the grid in the prompt) and positions jump at grid tokens
+    (a span's first drafts follow `<grid>` without jumping again)."""
     vocab = make_vocab(image_keep=True)
-    model = tiny_model(vocab, seed=3, stride=32, sharpen=8.0)
+    model = tiny_model(vocab, seed=3, stride=stride, sharpen=8.0)
     grid = vocab.grid_id((4, 4))
     previous = [vocab.boi, grid] + [vocab.image_start + (i % 3) for i in range(16)] + [vocab.eoi]
     prompts = [Prompt([vocab.bos, 5] + previous + [6, 7], force=[vocab.boi]),
@@ -85,7 +87,8 @@ def test_greedy_sjd_with_keep_aligned_positions_and_a_previous_image():
     for scale in (1.0, 2.0):
         for p in prompts:
             p.uncond = [[vocab.bos, vocab.null] + previous] if scale != 1.0 else ()
-        (seq, _), (sjd, _) = both(model, vocab, prompts, max_new_tokens=30, image_grid=(4, 4), text=GREEDY,
+        (seq, _), (sjd, _) = both(model, vocab, prompts, window=window, max_new_tokens=30, image_grid=(4, 4),
+                                  text=GREEDY,
                                   image=SamplingSettings(greedy=True, keep_threshold=0.3),
                                   guidance_scales=(scale,))
         assert [r.ids for r in sjd] == [r.ids for r in seq]
@@ -229,3 +232,23 @@ def test_draw_takes_parallel_from_the_api(gen):
     want = gen.draw("a red circle", n=2, greedy=True)
     got = gen.draw("a red circle", n=2, greedy=True, parallel="sjd", sjd_window=3)
     assert [list(a.getdata()) for a in got] == [list(b.getdata()) for b in want]
+
+
+def test_draw_verb_passes_parallel_flags(tmp_path, monkeypatch):
+    import anygen
+    from anygen.cli import main as cli_main
+
+    seen = []
+
+    class Recorder:
+        def draw(self, text, n=1, seed=0, options=None, strict=False, **settings):
+            from PIL import Image as PILImage
+
+            seen.append((options.greedy, settings))
+            return [PILImage.new("RGB", (8, 8), "grey") for _ in range(n)]
+
+    monkeypatch.setattr(anygen, "load", lambda directory=None, device="cpu": Recorder())
+    out = str(tmp_path / "x.png")
+    assert cli_main(["draw", "a red circle", "--greedy", "--parallel", "sjd", "--sjd-window", "8", "--out", out]) == 0
+    assert cli_main(["draw", "a red circle", "--out", out]) == 0
+    assert seen == [(True, {"parallel": "sjd", "sjd_window": 8}), (None, {})]
