@@ -386,7 +386,9 @@ def _choose(logits, lo, hi, B, nexts, free, illegal, settings, uniforms, seen, c
     x = logits[:B] if expand else logits  # (B, W) conditional rows
     if chain_rows is not None:
         active = [g for i, g in chain_of.items() if nexts[i][3]]
-        if active:
+        if len(active) == B:  # every prompt guided now: chain g's conditional row is row g
+            x = guide(logits, chain_rows, scales)
+        elif active:
             rows = chain_rows if len(active) == len(chain_of) else chain_rows[active]
             x = x.index_copy(0, rows[:, 0], guide(logits, rows, scales))
     if B == 1:

@@ -234,8 +234,11 @@ class ImageJacobi:
         if self.chain_rows is not None:
             g_all = guide(logits, self.chain_rows, self.scales)  # (G, n, C)
             cond = self.chain_rows[:, 0]
-            flags = guided.to(x.device)[cond.cpu()][..., None]  # (G, n, 1)
-            x = x.index_copy(0, cond, torch.where(flags, g_all, x[cond]))
+            flags = guided[cond.cpu()]  # (G, n)
+            if len(cond) == B and bool(flags.all()):  # every prompt guided at every position
+                x = g_all
+            else:
+                x = x.index_copy(0, cond, torch.where(flags.to(x.device)[..., None], g_all, x[cond]))
         x = x.masked_fill(self.illegal[mask_idx.to(x.device), lo:hi], float("-inf"))
         n = x.shape[1]
         flat = x.reshape(B * n, -1)

@@ -74,6 +74,19 @@ def test_greedy_sjd_equals_sequential_greedy(backend, seed, guidance):
     assert sum(stats.sjd_tested) > 0  # the drafts were really tested
 
 
+def test_greedy_sjd_guides_only_inside_the_guidance_interval():
+    """A window straddling the interval's start guides its later positions only, as one step would."""
+    vocab = make_vocab()
+    model = tiny_model(vocab, seed=8, sharpen=8.0)
+    prompts = text_to_image(vocab, [[3, 4, 5], [7, 8]], guided=True)
+    (seq, _), (sjd, _) = both(model, vocab, prompts, window=8, max_new_tokens=19, image_grid=(4, 4), image=GREEDY,
+                              guidance_scales=(6.0,), guidance_interval=(0.4, 0.8))
+    assert [r.ids for r in sjd] == [r.ids for r in seq]
+    unguided = generate(model, vocab, [Prompt(p.ids, force=p.force) for p in prompts],
+                        GenerationConfig(max_new_tokens=19, image_grid=(4, 4), image=GREEDY))
+    assert [r.ids for r in unguided] != [r.ids for r in seq]  # the guidance acted
+
+
 @pytest.mark.parametrize("stride,window", [(32, 6), (128, 16)])
 def test_greedy_sjd_with_keep_aligned_positions_and_a_previous_image(stride, window):
     """`<keep>` is legal (a previous image of the grid in the prompt) and positions jump at grid tokens
