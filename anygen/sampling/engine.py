@@ -28,7 +28,7 @@ import torch
 from anygen.errors import AnygenError
 from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import decode_bytes_per_row, free_memory, make_decoder, resolve_lm
-from anygen.sampling.jacobi import ImageJacobi
+from anygen.sampling.jacobi import ImageJacobi, window_per_row
 from anygen.sampling.processors import RowUniforms, apply_repetition_penalty, draw, gate_keep, guide, warp
 from anygen.sampling.settings import GenerationConfig
 from anygen.sampling.state import AUDIO, IMAGE, TEXT, Grammar, RowState, Span
@@ -288,7 +288,7 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
         expand = R > B
         forwards = 1  # the prefill
         jacobi = (ImageJacobi(cfg, grammar, B, first, follow, chain_rows, chain_of, device)
-                  if cfg.parallel == "sjd" and grammar.has_image else None)
+                  if cfg.parallel == "sjd" and grammar.has_image and window_per_row(cfg, R) >= 2 else None)
 
         def commit(tokens: list[int]) -> bool:
             """Push one id per conditional row, report the segments it completes; True when every row is done."""

@@ -17,6 +17,12 @@ from the last p, and the first window of a span the committed code repeated (the
 the range after `<grid>`): a point-mass proposal. Any proposal keeps the samples exact; a good one
 only raises acceptance.
 
+A forward over a window computes rows × window tokens, so where one code per forward is bound by
+fixed costs (CPU decoding of small models) a window is nearly free while a wide batch's is not:
+`sjd_window` is the tokens per forward over all rows of the batch, guidance rows included, and each
+row's window is `sjd_window // rows` (`window_per_row`); a batch with fewer than 2 per row decodes
+one code per forward.
+
 Rows of a batch share the cache columns (left padding, see backends.py), so every row commits the
 same number of codes per forward: the fewest any row accepted, plus one (a row that accepted more
 commits its accepted drafts; each committed code is still an exact draw). A row's samples
@@ -41,6 +47,12 @@ from anygen.sampling.settings import GenerationConfig
 # XOR-ed into a row's seed (`processors.row_seed`): SJD's acceptance tests and draft draws use a stream
 # apart from the one `RowUniforms` draws codes with, so the two never reuse the same numbers.
 SJD_STREAM = 0x5D1ACCE97E57A11D
+
+
+def window_per_row(cfg: GenerationConfig, rows: int) -> int:
+    """Each row's window when a batch of `rows` rows (guidance rows included) shares `cfg.sjd_window` tokens
+    per forward; under 2 (no draft) SJD does not run."""
+    return cfg.sjd_window // rows
 
 
 @dataclass
@@ -73,7 +85,8 @@ class ImageJacobi:
 
     def __init__(self, cfg: GenerationConfig, grammar, B: int, first: int, follow: list[int], chain_rows,
                  chain_of: dict, device):
-        self.window, self.settings, self.scales = cfg.sjd_window, cfg.image, cfg.guidance_scales
+        self.window = window_per_row(cfg, len(follow))
+        self.settings, self.scales = cfg.image, cfg.guidance_scales
         self.greedy = cfg.image.is_greedy
         self.B, self.follow, self.chain_rows, self.chain_of = B, follow, chain_rows, chain_of
         self.illegal = ~grammar.masks  # (M, V)

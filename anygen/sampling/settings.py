@@ -33,10 +33,10 @@ MAX_REPETITION_PENALTY = 100.0
 # at 100 the guided distribution is already just the argmax of the guidance difference (noise
 # images), and infinite scales turn 0 * inf into NaN.
 MAX_GUIDANCE_SCALE = 100.0
-# Speculative Jacobi decoding refines at most this many image codes per forward: more than the
-# largest grid in use (16 x 16 = 256 codes) only adds activation memory to a forward that cannot
-# accept them.
-MAX_SJD_WINDOW = 256
+# Speculative Jacobi decoding feeds at most this many tokens per forward over a batch's rows: 16 rows
+# of the largest grid in use (16 x 16 = 256 codes) each; more only adds activation memory to a
+# forward that cannot accept them.
+MAX_SJD_WINDOW = 4096
 PARALLEL_MODES = ("none", "sjd")
 # torch.Generator seeds are 64-bit: [-2^63, 2^64) (a negative seed s means s + 2^64).
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
@@ -132,9 +132,11 @@ class GenerationConfig:
     rows). A scale of 1 is exactly unguided. Guidance acts inside image/audio spans only,
     on the fraction `guidance_interval = (start, end)` of each span's code positions.
 
-    `parallel="sjd"` samples image codes by speculative Jacobi decoding, `sjd_window` codes per
-    forward: the same distribution as one code per forward (the same ids when greedy), in fewer
-    forwards.
+    `parallel="sjd"` samples image codes by speculative Jacobi decoding: the same distribution as
+    one code per forward (the same ids when greedy), in fewer forwards. A forward feeds at most
+    `sjd_window` tokens over all rows of the batch (guidance rows included): each row's window is
+    `sjd_window // rows` codes, the committed one and drafts; a batch with fewer than 2 per row
+    decodes one code per forward.
     """
 
     max_new_tokens: int = 256
@@ -152,7 +154,7 @@ class GenerationConfig:
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
     parallel: str = "none"  # "sjd": image codes by speculative Jacobi decoding (anygen.sampling.jacobi)
-    sjd_window: int = 16  # codes per SJD forward: the committed one plus sjd_window - 1 drafts
+    sjd_window: int = 16  # tokens per SJD forward over the batch's rows: each row's window is sjd_window // rows
 
     def __post_init__(self):
         self.max_new_tokens = integer(self.max_new_tokens, "max_new_tokens")
@@ -189,7 +191,8 @@ class GenerationConfig:
               f"must be one of {', '.join(PARALLEL_MODES)}, got {self.parallel!r}")
         self.sjd_window = integer(self.sjd_window, "sjd_window")
         check(2 <= self.sjd_window <= MAX_SJD_WINDOW, "sjd_window",
-              f"must be in [2, {MAX_SJD_WINDOW}] (the committed code plus at least one draft), got {self.sjd_window}")
+              f"must be in [2, {MAX_SJD_WINDOW}] (tokens per forward: a committed code and a draft at least), "
+              f"got {self.sjd_window}")
 
     @property
     def guided(self) -> bool:

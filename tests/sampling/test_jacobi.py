@@ -45,12 +45,13 @@ def tiny_model(vocab, seed=0, stride=0, sharpen=1.0):
 
 
 def both(model, vocab, prompts, window=6, **cfg):
-    """(sequential results, stats), (SJD results, stats) under the same config."""
+    """(sequential results, stats), (SJD results, stats) under the same config; `window` codes per row."""
     out = []
     for parallel in ("none", "sjd"):
+        config = GenerationConfig(parallel=parallel, **cfg)
+        config.sjd_window = window * sum(1 + (len(p.uncond) if config.guided else 0) for p in prompts)
         stats = GenerationStats()
-        res = generate(model, vocab, prompts, GenerationConfig(parallel=parallel, sjd_window=window, **cfg),
-                       stats=stats)
+        res = generate(model, vocab, prompts, config, stats=stats)
         out.append((res, stats))
     return out
 
@@ -204,7 +205,8 @@ def test_sjd_samples_follow_the_sequential_distribution(guidance):
     caption = [vocab.bos, 3, 9]
     n_rows, n_calls = 8, 200
     prompt = Prompt(caption, uncond=[[vocab.bos, vocab.null]] if guidance != 1.0 else (), force=[vocab.boi])
-    cfg = GenerationConfig(max_new_tokens=9, image_grid=(2, 3), parallel="sjd", sjd_window=4,
+    rows = n_rows * (2 if guidance != 1.0 else 1)
+    cfg = GenerationConfig(max_new_tokens=9, image_grid=(2, 3), parallel="sjd", sjd_window=4 * rows,
                            guidance_scales=(guidance,))
     counts = torch.zeros(4 ** 3)
     stats = GenerationStats()
@@ -240,10 +242,26 @@ def test_parallel_options_are_checked():
         GenerationConfig(sjd_window=2.5)
 
 
+def test_the_window_is_shared_by_the_batch_rows():
+    """`sjd_window` tokens per forward over all rows: a batch too wide for two per row decodes one per forward."""
+    vocab = make_vocab()
+    model = CopyLM(vocab, vocab.image_start + 2)
+    prompts = [Prompt([vocab.bos, 3], uncond=[[vocab.bos, vocab.null]], force=[vocab.boi])] * 2
+    forwards = []
+    for window in (16, 8, 7):  # 4 rows: 4, 2 and 1 per row
+        stats = GenerationStats()
+        generate(model, vocab, prompts, GenerationConfig(max_new_tokens=19, image_grid=(4, 4), guidance_scales=(2.0,),
+                                                         parallel="sjd", sjd_window=window, image=GREEDY), stats=stats)
+        forwards.append(stats.forwards)
+        assert max(model.calls) == window // 4 or (window // 4 < 2 and max(model.calls) <= 4)
+        model.calls.clear()
+    assert forwards[0] < forwards[1] < forwards[2] == 19
+
+
 def test_draw_takes_parallel_from_the_api(gen):
     """`gen.draw(..., parallel="sjd")` reaches the sampler; greedy images are unchanged."""
     want = gen.draw("a red circle", n=2, greedy=True)
-    got = gen.draw("a red circle", n=2, greedy=True, parallel="sjd", sjd_window=3)
+    got = gen.draw("a red circle", n=2, greedy=True, parallel="sjd", sjd_window=6)
     assert [list(a.getdata()) for a in got] == [list(b.getdata()) for b in want]
 
 
