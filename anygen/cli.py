@@ -552,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--parallel", choices=("none", "sjd"),
                        help="sjd: image codes by speculative Jacobi decoding, several per forward, the same "
                             "images for greedy codes and the same distribution when sampled (default none)")
-        q.add_argument("--sjd-window", type=int, dest="sjd_window", help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
+        q.add_argument("--sjd-window", type=int, dest="sjd_window",
+                       help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
 
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
@@ -625,7 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", action="append",
                    help="a text->image prompt of the SJD and guidance figures (repeatable; default: "
                         f"{BENCH_CAPTIONS} texts of the model's world)")
-    p.add_argument("--sjd-window", type=int, dest="sjd_window", help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
+    p.add_argument("--sjd-window", type=int, dest="sjd_window",
+                   help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
     p.add_argument("--no-large", action="store_true", dest="no_large",
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--json", help="also write the results to this JSON file")

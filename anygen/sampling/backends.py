@@ -213,7 +213,6 @@ class FastDecoder:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor, lo: int = 0, hi: int | None = None):
         R, L = ids.shape  # (R, L)
-        H, K, D = self.n_heads, self.n_kv, self.head_dim
         cols = torch.arange(self.max_len, device=self.device)
         valid = cols[None, :] >= n_pad[:, None]  # (R, max_len) key columns holding prompt/outputs
         self.padded = bool((n_pad > 0).any())
@@ -230,30 +229,36 @@ class FastDecoder:
             prefill_mask = torch.zeros(R, 1, L, L, device=self.device, dtype=self.dtype)
             prefill_mask.masked_fill_(~allowed[:, None], neg)
         pos = self.positions.align(ids, (cols[None, :L] - n_pad[:, None]).clamp(min=0))  # (R, L)
-        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, L, 1, D)
-        h = F.embedding(ids, self.embed).reshape(R * L, -1)  # (R*L, Dm)
-        rms = self._rms
-        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
-                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
-            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, L, -1)  # (R, L, (H+2K)*D)
-            qk = qkv[..., : (H + K) * D].reshape(R, L, H + K, D)
-            if qk_w is not None:
-                qk = rms(qk, qk_w, qk_eps)
-            qk = qk * cos + qk.roll(D // 2, -1) * sin
-            q = qk[:, :, :H].transpose(1, 2)  # (R, H, L, D)
-            k = qk[:, :, H:].transpose(1, 2)  # (R, K, L, D)
-            v = qkv[..., (H + K) * D:].reshape(R, L, K, D).transpose(1, 2)
-            k_cache[:, :, :L] = k
-            v_cache[:, :, :L] = v
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, is_causal=prefill_mask is None,
-                                                 scale=self.scale, enable_gqa=self.group > 1)  # (R, H, L, D)
-            h = h + _mm(att.transpose(1, 2).reshape(R * L, H * D), o_t, o_b)
-            gu = _mm(rms(h, w_post, e_post), gu_t, gu_b)
-            g, u = gu.chunk(2, -1)
-            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        h = self._block(ids, pos, 0, prefill_mask)
         self.t = L
         self.pos = self.positions.after(pos[:, -1], ids[:, -1])  # (R,)
         return self._head(h.view(R, L, -1)[:, -1], lo, hi)
+
+    def _block(self, ids, pos, t, mask):
+        """Hidden states (R*n, Dm) of `ids` (R, n) at positions `pos` (R, n), written to cache columns
+        [t, t+n) and attending to the columns before them; `mask` (R, 1, n, t+n) additive, or None: causal."""
+        R, n = ids.shape
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
+        h = F.embedding(ids, self.embed).reshape(R * n, -1)  # (R*n, Dm)
+        rms = self._rms
+        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
+                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, n, -1)  # (R, n, (H+2K)*D)
+            qk = qkv[..., : (H + K) * D].reshape(R, n, H + K, D)
+            if qk_w is not None:
+                qk = rms(qk, qk_w, qk_eps)
+            qk = qk * cos + qk.roll(D // 2, -1) * sin
+            k_cache[:, :, t:t + n] = qk[:, :, H:].transpose(1, 2)  # (R, K, n, D)
+            v_cache[:, :, t:t + n] = qkv[..., (H + K) * D:].reshape(R, n, K, D).transpose(1, 2)
+            att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k_cache.narrow(2, 0, t + n),
+                                                 v_cache.narrow(2, 0, t + n), attn_mask=mask,
+                                                 is_causal=mask is None, scale=self.scale,
+                                                 enable_gqa=self.group > 1)  # (R, H, n, D)
+            h = h + _mm(att.transpose(1, 2).reshape(R * n, H * D), o_t, o_b)
+            g, u = _mm(rms(h, w_post, e_post), gu_t, gu_b).chunk(2, -1)
+            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        return h
 
     def _head(self, h, lo, hi):
         """Logits of the vocabulary columns [lo, hi) only (None when the range is empty)."""
@@ -302,33 +307,15 @@ class FastDecoder:
     @torch.inference_mode()
     def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
         R, n = tokens.shape
-        H, K, D = self.n_heads, self.n_kv, self.head_dim
         t = self.t
         self.extended = self.positions.run(self.pos, tokens)  # (R, n+1)
         pos = self.extended[:, :n]
-        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
         cols = torch.arange(t + n, device=self.device)
         allowed = cols[None, :] <= t + torch.arange(n, device=self.device)[:, None]  # (n, t+n) causal
         allowed = allowed[None] & self.valid[:, None, : t + n]  # (R, n, t+n)
         mask = torch.zeros(R, 1, n, t + n, device=self.device, dtype=self.dtype)
         mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
-        h = F.embedding(tokens, self.embed).reshape(R * n, -1)  # (R*n, Dm)
-        rms = self._rms
-        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
-                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
-            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, n, -1)  # (R, n, (H+2K)*D)
-            qk = qkv[..., : (H + K) * D].reshape(R, n, H + K, D)
-            if qk_w is not None:
-                qk = rms(qk, qk_w, qk_eps)
-            qk = qk * cos + qk.roll(D // 2, -1) * sin
-            k_cache[:, :, t:t + n] = qk[:, :, H:].transpose(1, 2)
-            v_cache[:, :, t:t + n] = qkv[..., (H + K) * D:].reshape(R, n, K, D).transpose(1, 2)
-            att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k_cache.narrow(2, 0, t + n),
-                                                 v_cache.narrow(2, 0, t + n), attn_mask=mask, scale=self.scale,
-                                                 enable_gqa=self.group > 1)  # (R, H, n, D)
-            h = h + _mm(att.transpose(1, 2).reshape(R * n, H * D), o_t, o_b)
-            g, u = _mm(rms(h, w_post, e_post), gu_t, gu_b).chunk(2, -1)
-            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        h = self._block(tokens, pos, t, mask)
         self.base, self.t, self.pos = t, t + n, self.extended[:, n]
         out = self._head(h, lo, hi)
         return None if out is None else out.view(R, n, -1)

@@ -347,7 +347,8 @@ def format_sample_bench(r: dict) -> str:
         f"bandwidth: {b['bytes_per_decode_token'] / 1e6:.1f} MB/token × decode rate = {b['achieved_gb_per_s']:.2f} GB/s "
         f"of {b['copy_gb_per_s']:.1f} GB/s copy -> {100 * b['utilisation']:.0f}% (goal ≥ {100 * b['goal_utilisation']:.0f}%)",
         f"guidance (scale {gd['guidance_scale']}, {gd['image_tokens']}-token image, median of {gd['pairs']} paired "
-        f"runs): guided {gd['guided_s'] * 1e3:.0f} ms / unguided {gd['unguided_s'] * 1e3:.0f} ms = {gd['ratio']:.2f}×; "
+        f"runs): guided {gd['guided_s'] * 1e3:.0f} ms / unguided {gd['unguided_s'] * 1e3:.0f} ms = "
+        f"{gd['ratio']:.2f}×; "
         f"with SJD {gd['sjd']['guided_s'] * 1e3:.0f} / {gd['sjd']['unguided_s'] * 1e3:.0f} ms = "
         f"{gd['sjd']['ratio']:.2f}× (goal ≤ {gd['goal_ratio']}×)",
         f"first image: prefill {fi['prefill_s'] * 1e3:.1f} ms + code sampling {fi['code_sampling_s'] * 1e3:.0f} ms"
