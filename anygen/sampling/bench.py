@@ -29,6 +29,7 @@ import torch
 
 from anygen.sampling.backends import kv_bytes_per_token, resolve_lm
 from anygen.sampling.engine import GenerationStats, Prompt, generate
+from anygen.sampling.jacobi import add_counts
 from anygen.sampling.settings import GenerationConfig, SamplingSettings
 from anygen.threads import set_threads
 from anygen.vocab import Vocab
@@ -187,12 +188,7 @@ def compare_sjd(lm, vocab: Vocab, prompts: list[Prompt], repeats: int, window: i
                     wall, stats = _timed(lm, vocab, p, cfg)
                     times[variant].append(wall)
                     forwards[variant].append(stats.forwards)
-                    for j, (n_t, n_a) in enumerate(zip(stats.sjd_tested, stats.sjd_accepted)):
-                        if j == len(tested):
-                            tested.append(0)
-                            accepted.append(0)
-                        tested[j] += n_t
-                        accepted[j] += n_a
+                    add_counts(tested, accepted, stats.sjd_tested, stats.sjd_accepted)
         seq_f, sjd_f = _median(forwards["sequential"]), _median(forwards["sjd"])
         seq_t, sjd_t = _median(times["sequential"]), _median(times["sjd"])
         out[name] = {

@@ -28,7 +28,7 @@ import torch
 from anygen.errors import AnygenError
 from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import decode_bytes_per_row, free_memory, make_decoder, resolve_lm
-from anygen.sampling.jacobi import ImageJacobi, window_per_row
+from anygen.sampling.jacobi import ImageJacobi, add_counts, window_per_row
 from anygen.sampling.processors import RowUniforms, apply_repetition_penalty, draw, gate_keep, guide, warp
 from anygen.sampling.settings import GenerationConfig
 from anygen.sampling.state import AUDIO, IMAGE, TEXT, Grammar, RowState, Span
@@ -343,12 +343,7 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
         stats.steps += steps
         stats.forwards += forwards + (jacobi.stats.forwards if jacobi is not None else 0)
         if jacobi is not None:
-            for j, (n_tested, n_accepted) in enumerate(zip(jacobi.stats.tested, jacobi.stats.accepted)):
-                while len(stats.sjd_tested) <= j:
-                    stats.sjd_tested.append(0)
-                    stats.sjd_accepted.append(0)
-                stats.sjd_tested[j] += n_tested
-                stats.sjd_accepted[j] += n_accepted
+            add_counts(stats.sjd_tested, stats.sjd_accepted, jacobi.stats.tested, jacobi.stats.accepted)
         stats.rows += R
         stats.chunks += 1
         stats.backend = type(decoder).__name__

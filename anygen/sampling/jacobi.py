@@ -36,7 +36,7 @@ would for each). Text, audio and the delimiters stay one token per forward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -55,24 +55,24 @@ def window_per_row(cfg: GenerationConfig, rows: int) -> int:
     return cfg.sjd_window // rows
 
 
+def add_counts(tested: list, accepted: list, more_tested, more_accepted) -> None:
+    """Add per-offset draft counts (`more_tested[j]`, `more_accepted[j]`) into `tested`/`accepted`, growing them."""
+    for j, (n_t, n_a) in enumerate(zip(more_tested, more_accepted)):
+        if j == len(tested):
+            tested.append(0)
+            accepted.append(0)
+        tested[j] += n_t
+        accepted[j] += n_a
+
+
 @dataclass
 class JacobiStats:
-    """Draft outcomes by offset in the window: `tested[j]` drafts at offset j + 1 were tested, `accepted[j]` passed."""
+    """Forwards over windows, and draft outcomes by offset in the window: `tested[j]` drafts at offset
+    j + 1 were tested, `accepted[j]` of them passed."""
 
     forwards: int = 0
-    tested: list = None
-    accepted: list = None
-
-    def __post_init__(self):
-        self.tested = self.tested or []
-        self.accepted = self.accepted or []
-
-    def count(self, offset: int, tested: int, accepted: int) -> None:
-        while len(self.tested) <= offset:
-            self.tested.append(0)
-            self.accepted.append(0)
-        self.tested[offset] += tested
-        self.accepted[offset] += accepted
+    tested: list = field(default_factory=list)
+    accepted: list = field(default_factory=list)
 
 
 class ImageJacobi:
@@ -165,9 +165,7 @@ class ImageJacobi:
             open_rows = [r for r, w in enumerate(wins) if w is not None]
             m = int(n_ok[open_rows].min())
             reached = (n_ok[open_rows, None] >= torch.arange(d + 1)).sum(0).tolist()  # rows testing offset j
-            for j in range(d):
-                if reached[j]:
-                    self.stats.count(j, reached[j], reached[j + 1])
+            add_counts(self.stats.tested, self.stats.accepted, reached[:d], reached[1:])
 
             # ---- the code after the accepted drafts ---------------------------------------------
             if self.greedy:

@@ -206,13 +206,8 @@ class RowState:
         if self.queue:
             return g.ANY, self.queue[-1], self.modality(), False
         if mode == _CODES:
-            pos, prev = self.pos, self.prev
-            keep_ok = prev is not None and prev[0] == self.grid
-            if self.source is not None and not self.edited and self.editable is not None and not self.editable[pos]:
-                source = self.source[pos]
-                return g.ANY, g.keep if keep_ok and prev[1][pos] == source else source, IMAGE, False
-            frac = pos / self.n_codes
-            return g.image_codes_keep if keep_ok else g.image_codes, -1, IMAGE, self.guide_lo <= frac < self.guide_hi
+            mask, forced, guided = self.code_window(1)[0]
+            return mask, forced, IMAGE, guided
         if mode == TEXT:
             return g.text_mask_index(self.budget - len(self.ids)), -1, TEXT, False
         if mode == _AUDIO:
