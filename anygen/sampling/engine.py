@@ -288,7 +288,7 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
         expand = R > B
         forwards = 1  # the prefill
         jacobi = (ImageJacobi(cfg, grammar, B, first, follow, chain_rows, chain_of, device)
-                  if cfg.parallel == "sjd" and grammar.has_image and window_per_row(cfg, R) >= 2 else None)
+                  if cfg.parallel == "sjd" and grammar.has_image and window_per_row(cfg, R) else None)
 
         def commit(tokens: list[int]) -> bool:
             """Push one id per conditional row, report the segments it completes; True when every row is done."""

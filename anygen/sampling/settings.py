@@ -135,8 +135,8 @@ class GenerationConfig:
     `parallel="sjd"` samples image codes by speculative Jacobi decoding: the same distribution as
     one code per forward (the same ids when greedy), in fewer forwards. A forward feeds at most
     `sjd_window` tokens over all rows of the batch (guidance rows included): each row's window is
-    `sjd_window // rows` codes, the committed one and drafts; a batch with fewer than 2 per row
-    decodes one code per forward.
+    `sjd_window // rows` codes, the committed one and drafts; a batch too wide for a few per row
+    (`jacobi.MIN_ROW_WINDOW`) decodes one code per forward.
     """
 
     max_new_tokens: int = 256
