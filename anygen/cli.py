@@ -24,6 +24,9 @@ from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
 
 WAV_SUFFIXES = (".wav",)  # `say` writes 16-bit PCM WAV only
+# `anygen bench sample --model` times SJD and guidance on this many texts of the model's world: a few
+# scenes, so one caption's luck does not make the figure, in well under a minute.
+BENCH_CAPTIONS = 3
 
 
 def print_json(data) -> None:
@@ -179,11 +182,21 @@ def sampling_flags(args) -> dict:
     from anygen.sampling.settings import SamplingSettings, check_seed
 
     check_seed(args.seed)
+    parallel = parallel_flags(args)
     if args.temperature is None and args.top_k is None and args.top_p is None:
-        return {}
+        return parallel
     s = SamplingSettings(temperature=1.0 if args.temperature is None else args.temperature,
                          top_k=args.top_k or 0, top_p=1.0 if args.top_p is None else args.top_p)
-    return {"text": s, "image": s, "audio": s}
+    return {"text": s, "image": s, "audio": s, **parallel}
+
+
+def parallel_flags(args) -> dict:
+    """--parallel/--sjd-window as settings keywords (checked), {} when neither is given."""
+    from anygen.sampling.settings import GenerationConfig
+
+    flags = {k: v for k, v in (("parallel", args.parallel), ("sjd_window", args.sjd_window)) if v is not None}
+    GenerationConfig(**flags)
+    return flags
 
 
 def cmd_generate(args) -> None:
@@ -215,7 +228,7 @@ def cmd_draw(args) -> None:
     out, settings = out_file(args.out, IMAGE_SUFFIXES), sampling_flags(args)
     check_text(args.text)
     check_int(args.n, "--n", 1, MAX_ROWS)
-    if args.greedy and settings:
+    if args.greedy and set(settings) - {"parallel", "sjd_window"}:
         raise AnygenError("--greedy draws the most likely codes: drop --temperature/--top-k/--top-p")
     options = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                           best_of=args.best_of, greedy=True if args.greedy else None)
@@ -386,15 +399,36 @@ def cmd_bench_sample(args) -> None:
     from anygen.sampling.bench import format_sample_bench, run_sample_bench
 
     json_path = json_out(args)
-    model = vocab = codec_decode = None
+    window = parallel_flags(argparse.Namespace(parallel="sjd", sjd_window=args.sjd_window)).get("sjd_window", 16)
+    model = vocab = codec_decode = prompts = None
     if args.model:
         loaded = model_of(args)
         model, vocab = loaded.model, loaded.vocab
         if loaded.tokenizer.image is not None:
             codec_decode = loaded.tokenizer.image.decode_images
-    results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode)
+        prompts = _bench_image_prompts(loaded, args.model, args.caption)
+    results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode, image_prompts=prompts,
+                               sjd_window=window, large_model=not args.no_large)
     print(format_sample_bench(results))
     write_json(json_path, results)
+
+
+def _bench_image_prompts(gen, directory, captions):
+    """Text->image prompts (with their unconditional prompt) for `captions`, else for the first texts
+    of the corpus of the model's first world (none: the bench's random prompt)."""
+    import numpy as np
+
+    from anygen.api import model_meta
+    from anygen.sampling import Prompt
+    from anygen.worlds import WORLDS, get_world
+
+    if not captions:
+        worlds = [w for w in model_meta(directory).get("worlds", []) if w in WORLDS]
+        if not worlds:
+            return None
+        captions = get_world(worlds[0]).text_corpus(BENCH_CAPTIONS, np.random.default_rng(0))[:BENCH_CAPTIONS]
+    s = gen.session
+    return [Prompt(s.prompt("text_to_image", text=c), uncond=[s.null_prompt("text_to_image")]) for c in captions]
 
 
 def cmd_bench_serve(args) -> None:
@@ -568,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
         q.add_argument("--top-k", type=int, dest="top_k")
         q.add_argument("--top-p", type=float, dest="top_p")
+        q.add_argument("--parallel", choices=("none", "sjd"),
+                       help="sjd: image codes by speculative Jacobi decoding, several per forward, the same "
+                            "images for greedy codes and the same distribution when sampled (default none)")
+        q.add_argument("--sjd-window", type=int, dest="sjd_window",
+                       help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
 
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
@@ -640,6 +679,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("sample", help="sampler speed vs transformers generate(), bandwidth, CFG cost")
     p.add_argument("--model", help="model directory (default: a random shapes-sized model)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--caption", action="append",
+                   help="a text->image prompt of the SJD and guidance figures (repeatable; default: "
+                        f"{BENCH_CAPTIONS} texts of the model's world)")
+    p.add_argument("--sjd-window", type=int, dest="sjd_window",
+                   help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
+    p.add_argument("--no-large", action="store_true", dest="no_large",
+                   help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
     p = bench.add_parser("serve", help="web app: seconds from request to result for draw, edit, a story",

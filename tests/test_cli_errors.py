@@ -122,6 +122,8 @@ def test_writable_dir_sees_permissions_and_read_only_mounts(tmp_path):
     (DRAW + ["--temperature", "inf", "--out", "{tmp}/x.png"], "temperature: expected a finite number"),
     (DRAW + ["--top-p", "1e-30", "--out", "{tmp}/x.png"], "top_p: must be in"),
     (DRAW + ["--n", "0", "--out", "{tmp}/x.png"], "--n must be in 1..4096, got 0"),
+    (DRAW + ["--sjd-window", "1", "--out", "{tmp}/x.png"], "sjd_window: must be in [2, 4096]"),
+    (["bench", "sample", *NO_MODEL, "--sjd-window", "0"], "sjd_window: must be in [2, 4096]"),
     (GENERATE + ["--max-new-tokens", "0", "--out", "{tmp}/o"], "--max-new-tokens must be at least 1"),
     (["draw", " ", *NO_MODEL, "--out", "{tmp}/x.png"], "prompt is empty"),
     (["edit", "{tmp}/src.png", "", *NO_MODEL, "--out", "{tmp}/x.png"], "instruction is empty"),

@@ -74,6 +74,16 @@ class ImagePositions:
             return nxt
         return torch.where(self._is_grid(tokens), nxt + (-nxt) % self.stride, nxt)
 
+    def run(self, first: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Positions (R, n+1) of `tokens` (R, n) when the first sits at `first` (R,), and of the token after them."""
+        n = tokens.shape[1]
+        if not self.stride or not bool(self._is_grid(tokens).any()):  # no jump: consecutive
+            return first[:, None] + torch.arange(n + 1, device=first.device)
+        out = [first]
+        for i in range(n):
+            out.append(self.after(out[-1], tokens[:, i]))
+        return torch.stack(out, 1)
+
     def max_position(self, length: int) -> int:
         """An upper bound on any position in a row of `length` tokens (one jump per image span)."""
         return length + (self.stride * (length // self.min_span + 1) if self.stride else 0)

@@ -4,6 +4,9 @@ Two interchangeable backends with one interface — `prefill(ids, n_pad, lo, hi)
 `step(tokens, lo, hi)` return the last position's logits for the vocabulary columns
 [lo, hi) only (the sampler asks for just the ids some row may draw: the image-code range
 inside an image). Rows are left-padded, so every row writes the same cache column each step.
+`extend(tokens, lo, hi)` feeds n tokens per row in one forward and returns the logits after
+each of them (R, n, hi-lo); `keep(k)` then keeps only the first k of those n tokens in the
+cache (speculative decoding drops the rejected drafts).
 
 - `HFDecoder`: the model's own forward with a `DynamicCache`, a 2D padding mask and
   explicit position ids. Works for any causal LM; the reference.
@@ -92,6 +95,22 @@ class HFDecoder:
                       position_ids=self.pos[:, None], past_key_values=self.cache, use_cache=True)
         self.t, self.pos = t + 1, self.positions.after(self.pos, tokens)
         return out.logits[:, -1, lo:hi]
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
+        t, n = self.t, tokens.shape[1]
+        self.extended = self.positions.run(self.pos, tokens)  # (R, n+1)
+        out = self.lm(input_ids=tokens, attention_mask=self.attn[:, : t + n] if self.padded else None,
+                      position_ids=self.extended[:, :n], past_key_values=self.cache, use_cache=True)
+        self.base, self.t, self.pos = t, t + n, self.extended[:, n]
+        return out.logits[:, :, lo:hi]
+
+    def keep(self, k: int) -> None:
+        """Keep the first `k` tokens of the last `extend` in the cache."""
+        drop = self.t - (self.base + k)
+        if drop:
+            self.cache.crop(-drop)  # transformers 5: a negative count of tokens to remove
+        self.t, self.pos = self.base + k, self.extended[:, k]
 
 
 _PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -194,10 +213,10 @@ class FastDecoder:
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor, lo: int = 0, hi: int | None = None):
         R, L = ids.shape  # (R, L)
-        H, K, D = self.n_heads, self.n_kv, self.head_dim
         cols = torch.arange(self.max_len, device=self.device)
         valid = cols[None, :] >= n_pad[:, None]  # (R, max_len) key columns holding prompt/outputs
         self.padded = bool((n_pad > 0).any())
+        self.valid = valid
         neg = torch.finfo(self.dtype).min
         self.mask = None
         prefill_mask = None
@@ -210,30 +229,36 @@ class FastDecoder:
             prefill_mask = torch.zeros(R, 1, L, L, device=self.device, dtype=self.dtype)
             prefill_mask.masked_fill_(~allowed[:, None], neg)
         pos = self.positions.align(ids, (cols[None, :L] - n_pad[:, None]).clamp(min=0))  # (R, L)
-        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, L, 1, D)
-        h = F.embedding(ids, self.embed).reshape(R * L, -1)  # (R*L, Dm)
-        rms = self._rms
-        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
-                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
-            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, L, -1)  # (R, L, (H+2K)*D)
-            qk = qkv[..., : (H + K) * D].reshape(R, L, H + K, D)
-            if qk_w is not None:
-                qk = rms(qk, qk_w, qk_eps)
-            qk = qk * cos + qk.roll(D // 2, -1) * sin
-            q = qk[:, :, :H].transpose(1, 2)  # (R, H, L, D)
-            k = qk[:, :, H:].transpose(1, 2)  # (R, K, L, D)
-            v = qkv[..., (H + K) * D:].reshape(R, L, K, D).transpose(1, 2)
-            k_cache[:, :, :L] = k
-            v_cache[:, :, :L] = v
-            att = F.scaled_dot_product_attention(q, k, v, attn_mask=prefill_mask, is_causal=prefill_mask is None,
-                                                 scale=self.scale, enable_gqa=self.group > 1)  # (R, H, L, D)
-            h = h + _mm(att.transpose(1, 2).reshape(R * L, H * D), o_t, o_b)
-            gu = _mm(rms(h, w_post, e_post), gu_t, gu_b)
-            g, u = gu.chunk(2, -1)
-            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        h = self._block(ids, pos, 0, prefill_mask)
         self.t = L
         self.pos = self.positions.after(pos[:, -1], ids[:, -1])  # (R,)
         return self._head(h.view(R, L, -1)[:, -1], lo, hi)
+
+    def _block(self, ids, pos, t, mask):
+        """Hidden states (R*n, Dm) of `ids` (R, n) at positions `pos` (R, n), written to cache columns
+        [t, t+n) and attending to the columns before them; `mask` (R, 1, n, t+n) additive, or None: causal."""
+        R, n = ids.shape
+        H, K, D = self.n_heads, self.n_kv, self.head_dim
+        cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
+        h = F.embedding(ids, self.embed).reshape(R * n, -1)  # (R*n, Dm)
+        rms = self._rms
+        for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
+                k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
+            qkv = _mm(rms(h, w_in, e_in), qkv_t, qkv_b).view(R, n, -1)  # (R, n, (H+2K)*D)
+            qk = qkv[..., : (H + K) * D].reshape(R, n, H + K, D)
+            if qk_w is not None:
+                qk = rms(qk, qk_w, qk_eps)
+            qk = qk * cos + qk.roll(D // 2, -1) * sin
+            k_cache[:, :, t:t + n] = qk[:, :, H:].transpose(1, 2)  # (R, K, n, D)
+            v_cache[:, :, t:t + n] = qkv[..., (H + K) * D:].reshape(R, n, K, D).transpose(1, 2)
+            att = F.scaled_dot_product_attention(qk[:, :, :H].transpose(1, 2), k_cache.narrow(2, 0, t + n),
+                                                 v_cache.narrow(2, 0, t + n), attn_mask=mask,
+                                                 is_causal=mask is None, scale=self.scale,
+                                                 enable_gqa=self.group > 1)  # (R, H, n, D)
+            h = h + _mm(att.transpose(1, 2).reshape(R * n, H * D), o_t, o_b)
+            g, u = _mm(rms(h, w_post, e_post), gu_t, gu_b).chunk(2, -1)
+            h = h + _mm(F.silu(g) * u, d_t, d_b)
+        return h
 
     def _head(self, h, lo, hi):
         """Logits of the vocabulary columns [lo, hi) only (None when the range is empty)."""
@@ -278,6 +303,26 @@ class FastDecoder:
                 h = h + d_b
         self.t, self.pos = t + 1, self.positions.after(pos, tokens)
         return self._head(h, lo, hi)
+
+    @torch.inference_mode()
+    def extend(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
+        R, n = tokens.shape
+        t = self.t
+        self.extended = self.positions.run(self.pos, tokens)  # (R, n+1)
+        pos = self.extended[:, :n]
+        cols = torch.arange(t + n, device=self.device)
+        allowed = cols[None, :] <= t + torch.arange(n, device=self.device)[:, None]  # (n, t+n) causal
+        allowed = allowed[None] & self.valid[:, None, : t + n]  # (R, n, t+n)
+        mask = torch.zeros(R, 1, n, t + n, device=self.device, dtype=self.dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(self.dtype).min)
+        h = self._block(tokens, pos, t, mask)
+        self.base, self.t, self.pos = t, t + n, self.extended[:, n]
+        out = self._head(h, lo, hi)
+        return None if out is None else out.view(R, n, -1)
+
+    def keep(self, k: int) -> None:
+        """Keep the first `k` tokens of the last `extend` (the later columns are overwritten next)."""
+        self.t, self.pos = self.base + k, self.extended[:, k]
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions: ImagePositions = CONSECUTIVE):

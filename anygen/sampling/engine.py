@@ -28,6 +28,7 @@ import torch
 from anygen.errors import AnygenError
 from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import decode_bytes_per_row, free_memory, make_decoder, resolve_lm
+from anygen.sampling.jacobi import ImageJacobi, add_counts, window_per_row
 from anygen.sampling.processors import RowUniforms, apply_repetition_penalty, draw, gate_keep, guide, warp
 from anygen.sampling.settings import GenerationConfig
 from anygen.sampling.state import AUDIO, IMAGE, TEXT, Grammar, RowState, Span
@@ -80,12 +81,15 @@ class SampleResult:
 
 @dataclass
 class GenerationStats:
-    """Wall-clock split of the last `generate` call (seconds)."""
+    """Wall-clock split of the last `generate` call (seconds) and what its decoding took."""
 
     setup_s: float = 0.0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    steps: int = 0
+    steps: int = 0  # sampling steps (one id per row each; speculative decoding commits more per step)
+    forwards: int = 0  # decoder forward passes, the prefill included
+    sjd_tested: list = field(default_factory=list)  # speculative decoding: drafts tested at window offset j + 1
+    sjd_accepted: list = field(default_factory=list)  # ... and how many of them were accepted
     rows: int = 0  # batch rows including guidance rows
     chunks: int = 0  # batches the prompts were sampled in (see `generate`'s memory note)
     backend: str = ""
@@ -282,17 +286,12 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
         reported = [0] * B
         steps = 0
         expand = R > B
-        while True:
-            steps += 1
-            forced = [n[1] for n in nexts]
-            free = [i for i in range(B) if forced[i] < 0]
-            if free:
-                _check_finite(logits, steps, follow, first)
-                tok = _choose(logits, lo, hi, B, nexts, free, illegal, settings, uniforms, seen,
-                              chain_rows, chain_of, scales, expand, vocab.keep)
-                tokens = [f if f >= 0 else t for f, t in zip(forced, tok)]
-            else:
-                tokens = forced
+        forwards = 1  # the prefill
+        jacobi = (ImageJacobi(cfg, grammar, B, first, follow, chain_rows, chain_of, device)
+                  if cfg.parallel == "sjd" and grammar.has_image and window_per_row(cfg, R) else None)
+
+        def commit(tokens: list[int]) -> bool:
+            """Push one id per conditional row, report the segments it completes; True when every row is done."""
             all_done = True
             for i, s in enumerate(states):
                 s.push(tokens[i])
@@ -304,14 +303,35 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
                             callback(first + i, span)
                     reported[i] = len(s.spans)
                 all_done = all_done and s.done
-            if all_done:
-                break
-            if seen is not None:
+            if seen is not None and not all_done:
                 seen[torch.arange(B, device=device), torch.tensor(tokens, device=device)] = True
+            return all_done
+
+        def check(x):
+            _check_finite(x, steps, follow, first)
+
+        while True:
+            steps += 1
+            forced = [n[1] for n in nexts]
+            free = [i for i in range(B) if forced[i] < 0]
+            if free:
+                check(logits)
+                tok = _choose(logits, lo, hi, B, nexts, free, illegal, settings, uniforms, seen,
+                              chain_rows, chain_of, scales, expand, vocab.keep)
+                tokens = [f if f >= 0 else t for f, t in zip(forced, tok)]
+            else:
+                tokens = forced
+            if commit(tokens):
+                break
+            if jacobi is not None:  # inside image spans: several codes per forward
+                tokens = jacobi.run(decoder, states, tokens, commit, check)
+                if all(s.done for s in states):
+                    break
             nexts = [s.next() for s in states]
             lo, hi = _window(nexts, col_lo, col_hi)
             step_ids = [tokens[f] for f in follow] if expand else tokens
             logits = decoder.step(torch.tensor(step_ids, device=device), lo, hi)
+            forwards += 1
     finally:
         if was_training:
             lm.train()
@@ -321,6 +341,9 @@ def _sample(lm, vocab, cfg, rows, groups, budgets, first, device, force, callbac
         stats.prefill_s += t_decode - t_prefill
         stats.decode_s += now - t_decode
         stats.steps += steps
+        stats.forwards += forwards + (jacobi.stats.forwards if jacobi is not None else 0)
+        if jacobi is not None:
+            add_counts(stats.sjd_tested, stats.sjd_accepted, jacobi.stats.tested, jacobi.stats.accepted)
         stats.rows += R
         stats.chunks += 1
         stats.backend = type(decoder).__name__
@@ -358,7 +381,9 @@ def _choose(logits, lo, hi, B, nexts, free, illegal, settings, uniforms, seen, c
     x = logits[:B] if expand else logits  # (B, W) conditional rows
     if chain_rows is not None:
         active = [g for i, g in chain_of.items() if nexts[i][3]]
-        if active:
+        if len(active) == B:  # every prompt guided now: chain g's conditional row is row g
+            x = guide(logits, chain_rows, scales)
+        elif active:
             rows = chain_rows if len(active) == len(chain_of) else chain_rows[active]
             x = x.index_copy(0, rows[:, 0], guide(logits, rows, scales))
     if B == 1:

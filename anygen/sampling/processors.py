@@ -4,7 +4,7 @@ All functions take logits (n, V) whose illegal ids are already -inf and return n
 tensors (never modify their input). Order as in transformers: repetition penalty,
 temperature, top-k, top-p, min-p, then draw. With finite logits and validated
 `SamplingSettings` no step produces NaN: temperature scales logits shifted to a row
-maximum of 0, and guidance adds log-probability differences.
+maximum of 0, and guidance adds logit differences.
 
 Seeded sampling gives every batch row its own `torch.Generator`, seeded by `row_seed(seed, row)`,
 so a row's draws depend on its seed and index only, never on the rows beside it.
@@ -140,19 +140,23 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 def guide(logits: torch.Tensor, rows: torch.Tensor, scales: tuple[float, ...]) -> torch.Tensor:
     """Chained classifier-free guidance in log-probability space.
 
-    logits (R, V) of all rows; rows (G, K+1) indexes, per guided prompt, its conditional
+    logits (R, ..., V) of all rows; rows (G, K+1) indexes, per guided prompt, its conditional
     row then K rows that each drop more conditioning (plain CFG: [cond, null]; editing as
     InstructPix2Pix: [image+text, image only, null]). With lp = log_softmax:
 
-        out = cond + sum_k (s_k - 1) * (lp[k-1] - lp[k])            (G, V)
+        out = cond + sum_k (s_k - 1) * (lp[k-1] - lp[k])            (G, ..., V)
 
     which is lp_null + s_1 (lp_cond - lp_null) for K = 1 and
     lp_null + s_I (lp_img - lp_null) + s_T (lp_full - lp_img) for K = 2 (s_T = s_1, s_I = s_2),
-    up to a per-row constant that sampling ignores. Every scale 1 returns `cond` bit for bit.
+    up to a per-row constant that sampling ignores. lp and the logits differ by a per-row constant
+    too, so the logits are used as they are (no normalisation per step): K = 1 is one
+    `lerp(null, cond, s)`. Every scale 1 returns `cond` bit for bit.
     """
-    lp = logits.log_softmax(-1)
-    out = logits[rows[:, 0]]
+    picked = logits[rows.T.reshape(-1)].view(rows.shape[1], rows.shape[0], *logits.shape[1:])  # (K+1, G, ..., V)
+    out = picked[0]
+    if len(scales) == 1:
+        return out if scales[0] == 1.0 else torch.lerp(picked[1], out, scales[0])
     for k, s in enumerate(scales, start=1):
         if s != 1.0:
-            out = out + (s - 1.0) * (lp[rows[:, k - 1]] - lp[rows[:, k]])
+            out = out + (s - 1.0) * (picked[k - 1] - picked[k])
     return out

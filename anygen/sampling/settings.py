@@ -33,6 +33,11 @@ MAX_REPETITION_PENALTY = 100.0
 # at 100 the guided distribution is already just the argmax of the guidance difference (noise
 # images), and infinite scales turn 0 * inf into NaN.
 MAX_GUIDANCE_SCALE = 100.0
+# Speculative Jacobi decoding feeds at most this many tokens per forward over a batch's rows: 16 rows
+# of the largest grid in use (16 x 16 = 256 codes) each; more only adds activation memory to a
+# forward that cannot accept them.
+MAX_SJD_WINDOW = 4096
+PARALLEL_MODES = ("none", "sjd")
 # torch.Generator seeds are 64-bit: [-2^63, 2^64) (a negative seed s means s + 2^64).
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
 
@@ -126,6 +131,12 @@ class GenerationConfig:
     unconditional row; editing: `(guidance_scale, image_guidance_scale)` for the image-only and null
     rows). A scale of 1 is exactly unguided. Guidance acts inside image/audio spans only,
     on the fraction `guidance_interval = (start, end)` of each span's code positions.
+
+    `parallel="sjd"` samples image codes by speculative Jacobi decoding: the same distribution as
+    one code per forward (the same ids when greedy), in fewer forwards. A forward feeds at most
+    `sjd_window` tokens over all rows of the batch (guidance rows included): each row's window is
+    `sjd_window // rows` codes, the committed one and drafts; a batch too wide for a few per row
+    (`jacobi.MIN_ROW_WINDOW`) decodes one code per forward.
     """
 
     max_new_tokens: int = 256
@@ -143,6 +154,8 @@ class GenerationConfig:
     stop_at_image: bool = False  # True: a row ends (finish "image") as it draws <boi>, before the image
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
+    parallel: str = "none"  # "sjd": image codes by speculative Jacobi decoding (anygen.sampling.jacobi)
+    sjd_window: int = 16  # tokens per SJD forward over the batch's rows: each row's window is sjd_window // rows
 
     def __post_init__(self):
         self.max_new_tokens = integer(self.max_new_tokens, "max_new_tokens")
@@ -175,6 +188,12 @@ class GenerationConfig:
               f"must be in 1..audio_max_frames, got {self.audio_min_frames}")
         self.seed = check_seed(self.seed)
         check(self.backend in ("auto", "fast", "hf"), "backend", f"must be auto, fast or hf, got {self.backend!r}")
+        check(self.parallel in PARALLEL_MODES, "parallel",
+              f"must be one of {', '.join(PARALLEL_MODES)}, got {self.parallel!r}")
+        self.sjd_window = integer(self.sjd_window, "sjd_window")
+        check(2 <= self.sjd_window <= MAX_SJD_WINDOW, "sjd_window",
+              f"must be in [2, {MAX_SJD_WINDOW}] (tokens per forward: a committed code and a draft at least), "
+              f"got {self.sjd_window}")
 
     @property
     def guided(self) -> bool:

@@ -206,13 +206,8 @@ class RowState:
         if self.queue:
             return g.ANY, self.queue[-1], self.modality(), False
         if mode == _CODES:
-            pos, prev = self.pos, self.prev
-            keep_ok = prev is not None and prev[0] == self.grid
-            if self.source is not None and not self.edited and self.editable is not None and not self.editable[pos]:
-                source = self.source[pos]
-                return g.ANY, g.keep if keep_ok and prev[1][pos] == source else source, IMAGE, False
-            frac = pos / self.n_codes
-            return g.image_codes_keep if keep_ok else g.image_codes, -1, IMAGE, self.guide_lo <= frac < self.guide_hi
+            mask, forced, guided = self.code_window(1)[0]
+            return mask, forced, IMAGE, guided
         if mode == TEXT:
             return g.text_mask_index(self.budget - len(self.ids)), -1, TEXT, False
         if mode == _AUDIO:
@@ -237,6 +232,24 @@ class RowState:
         if mode == _EOI:
             return g.ANY, g.eoi, IMAGE, False
         return g.ANY, g.pad, TEXT, False  # done: the row idles on <pad>
+
+    def code_window(self, n: int) -> list[tuple[int, int, bool]]:
+        """What `next()` would answer for each of the next `n` ids, as (mask row, forced id or -1, guide),
+        as far as they are code slots of the open image span and fit the budget ([] elsewhere)."""
+        if self.mode != _CODES or self.queue:
+            return []
+        g, prev, pos = self.g, self.prev, self.pos
+        keep_ok = prev is not None and prev[0] == self.grid
+        copying = self.source is not None and not self.edited and self.editable is not None
+        mask = g.image_codes_keep if keep_ok else g.image_codes
+        out = []
+        for p in range(pos, min(self.n_codes, pos + n, pos + self.budget - len(self.ids))):
+            if copying and not self.editable[p]:
+                source = self.source[p]
+                out.append((g.ANY, g.keep if keep_ok and prev[1][p] == source else source, False))
+            else:
+                out.append((mask, -1, self.guide_lo <= p / self.n_codes < self.guide_hi))
+        return out
 
     def _source_grid(self):
         if self.source is None or self.edited:

@@ -8,14 +8,6 @@ from anygen.model.positions import ImagePositions
 from anygen.sampling.backends import FastDecoder, HFDecoder, fast_supported, make_decoder, resolve_lm
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(kv_heads=1, attn="sdpa", vocab=60, seed=0):
     torch.manual_seed(seed)
     cfg = Qwen3Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

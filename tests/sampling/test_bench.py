@@ -16,13 +16,21 @@ def test_sample_bench_reports_all_figures():
     decoded = []
     threads = torch.get_num_threads()
     r = run_sample_bench(model, vocab, threads=1, n_tokens=6, prompt_len=4, repeats=1, bandwidth_mb=4,
-                         codec_decode=lambda codes: decoded.append(codes))
+                         codec_decode=lambda codes: decoded.append(codes), large_model=False, guidance_pairs=3,
+                         sjd_window=4)
     assert torch.get_num_threads() == threads  # restored
     assert decoded and decoded[0].shape == (1, 2, 2) and 0 <= int(decoded[0].min()) and int(decoded[0].max()) < 16
     for key in ("engine_tokens_per_s", "hf_generate_tokens_per_s", "speedup_vs_hf_generate"):
         assert r["decode"][key] > 0
     assert 0 < r["bandwidth"]["utilisation"] and r["bandwidth"]["copy_gb_per_s"] > 0
     assert r["guidance"]["ratio"] > 0 and r["first_image"]["codec_decode_s"] is not None
-    assert "tok/s" in format_sample_bench(r)
+    assert len(r["guidance"]["ratios"]) == 3 and r["guidance"]["sjd"]["ratio"] > 0
+    for name in ("greedy", "sampled"):
+        x = r["sjd"][name]
+        # prefill + <boi> + <grid> + 4 codes + <eoi> one per forward; SJD drafts the codes
+        assert x["sequential"]["forwards_per_image"] == 7 > x["sjd"]["forwards_per_image"]
+        assert x["speedup"] > 0 and x["acceptance_by_offset"]
+    text = format_sample_bench(r)
+    assert "tok/s" in text and "SJD (window 4)" in text
     full = decode_bytes_per_token(model, 10)
     assert decode_bytes_per_token(model, 10, head_columns=vocab.n_text) < full

@@ -13,14 +13,6 @@ from anygen.sampling import GenerationConfig, GenerationStats, Prompt, SamplingS
 from anygen.vocab import Vocab
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_vocab(layout="flat", image_keep=False):
     return Vocab(n_text=24, image_codebook_size=16, image_grids=((2, 2), (2, 3)), audio_codebook_size=8,
                  audio_levels=2, audio_layout=layout, image_keep=image_keep)

@@ -15,14 +15,6 @@ from anygen.sampling.settings import (GREEDY_BELOW_TEMPERATURE, MAX_GUIDANCE_SCA
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PRESETS = Path(__file__).resolve().parents[2] / "sampling"
 NEG = float("-inf")
 

@@ -65,6 +65,8 @@ def cmd_eval_shapes(args) -> None:
     draw_settings = {}
     if args.best_of > 1 or args.sample_images:
         draw_settings["image"] = SamplingSettings(temperature=1.0, top_k=64)
+    if args.parallel != "none":
+        draw_settings["parallel"] = args.parallel
     model = _WithOptions(model_of(args), draw, draw_settings, edit, story)
     from tqdm import tqdm
 
@@ -136,6 +138,8 @@ def add_commands(sub, ev_sub) -> None:
                    help="text->image: sample K candidates and keep the best by caption likelihood")
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
+    p.add_argument("--parallel", choices=("none", "sjd"), default="none",
+                   help="text->image codes by speculative Jacobi decoding (sjd) or one per forward (default)")
     add_edit_flags(p, "edit-")  # the edits' strategy, as `anygen edit` takes it
     p.add_argument("--edit-kinds", dest="edit_kinds",
                    help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "
