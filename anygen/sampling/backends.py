@@ -281,7 +281,12 @@ class FastDecoder:
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions: ImagePositions = CONSECUTIVE):
-    """`FastDecoder` where it reproduces the model (backend 'auto'/'fast'), else `HFDecoder`."""
+    """`FastDecoder` where it reproduces the model (backend 'auto'/'fast'), else `HFDecoder`; a model
+    that brings its own decoder (`lm.anygen_decoder(n_rows, max_len, positions)`, e.g. a released
+    checkpoint fed through `anygen.interop`) uses that one."""
+    own = getattr(lm, "anygen_decoder", None)
+    if own is not None:
+        return own(n_rows, max_len, positions)
     if backend == "hf":
         return HFDecoder(lm, n_rows, max_len, positions)
     if fast_supported(lm):
