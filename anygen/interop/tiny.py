@@ -63,3 +63,44 @@ def write_tiny_emu3(directory: str | os.PathLike, *, layers: int = 2, hidden: in
         "max_pixels": 4096 * factor * factor, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
     (directory / "processor_config.json").write_text(json.dumps({"image_area": (grid * factor) ** 2}))
     return directory
+
+
+CHAMELEON_SPECIALS = ("<pad>", "<s>", "</s>", "<racm3:break>", "<eoss>", "<image>")
+
+
+def chameleon_code_name(code: int) -> str:
+    """Chameleon's name of image code `code` (12 -> IMGIMGBCZ)."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+def write_tiny_chameleon(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+                         kv_heads: int = 2, codebook: int = 64, resolution: int = 8, context: int = 512,
+                         seed: int = 0) -> Path:
+    """A random Chameleon directory: `layers` x `hidden` text model and a VQVAE encoder with `codebook`
+    codes reading `resolution`-pixel images as (resolution / 2)^2 codes. Returns the directory."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    directory = Path(directory)
+    names = [UNK] + list(CHARS) + list(CHAMELEON_SPECIALS) + [chameleon_code_name(k) for k in range(codebook)]
+    vocabulary = {name: i for i, name in enumerate(names)}
+    config = ChameleonConfig(
+        vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=context,
+        bos_token_id=vocabulary["<s>"], eos_token_id=vocabulary["</s>"], pad_token_id=vocabulary["<pad>"],
+        vq_config=dict(embed_dim=4, num_embeddings=codebook, latent_channels=4, resolution=resolution,
+                       base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1, attn_resolutions=[]),
+        vocabulary_map=vocabulary, image_token_id=vocabulary["<image>"])
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a random codebook of zeros would give every image one code
+        model.model.vqmodel.quantize.embedding.weight.normal_()
+    model.save_pretrained(directory)
+    specials = list(CHAMELEON_SPECIALS) + names[len(names) - codebook:]
+    text_vocab = {n: i for n, i in vocabulary.items() if n not in specials}
+    _char_tokenizer(text_vocab, specials, "<s>", "</s>", "<pad>").save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ChameleonImageProcessor", "size": {"shortest_edge": resolution},
+        "crop_size": {"height": resolution, "width": resolution}}))
+    side = resolution // 2
+    (directory / "processor_config.json").write_text(json.dumps({"image_seq_length": side * side}))
+    return directory
