@@ -168,9 +168,13 @@ class InteropLM(nn.Module):
     `config.max_position_embeddings` is the context in anygen ids: the model's context less one
     row end per image row and `SPAN_OVERHEAD` (the longest expansion of an image span)."""
 
-    def __init__(self, hf, body, head: nn.Module, idmap: IdMap, context: int, model_type: str):
+    def __init__(self, hf, body, head: nn.Module, idmap: IdMap, context: int, model_type: str,
+                 llama_body: bool = False):
         super().__init__()
         self.hf, self.idmap, self.model_type = hf, idmap, model_type
+        # `FastDecoder` reproduces a Llama-style body; it needs every id fed while sampling to feed something
+        fed_later = [n for n in idmap.specials if n not in ("<null>", "<boa>", "<eoa>", "<apad>")]
+        self.fast_ok = llama_body and all(idmap.specials[n] for n in fed_later)
         self._body = body
         self._head_module = head
         cols, never = idmap.columns()
@@ -182,12 +186,19 @@ class InteropLM(nn.Module):
         self.config = SimpleNamespace(max_position_embeddings=max(room, 1), model_type=model_type)
         self._prepared = None
 
+    def train(self, mode: bool = True):
+        """Switch train/eval mode, walking the submodules only when the mode changes (the sampler
+        asks for eval mode on every call)."""
+        if mode != self.training or any(m.training != mode for m in (self.hf, self._body)):
+            super().train(mode)
+        return self
+
     def head_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(V, D) output weights in anygen id order and (V,) bias (-inf for ids never drawn); cached."""
         weight = self._head_module.weight
         key = (weight.data_ptr(), weight._version, weight.device)
         if self._prepared is None or self._prepared[0] != key:
-            with torch.no_grad():
+            with torch.inference_mode(False), torch.no_grad():  # normal tensors: FastDecoder tracks their versions
                 rows = weight.detach()[self.cols.to(weight.device)].contiguous()
                 bias = torch.zeros(len(self.cols), dtype=rows.dtype, device=rows.device)
                 bias[self.never.to(rows.device)] = float("-inf")
@@ -222,18 +233,56 @@ class InteropLM(nn.Module):
         picked = hidden.gather(1, torch.tensor(where, device=device)[..., None].expand(B, T, hidden.shape[-1]))
         return SimpleNamespace(logits=picked @ head.t() + bias)
 
-    def anygen_decoder(self, n_rows: int, max_len: int, positions=None) -> "ExpandingDecoder":
-        """The decoder `anygen.sampling.backends.make_decoder` uses for this model."""
-        return ExpandingDecoder(self, n_rows)
+    def fast_view(self) -> nn.Module:
+        """The body with the output head in anygen id order (a bias of -inf on ids never drawn), as the
+        causal LM `anygen.sampling.backends.FastDecoder` expects; cached while the weights stay."""
+        rows, bias = self.head_rows()
+        view = getattr(self, "_fast_view", None)
+        if view is None or view.lm_head.weight is not rows:
+            view = _LlamaView(self._body, rows, bias)
+            object.__setattr__(self, "_fast_view", view)  # not a submodule: no second copy in state_dict
+        return view
+
+    def anygen_decoder(self, n_rows: int, max_len: int, positions=None, backend: str = "auto") -> "ExpandingDecoder":
+        """The decoder `anygen.sampling.backends.make_decoder` uses for this model: the model's own forward
+        (backend "hf", and models `FastDecoder` does not reproduce) or `FastDecoder` over its weights."""
+        if backend == "fast" and not self.fast_ok:
+            raise ValueError(f"the fast decoder does not support {self.model_type}; use backend='hf'")
+        return ExpandingDecoder(self, n_rows, max_len, fast=self.fast_ok and backend != "hf")
+
+
+class _LlamaView(nn.Module):
+    """A Llama-style body plus an anygen-ordered output head, shaped as the causal LM `FastDecoder` reads."""
+
+    def __init__(self, body, rows: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.model, self.config = body, body.config
+        self.lm_head = nn.Linear(rows.shape[1], rows.shape[0], bias=True, device="meta")
+        self.lm_head.weight = nn.Parameter(rows, requires_grad=False)
+        self.lm_head.bias = nn.Parameter(bias, requires_grad=False)
 
 
 class ExpandingDecoder:
-    """`prefill`/`step` in anygen ids over a model fed their expansions (see the module docstring)."""
+    """`prefill`/`step` in anygen ids over a model fed their expansions (see the module docstring).
 
-    def __init__(self, lm: InteropLM, n_rows: int):
-        self.lm, self.n_rows = lm, n_rows
+    `fast`: the expansions run through `FastDecoder` one model id per sub-step (rows with shorter
+    expansions hold, right-aligned, so every row's last sub-step is a real id); else through the
+    model's forward with a `DynamicCache`, all of a step's expansions in one call."""
+
+    def __init__(self, lm: InteropLM, n_rows: int, max_len: int, fast: bool = False):
+        self.lm, self.n_rows, self.max_len, self.fast = lm, n_rows, max_len, fast
         self.head, self.bias = lm.head_rows()
         self.device = self.head.device
+
+    def _model_len(self, prefill_len: int, anygen_len: int) -> int:
+        """An upper bound on the model ids a row holds: its prefill, then one id per new anygen id,
+        a row end per row of codes and `SPAN_OVERHEAD` per image span."""
+        v = self.lm.idmap.vocab
+        new = max(self.max_len - anygen_len, 0)
+        widths = [w for _, w in v.image_grids] if v.image_codebook_size else []
+        row_ends = new // min(widths) + 1 if widths and self.lm.idmap.row_end is not None else 0
+        spans = new // (3 + min(h * w for h, w in v.image_grids)) + 1 if widths else 0
+        return prefill_len + new + row_ends + spans * SPAN_OVERHEAD + 1
 
     def _feed(self, seqs: list[tuple[int, ...]]) -> None:
         """Append each row's model ids to the cache (shorter rows: masked pad slots first)."""
@@ -265,24 +314,43 @@ class ExpandingDecoder:
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor, n_pad: torch.Tensor, lo: int = 0, hi: int | None = None):
-        from transformers import DynamicCache
-
         R = ids.shape[0]
         self.rows = [RowExpander(self.lm.idmap) for _ in range(R)]
+        seqs = [tuple(t for tok in ids[r, int(n_pad[r]):].tolist() for t in self.rows[r].feed(tok)) for r in range(R)]
+        if self.fast:
+            from anygen.sampling.backends import FastDecoder
+
+            width = max(len(s) for s in seqs)
+            model_ids = torch.tensor([[self.lm.idmap.pad] * (width - len(s)) + list(s) for s in seqs])
+            self.inner = FastDecoder(self.lm.fast_view(), R, self._model_len(width, ids.shape[1]))
+            return self.inner.prefill(model_ids.to(self.device),
+                                      torch.tensor([width - len(s) for s in seqs], device=self.device), lo, hi)
+        from transformers import DynamicCache
+
         self.cache = DynamicCache()
         self.mask, self.h = None, None
         self.next_pos = torch.zeros(R, dtype=torch.long)
-        seqs = []
-        for r in range(R):
-            row = [t for tok in ids[r, int(n_pad[r]):].tolist() for t in self.rows[r].feed(tok)]
-            seqs.append(tuple(row))
         self._feed(seqs)
         return self._logits(lo, hi)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
-        self._feed([self.rows[r].feed(t) for r, t in enumerate(tokens.tolist())])
-        return self._logits(lo, hi)
+        seqs = [self.rows[r].feed(t) for r, t in enumerate(tokens.tolist())]
+        if not self.fast:
+            self._feed(seqs)
+            return self._logits(lo, hi)
+        k = max(len(s) for s in seqs)
+        if k == 1:
+            return self.inner.step(torch.tensor([s[0] for s in seqs], device=self.device), lo, hi)
+        logits = None
+        for j in range(k):
+            first = [k - len(s) for s in seqs]
+            fed = torch.tensor([s[j - f] if j >= f else self.lm.idmap.pad for s, f in zip(seqs, first)],
+                               device=self.device)
+            hold = torch.tensor([j < f for f in first], device=self.device)
+            last = j == k - 1
+            logits = self.inner.step(fed, lo if last else 0, hi if last else 0, hold if bool(hold.any()) else None)
+        return logits
 
 
 def read_config(directory: str | os.PathLike) -> dict:

@@ -136,7 +136,8 @@ def load(directory: str | os.PathLike, device: str = "cpu"):
                      "<eoi>": (ids[EOF], ids[EOI]), Vocab.grid_token(codec.grid): grid_ids})
     scores = {"<pad>": pad, "<eos>": eos, "<boi>": ids[BOI], "<eoi>": ids[EOF], Vocab.grid_token(codec.grid): grid_ids[0]}
     idmap = IdMap(vocab, tuple(text_ids), tuple(i for _, i in visual), specials, scores, ids[EOL], pad)
-    lm = InteropLM(hf, hf.model.text_model, hf.lm_head, idmap, int(text_cfg.max_position_embeddings), MODEL_TYPE)
+    lm = InteropLM(hf, hf.model.text_model, hf.lm_head, idmap, int(text_cfg.max_position_embeddings), MODEL_TYPE,
+                   llama_body=text_cfg.hidden_act == "silu")
     mm = MultimodalTokenizer(text, codec)
     if mm.vocab != vocab:
         raise AnygenError(f"{directory}: {MODEL_TYPE}: the tokenizer's vocabulary does not match the model's")

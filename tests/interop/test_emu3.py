@@ -77,13 +77,15 @@ def emu3_prefix_constraint(hf, height, width):
     return allowed
 
 
+@pytest.mark.parametrize("backend", ["auto", "hf"])
 @pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_draw_equals_transformers_generate(emu3_dir, hf, scale):
+def test_draw_equals_transformers_generate(emu3_dir, hf, scale, backend):
     """Greedy image tokens (and the decoded picture) equal transformers' generate with Emu3's prefix
-    constraint; with guidance, transformers' guidance_scale + negative_prompt_ids path."""
+    constraint; with guidance, transformers' guidance_scale + negative_prompt_ids path. Both decoders:
+    `FastDecoder` over Emu3's Llama-style weights ("auto") and the model's own forward ("hf")."""
     recorder = Recorder()
     g = load_model(emu3_dir, sampler=recorder)
-    [picture] = g.draw("a red cat on a mat", guidance_scale=scale)
+    [picture] = g.draw("a red cat on a mat", guidance_scale=scale, backend=backend)
     [(prompts, [result])] = recorder.calls
     v = g.vocab
     eoi_at = result.ids.index(v.eoi)
@@ -112,6 +114,7 @@ def test_guided_batch_rows_equal_single_rows(emu3_dir):
     texts = ["a cat", "two small dogs near a big red house"]
     together = g.draw_batch(texts, guidance_scale=2.5)
     alone = [g.draw(t, guidance_scale=2.5)[0] for t in texts]
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(together, together[::-1]))
     for a, b in zip(together, alone):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert len(recorder.calls[0][1]) == 2
