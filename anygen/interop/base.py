@@ -183,7 +183,12 @@ class InteropLM(nn.Module):
         grid = max((h * w for h, w in idmap.vocab.image_grids), default=0)
         rows = max((h for h, w in idmap.vocab.image_grids), default=0)
         room = context - (SPAN_OVERHEAD + rows if grid and idmap.row_end is not None else 0)
-        self.config = SimpleNamespace(max_position_embeddings=max(room, 1), model_type=model_type)
+        body_cfg = getattr(body, "config", None)
+        shape = {k: getattr(body_cfg, k, None) for k in ("num_attention_heads", "num_key_value_heads", "head_dim",
+                                                         "num_hidden_layers", "hidden_size")}
+        # the attention shape lets the sampler size its KV cache per row (chunking large batches)
+        self.config = SimpleNamespace(max_position_embeddings=max(room, 1), model_type=model_type,
+                                      **{k: v for k, v in shape.items() if v is not None})
         self._prepared = None
 
     def train(self, mode: bool = True):

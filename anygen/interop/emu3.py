@@ -34,7 +34,7 @@ from anygen.vocab import SPECIAL_TOKENS, Vocab
 MODEL_TYPE = "emu3"
 DEFAULT_IMAGE_AREA = 518400  # Emu3Processor.image_area: 720 x 720 pixels, a 90 x 90 code grid
 TASKS = ("text_to_image", "image_to_text", "document")  # what Emu3 does through anygen
-WHY_NOT = {"edit": "it has no image-editing layout", "text_to_audio": "it has no audio codec",
+WHY_NOT = {"edit": "Emu3 has no image-editing mode (it draws from text and reads images)", "text_to_audio": "it has no audio codec",
            "audio_to_text": "it has no audio codec"}
 # Emu3's structural tokens, by their names in the vocabulary map
 BOI, EOI, WRAPPER, EOL, EOF, PLACEHOLDER = ("<|image start|>", "<|image end|>", "<|image token|>", "<|extra_200|>",
