@@ -369,6 +369,20 @@ def read_config(directory: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def processor_setting(directory: str | os.PathLike, key: str, default: int, minimum: int = 1) -> int:
+    """An integer processor setting from the directory's processor_config.json (else `default`)."""
+    from anygen.io import read_json_file
+
+    path = Path(directory) / "processor_config.json"
+    data = read_json_file(path) if path.is_file() else {}
+    value = data.get(key) if isinstance(data, dict) else None
+    if value is None:
+        return default
+    if type(value) is not int or value < minimum:
+        raise AnygenError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
 def open_pretrained(directory: str | os.PathLike, cls, dtype: torch.dtype = torch.float32):
     """`cls.from_pretrained(directory)` from local safetensors only, never running checkpoint code."""
     directory = Path(directory)
@@ -399,8 +413,58 @@ def open_tokenizer(directory: str | os.PathLike):
         raise AnygenError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {msg})") from None
 
 
-def special_id(vocabulary: Mapping[str, int], name: str, model_type: str) -> int:
-    """The model id of token `name` in the model's vocabulary map; a one-line error when it has none."""
-    if name not in vocabulary:
-        raise AnygenError(f"{model_type}: the model's vocabulary has no {name} token")
-    return int(vocabulary[name])
+@dataclass
+class Checkpoint:
+    """What every adapter reads from a released directory, checked once (`Checkpoint.open`).
+
+    hf (the loaded model), tokenizer (its HF tokenizer), processor (its image processor),
+    vocabulary (config.json's token name -> id map), bos/eos/pad (model ids), codes (model id of
+    each VQ code, in code order)."""
+
+    directory: Path
+    model_type: str
+    hf: object
+    tokenizer: object
+    processor: object
+    vocabulary: dict
+    bos: int
+    eos: int
+    pad: int
+    codes: tuple[int, ...]
+
+    @classmethod
+    def open(cls, directory, model_type: str, model_cls, processor_cls, device: str, text_config, code_of,
+             codebook_size) -> "Checkpoint":
+        """Load `model_cls` and its parts; `text_config(hf)` is the config holding the bos/eos/pad ids,
+        `code_of(name)` a vocabulary name's code (None: not an image code), `codebook_size(hf)` the VQ's."""
+        directory = Path(directory)
+        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+        hf = open_pretrained(directory, model_cls, dtype).to(device)
+        tokenizer = open_tokenizer(directory)
+        processor = (processor_cls.from_pretrained(str(directory), local_files_only=True)
+                     if (directory / "preprocessor_config.json").is_file() else processor_cls())
+        where = f"{directory}/config.json: {model_type}"
+        vocabulary = dict(hf.config.vocabulary_map or {})
+        if not vocabulary:
+            raise AnygenError(f"{where}: no vocabulary_map")
+        cfg = text_config(hf)
+        if cfg.bos_token_id is None or cfg.eos_token_id is None:
+            raise AnygenError(f"{where}: the config needs bos_token_id and eos_token_id")
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
+        visual = sorted((code, int(i)) for name, i in vocabulary.items() if (code := code_of(name)) is not None)
+        codebook = int(codebook_size(hf))
+        if [c for c, _ in visual] != list(range(codebook)):
+            raise AnygenError(f"{where}: the vocabulary has {len(visual)} image-code tokens, the VQVAE codebook {codebook}")
+        return cls(directory, model_type, hf, tokenizer, processor, vocabulary, int(cfg.bos_token_id),
+                   int(cfg.eos_token_id), int(pad), tuple(i for _, i in visual))
+
+    def special(self, name: str) -> int:
+        """The model id of token `name`; a one-line error when the vocabulary has none."""
+        if name not in self.vocabulary:
+            raise AnygenError(f"{self.model_type}: the model's vocabulary has no {name} token")
+        return int(self.vocabulary[name])
+
+    def text_ids(self, n_model: int, structural) -> list[int]:
+        """The model ids that are anygen text: all but the image codes and the `structural` ids."""
+        skip = set(structural) | set(self.codes) | {self.bos, self.eos, self.pad}
+        return [i for i in range(n_model) if i not in skip]

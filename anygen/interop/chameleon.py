@@ -20,8 +20,7 @@ from pathlib import Path
 import torch
 
 from anygen.errors import AnygenError
-from anygen.interop.base import IdMap, InteropLM, ModelText, open_pretrained, open_tokenizer, special_id
-from anygen.io import read_json_file
+from anygen.interop.base import Checkpoint, IdMap, InteropLM, ModelText, processor_setting
 from anygen.tokenizer import MultimodalTokenizer
 from anygen.vocab import SPECIAL_TOKENS, Vocab
 
@@ -35,8 +34,10 @@ BOI, EOI, PLACEHOLDER = "<racm3:break>", "<eoss>", "<image>"
 CODE_PREFIX, CODE_DIGITS = "IMGIMG", {chr(ord("A") + i): str(i) for i in range(10)}
 
 
-def code_of(name: str) -> int:
-    """A Chameleon image token's code (`IMGIMGBCZ` -> 12)."""
+def code_of(name: str) -> int | None:
+    """A Chameleon image token's code (`IMGIMGBCZ` -> 12), None for other tokens."""
+    if not name.startswith(CODE_PREFIX):
+        return None
     return int("".join(CODE_DIGITS.get(c, c) for c in name[len(CODE_PREFIX):-1]))
 
 
@@ -69,56 +70,33 @@ class ChameleonCodec:
 
 def image_grid(directory: Path) -> tuple[int, int]:
     """The square code grid of `image_seq_length` (processor_config.json, else ChameleonProcessor's 1024)."""
-    n = DEFAULT_IMAGE_SEQ_LENGTH
-    path = directory / "processor_config.json"
-    if path.is_file():
-        data = read_json_file(path)
-        if isinstance(data, dict) and data.get("image_seq_length") is not None:
-            n = data["image_seq_length"]
-    side = math.isqrt(n) if type(n) is int and n > 0 else 0
+    n = processor_setting(directory, "image_seq_length", DEFAULT_IMAGE_SEQ_LENGTH)
+    side = math.isqrt(n)
     if side * side != n:
-        raise AnygenError(f"{path}: image_seq_length must be a square number of codes, got {n!r}")
+        raise AnygenError(f"{directory}/processor_config.json: image_seq_length must be a square number of codes, "
+                          f"got {n}")
     return side, side
 
 
 def load(directory: str | os.PathLike, device: str = "cpu"):
     """A Chameleon directory -> (InteropLM, MultimodalTokenizer, meta) for `anygen.api.AnyGen`."""
     from transformers import ChameleonForConditionalGeneration
-    from transformers import ChameleonImageProcessorPil as ChameleonImageProcessor  # no torchvision needed
+    from transformers import ChameleonImageProcessorPil  # the PIL processor: no torchvision needed
 
-    directory = Path(directory)
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    hf = open_pretrained(directory, ChameleonForConditionalGeneration, dtype).to(device)
-    tokenizer = open_tokenizer(directory)
-    processor = (ChameleonImageProcessor.from_pretrained(str(directory), local_files_only=True)
-                 if (directory / "preprocessor_config.json").is_file() else ChameleonImageProcessor())
-    config = hf.config
-    vocabulary = dict(config.vocabulary_map or {})
-    if not vocabulary:
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: no vocabulary_map")
-    boi, eoi = special_id(vocabulary, BOI, MODEL_TYPE), special_id(vocabulary, EOI, MODEL_TYPE)
-    bos, eos = config.bos_token_id, config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else eos
-    if bos is None or eos is None:
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: needs bos_token_id and eos_token_id")
-    visual = sorted((code_of(name), int(i)) for name, i in vocabulary.items() if name.startswith(CODE_PREFIX))
-    codebook = int(hf.model.vqmodel.config.num_embeddings)
-    if [c for c, _ in visual] != list(range(codebook)):
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: the vocabulary has {len(visual)} image tokens, "
-                          f"the VQVAE codebook {codebook}")
-    codec = ChameleonCodec(hf.model.vqmodel, processor, image_grid(directory))
-    structural = {boi, eoi, bos, eos, pad, vocabulary.get(PLACEHOLDER, -1)}
-    code_ids = {i for _, i in visual}
-    n_model = int(config.vocab_size)
-    text_ids = [i for i in range(n_model) if i not in structural and i not in code_ids]
-    vocab = Vocab(n_text=len(text_ids), image_codebook_size=codebook, image_grids=(codec.grid,))
+    ck = Checkpoint.open(directory, MODEL_TYPE, ChameleonForConditionalGeneration, ChameleonImageProcessorPil, device,
+                         lambda hf: hf.config, code_of, lambda hf: hf.model.vqmodel.config.num_embeddings)
+    hf = ck.hf
+    boi, eoi = ck.special(BOI), ck.special(EOI)
+    codec = ChameleonCodec(hf.model.vqmodel, ck.processor, image_grid(ck.directory))
+    n_model = int(hf.config.vocab_size)
+    text_ids = ck.text_ids(n_model, {boi, eoi, ck.vocabulary.get(PLACEHOLDER, -1)})
+    vocab = Vocab(n_text=len(text_ids), image_codebook_size=len(ck.codes), image_grids=(codec.grid,))
     specials = {name: () for name in SPECIAL_TOKENS}
-    specials.update({"<pad>": (pad,), "<bos>": (bos,), "<eos>": (eos,), "<boi>": (boi,), "<eoi>": (eoi,),
-                     Vocab.grid_token(codec.grid): ()})
-    scores = {"<pad>": pad, "<eos>": eos, "<eoi>": eoi}  # no "<boi>": an image it starts could not be decoded
-    idmap = IdMap(vocab, tuple(text_ids), tuple(i for _, i in visual), specials, scores, None, pad)
-    lm = InteropLM(hf, hf.model, hf.lm_head, idmap, int(config.max_position_embeddings), MODEL_TYPE)
-    mm = MultimodalTokenizer(ModelText(tokenizer, text_ids, n_model), codec)
+    specials.update({"<pad>": (ck.pad,), "<bos>": (ck.bos,), "<eos>": (ck.eos,), "<boi>": (boi,), "<eoi>": (eoi,),
+                     Vocab.grid_token(codec.grid): ()})  # Chameleon writes no grid: its images are one size
+    scores = {"<pad>": ck.pad, "<eos>": ck.eos, "<eoi>": eoi}  # no "<boi>": an image it starts could not be decoded
+    idmap = IdMap(vocab, tuple(text_ids), ck.codes, specials, scores, None, ck.pad)
+    lm = InteropLM(hf, hf.model, hf.lm_head, idmap, int(hf.config.max_position_embeddings), MODEL_TYPE)
     meta = {"architecture": "ChameleonForConditionalGeneration", "model_type": MODEL_TYPE, "tasks": list(TASKS),
             "why_not": WHY_NOT}
-    return lm, mm, meta
+    return lm, MultimodalTokenizer(ModelText(ck.tokenizer, text_ids, n_model), codec), meta

@@ -26,8 +26,7 @@ import torch
 from PIL import Image as PILImage
 
 from anygen.errors import AnygenError
-from anygen.interop.base import IdMap, InteropLM, ModelText, open_pretrained, open_tokenizer, special_id
-from anygen.io import read_json_file
+from anygen.interop.base import Checkpoint, IdMap, InteropLM, ModelText, processor_setting
 from anygen.tokenizer import MultimodalTokenizer
 from anygen.vocab import SPECIAL_TOKENS, Vocab
 
@@ -84,63 +83,40 @@ class Emu3Codec:
 
 def generation_grid(directory: Path, factor: int) -> tuple[int, int]:
     """The code grid Emu3Processor generates at ratio 1:1 (`image_area` from processor_config.json)."""
-    area = DEFAULT_IMAGE_AREA
-    path = directory / "processor_config.json"
-    if path.is_file():
-        data = read_json_file(path)
-        if isinstance(data, dict) and data.get("image_area") is not None:
-            area = data["image_area"]
-            if type(area) is not int or area < factor * factor:
-                raise AnygenError(f"{path}: image_area must be an integer >= {factor * factor}, got {area!r}")
+    area = processor_setting(directory, "image_area", DEFAULT_IMAGE_AREA, minimum=factor * factor)
     side = int(round(math.sqrt(area) / factor))
     return side, side
+
+
+def visual_code(name: str) -> int | None:
+    """The code of an Emu3 visual token (`<|visual token 000012|>` -> 12), None for other tokens."""
+    return int(name[len(VISUAL_PREFIX):].strip(" |>")) if name.startswith(VISUAL_PREFIX) else None
 
 
 def load(directory: str | os.PathLike, device: str = "cpu"):
     """An Emu3 directory -> (InteropLM, MultimodalTokenizer, meta) for `anygen.api.AnyGen`."""
     from transformers import Emu3ForConditionalGeneration, Emu3ImageProcessor
 
-    directory = Path(directory)
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    hf = open_pretrained(directory, Emu3ForConditionalGeneration, dtype).to(device)
-    tokenizer = open_tokenizer(directory)
-    processor = (Emu3ImageProcessor.from_pretrained(str(directory), local_files_only=True)
-                 if (directory / "preprocessor_config.json").is_file() else Emu3ImageProcessor())
-    config = hf.config
-    vocabulary = dict(config.vocabulary_map or {})
-    if not vocabulary:
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: no vocabulary_map")
-    ids = {name: special_id(vocabulary, name, MODEL_TYPE) for name in (BOI, EOI, WRAPPER, EOL, EOF)}
-    text_cfg = config.text_config
-    bos, eos = text_cfg.bos_token_id, text_cfg.eos_token_id
-    pad = text_cfg.pad_token_id if text_cfg.pad_token_id is not None else eos
-    if bos is None or eos is None:
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: text_config needs bos_token_id and eos_token_id")
-    visual = sorted((int(name[len(VISUAL_PREFIX):].strip(" |>")), int(i)) for name, i in vocabulary.items()
-                    if name.startswith(VISUAL_PREFIX))
-    codebook = int(hf.model.vqmodel.config.codebook_size)
-    if [c for c, _ in visual] != list(range(codebook)):
-        raise AnygenError(f"{directory}/config.json: {MODEL_TYPE}: the vocabulary has {len(visual)} visual tokens, "
-                          f"the VQVAE codebook {codebook}")
-    codec = Emu3Codec(hf.model.vqmodel, processor, generation_grid(directory, hf.model.vqmodel.vision_spatial_factor))
-    structural = set(ids.values()) | {bos, eos, pad, vocabulary.get(PLACEHOLDER, -1)}
-    code_ids = {i for _, i in visual}
+    ck = Checkpoint.open(directory, MODEL_TYPE, Emu3ForConditionalGeneration, Emu3ImageProcessor, device,
+                         lambda hf: hf.config.text_config, visual_code, lambda hf: hf.model.vqmodel.config.codebook_size)
+    hf, text_cfg = ck.hf, ck.hf.config.text_config
+    ids = {name: ck.special(name) for name in (BOI, EOI, WRAPPER, EOL, EOF)}
+    vq = hf.model.vqmodel
+    codec = Emu3Codec(vq, ck.processor, generation_grid(ck.directory, vq.vision_spatial_factor))
     n_model = int(text_cfg.vocab_size)
-    text_ids = [i for i in range(n_model) if i not in structural and i not in code_ids]
-    vocab = Vocab(n_text=len(text_ids), image_codebook_size=codebook, image_grids=(codec.grid,))
-    text = ModelText(tokenizer, text_ids, n_model)
+    text_ids = ck.text_ids(n_model, set(ids.values()) | {ck.vocabulary.get(PLACEHOLDER, -1)})
+    vocab = Vocab(n_text=len(text_ids), image_codebook_size=len(ck.codes), image_grids=(codec.grid,))
+    text = ModelText(ck.tokenizer, text_ids, n_model)
     h, w = codec.grid
+    grid_token = Vocab.grid_token(codec.grid)
     grid_ids = tuple(text.encode_model(f"{h}*{w}")) + (ids[WRAPPER],)
     specials = {name: () for name in SPECIAL_TOKENS}
-    specials.update({"<pad>": (pad,), "<bos>": (bos,), "<eos>": (eos,), "<boi>": (ids[BOI],),
-                     "<eoi>": (ids[EOF], ids[EOI]), Vocab.grid_token(codec.grid): grid_ids})
-    scores = {"<pad>": pad, "<eos>": eos, "<boi>": ids[BOI], "<eoi>": ids[EOF], Vocab.grid_token(codec.grid): grid_ids[0]}
-    idmap = IdMap(vocab, tuple(text_ids), tuple(i for _, i in visual), specials, scores, ids[EOL], pad)
+    specials.update({"<pad>": (ck.pad,), "<bos>": (ck.bos,), "<eos>": (ck.eos,), "<boi>": (ids[BOI],),
+                     "<eoi>": (ids[EOF], ids[EOI]), grid_token: grid_ids})
+    scores = {"<pad>": ck.pad, "<eos>": ck.eos, "<boi>": ids[BOI], "<eoi>": ids[EOF], grid_token: grid_ids[0]}
+    idmap = IdMap(vocab, tuple(text_ids), ck.codes, specials, scores, ids[EOL], ck.pad)
     lm = InteropLM(hf, hf.model.text_model, hf.lm_head, idmap, int(text_cfg.max_position_embeddings), MODEL_TYPE,
                    llama_body=text_cfg.hidden_act == "silu")
-    mm = MultimodalTokenizer(text, codec)
-    if mm.vocab != vocab:
-        raise AnygenError(f"{directory}: {MODEL_TYPE}: the tokenizer's vocabulary does not match the model's")
     meta = {"architecture": "Emu3ForConditionalGeneration", "model_type": MODEL_TYPE, "tasks": list(TASKS),
             "why_not": WHY_NOT}
-    return lm, mm, meta
+    return lm, MultimodalTokenizer(text, codec), meta
