@@ -242,11 +242,11 @@ class InteropLM(nn.Module):
         """The body with the output head in anygen id order (a bias of -inf on ids never drawn), as the
         causal LM `anygen.sampling.backends.FastDecoder` expects; cached while the weights stay."""
         rows, bias = self.head_rows()
-        view = getattr(self, "_fast_view", None)
-        if view is None or view.lm_head.weight is not rows:
-            view = _LlamaView(self._body, rows, bias)
-            object.__setattr__(self, "_fast_view", view)  # not a submodule: no second copy in state_dict
-        return view
+        cached = getattr(self, "_fast_view", None)
+        if cached is None or cached[0] is not rows:  # FastDecoder keeps its prepared weights per view
+            cached = (rows, _LlamaView(self._body, rows, bias))
+            object.__setattr__(self, "_fast_view", cached)  # not a submodule: no second copy in state_dict
+        return cached[1]
 
     def anygen_decoder(self, n_rows: int, max_len: int, positions=None, backend: str = "auto") -> "ExpandingDecoder":
         """The decoder `anygen.sampling.backends.make_decoder` uses for this model: the model's own forward

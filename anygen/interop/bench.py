@@ -69,14 +69,22 @@ def run_interop_bench(directory: str | None = None, layers: int = 4, hidden: int
     """Seconds per call of anygen's sampler and transformers' generate for each batch size (see the module doc)."""
     from transformers import Emu3ForConditionalGeneration
 
+    for name, value, least in (("--layers", layers, 1), ("--hidden", hidden, 64), ("--grid", grid, 1),
+                               ("--codebook", codebook, 2), ("--repeats", repeats, 1)):
+        if value < least:
+            raise AnygenError(f"{name} must be at least {least}, got {value}")
+    if hidden % 64:
+        raise AnygenError(f"--hidden must be a multiple of 64 (heads of 64), got {hidden}")
+    if not batches or min(batches) < 1:
+        raise AnygenError(f"--batch sizes must be at least 1, got {list(batches)}")
     set_threads(threads, "--threads")
     given = directory
     with tempfile.TemporaryDirectory() as tmp:
         if directory is None:
             from anygen.interop.tiny import write_tiny_emu3
 
-            directory = write_tiny_emu3(Path(tmp) / "emu3", layers=layers, hidden=hidden, heads=max(hidden // 64, 1),
-                                        kv_heads=max(hidden // 64, 1), codebook=codebook, grid=grid, context=2048)
+            directory = write_tiny_emu3(Path(tmp) / "emu3", layers=layers, hidden=hidden, heads=hidden // 64,
+                                        kv_heads=hidden // 64, codebook=codebook, grid=grid, context=2048)
         elif adapter_of(directory) != "anygen.interop.emu3":
             raise AnygenError(f"{directory}: bench interop needs an Emu3 directory (config.json model_type emu3)")
         lm, tokenizer, _ = load_interop(directory)

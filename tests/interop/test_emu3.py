@@ -208,3 +208,13 @@ def test_refuses_remote_code_and_pickled_weights(emu3_dir, tmp_path):
     (bad / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(AnygenError, match="not safetensors"):
         anygen.load(bad)
+
+
+def test_fast_weights_are_prepared_once(emu3_dir):
+    """Draws after the first reuse the decode-ready view of the weights (FastDecoder prepares its
+    weights once per view: a new view per call would copy the model every call)."""
+    g = anygen.load(emu3_dir)
+    g.draw("a cat")
+    view = g.model.fast_view()
+    g.draw("a dog")
+    assert g.model.fast_view() is view

@@ -15,3 +15,8 @@ def test_bench_interop_reports_equal_tokens_and_ratios(capsys, tmp_path):
     data = json.loads(out.read_text())
     assert [b["batch"] for b in data["batches"]] == [1, 2]
     assert all(b["same_tokens"] and b["speedup"] > 0 for b in data["batches"])
+
+
+def test_bench_interop_refuses_bad_sizes_in_one_line(capsys):
+    assert main(["bench", "interop", "--hidden", "100"]) == 2
+    assert "--hidden must be a multiple of 64" in capsys.readouterr().err
