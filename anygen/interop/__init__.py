@@ -17,15 +17,27 @@ from pathlib import Path
 
 from anygen.interop.base import read_config
 
+from anygen.errors import AnygenError
+
 ADAPTERS = {"emu3": "anygen.interop.emu3", "chameleon": "anygen.interop.chameleon"}  # model_type -> module
+# released any-to-any families anygen recognises but cannot run yet, and why
+NOT_ADAPTED = {
+    "janus": "Janus reads images through its SigLIP encoder (not as VQ codes), draws them with a separate "
+             "generation head, and guides with the prompt masked to padding, none of which anygen's adapter "
+             "layer expresses yet",
+}
 
 
 def adapter_of(directory: str | os.PathLike) -> str | None:
-    """The adapter module of a transformers directory (by config.json `model_type`), else None."""
+    """The adapter module of a transformers directory (by config.json `model_type`), else None; a
+    family in `NOT_ADAPTED` is a one-line error saying why."""
     directory = Path(directory)
     if (directory / "anygen_decoder.json").is_file():
         return None
-    return ADAPTERS.get(read_config(directory).get("model_type"))
+    model_type = read_config(directory).get("model_type")
+    if model_type in NOT_ADAPTED:
+        raise AnygenError(f"{directory}: {model_type} checkpoints are not supported: {NOT_ADAPTED[model_type]}")
+    return ADAPTERS.get(model_type)
 
 
 def load(directory: str | os.PathLike, device: str = "cpu"):

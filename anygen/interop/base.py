@@ -347,9 +347,8 @@ class ExpandingDecoder:
         k = max(len(s) for s in seqs)
         if k == 1:
             return self.inner.step(torch.tensor([s[0] for s in seqs], device=self.device), lo, hi)
-        logits = None
+        logits, first = None, [k - len(s) for s in seqs]  # right-aligned: row r starts at sub-step first[r]
         for j in range(k):
-            first = [k - len(s) for s in seqs]
             fed = torch.tensor([s[j - f] if j >= f else self.lm.idmap.pad for s, f in zip(seqs, first)],
                                device=self.device)
             hold = torch.tensor([j < f for f in first], device=self.device)

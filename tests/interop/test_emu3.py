@@ -218,3 +218,4 @@ def test_fast_weights_are_prepared_once(emu3_dir):
     view = g.model.fast_view()
     g.draw("a dog")
     assert g.model.fast_view() is view
+
