@@ -134,7 +134,8 @@ def reference_text(hf, tokenizer, prompt_ids, n, suppress):
     return tokenizer.decode(new).strip()
 
 
-def test_caption_equals_transformers_generate(emu3_dir, hf):
+@pytest.mark.parametrize("backend", ["auto", "hf"])
+def test_caption_equals_transformers_generate(emu3_dir, hf, backend):
     """A greedy caption equals transformers' greedy answer to Emu3's own image tokens (the processor's
     pixels through `get_image_tokens`, which adds the end-of-line ids) in Emu3's image layout."""
     from transformers import AutoTokenizer, Emu3ImageProcessor
@@ -142,7 +143,7 @@ def test_caption_equals_transformers_generate(emu3_dir, hf):
     g = anygen.load(emu3_dir)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (GRID * 2, GRID * 2, 3), dtype=np.uint8))
-    caption = g.caption(image, max_new_tokens=12)
+    caption = g.caption(image, max_new_tokens=12, backend=backend)
     tok = AutoTokenizer.from_pretrained(str(emu3_dir))
     processor = Emu3ImageProcessor.from_pretrained(str(emu3_dir))
     pixels = processor(images=[image], do_resize=False, return_tensors="pt")["pixel_values"]
