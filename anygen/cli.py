@@ -431,6 +431,17 @@ def _bench_image_prompts(gen, directory, captions):
     return [Prompt(s.prompt("text_to_image", text=c), uncond=[s.null_prompt("text_to_image")]) for c in captions]
 
 
+def cmd_bench_interop(args) -> None:
+    from anygen.interop.bench import format_interop_bench, run_interop_bench
+
+    json_path = json_out(args)
+    results = run_interop_bench(args.model, layers=args.layers, hidden=args.hidden, grid=args.grid,
+                                codebook=args.codebook, batches=tuple(args.batch), guidance_scale=args.guidance_scale,
+                                repeats=args.repeats, threads=args.threads)
+    print(format_interop_bench(results))
+    write_json(json_path, results)
+
+
 def cmd_bench_serve(args) -> None:
     from anygen.serve import bench, import_gradio
 
@@ -688,6 +699,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
+    p = bench.add_parser("interop", help="released-model (Emu3) guided image generation: anygen vs transformers generate()",
+                         description="Draw greedy guided images with the same Emu3 weights through anygen and through "
+                                     "transformers' generate (guidance_scale + negative_prompt_ids, Emu3's prefix "
+                                     "constraint), at each batch size, and print the speed ratios.")
+    p.add_argument("--model", help="an Emu3 transformers directory (default: random weights of --layers x --hidden)")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--grid", type=int, default=8, help="image side in codes (random model only)")
+    p.add_argument("--codebook", type=int, default=1024, help="VQ codes (random model only)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--guidance-scale", type=float, default=3.0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_bench_interop)
     p = bench.add_parser("serve", help="web app: seconds from request to result for draw, edit, a story",
                          description="Start `anygen serve` on a free local port and time requests through "
                                      "gradio_client: one drawn image, an edit with the accurate preset, a 3-step "

@@ -33,7 +33,8 @@ INDEX_FILE = "model.safetensors.index.json"
 # frameworks' loaders; a directory holding one is refused rather than trusting which file gets opened
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".h5", ".msgpack")
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names of floating-point tensors
-REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json")  # files where transformers reads auto_map
+# files where transformers reads auto_map
+REMOTE_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
 
 
 def safetensors_files(directory: str | os.PathLike) -> list[Path]:

@@ -13,7 +13,7 @@ LAYERS = [  # bottom to top; a module belongs to the layer of its longest listed
      "anygen.weights"),
     ("anygen.codecs", "anygen.model", "anygen.tokenizer"),
     ("anygen.sampling",),
-    ("anygen.tasks", "anygen.data"),
+    ("anygen.tasks", "anygen.data", "anygen.interop"),
     ("anygen.api",),
     ("anygen.worlds",),
     # the applications: the CLI and its verbs (a world's too), training, evaluation, `anygen.load`

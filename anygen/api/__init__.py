@@ -58,13 +58,19 @@ def load_model(directory: str | os.PathLike | None = None, device: str = "cpu", 
                sampler=None, verifier=None, calibrated: bool = True) -> AnyGen:
     """Load a model directory (default: $ANYGEN_MODEL or the bundled model) with the given strategies
     (`AnyGen`: a plan format for reasoned edits; a sampler and a verifier to replace, in tests). Its
-    `domain.json`, when present and `calibrated`, calibrates the domain scores of inputs (`anygen.api.domain`)."""
+    `domain.json`, when present and `calibrated`, calibrates the domain scores of inputs (`anygen.api.domain`).
+    A released checkpoint's transformers directory (Emu3, Chameleon: `anygen.interop`) loads through its adapter."""
+    from anygen import interop
     from anygen.api.domain import Calibration
     from anygen.model.decoder import load_decoder
     from anygen.model.transfusion import check_codec_fits, image_head_of, load_transfusion
     from anygen.tokenizer import MultimodalTokenizer
 
     directory = model_dir(directory)
+    if interop.adapter_of(directory):
+        model, tokenizer, meta = interop.load(directory, device)
+        return AnyGen(model.eval(), tokenizer, plan_format=plan_format, sampler=sampler, verifier=verifier or Verifier,
+                      meta=meta)
     meta = model_meta(directory)
     tok_dir = directory / "tokenizer"
     if not tok_dir.is_dir():

@@ -81,16 +81,18 @@ class Recommended:
 class Capabilities:
     """The tasks a model learned (None: not recorded, nothing is refused) and its recommended defaults."""
 
-    def __init__(self, tasks: Sequence[str] | None = None, recommended: Recommended | None = None):
+    def __init__(self, tasks: Sequence[str] | None = None, recommended: Recommended | None = None,
+                 model_type: str | None = None, why_not: dict[str, str] | None = None):
         self.tasks = None if tasks is None else tuple(tasks)
         self.recommended = recommended or Recommended()
+        self.model_type, self.why_not = model_type, dict(why_not or {})
 
     @classmethod
     def of(cls, meta: dict) -> Capabilities:
         tasks = meta.get("tasks")
         if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
             raise AnygenError(f'{META_FILE}: "tasks" must be a list of task names, got {tasks!r}')
-        return cls(tasks, Recommended.of(meta.get("recommended")))
+        return cls(tasks, Recommended.of(meta.get("recommended")), meta.get("model_type"), meta.get("why_not"))
 
     def require(self, *tasks: str, why: str = "") -> None:
         """Raise, naming the first of `tasks` the model was not trained on (`why`: what needs it)."""
@@ -99,6 +101,10 @@ class Capabilities:
         for task in tasks:
             if task not in self.tasks:
                 phrase = TASK_PHRASES.get(task, f"do the {task} task")
+                if self.model_type:  # a released model adapted by anygen.interop: say which and why
+                    reason = self.why_not.get(task, "anygen has no layout for it on this model")
+                    raise AnygenError(f"{why + ': ' if why else ''}this {self.model_type} model cannot {phrase}: "
+                                      f"{reason} (it can: {', '.join(self.tasks)})")
                 raise AnygenError(f"{why + ': ' if why else ''}this model was not trained to {phrase} "
                                   f"(its tasks: {', '.join(self.tasks) or 'none recorded'})")
 

@@ -270,11 +270,17 @@ class FastDecoder:
         return _mm(self._rms(h, *self.norm), self.head_t[:, lo:hi], b)  # (R, hi-lo)
 
     @torch.inference_mode()
-    def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
+    def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None, hold: torch.Tensor | None = None):
+        """One token per row; rows where `hold` (R,) is True skip this step: their slot is masked
+        for good and their position kept (their logits this step mean nothing)."""
         R = tokens.shape[0]
         H, K, D, G = self.n_heads, self.n_kv, self.head_dim, self.group
         t = self.t
         pos = self.pos
+        if hold is not None:
+            if self.mask is None:
+                self.mask = torch.zeros(R, 1, 1, self.max_len, device=self.device, dtype=self.dtype)
+            self.mask[:, 0, 0, t].masked_fill_(hold, torch.finfo(self.dtype).min)
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)  # (R, 1, D)
         mask = self.mask.narrow(3, 0, t + 1) if self.mask is not None else None  # (R, 1, 1, t+1)
         rms = self._rms
@@ -301,7 +307,8 @@ class FastDecoder:
             h = torch.addmm(h, F.silu(g).mul_(u), d_t)
             if d_b is not None:
                 h = h + d_b
-        self.t, self.pos = t + 1, self.positions.after(pos, tokens)
+        after = self.positions.after(pos, tokens)
+        self.t, self.pos = t + 1, after if hold is None else torch.where(hold, pos, after)
         return self._head(h, lo, hi)
 
     @torch.inference_mode()
@@ -326,7 +333,12 @@ class FastDecoder:
 
 
 def make_decoder(lm, n_rows: int, max_len: int, backend: str = "auto", positions: ImagePositions = CONSECUTIVE):
-    """`FastDecoder` where it reproduces the model (backend 'auto'/'fast'), else `HFDecoder`."""
+    """`FastDecoder` where it reproduces the model (backend 'auto'/'fast'), else `HFDecoder`; a model
+    that brings its own decoder (`lm.anygen_decoder(n_rows, max_len, positions, backend)`, e.g. a released
+    checkpoint fed through `anygen.interop`) uses that one."""
+    own = getattr(lm, "anygen_decoder", None)
+    if own is not None:
+        return own(n_rows, max_len, positions, backend)
     if backend == "hf":
         return HFDecoder(lm, n_rows, max_len, positions)
     if fast_supported(lm):

@@ -108,3 +108,23 @@ def test_prepared_weights_follow_in_place_updates():
     after = FastDecoder(model, 1, 8).prefill(ids, n_pad)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_held_rows_skip_a_step():
+    """A row held on a step (`FastDecoder.step(hold=...)`) continues as if that step's id was never fed."""
+    model = tiny(2)
+    ids = torch.randint(3, 60, (2, 8))
+    extra = torch.randint(3, 60, (2,))
+    dec = FastDecoder(model, 2, 16)
+    dec.prefill(ids, torch.zeros(2, dtype=torch.long))
+    dec.step(extra, hold=torch.tensor([False, True]))  # row 1 holds: its id is masked out
+    got = dec.step(ids[:, 0])
+    plain = FastDecoder(model, 2, 16)
+    plain.prefill(ids, torch.zeros(2, dtype=torch.long))
+    plain.step(extra)
+    ref_row0 = plain.step(ids[:, 0])[0]  # row 0 fed both ids
+    alone = FastDecoder(model, 1, 16)
+    alone.prefill(ids[1:], torch.zeros(1, dtype=torch.long))
+    ref_row1 = alone.step(ids[1:, 0])[0]  # row 1 never saw its extra id
+    torch.testing.assert_close(got[0], ref_row0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], ref_row1, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,106 @@
+"""Tiny random released-model directories (transformers classes, random weights) for tests and benches.
+
+`write_tiny_emu3(directory, ...)` writes what a downloaded Emu3 checkpoint holds, at toy size:
+config.json with its vocabulary map, model.safetensors, a character-level Hugging Face tokenizer
+holding Emu3's special and visual tokens, preprocessor_config.json and processor_config.json
+(`image_area`: the generation grid). Nothing is downloaded; the weights are random.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 *.,?!"  # the toy tokenizer's text: one id per character
+UNK = "<unk>"
+EMU3_SPECIALS = ("<|endoftext|>", "<|extra_203|>", "<|extra_204|>", "<|image start|>", "<|image end|>",
+                 "<|image token|>", "<|extra_200|>", "<|extra_201|>", "<image>")
+
+
+def _char_tokenizer(vocabulary: dict[str, int], specials, bos: str, eos: str, pad: str):
+    """A character-level fast tokenizer over `vocabulary` (name -> id); `specials` are added tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab=dict(vocabulary), unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(list(specials))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
+                                   unk_token=UNK)
+
+
+def write_tiny_emu3(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+                    kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0) -> Path:
+    """A random Emu3 directory: `layers` x `hidden` text model, a VQVAE with `codebook` codes and
+    spatial factor 2, generating `grid` x `grid` codes. Returns the directory."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    directory = Path(directory)
+    names = [UNK] + list(CHARS) + list(EMU3_SPECIALS) + [f"<|visual token {k:06d}|>" for k in range(codebook)]
+    vocabulary = {name: i for i, name in enumerate(names)}
+    config = Emu3Config(
+        text_config=dict(vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=context, bos_token_id=vocabulary["<|extra_203|>"],
+                         eos_token_id=vocabulary["<|extra_204|>"], pad_token_id=vocabulary["<|endoftext|>"]),
+        vq_config=dict(codebook_size=codebook, embed_dim=4, latent_channels=4, base_channels=32, channel_multiplier=[1, 1],
+                       num_res_blocks=1, attn_resolutions=[], hidden_size=32, temporal_downsample_factor=1),
+        vocabulary_map=vocabulary)
+    torch.manual_seed(seed)
+    model = Emu3ForConditionalGeneration(config).eval()
+    model.save_pretrained(directory)
+    specials = list(EMU3_SPECIALS) + names[len(names) - codebook:]
+    text_vocab = {n: i for n, i in vocabulary.items() if n not in specials}
+    tok = _char_tokenizer(text_vocab, specials, "<|extra_203|>", "<|extra_204|>", "<|endoftext|>")
+    tok.save_pretrained(directory)
+    factor = model.model.vqmodel.vision_spatial_factor
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Emu3ImageProcessor", "spatial_factor": factor, "min_pixels": 4 * factor * factor,
+        "max_pixels": 4096 * factor * factor, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    (directory / "processor_config.json").write_text(json.dumps({"image_area": (grid * factor) ** 2}))
+    return directory
+
+
+CHAMELEON_SPECIALS = ("<pad>", "<s>", "</s>", "<racm3:break>", "<eoss>", "<image>")
+
+
+def chameleon_code_name(code: int) -> str:
+    """Chameleon's name of image code `code` (12 -> IMGIMGBCZ)."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+def write_tiny_chameleon(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+                         kv_heads: int = 2, codebook: int = 64, resolution: int = 8, context: int = 512,
+                         seed: int = 0) -> Path:
+    """A random Chameleon directory: `layers` x `hidden` text model and a VQVAE encoder with `codebook`
+    codes reading `resolution`-pixel images as (resolution / 2)^2 codes. Returns the directory."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    directory = Path(directory)
+    names = [UNK] + list(CHARS) + list(CHAMELEON_SPECIALS) + [chameleon_code_name(k) for k in range(codebook)]
+    vocabulary = {name: i for i, name in enumerate(names)}
+    config = ChameleonConfig(
+        vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=context,
+        bos_token_id=vocabulary["<s>"], eos_token_id=vocabulary["</s>"], pad_token_id=vocabulary["<pad>"],
+        vq_config=dict(embed_dim=4, num_embeddings=codebook, latent_channels=4, resolution=resolution,
+                       base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1, attn_resolutions=[]),
+        vocabulary_map=vocabulary, image_token_id=vocabulary["<image>"])
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(config).eval()
+    with torch.no_grad():  # a random codebook of zeros would give every image one code
+        model.model.vqmodel.quantize.embedding.weight.normal_()
+    model.save_pretrained(directory)
+    specials = list(CHAMELEON_SPECIALS) + names[len(names) - codebook:]
+    text_vocab = {n: i for n, i in vocabulary.items() if n not in specials}
+    _char_tokenizer(text_vocab, specials, "<s>", "</s>", "<pad>").save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ChameleonImageProcessor", "size": {"shortest_edge": resolution},
+        "crop_size": {"height": resolution, "width": resolution}}))
+    side = resolution // 2
+    (directory / "processor_config.json").write_text(json.dumps({"image_seq_length": side * side}))
+    return directory
