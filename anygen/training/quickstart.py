@@ -34,7 +34,7 @@ CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder lear
 WORLD_EXAMPLES = 60000  # training examples sampled from a world (user data is written as it is)
 VAL_EXAMPLES = 300
 USER_SEQUENCES = 0.5  # captioned sequences per captioned image: teaches interleaved documents (`generate`)
-TEXT_VOCAB = 300  # small: a data set's captions have few words (the BPE's floor: 256 bytes + characters)
+TEXT_VOCAB = 1000  # a soft cap: BPE merges until every caption word is one piece (300 split 'three' into letters)
 
 
 @dataclass
