@@ -1,6 +1,7 @@
 """The whole chain on a tiny random model: load a model directory, then draw, caption, say,
 transcribe, edit and generate through the Python API and the CLI, with clear errors for bad input."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -497,6 +498,18 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys):
                      "--model", str(model_dir)]) == 0
     out = capsys.readouterr().out
     assert "plan.move.exact" in out and "plan.remove.exact" not in out
+
+
+def test_eval_shapes_parallel_sjd_draws_and_edits_the_greedy_images(model_dir, tmp_path):
+    """Greedy SJD codes equal one code per forward, for drawn and edited images alike, so the
+    judged figures match (times aside)."""
+    figures = {}
+    for parallel in ("none", "sjd"):
+        out = tmp_path / f"{parallel}.json"
+        assert cli_main(["eval", "shapes", "--only", "t2i,edit", "--n", "2", "--edit-kinds", "recolor,move",
+                         "--parallel", parallel, "--json", str(out), "--model", str(model_dir)]) == 0
+        figures[parallel] = {k: v for k, v in json.loads(out.read_text()).items() if "seconds" not in k}
+    assert "edit.move.success" in figures["sjd"] and figures["sjd"] == figures["none"]
 
 
 @pytest.mark.parametrize("argv,message", [

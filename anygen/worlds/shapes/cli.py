@@ -65,9 +65,8 @@ def cmd_eval_shapes(args) -> None:
     draw_settings = {}
     if args.best_of > 1 or args.sample_images:
         draw_settings["image"] = SamplingSettings(temperature=1.0, top_k=64)
-    if args.parallel != "none":
-        draw_settings["parallel"] = args.parallel
-    model = _WithOptions(model_of(args), draw, draw_settings, edit, story)
+    parallel = {} if args.parallel == "none" else {"parallel": args.parallel}
+    model = _WithOptions(model_of(args), draw, {**draw_settings, **parallel}, edit, story, parallel)
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
@@ -80,19 +79,21 @@ def cmd_eval_shapes(args) -> None:
 
 
 class _WithOptions:
-    """A generator whose text->image, edit and story calls carry the eval's options."""
+    """A generator whose text->image, edit and story calls carry the eval's options (`parallel`:
+    the sampler's image-span decoding, for drawn and edited images)."""
 
-    def __init__(self, model, draw, draw_settings: dict, edit, story):
+    def __init__(self, model, draw, draw_settings: dict, edit, story, parallel: dict):
         self.model, self.draw, self.draw_settings, self.edit, self.story_options = model, draw, draw_settings, edit, story
+        self.parallel = parallel
 
     def draw_batch(self, texts, seed=0):
         return self.model.draw_batch(texts, seed=seed, options=self.draw, **self.draw_settings)
 
     def edit_batch(self, images, instructions, seed=0, **options):
-        return self.model.edit_batch(images, instructions, seed=seed, options=self.edit, **options)
+        return self.model.edit_batch(images, instructions, seed=seed, options=self.edit, **self.parallel, **options)
 
     def edit_batch_with_reasoning(self, images, instructions, seed=0):
-        return self.model.edit_batch_with_reasoning(images, instructions, seed=seed, options=self.edit)
+        return self.model.edit_batch_with_reasoning(images, instructions, seed=seed, options=self.edit, **self.parallel)
 
     def story(self, opening, n_steps=3, seed=0):
         return self.model.story(opening, seed=seed, options=self.story_options, n_steps=n_steps)
@@ -139,7 +140,7 @@ def add_commands(sub, ev_sub) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
     p.add_argument("--parallel", choices=("none", "sjd"), default="none",
-                   help="text->image codes by speculative Jacobi decoding (sjd) or one per forward (default)")
+                   help="drawn and edited images' codes by speculative Jacobi decoding (sjd) or one per forward (default)")
     add_edit_flags(p, "edit-")  # the edits' strategy, as `anygen edit` takes it
     p.add_argument("--edit-kinds", dest="edit_kinds",
                    help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "
