@@ -57,6 +57,8 @@ def cmd_eval_shapes(args) -> None:
     json_path = json_out(args)
     if args.n < 1:
         raise AnygenError(f"--n: must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise AnygenError(f"--batch-size: must be >= 1, got {args.batch_size}")
     draw = DrawOptions(guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                        best_of=args.best_of)
     edit = edit_options_of(args, "edit-", refuse=False)  # the edit suite scores pictures; `--only refuse` scores refusals
@@ -70,7 +72,8 @@ def cmd_eval_shapes(args) -> None:
     from tqdm import tqdm
 
     bar = tqdm(desc="eval", unit="part")
-    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, edit_reason=args.edit_reason,
+    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, batch_size=args.batch_size,
+                              edit_reason=args.edit_reason,
                               edit_kinds=edit_kinds, reason_form=args.reason_form,
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
@@ -110,6 +113,8 @@ def cmd_demo(args) -> None:
 
 def add_commands(sub, ev_sub) -> None:
     """Add the world's verbs to the `anygen` parser (`sub`) and to `anygen eval` (`ev_sub`)."""
+    from anygen.worlds.shapes.suite import EVAL_BATCH
+
     # judges
     judge = sub.add_parser("judge", help="parse an image into a scene or audio into notes").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -140,7 +145,10 @@ def add_commands(sub, ev_sub) -> None:
     p.add_argument("--guidance-scale", type=float, default=None, dest="guidance_scale",
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
     p.add_argument("--parallel", choices=("none", "sjd"), default="none",
-                   help="drawn and edited images' codes by speculative Jacobi decoding (sjd) or one per forward (default)")
+                   help="drawn and edited images' codes by speculative Jacobi decoding (sjd) or one per forward "
+                        "(default); SJD runs only in batches of at most 4 rows (see --batch-size)")
+    p.add_argument("--batch-size", type=int, default=EVAL_BATCH, dest="batch_size",
+                   help=f"t2i and edit rows sampled together (default {EVAL_BATCH}; 1: as a user draws one image)")
     add_edit_flags(p, "edit-")  # the edits' strategy, as `anygen edit` takes it
     p.add_argument("--edit-kinds", dest="edit_kinds",
                    help="edit and plan: comma-separated subset of recolor,move,resize,remove,add (default: all); "

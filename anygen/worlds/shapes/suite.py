@@ -61,6 +61,7 @@ from anygen.worlds.metrics import frechet_distance
 
 ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
 SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
+EVAL_BATCH = 50  # t2i/edit rows per call: wide enough that the suite runs in minutes on one CPU thread
 EXTRA_SUITES = ("plan", "refuse")  # on request: plan needs a model trained with reasoned_text
 NOOP_KINDS = ("recolor", "resize", "move", "add")  # edits that would change nothing: same colour/size/cell/object
 ABSENT_KINDS = ("recolor", "resize", "move", "remove")  # edits of an object the scene does not hold
@@ -230,7 +231,7 @@ def _edits_by_kind(world, rng, n: int, kinds):
             yield kind, edits
 
 
-def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = 50,
+def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = EVAL_BATCH,
                     story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
                     edit_kinds=EDIT_KINDS, progress=None) -> dict[str, float]:
     """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`).
