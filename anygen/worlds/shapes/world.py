@@ -23,6 +23,10 @@ unambiguous variant, any object order and a trailing period):
   the position when two objects share size, colour and shape.
 - melody text: ``the notes C E G``.
 
+Other phrasings of captions and edit instructions (synonyms, word order, frames, a fixed
+held-out split for evaluation) are in `anygen.worlds.shapes.phrasing`; `WorldConfig.phrasing`
+trains on them.
+
 Rendering: the shape's alpha is its exact area coverage of each pixel, estimated with
 8×8 supersampling, composited over white. Sizes are bounding boxes of 10 px (small) and
 18 px (large) at 64 px, scaled with the image size; triangles point up with base = height.
