@@ -162,3 +162,21 @@ def test_world_config_checks_phrasing():
         WorldConfig(phrasing="free")
     with pytest.raises(ConfigError, match="paraphrase_share"):
         WorldConfig(paraphrase_share=1.5)
+
+
+def test_the_shapes_lm_recipes_are_valid_and_share_their_shards():
+    from pathlib import Path
+
+    from anygen.config import load_config
+    from anygen.training.decoder_trainer import TrainConfig
+    from anygen.training.pretokenize import PretokenizeConfig
+
+    root = Path(__file__).resolve().parents[2] / "training"
+    data = load_config(PretokenizeConfig, root / "shapes_lm_data.yaml")
+    assert data.world.phrasing == "paraphrase"
+    lm = load_config(TrainConfig, root / "shapes_lm.yaml")
+    scratch = load_config(TrainConfig, root / "shapes_lm_scratch.yaml")
+    assert lm.train.init_from and not scratch.train.init_from
+    assert lm.data.shard_dir == scratch.data.shard_dir == f"{data.out}/train"  # the same data
+    assert lm.train.time_budget_minutes == scratch.train.time_budget_minutes  # at equal compute
+    assert lm.train.steps == scratch.train.steps and lm.data.batch_size == scratch.data.batch_size
