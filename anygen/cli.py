@@ -470,6 +470,15 @@ def cmd_bench_train(args) -> None:
 
 
 # ---- model evaluation and demo -----------------------------------------------------------
+def cmd_eval_english(args) -> None:
+    from anygen.eval.english import english_perplexity
+
+    json_path = json_out(args)
+    results = english_perplexity(args.model)
+    print_json(results)
+    write_json(json_path, results)
+
+
 def cmd_calibrate(args) -> None:
     from anygen.eval.domain import calibrate
 
@@ -744,6 +753,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-domain captions drawn to count empty results (default 100; 0: no drawing)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_eval_domain)
+    p = ev_sub.add_parser("english", help="perplexity of a fixed English paragraph: how much English a model "
+                                          "built on a pretrained LM's BPE keeps (run it before and after)")
+    p.add_argument("--model", required=True,
+                   help="an anygen model directory whose text tokenizer is a Hugging Face BPE, or a transformers "
+                        "causal-LM directory (the `anygen import-lm` output)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval_english)
     for name in WORLD_COMMANDS:  # the verbs worlds bring: `anygen eval shapes`, `anygen judge`, ...
         importlib.import_module(name).add_commands(sub, ev_sub)
     p = sub.add_parser("calibrate", help="write the model's domain.json: where in-domain inputs' scores fall",

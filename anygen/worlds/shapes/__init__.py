@@ -42,7 +42,8 @@ class Shapes:
 
     def text_corpus(self, n: int, rng: np.random.Generator) -> list[str]:
         """`n` captions, n/4 edit instructions and melody texts, n/20 stories (the corpus of the bundled
-        model's text tokenizer; story sentences of single edits are not in it)."""
+        model's text tokenizer; story sentences of single edits are not in it); with paraphrase phrasing
+        also n/4 training-split phrased captions and instructions."""
         world, lines = self.world, []
         for _ in range(n):
             lines.append(world.sample_scene(rng).caption())
@@ -51,6 +52,12 @@ class Shapes:
             lines += [edit.instruction, melody_text(world.sample_melody(rng))]
         for _ in range(max(1, n // 20)):
             lines.append(world.sample_story(rng).text)
+        if world.config.phrasing == "paraphrase":  # the training phrasings, so a text tokenizer learns their words
+            from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
+
+            for _ in range(max(1, n // 4)):
+                lines += [phrase_caption(world.sample_scene(rng), rng).text,
+                          phrase_instruction(world.sample_edit(rng), rng).text]
         return lines
 
     def preview(self, rng: np.random.Generator, kind: str = "shapes") -> Document:

@@ -41,7 +41,7 @@ def cmd_eval_shapes(args) -> None:
     from anygen.api.options import DrawOptions, StoryOptions
     from anygen.sampling.settings import SamplingSettings
     from anygen.worlds.shapes.plans import REASON_FORMS
-    from anygen.worlds.shapes.suite import EXTRA_SUITES, SUITES, evaluate_shapes, format_table
+    from anygen.worlds.shapes.suite import EVAL_PHRASINGS, EXTRA_SUITES, SUITES, evaluate_shapes, format_table
     from anygen.worlds.shapes.world import EDIT_KINDS
 
     suites = tuple(args.only.split(",")) if args.only else SUITES
@@ -51,6 +51,8 @@ def cmd_eval_shapes(args) -> None:
     edit_kinds = tuple(args.edit_kinds.split(",")) if args.edit_kinds else EDIT_KINDS
     if unknown := [k for k in edit_kinds if k not in EDIT_KINDS]:
         raise AnygenError(f"--edit-kinds: unknown kind {unknown[0]!r} (choose from {', '.join(EDIT_KINDS)})")
+    if args.phrasing not in EVAL_PHRASINGS:
+        raise AnygenError(f"--phrasing: {args.phrasing!r} is not one of {', '.join(EVAL_PHRASINGS)}")
     if args.reason_form not in REASON_FORMS:
         raise AnygenError(f"--reason-form: {args.reason_form!r} is not one of {', '.join(REASON_FORMS)}")
     # every option is checked here, before the model loads
@@ -73,10 +75,11 @@ def cmd_eval_shapes(args) -> None:
 
     bar = tqdm(desc="eval", unit="part")
     results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, batch_size=args.batch_size,
-                              edit_reason=args.edit_reason,
-                              edit_kinds=edit_kinds, reason_form=args.reason_form,
+                              edit_reason=args.edit_reason, edit_kinds=edit_kinds, reason_form=args.reason_form,
+                              phrasing=args.phrasing,
                               progress=lambda name: (bar.set_postfix_str(name), bar.update()))
     bar.close()
+    print(f"phrasing: {args.phrasing}")
     print(format_table(results))
     write_json(json_path, results)
 
@@ -138,6 +141,9 @@ def add_commands(sub, ev_sub) -> None:
                                   "plan: the reasoned edit's plan in words alone (models trained with reasoned_text), "
                                   "or refuse: edits of absent objects and no-op edits refused, valid ones let through "
                                   "(with --edit-reason: reasoned edits)")
+    p.add_argument("--phrasing", default="canonical",
+                   help="t2i prompts and edit instructions: canonical (default) or heldout: phrasings whose "
+                        "templates no training example uses (anygen.worlds.shapes.phrasing); judged the same")
     p.add_argument("--sample-images", action="store_true", dest="sample_images",
                    help="text->image with sampled codes (temperature 1, top-k 64) instead of greedy")
     p.add_argument("--best-of", type=int, default=1, dest="best_of",

@@ -14,6 +14,9 @@ Metrics
   renders of the same prompts, in a fixed feature space: each image average-pooled to
   8×8 RGB in [0, 1] (192 values; no learned network, so nothing to download and nothing
   that drifts). 0 = same distribution; it sees colour, layout and blur, not fine shape.
+- `--phrasing heldout`: the t2i prompts and the edit suite's instructions are written in held-out
+  phrasings (`anygen.worlds.shapes.phrasing`: frames, edit frames and some synonyms no training
+  example has) instead of the canonical forms; the scenes, edits and judge are the same.
 - t2i.seconds_per_image: wall time of the text→image calls over the number of images.
 - i2t.exact: the generated caption parses to the exact scene.
 - edit.KIND.success: the judged edited image equals the target scene; edit.KIND.preservation_db:
@@ -54,6 +57,7 @@ import numpy as np
 from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS, SIZES, Scene, ShapesWorld,
                                         WorldConfig, apply_instruction, melody_text, parse_caption,
                                         parse_melody_text, refer, render_melody, render_scene)
+from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.worlds.shapes.judges import judge_image, judge_melody
@@ -63,6 +67,8 @@ ATTRIBUTES = ("count", "shape", "color", "size", "position", "all_correct")
 SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
 EVAL_BATCH = 50  # t2i/edit rows per call: wide enough that the suite runs in minutes on one CPU thread
 EXTRA_SUITES = ("plan", "refuse")  # on request: plan needs a model trained with reasoned_text
+EVAL_PHRASINGS = ("canonical", "heldout")  # `anygen eval shapes --phrasing`
+PHRASING_STREAM = 0x9A4A  # the held-out phrasings' own random stream: the sampled scenes stay those of a canonical run
 NOOP_KINDS = ("recolor", "resize", "move", "add")  # edits that would change nothing: same colour/size/cell/object
 ABSENT_KINDS = ("recolor", "resize", "move", "remove")  # edits of an object the scene does not hold
 
@@ -231,9 +237,22 @@ def _edits_by_kind(world, rng, n: int, kinds):
             yield kind, edits
 
 
+def phrasings(seed: int, phrasing: str = "canonical"):
+    """(caption of a scene, instruction of an edit) as the t2i and edit suites write them:
+    canonical, or in a held-out phrasing (`anygen.worlds.shapes.phrasing`) drawn from a stream of its
+    own, so the scenes and edits are the same samples whichever phrasing runs."""
+    if phrasing not in EVAL_PHRASINGS:
+        raise ValueError(f"phrasing: {phrasing!r} is not one of {', '.join(EVAL_PHRASINGS)}")
+    if phrasing == "canonical":
+        return (lambda scene: scene.caption()), (lambda edit: edit.instruction)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, PHRASING_STREAM])
+    return (lambda scene: phrase_caption(scene, rng, "heldout").text,
+            lambda edit: phrase_instruction(edit, rng, "heldout").text)
+
+
 def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch_size: int = EVAL_BATCH,
                     story_steps: int = 3, edit_reason: bool = False, reason_form: str = "scene",
-                    edit_kinds=EDIT_KINDS, progress=None) -> dict[str, float]:
+                    edit_kinds=EDIT_KINDS, progress=None, phrasing: str = "canonical") -> dict[str, float]:
     """Run the ShapesWorld suite on `generator`; `n` samples per task (fresh scenes from `seed`).
 
     `edit_reason`: edits are reasoned (`generator.edit_batch_with_reasoning`) and
@@ -241,9 +260,12 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
     `anygen.worlds.shapes.plans.reasoning` writes; a model is trained with one). `reason_form`: the form
     the `plan` suite writes its prompts in (the model's `tasks.reasoned_edit.form`). `edit_kinds`:
     the edit kinds the `edit` and `plan` suites run; the others' samples are still drawn, so a kind
-    scores the same samples as in a run of all kinds."""
+    scores the same samples as in a run of all kinds. `phrasing`: ``canonical`` prompts, or
+    ``heldout``: the t2i prompts and edit instructions in phrasings whose frames no training example
+    has (`phrasings`); the judge scores the same scenes either way."""
     if not edit_kinds or not set(edit_kinds) <= set(EDIT_KINDS):
         raise ValueError(f"edit_kinds: {edit_kinds!r} is not a non-empty subset of {', '.join(EDIT_KINDS)}")
+    caption_of, instruction_of = phrasings(seed, phrasing)
     world = ShapesWorld(WorldConfig(seed=seed))
     rng = np.random.default_rng(seed + 7_000_000)  # far from training seeds
     results: dict[str, float] = {}
@@ -257,7 +279,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             for lo in range(0, n, batch_size):
                 chunk = scenes[lo:lo + batch_size]
                 start = time.perf_counter()
-                images = generator.draw_batch([s.caption() for s in chunk], seed=seed + lo)
+                images = generator.draw_batch([caption_of(s) for s in chunk], seed=seed + lo)
                 seconds += time.perf_counter() - start
                 generated += images
                 real += [render_scene(s) for s in chunk]
@@ -286,7 +308,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             for lo in range(0, n, batch_size):
                 chunk = edits[lo:lo + batch_size]
                 sources = [render_scene(e.source) for e in chunk]
-                instructions = [e.instruction for e in chunk]
+                instructions = [instruction_of(e) for e in chunk]
                 start = time.perf_counter()
                 if edit_reason:
                     edited, texts = zip(*generator.edit_batch_with_reasoning(sources, instructions, seed=seed + lo))

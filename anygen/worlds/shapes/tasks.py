@@ -7,6 +7,7 @@ import numpy as np
 from anygen.config import ConfigError
 from anygen.tasks.layouts import (Media, Piece, Spec, TaskMix, _Ids, _marker, audio_to_text, describe_edit, edit,
                                   image_to_text, reasoned_edit, reasoned_text, text_to_audio, text_to_image)
+from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.worlds.shapes.world import melody_text
 
@@ -34,11 +35,18 @@ class ShapesTasks:
         return Media("audio", ("melody", c.sample_rate, c.note_seconds, tuple(notes)),
                      lambda: (self.world.render_melody(notes), c.sample_rate))
 
+    def _paraphrase(self, rng: np.random.Generator) -> bool:
+        """Whether this example's input text is a paraphrase (`WorldConfig.phrasing`); draws nothing
+        from `rng` with canonical phrasing, so canonical streams are unchanged."""
+        c = self.world.config
+        return c.phrasing == "paraphrase" and rng.random() < c.paraphrase_share
+
     def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
         w, mix = self.world, self.mix
         if task == "text_to_image":
             scene = w.sample_scene(rng, split=split)
-            return text_to_image(scene.caption(), self._scene(scene), mix.text_to_image, rng)
+            text = phrase_caption(scene, rng).text if self._paraphrase(rng) else scene.caption()
+            return text_to_image(text, self._scene(scene), mix.text_to_image, rng)
         if task == "image_to_text":
             scene = w.sample_scene(rng, split=split)
             return image_to_text(self._scene(scene), scene.caption(), mix.image_to_text, rng)
@@ -52,6 +60,8 @@ class ShapesTasks:
             e = w.sample_edit(rng, split=split)
             p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives
             text = e.narrative() if p > 0 and rng.random() < p else e.instruction
+            if task != "describe_edit" and text == e.instruction and self._paraphrase(rng):
+                text = phrase_instruction(e, rng).text  # an input: outputs (describe_edit, plans) stay canonical
             if task == "reasoned_text":
                 return reasoned_text(text, *reasoning_parts(mix.reasoned_edit.form, e), mix.reasoned_text)
             if task == "reasoned_edit":
@@ -59,7 +69,7 @@ class ShapesTasks:
                 return reasoned_edit(self._scene(e.source), text, self._scene(e.target), why, mix.reasoned_edit, rng)
             if task == "describe_edit":  # stories are re-ranked by their sentences: some answers are narrative
                 return describe_edit(self._scene(e.source), self._scene(e.target), text, mix.describe_edit, rng)
-            return edit(self._scene(e.source), e.instruction, self._scene(e.target), mix.edit, rng)
+            return edit(self._scene(e.source), text, self._scene(e.target), mix.edit, rng)
         if task == "story":
             return self.story(w.sample_story(rng, split=split))
         raise ValueError(f"ShapesWorld has no task {task!r} (tasks: {', '.join(SHAPES_TASKS)})")

@@ -23,6 +23,10 @@ unambiguous variant, any object order and a trailing period):
   the position when two objects share size, colour and shape.
 - melody text: ``the notes C E G``.
 
+Other phrasings of captions and edit instructions (synonyms, word order, frames, a fixed
+held-out split for evaluation) are in `anygen.worlds.shapes.phrasing`; `WorldConfig.phrasing`
+trains on them.
+
 Rendering: the shape's alpha is its exact area coverage of each pixel, estimated with
 8×8 supersampling, composited over white. Sizes are bounding boxes of 10 px (small) and
 18 px (large) at 64 px, scaled with the image size; triangles point up with base = height.
@@ -529,6 +533,11 @@ class WorldConfig:
     # e.g. {move: 2} makes moves twice as likely as each other kind); empty = uniform, the old stream.
     # Edit tasks only: a story's steps stay uniform
     edit_weights: dict[str, float] = field(default_factory=dict)
+    # the input texts of text->image, edit and reasoned-edit examples: "canonical" (the one canonical
+    # form) or "paraphrase" (`paraphrase_share` of them in a training-split phrasing of
+    # `anygen.worlds.shapes.phrasing`, the rest canonical); outputs (captions, plans, stories) stay canonical
+    phrasing: str = "canonical"
+    paraphrase_share: float = 0.5
 
     def __post_init__(self):
         check(MIN_OBJECTS <= self.min_objects <= self.max_objects <= MAX_OBJECTS, "min_objects/max_objects",
@@ -551,6 +560,10 @@ class WorldConfig:
         for kind, weight in self.edit_weights.items():
             check(kind in EDIT_KINDS, f"edit_weights.{kind}", f"not an edit kind ({', '.join(EDIT_KINDS)})")
             check(0 <= weight < float("inf"), f"edit_weights.{kind}", f"must be a number >= 0, got {weight!r}")
+        check(self.phrasing in ("canonical", "paraphrase"), "phrasing",
+              f"must be canonical or paraphrase, got {self.phrasing!r}")
+        check(0.0 <= self.paraphrase_share <= 1.0, "paraphrase_share",
+              f"must be in [0, 1], got {self.paraphrase_share}")
         check(any(self.edit_weight(k) > 0 for k in ALWAYS_VALID_EDITS), "edit_weights",
               f"one of {', '.join(ALWAYS_VALID_EDITS)} (valid in every scene) needs a weight > 0")
 
