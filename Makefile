@@ -50,3 +50,14 @@ digits-data: setup
 
 digits-classifier: digits-data
 	$(BIN)/anygen digits train-classifier
+
+# The discrete-vs-Transfusion side-by-side (docs/experiments.md): both heads trained at equal compute with training
+# seed SEED, then judged; `make side-by-side-summary` gives mean and spread over the seeds run so far.
+# make side-by-side SEED=0 ; make side-by-side SEED=1 ; make side-by-side SEED=2 ; make side-by-side-summary
+SEED ?= 0
+.PHONY: side-by-side side-by-side-summary
+side-by-side: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh $(SEED)
+
+side-by-side-summary: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh summary
