@@ -102,7 +102,8 @@ class TransfusionBatches:
     def batch(self, k: int) -> dict:
         rng = np.random.default_rng([self.cfg.train.seed, k])
         docs = rng.integers(0, len(self.shards), self.cfg.data.batch_size)
-        seqs = [latent_sequence(*self.shards[int(i)], vocab=self.vocab, grid=self.grid) for i in docs]
+        docs = [self.shards[int(i)] for i in docs]  # (ids, loss mask)
+        seqs = [latent_sequence(ids, self.vocab, self.grid, loss) for ids, loss in docs]
         seqs = [s for s in seqs if len(s.ids) >= 2] or seqs  # a document cut to nothing trains nothing
         width = max(len(s.ids) for s in seqs)
 
