@@ -20,15 +20,17 @@ export ANYGEN_THREADS=${ANYGEN_THREADS:-1}
 
 if [[ ${1:-} == summary ]]; then
   exec "$PYTHON" - "$RUNS" <<'PY'
-import json, statistics, sys
+import json, re, statistics, sys
 from pathlib import Path
 runs = Path(sys.argv[1])
+shown = re.compile(r"all_correct|objects_2\.|exact|success|preservation|coherence|validity|fd_pool8|seconds_per")
 for head in ("tokens", "diffusion"):
     evals = sorted(runs.glob(f"seed*/{head}/eval.json"))
     if not evals:
         continue
     rows = [json.loads(p.read_text()) for p in evals]
-    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and all(k in r for r in rows)]
+    keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and all(k in r for r in rows)
+            and shown.search(k)]
     train = [json.loads((p.parent / "summary.json").read_text()) for p in evals]
     print(f"{head}: {len(rows)} seeds ({', '.join(p.parent.parent.name for p in evals)}), "
           f"train CPU {statistics.mean(t['cpu_s'] for t in train) / 60:.1f} min mean")
