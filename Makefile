@@ -70,3 +70,14 @@ digits-classifier: digits-data
 digits-model: digits-data
 	ANYGEN_THREADS=1 $(BIN)/anygen quickstart digits --out runs/digits --minutes 60 --background black
 	$(BIN)/anygen recommend runs/digits guidance_scale=3
+
+# The discrete-vs-Transfusion side-by-side (docs/experiments.md): both heads trained at equal compute with training
+# seed SEED, then judged; `make side-by-side-summary` gives mean and spread over the seeds run so far.
+# make side-by-side SEED=0 ; make side-by-side SEED=1 ; make side-by-side SEED=2 ; make side-by-side-summary
+SEED ?= 0
+.PHONY: side-by-side side-by-side-summary
+side-by-side: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh $(SEED)
+
+side-by-side-summary: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh summary
