@@ -98,7 +98,8 @@ def cmd_tokenizer_assemble(args) -> None:
 
     out = out_dir(args.out)
     tokenizer = MultimodalTokenizer.assemble(args.text, image_dir=args.image, audio_dir=args.audio,
-                                             audio_layout=args.layout, image_keep=args.image_keep)
+                                             audio_layout=args.layout, image_keep=args.image_keep,
+                                             image_size=args.image_size)
     with writing_output(out):
         tokenizer.save(out)
     v = tokenizer.vocab
@@ -548,7 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True,
                    help="text tokenizer directory, or a Hugging Face model directory (its tokenizer.json; e.g. "
                         "from anygen import-lm): the codes' ids come after its vocabulary")
-    p.add_argument("--image", help="image codec directory")
+    p.add_argument("--image", help="image codec directory: an anygen codec, or a pretrained tokenizer folder "
+                                   "(diffusers VQModel/AutoencoderKL, transformers Emu3/Chameleon VQ-VAE or a "
+                                   "whole Emu3/Chameleon model folder; recognised by its config.json)")
+    p.add_argument("--image-size", type=int,
+                   help="pixel side a pretrained tokenizer folder reads and draws (default: the folder's own)")
     p.add_argument("--audio", help="audio codec directory")
     p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")
     p.add_argument("--image-keep", action="store_true",
