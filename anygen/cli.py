@@ -438,7 +438,8 @@ def cmd_bench_interop(args) -> None:
     json_path = json_out(args)
     results = run_interop_bench(args.model, layers=args.layers, hidden=args.hidden, grid=args.grid,
                                 codebook=args.codebook, batches=tuple(args.batch), guidance_scale=args.guidance_scale,
-                                repeats=args.repeats, threads=args.threads)
+                                repeats=args.repeats, threads=args.threads, device=args.device,
+                                heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate, vocab_size=args.vocab_size)
     print(format_interop_bench(results))
     write_json(json_path, results)
 
@@ -713,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--grid", type=int, default=8, help="image side in codes (random model only)")
     p.add_argument("--codebook", type=int, default=1024, help="VQ codes (random model only)")
+    p.add_argument("--heads", type=int, help="attention heads (random model only; default: heads of 64)")
+    p.add_argument("--kv-heads", type=int, help="key/value heads (random model only; default: as many as heads)")
+    p.add_argument("--intermediate", type=int, help="MLP width (random model only; default 2 x hidden)")
+    p.add_argument("--vocab-size", type=int, help="ids in all (random model only; default: just its tokens)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 on cuda)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)

@@ -65,16 +65,31 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 def run_interop_bench(directory: str | None = None, layers: int = 4, hidden: int = 256, grid: int = 8,
                       codebook: int = 1024, batches=(1, 4), guidance_scale: float = 3.0, repeats: int = 3,
-                      threads: int = 1) -> dict:
-    """Seconds per call of anygen's sampler and transformers' generate for each batch size (see the module doc)."""
+                      threads: int = 1, device: str = "cpu", heads: int | None = None, kv_heads: int | None = None,
+                      intermediate: int | None = None, vocab_size: int | None = None) -> dict:
+    """Seconds per call of anygen's sampler and transformers' generate for each batch size (see the module doc).
+
+    The random model has `heads` attention heads (default: heads of 64), `kv_heads` key/value heads
+    (default: as many as heads), MLP
+    width `intermediate` (default 2 * hidden) and `vocab_size` ids (default: just its tokens); on a
+    CUDA `device` both run in bfloat16 and every timing waits for the GPU."""
     from transformers import Emu3ForConditionalGeneration
 
     for name, value, least in (("--layers", layers, 1), ("--hidden", hidden, 64), ("--grid", grid, 1),
                                ("--codebook", codebook, 2), ("--repeats", repeats, 1)):
         if value < least:
             raise AnygenError(f"{name} must be at least {least}, got {value}")
-    if hidden % 64:
+    if heads is None and hidden % 64:
         raise AnygenError(f"--hidden must be a multiple of 64 (heads of 64), got {hidden}")
+    heads = hidden // 64 if heads is None else heads
+    if heads < 1 or hidden % heads:
+        raise AnygenError(f"--heads must divide --hidden ({hidden}), got {heads}")
+    kv_heads = heads if kv_heads is None else kv_heads
+    if kv_heads < 1 or heads % kv_heads:
+        raise AnygenError(f"--kv-heads must divide the {heads} heads, got {kv_heads}")
+    cuda = str(device).startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise AnygenError(f"--device {device}: no CUDA device here")
     if not batches or min(batches) < 1:
         raise AnygenError(f"--batch sizes must be at least 1, got {list(batches)}")
     set_threads(threads, "--threads")
@@ -83,12 +98,15 @@ def run_interop_bench(directory: str | None = None, layers: int = 4, hidden: int
         if directory is None:
             from anygen.interop.tiny import write_tiny_emu3
 
-            directory = write_tiny_emu3(Path(tmp) / "emu3", layers=layers, hidden=hidden, heads=hidden // 64,
-                                        kv_heads=hidden // 64, codebook=codebook, grid=grid, context=2048)
+            directory = write_tiny_emu3(Path(tmp) / "emu3", layers=layers, hidden=hidden, heads=heads,
+                                        kv_heads=kv_heads, codebook=codebook, grid=grid,
+                                        context=max(2048, (grid + 1) * grid + 512), intermediate=intermediate,
+                                        vocab_size=vocab_size)
         elif adapter_of(directory) != "anygen.interop.emu3":
             raise AnygenError(f"{directory}: bench interop needs an Emu3 directory (config.json model_type emu3)")
-        lm, tokenizer, _ = load_interop(directory)
-        hf = Emu3ForConditionalGeneration.from_pretrained(str(directory), dtype=torch.float32).eval()
+        lm, tokenizer, _ = load_interop(directory, device)
+        hf = Emu3ForConditionalGeneration.from_pretrained(str(directory), dtype=torch.bfloat16 if cuda else torch.float32)
+        hf = hf.eval().to(device)
     vocab, idmap = tokenizer.vocab, lm.idmap
     (h, w), = vocab.image_grids
     text_cfg = hf.config.text_config
@@ -100,15 +118,16 @@ def run_interop_bench(directory: str | None = None, layers: int = 4, hidden: int
     allowed = emu3_prefix_allowed_tokens(hf.config, h, w)
     out = {"model": {"layers": text_cfg.num_hidden_layers, "hidden": text_cfg.hidden_size, "grid": [h, w],
                      "codebook": vocab.image_codebook_size, "params": sum(p.numel() for p in hf.parameters()),
-                     "directory": None if given is None else str(given)},
-           "threads": threads, "repeats": repeats, "guidance_scale": guidance_scale, "goal_speedup": GOAL_SPEEDUP,
+                     "vocab": text_cfg.vocab_size, "directory": None if given is None else str(given)},
+           "device": str(device), "threads": threads, "repeats": repeats, "guidance_scale": guidance_scale, "goal_speedup": GOAL_SPEEDUP,
            "batches": []}
     for batch in batches:
         texts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         conds = [layouts.task_prompt(tokenizer, "text_to_image", text=t) for t in texts]
         prompts = [Prompt(c, uncond=[uncond], force=[vocab.boi]) for c in conds]
         ids, mask = _left_pad([_expand(idmap, c + image_prefix) for c in conds], idmap.pad)
-        neg = torch.tensor([_expand(idmap, uncond + image_prefix)] * batch)
+        ids, mask = ids.to(device), mask.to(device)
+        neg = torch.tensor([_expand(idmap, uncond + image_prefix)] * batch, device=device)
 
         def ours():
             return generate(lm, vocab, prompts, cfg)
@@ -123,8 +142,12 @@ def run_interop_bench(directory: str | None = None, layers: int = 4, hidden: int
         results = {}
         for _ in range(repeats):
             for name, fn in (("anygen", ours), ("transformers", theirs)):
+                if cuda:
+                    torch.cuda.synchronize()
                 t = time.perf_counter()
                 results[name] = fn()
+                if cuda:
+                    torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t)
         same = all(_same_tokens(idmap, vocab, c, r, row, ids.shape[1], image_prefix)
                    for c, r, row in zip(conds, results["anygen"], results["transformers"]))
@@ -140,14 +163,14 @@ def _same_tokens(idmap, vocab, cond, result, hf_row, prompt_width, image_prefix)
         return False
     full = _expand(idmap, cond + result.ids[:result.ids.index(vocab.eoi) + 1])
     prompt = _expand(idmap, cond + image_prefix)
-    generated = hf_row.tolist()[prompt_width:]
+    generated = hf_row.cpu().tolist()[prompt_width:]
     return full[len(prompt):] == generated[:len(full) - len(prompt)]
 
 
 def format_interop_bench(r: dict) -> str:
     m = r["model"]
     lines = [f"Emu3 {m['layers']} layers x {m['hidden']}, {m['params'] / 1e6:.1f}M params, {m['grid'][0]}x{m['grid'][1]} "
-             f"codes of {m['codebook']}; guidance scale {r['guidance_scale']}; threads {r['threads']}; "
+             f"codes of {m['codebook']}; guidance scale {r['guidance_scale']}; {r['device']}, threads {r['threads']}; "
              f"medians of {r['repeats']}"]
     for b in r["batches"]:
         lines.append(f"batch {b['batch']}: anygen {b['anygen_s'] * 1e3:.0f} ms vs transformers generate "

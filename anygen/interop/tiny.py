@@ -34,16 +34,21 @@ def _char_tokenizer(vocabulary: dict[str, int], specials, bos: str, eos: str, pa
 
 
 def write_tiny_emu3(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
-                    kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0) -> Path:
-    """A random Emu3 directory: `layers` x `hidden` text model, a VQVAE with `codebook` codes and
-    spatial factor 2, generating `grid` x `grid` codes. Returns the directory."""
+                    kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0,
+                    intermediate: int | None = None, vocab_size: int | None = None) -> Path:
+    """A random Emu3 directory: `layers` x `hidden` text model (MLP width `intermediate`, default
+    2 * hidden), a VQVAE with `codebook` codes and spatial factor 2, generating `grid` x `grid`
+    codes. `vocab_size` (default: just the characters, specials and codes) pads the text vocabulary
+    with filler words (never typed) up to a released model's size. Returns the directory."""
     from transformers import Emu3Config, Emu3ForConditionalGeneration
 
     directory = Path(directory)
-    names = [UNK] + list(CHARS) + list(EMU3_SPECIALS) + [f"<|visual token {k:06d}|>" for k in range(codebook)]
+    names = [UNK] + list(CHARS) + list(EMU3_SPECIALS)
+    filler = max(0, (vocab_size or 0) - len(names) - codebook)
+    names += [f"<filler{k}>" for k in range(filler)] + [f"<|visual token {k:06d}|>" for k in range(codebook)]
     vocabulary = {name: i for i, name in enumerate(names)}
     config = Emu3Config(
-        text_config=dict(vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden,
+        text_config=dict(vocab_size=len(names), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=context, bos_token_id=vocabulary["<|extra_203|>"],
                          eos_token_id=vocabulary["<|extra_204|>"], pad_token_id=vocabulary["<|endoftext|>"]),
