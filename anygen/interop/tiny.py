@@ -109,3 +109,48 @@ def write_tiny_chameleon(directory: str | os.PathLike, *, layers: int = 2, hidde
     side = resolution // 2
     (directory / "processor_config.json").write_text(json.dumps({"image_seq_length": side * side}))
     return directory
+
+
+JANUS_SPECIALS = ("<|end▁of▁sentence|>", "<|begin▁of▁sentence|>", "<｜▁pad▁｜>", "<begin_of_image>", "<end_of_image>",
+                  "<image_placeholder>")
+
+
+def write_tiny_janus(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+                     kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0) -> Path:
+    """A random Janus(-Pro) directory: a `layers` x `hidden` Llama, a one-layer SigLIP reading
+    `8 * grid`-pixel images as `grid` x `grid` patches, and a VQ-VAE (spatial factor 8) with
+    `codebook` codes, its generation embeddings, aligner and head. Returns the directory."""
+    from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
+
+    directory = Path(directory)
+    names = [UNK] + list(CHARS) + list(JANUS_SPECIALS)
+    vocabulary = {name: i for i, name in enumerate(names)}
+    eos, bos, pad, boi, eoi, placeholder = (vocabulary[n] for n in JANUS_SPECIALS)
+    size = 8 * grid
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=context, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=size, patch_size=8,
+                           projection_dim=hidden, depth=2, num_image_tokens=grid * grid, mlp_ratio=2.0),
+        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=32, base_channels=32,
+                       channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
+                       image_token_embed_dim=hidden, num_hidden_layers=2),
+        image_token_id=placeholder)
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(config).eval()
+    with torch.no_grad():  # initialised near zero, the codebook and the generation path would give one code
+        model.model.vqmodel.quantize.embedding.weight.normal_()
+        for module in (model.model.generation_embeddings, model.model.generation_aligner, model.model.generation_head):
+            for p in module.parameters():
+                p.normal_(0.0, 0.5)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                                               generation_kwargs={"boi_token_id": boi})
+    model.save_pretrained(directory)
+    text_vocab = {n: i for n, i in vocabulary.items() if n not in JANUS_SPECIALS}
+    tok = _char_tokenizer(text_vocab, JANUS_SPECIALS, JANUS_SPECIALS[1], JANUS_SPECIALS[0], JANUS_SPECIALS[2])
+    tok.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "JanusImageProcessor", "size": {"height": size, "width": size},
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    return directory
