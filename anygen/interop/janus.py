@@ -25,6 +25,7 @@ patch grid (Janus's processor: 576 placeholders for 24 x 24 codes at 384 pixels)
 
 from __future__ import annotations
 
+import functools
 import os
 from types import SimpleNamespace
 
@@ -216,15 +217,17 @@ class JanusLM(InteropLM):
         picked = hidden.gather(1, where[..., None].expand(B, T, hidden.shape[-1]))
         return SimpleNamespace(logits=self.logits_of(picked))
 
-    def anygen_decoder(self, n_rows: int, max_len: int, positions=None, backend: str = "auto") -> "JanusDecoder":
-        if backend == "fast":
-            raise ValueError(f"the fast decoder does not support {MODEL_TYPE}; use backend='hf'")
-        return JanusDecoder(self, n_rows)
+    def anygen_decoder(self, n_rows: int, max_len: int, positions=None, backend: str = "auto"):
+        """`FastDecoder` over the Llama body fed Janus's embeddings (`JanusFastDecoder`), or with
+        backend "hf" the language model's own forward (`JanusDecoder`)."""
+        if backend == "hf":
+            return JanusDecoder(self, n_rows)
+        return _fast_decoder_class()(self, n_rows, max_len)
 
 
 class JanusDecoder:
-    """`prefill`/`step` in anygen ids over Janus's language model with a `DynamicCache`; rows whose
-    step feeds fewer embeddings (a `<grid>`: none) are padded inside the cache and masked."""
+    """`prefill`/`step` in anygen ids over Janus's language model forward with a `DynamicCache` (backend
+    "hf"); rows whose step feeds fewer embeddings (a `<grid>`: none) are padded inside the cache and masked."""
 
     def __init__(self, lm: JanusLM, n_rows: int):
         self.lm, self.n_rows = lm, n_rows
@@ -323,3 +326,68 @@ def load(directory: str | os.PathLike, device: str = "cpu"):
     meta = {"architecture": "JanusForConditionalGeneration", "model_type": MODEL_TYPE, "tasks": list(TASKS),
             "why_not": WHY_NOT}
     return lm, MultimodalTokenizer(ModelText(tokenizer, text_ids, n_model), codec), meta
+
+
+@functools.cache
+def _fast_decoder_class():
+    """`JanusFastDecoder`, defined on first use (`FastDecoder` lives in the sampler, which imports the API)."""
+    from anygen.sampling.backends import FastDecoder
+
+    class JanusFastDecoder(FastDecoder):
+        """`FastDecoder` over Janus's Llama body, fed the embeddings `JanusLM.embed_rows` gives (text,
+        read images, drawn codes) and scored by `JanusLM.logits_of`'s two heads. A step whose ids feed
+        several embeddings runs one sub-step each, shorter rows held (right-aligned); one that feeds
+        none (`<grid>`) keeps each row's last hidden state."""
+
+        def __init__(self, lm: JanusLM, n_rows: int, max_len: int):
+            self.lm = lm
+            super().__init__(lm.fast_view(), n_rows, max_len)  # every anygen id feeds at most one embedding
+            self.pending, self.h = None, None
+
+        def _embed(self, ids):
+            return self.pending
+
+        def _head(self, h, lo, hi):
+            self.h_new = h
+            return None
+
+        def _logits(self, lo, hi):
+            rms = self._rms(self.h, *self.norm)
+            return self.lm.logits_of(rms, lo, hi) if hi is None or hi > lo else None
+
+        @torch.inference_mode()
+        def prefill(self, ids, n_pad, lo=0, hi=None):
+            rows = [ids[r, int(n_pad[r]):].tolist() for r in range(ids.shape[0])]
+            embeds, _ = self.lm.embed_rows(rows, prompt=True)
+            width = max(1, max(len(e) for e in embeds))
+            x = torch.zeros(len(rows), width, embeds[0].shape[-1], dtype=self.dtype, device=self.device)
+            for r, e in enumerate(embeds):
+                x[r, width - len(e):] = e.to(self.dtype)
+            self.pending = x
+            pads = torch.tensor([width - len(e) for e in embeds], device=self.device)
+            super().prefill(torch.zeros(len(rows), width, dtype=torch.long, device=self.device), pads, 0, 0)
+            self.h = self.h_new
+            return self._logits(lo, hi)
+
+        @torch.inference_mode()
+        def step(self, tokens, lo=0, hi=None, hold=None):
+            embeds, _ = self.lm.embed_rows([[t] for t in tokens.tolist()], prompt=False)
+            R, lengths = len(embeds), [len(e) for e in embeds]
+            k = max(lengths)
+            dummy = torch.zeros(R, dtype=torch.long, device=self.device)
+            for j in range(k):
+                first = [k - n for n in lengths]  # right-aligned: row r feeds from sub-step first[r]
+                x = torch.zeros(R, self.embed.shape[1], dtype=self.dtype, device=self.device)
+                for r, e in enumerate(embeds):
+                    if j >= first[r]:
+                        x[r] = e[j - first[r]].to(self.dtype)
+                held = torch.tensor([j < f for f in first], device=self.device)
+                self.pending = x
+                super().step(dummy, 0, 0, held if bool(held.any()) else None)
+            if k:
+                fed = torch.tensor([n > 0 for n in lengths], device=self.device)
+                self.h = torch.where(fed[:, None], self.h_new, self.h)
+            return self._logits(lo, hi)
+
+    return JanusFastDecoder
+

@@ -68,11 +68,14 @@ def unguided_reference(hf, prompt_ids, n):
     return codes
 
 
+@pytest.mark.parametrize("backend", ["auto", "hf"])
 @pytest.mark.parametrize("scale", [1.0, 3.0])
-def test_draw_equals_transformers_image_generation(janus_dir, hf, scale):
+def test_draw_equals_transformers_image_generation(janus_dir, hf, scale, backend):
+    """Both decoders: `FastDecoder` over Janus's Llama body fed its embeddings ("auto") and the
+    language model's own forward ("hf")."""
     recorder = Recorder()
     g = load_model(janus_dir, sampler=recorder)
-    [picture] = g.draw("a red cat on a mat", guidance_scale=scale)
+    [picture] = g.draw("a red cat on a mat", guidance_scale=scale, backend=backend)
     [(prompts, [result])] = recorder.calls
     v = g.vocab
     codes = [t - v.image_start for t in result.ids[2:2 + GRID * GRID]]
@@ -117,7 +120,8 @@ def reference_text(hf, tok, prompt_ids, n, suppress, **kwargs):
     return tok.decode(new).strip()
 
 
-def test_caption_equals_transformers_generate(janus_dir, hf):
+@pytest.mark.parametrize("backend", ["auto", "hf"])
+def test_caption_equals_transformers_generate(janus_dir, hf, backend):
     """A greedy caption equals transformers' greedy answer with the image in Janus's understanding
     layout (`<begin_of_image>`, placeholders, `<end_of_image>`), its pixels the VQ-VAE's decoding of
     the image's codes (what anygen holds of an image)."""
@@ -126,7 +130,7 @@ def test_caption_equals_transformers_generate(janus_dir, hf):
     g = anygen.load(janus_dir)
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (8 * GRID, 8 * GRID, 3), dtype=np.uint8))
-    caption = g.caption(image, max_new_tokens=12)
+    caption = g.caption(image, max_new_tokens=12, backend=backend)
     codes = g.tokenizer.image.encode_images([image])
     pixels = hf.model.vqmodel.decode(codes.view(1, -1)).detach()
     tok = AutoTokenizer.from_pretrained(str(janus_dir))
