@@ -439,7 +439,8 @@ def cmd_bench_interop(args) -> None:
     results = run_interop_bench(args.model, layers=args.layers, hidden=args.hidden, grid=args.grid,
                                 codebook=args.codebook, batches=tuple(args.batch), guidance_scale=args.guidance_scale,
                                 repeats=args.repeats, threads=args.threads, device=args.device,
-                                heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate, vocab_size=args.vocab_size)
+                                heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate,
+                                vocab_size=args.vocab_size, family=args.family)
     print(format_interop_bench(results))
     write_json(json_path, results)
 
@@ -705,11 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
-    p = bench.add_parser("interop", help="released-model (Emu3) guided image generation: anygen vs transformers generate()",
-                         description="Draw greedy guided images with the same Emu3 weights through anygen and through "
-                                     "transformers' generate (guidance_scale + negative_prompt_ids, Emu3's prefix "
-                                     "constraint), at each batch size, and print the speed ratios.")
-    p.add_argument("--model", help="an Emu3 transformers directory (default: random weights of --layers x --hidden)")
+    p = bench.add_parser("interop", help="released-model (Emu3, Janus) guided image generation: anygen vs transformers "
+                                         "generate()",
+                         description="Draw greedy guided images with the same Emu3 or Janus weights through anygen and "
+                                     "through transformers' generate (Emu3: guidance_scale + negative_prompt_ids under "
+                                     "its prefix constraint; Janus: generation_mode='image'), at each batch size, and "
+                                     "print the speed ratios.")
+    p.add_argument("--model", help="an Emu3 or Janus transformers directory (default: random weights of --layers x "
+                                   "--hidden)")
+    p.add_argument("--family", choices=("emu3", "janus"), default="emu3", help="the random model's family")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--grid", type=int, default=8, help="image side in codes (random model only)")

@@ -116,6 +116,31 @@ class JanusLM(InteropLM):
         n = sum(len(self.idmap.expansion(t)) for t in cond[1:])
         return [cond[0]] + [v.pad] * n
 
+    def step_embeddings(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """(R,) drawn anygen ids -> (R, D) embeddings in one batch when each feeds exactly one (text,
+        a special of one id, a drawn code), else None (`embed_rows` handles the rest)."""
+        if getattr(self, "_single", None) is None:
+            v = self.idmap.vocab
+            single = torch.full((v.size,), -1, dtype=torch.long)
+            for t in range(v.size):
+                try:
+                    e = self.idmap.expansion(t)
+                except AnygenError:
+                    continue
+                if len(e) == 1:
+                    single[t] = e[0]
+            object.__setattr__(self, "_single", single.to(self.head_rows()[0].device))
+        v, tokens = self.idmap.vocab, tokens.to(self._single.device)
+        model_ids = self._single[tokens]
+        if bool((model_ids < 0).any()):
+            return None
+        x = self.hf.get_input_embeddings()(model_ids)
+        codes = (tokens >= v.image_start) & (tokens < v.audio_start)
+        if bool(codes.any()):
+            x = x.clone()
+            x[codes] = self.code_embeddings(tokens[codes] - v.image_start).to(x.dtype)
+        return x
+
     # -- rows of anygen ids -> embeddings --
     def embed_rows(self, rows: list[list[int]], prompt: bool) -> tuple[list[torch.Tensor], list[list[int]]]:
         """Each row's input embeddings (n_i, D) and, per anygen id, the index of its last embedding
@@ -185,11 +210,16 @@ class JanusLM(InteropLM):
         hi = rows.shape[0] if hi is None else hi
         if hi <= lo:
             return None
-        out = torch.addmm(bias[lo:hi], hidden.reshape(-1, hidden.shape[-1]), rows[lo:hi].t())
+        flat = hidden.reshape(-1, hidden.shape[-1])
         c_lo, c_hi = max(lo, v.image_start), min(hi, v.audio_start)
-        if c_lo < c_hi:
-            gen = self.hf.model.generation_head(hidden.reshape(-1, hidden.shape[-1]))
-            out[:, c_lo - lo:c_hi - lo] = gen[:, c_lo - v.image_start:c_hi - v.image_start].to(out.dtype)
+        if c_lo >= c_hi:  # no code column: the language model's head alone
+            return torch.addmm(bias[lo:hi], flat, rows[lo:hi].t()).view(*hidden.shape[:-1], hi - lo)
+        out = torch.empty(flat.shape[0], hi - lo, dtype=rows.dtype, device=rows.device)
+        for a, b in ((lo, c_lo), (c_hi, hi)):  # the columns before and after the codes
+            if a < b:
+                out[:, a - lo:b - lo] = torch.addmm(bias[a:b], flat, rows[a:b].t())
+        gen = self.hf.model.generation_head(flat)
+        out[:, c_lo - lo:c_hi - lo] = gen[:, c_lo - v.image_start:c_hi - v.image_start].to(out.dtype)
         return out.view(*hidden.shape[:-1], hi - lo)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_):
@@ -267,7 +297,9 @@ class JanusDecoder:
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, lo: int = 0, hi: int | None = None):
-        embeds, _ = self.lm.embed_rows([[t] for t in tokens.tolist()], prompt=False)
+        x = self.lm.step_embeddings(tokens)
+        embeds = list(x[:, None]) if x is not None else self.lm.embed_rows([[t] for t in tokens.tolist()],
+                                                                            prompt=False)[0]
         self._feed(embeds)
         return self.lm.logits_of(self.h, lo, hi)
 
@@ -371,6 +403,12 @@ def _fast_decoder_class():
 
         @torch.inference_mode()
         def step(self, tokens, lo=0, hi=None, hold=None):
+            x = self.lm.step_embeddings(tokens)
+            if x is not None:  # every row feeds one embedding: one sub-step
+                self.pending = x.to(self.dtype)
+                super().step(tokens, 0, 0)
+                self.h = self.h_new
+                return self._logits(lo, hi)
             embeds, _ = self.lm.embed_rows([[t] for t in tokens.tolist()], prompt=False)
             R, lengths = len(embeds), [len(e) for e in embeds]
             k = max(lengths)

@@ -1,6 +1,7 @@
 """Tiny random released-model directories (transformers classes, random weights) for tests and benches.
 
-`write_tiny_emu3(directory, ...)` writes what a downloaded Emu3 checkpoint holds, at toy size:
+`write_tiny_emu3(directory, ...)` (and `write_tiny_chameleon`, `write_tiny_janus`) writes what a
+downloaded checkpoint holds, at toy size; for Emu3:
 config.json with its vocabulary map, model.safetensors, a character-level Hugging Face tokenizer
 holding Emu3's special and visual tokens, preprocessor_config.json and processor_config.json
 (`image_area`: the generation grid). Nothing is downloaded; the weights are random.
@@ -116,8 +117,10 @@ JANUS_SPECIALS = ("<|end▁of▁sentence|>", "<|begin▁of▁sentence|>", "<｜�
 
 
 def write_tiny_janus(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
-                     kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0) -> Path:
-    """A random Janus(-Pro) directory: a `layers` x `hidden` Llama, a one-layer SigLIP reading
+                     kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0,
+                     intermediate: int | None = None) -> Path:
+    """A random Janus(-Pro) directory: a `layers` x `hidden` Llama (MLP width `intermediate`, default
+    2 * hidden), a one-layer SigLIP reading
     `8 * grid`-pixel images as `grid` x `grid` patches, and a VQ-VAE (spatial factor 8) with
     `codebook` codes, its generation embeddings, aligner and head. Returns the directory."""
     from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
@@ -128,7 +131,8 @@ def write_tiny_janus(directory: str | os.PathLike, *, layers: int = 2, hidden: i
     eos, bos, pad, boi, eoi, placeholder = (vocabulary[n] for n in JANUS_SPECIALS)
     size = 8 * grid
     config = JanusConfig(
-        text_config=dict(model_type="llama", vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden,
+        text_config=dict(model_type="llama", vocab_size=len(names), hidden_size=hidden,
+                         intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=context, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
         vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=size, patch_size=8,
