@@ -10,7 +10,9 @@ A folder is recognised by its config.json, never by its name, and only its safet
                                                                                       mode, scaled
     "model_type": "emu3_vqgan"          transformers Emu3VQVAE     encode + decode    -
     "model_type": "chameleon_vqgan"     ChameleonVQVAE             encode only        -
-    "model_type": "emu3" / "chameleon"  the VQ-VAE inside a released model folder (its `vq_config`
+    "model_type": "janus_vqgan"         transformers JanusVQVAE    encode + decode    -
+    "model_type": "emu3" / "chameleon" / "janus"
+                                        the VQ-VAE inside a released model folder (its `vq_config`
                                         and the tensors under `vqmodel.`/`model.vqmodel.`)
 
 Every codec has the interface of `anygen.codecs.image.ImageCodec` that the tokenizer, trainers
@@ -48,7 +50,9 @@ MARKER_VERSION = 1
 DEFAULT_EMU3_IMAGE_SIZE = 720
 MAX_PRETRAINED_IMAGE_SIZE = 4096  # pixel side beyond any released tokenizer: a typo or a hostile file
 DIFFUSERS_CLASSES = ("VQModel", "AutoencoderKL")
-TRANSFORMERS_TYPES = ("emu3_vqgan", "chameleon_vqgan", "emu3", "chameleon")
+TRANSFORMERS_TYPES = ("emu3_vqgan", "chameleon_vqgan", "janus_vqgan", "emu3", "chameleon", "janus")
+RELEASED_TYPES = {"emu3": "Emu3VQVAE", "chameleon": "ChameleonVQVAE", "janus": "JanusVQVAE"}  # model -> its VQ-VAE class
+VQ_TYPES = {"emu3_vqgan": "Emu3VQVAE", "chameleon_vqgan": "ChameleonVQVAE", "janus_vqgan": "JanusVQVAE"}
 # where a released model folder keeps its VQ-VAE's tensors (transformers' saved names, old and new)
 VQ_PREFIXES = ("vqmodel.", "model.vqmodel.")
 
@@ -284,6 +288,15 @@ class ChameleonVQCodec(PretrainedImageCodec):
         return self.module.encode(x, return_dict=True).image_tokens
 
 
+class JanusVQCodec(ChameleonVQCodec):
+    """transformers `JanusVQVAE`: encodes and decodes (Janus-Pro's processor normalises to [-1, 1])."""
+
+    kind = "janus_vqgan"
+
+    def _decode(self, codes):
+        return self.module.decode(codes.reshape(len(codes), -1))
+
+
 def _marker_size(directory: Path) -> int | None:
     path = directory / MARKER_FILE
     if not path.is_file():
@@ -295,15 +308,13 @@ def _marker_size(directory: Path) -> int | None:
 
 
 def _released_vq(directory: Path, model_type: str, dtype: torch.dtype):
-    """The VQ-VAE inside a released Emu3/Chameleon folder: its vq_config and its `VQ_PREFIXES` tensors."""
+    """The VQ-VAE inside a released Emu3/Chameleon/Janus folder: its vq_config and its `VQ_PREFIXES` tensors."""
+    import transformers
     from safetensors import safe_open
 
     from transformers import AutoConfig
 
-    if model_type == "emu3":
-        from transformers import Emu3VQVAE as cls
-    else:
-        from transformers import ChameleonVQVAE as cls
+    cls = getattr(transformers, RELEASED_TYPES[model_type])
     try:
         config = AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     except Exception as e:
@@ -352,17 +363,22 @@ def open_pretrained_codec(directory: str | os.PathLike, image_size: int | None =
             size = int(sample[0] if isinstance(sample, (list, tuple)) else sample)
         codec_cls = DiffusersVQCodec if kind == "VQModel" else DiffusersKLCodec
     else:
-        if kind in ("emu3", "chameleon"):
+        if kind in RELEASED_TYPES:
             module = _released_vq(directory, kind, dtype)
         else:
+            import transformers
+
             from anygen.interop.base import open_pretrained
 
-            if kind == "emu3_vqgan":
-                from transformers import Emu3VQVAE as cls
-            else:
-                from transformers import ChameleonVQVAE as cls
-            module = open_pretrained(directory, cls, dtype)
-        if kind.startswith("emu3"):
+            module = open_pretrained(directory, getattr(transformers, VQ_TYPES[kind]), dtype)
+        if kind.startswith("janus"):
+            codec_cls = JanusVQCodec
+            native = int(module.config.num_patches) * JanusVQCodec.factor_of(module)
+            if size not in (None, native):  # its quantizer is shaped for num_patches x num_patches codes
+                raise AnygenError(f"{directory}: a Janus VQ-VAE reads and draws {native}-pixel images only, "
+                                  f"got image size {size}")
+            size = native
+        elif kind.startswith("emu3"):
             codec_cls = Emu3VQCodec
             if size is None:
                 from anygen.interop.base import processor_setting

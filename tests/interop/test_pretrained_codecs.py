@@ -90,10 +90,11 @@ def test_chameleon_vqvae_encodes_as_transformers_and_refuses_to_decode(chameleon
 
 
 def test_released_model_folders_give_their_vq_vae(tmp_path):
-    """A whole Emu3 / Chameleon folder is read for its VQ-VAE alone, with the same codes as the model's."""
-    from transformers import ChameleonForConditionalGeneration, Emu3ForConditionalGeneration
+    """A whole Emu3 / Chameleon / Janus folder is read for its VQ-VAE alone, with the same codes as the model's."""
+    from transformers import (ChameleonForConditionalGeneration, Emu3ForConditionalGeneration,
+                              JanusForConditionalGeneration)
 
-    from anygen.interop.tiny import write_tiny_chameleon, write_tiny_emu3
+    from anygen.interop.tiny import write_tiny_chameleon, write_tiny_emu3, write_tiny_janus
 
     emu3 = write_tiny_emu3(tmp_path / "emu3", grid=4)
     chameleon = write_tiny_chameleon(tmp_path / "chameleon", resolution=8)
@@ -106,6 +107,14 @@ def test_released_model_folders_give_their_vq_vae(tmp_path):
     vq = ChameleonForConditionalGeneration.from_pretrained(str(chameleon)).model.vqmodel.eval()
     with torch.no_grad():
         assert torch.equal(load_image_codec(chameleon).encode(x), vq.encode(x).image_tokens.view(2, 4, 4))
+    janus = write_tiny_janus(tmp_path / "janus", grid=2)  # 16-pixel images, 2 x 2 codes
+    vq = JanusForConditionalGeneration.from_pretrained(str(janus)).model.vqmodel.eval()
+    codec = load_image_codec(janus)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        codes = vq.encode(x).image_tokens.view(2, 2, 2)
+        assert torch.equal(codec.encode(x), codes)
+        assert torch.allclose(codec.decode(codes), vq.decode(codes.view(2, -1)).clamp(-1, 1), atol=1e-6)
 
 
 def test_only_safetensors_and_no_checkpoint_code(vqmodel_dir, tmp_path):
