@@ -368,9 +368,7 @@ def open_pretrained_codec(directory: str | os.PathLike, image_size: int | None =
         else:
             import transformers
 
-            from anygen.interop.base import open_pretrained
-
-            module = open_pretrained(directory, getattr(transformers, VQ_TYPES[kind]), dtype)
+            module = weights.open_pretrained(directory, getattr(transformers, VQ_TYPES[kind]), dtype)
         if kind.startswith("janus"):
             codec_cls = JanusVQCodec
             native = int(module.config.num_patches) * JanusVQCodec.factor_of(module)
@@ -381,9 +379,7 @@ def open_pretrained_codec(directory: str | os.PathLike, image_size: int | None =
         elif kind.startswith("emu3"):
             codec_cls = Emu3VQCodec
             if size is None:
-                from anygen.interop.base import processor_setting
-
-                area = processor_setting(directory, "image_area", DEFAULT_EMU3_IMAGE_SIZE ** 2)
+                area = weights.processor_setting(directory, "image_area", DEFAULT_EMU3_IMAGE_SIZE ** 2)
                 factor = module.vision_spatial_factor
                 size = int(round(area ** 0.5 / factor)) * factor
         else:

@@ -34,7 +34,8 @@ import torch
 from PIL import Image as PILImage
 
 from anygen.errors import AnygenError
-from anygen.interop.base import IdMap, InteropLM, ModelText, open_pretrained, open_tokenizer
+from anygen.interop.base import IdMap, InteropLM, ModelText, open_tokenizer
+from anygen.weights import open_pretrained
 from anygen.tokenizer import MultimodalTokenizer
 from anygen.vocab import SPECIAL_TOKENS, Vocab
 
