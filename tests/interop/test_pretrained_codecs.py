@@ -188,3 +188,10 @@ def test_text_to_image_trainer_trains_on_a_pretrained_tokenizer(which, head, vqm
     kw = {"num_inference_steps": 2} if which == "kl" else {}
     [image] = anygen.load(out).draw("a large red circle", seed=0, **kw)
     assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_tokenizer_eval_reads_a_pretrained_folder(vqmodel_dir):
+    from anygen.eval.tokenizer_eval import evaluate_tokenizer
+
+    out = evaluate_tokenizer(vqmodel_dir, n=4, batch_size=4)
+    assert out["codebook_size"] == CODEBOOK and out["codes_per_image"] == GRID[0] * GRID[1] and "psnr" in out
