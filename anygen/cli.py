@@ -98,7 +98,8 @@ def cmd_tokenizer_assemble(args) -> None:
 
     out = out_dir(args.out)
     tokenizer = MultimodalTokenizer.assemble(args.text, image_dir=args.image, audio_dir=args.audio,
-                                             audio_layout=args.layout, image_keep=args.image_keep)
+                                             audio_layout=args.layout, image_keep=args.image_keep,
+                                             image_size=args.image_size)
     with writing_output(out):
         tokenizer.save(out)
     v = tokenizer.vocab
@@ -443,7 +444,9 @@ def cmd_bench_interop(args) -> None:
     json_path = json_out(args)
     results = run_interop_bench(args.model, layers=args.layers, hidden=args.hidden, grid=args.grid,
                                 codebook=args.codebook, batches=tuple(args.batch), guidance_scale=args.guidance_scale,
-                                repeats=args.repeats, threads=args.threads)
+                                repeats=args.repeats, threads=args.threads, device=args.device,
+                                heads=args.heads, kv_heads=args.kv_heads, intermediate=args.intermediate,
+                                vocab_size=args.vocab_size, family=args.family)
     print(format_interop_bench(results))
     write_json(json_path, results)
 
@@ -563,7 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True,
                    help="text tokenizer directory, or a Hugging Face model directory (its tokenizer.json; e.g. "
                         "from anygen import-lm): the codes' ids come after its vocabulary")
-    p.add_argument("--image", help="image codec directory")
+    p.add_argument("--image", help="image codec directory: an anygen codec, or a pretrained tokenizer folder "
+                                   "(diffusers VQModel/AutoencoderKL, transformers Emu3/Chameleon VQ-VAE or a "
+                                   "whole Emu3/Chameleon model folder; recognised by its config.json)")
+    p.add_argument("--image-size", type=int,
+                   help="pixel side a pretrained tokenizer folder reads and draws (default: the folder's own)")
     p.add_argument("--audio", help="audio codec directory")
     p.add_argument("--layout", choices=("flat", "delay"), default="flat", help="RVQ code layout (default flat)")
     p.add_argument("--image-keep", action="store_true",
@@ -714,15 +721,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
-    p = bench.add_parser("interop", help="released-model (Emu3) guided image generation: anygen vs transformers generate()",
-                         description="Draw greedy guided images with the same Emu3 weights through anygen and through "
-                                     "transformers' generate (guidance_scale + negative_prompt_ids, Emu3's prefix "
-                                     "constraint), at each batch size, and print the speed ratios.")
-    p.add_argument("--model", help="an Emu3 transformers directory (default: random weights of --layers x --hidden)")
+    p = bench.add_parser("interop", help="released-model (Emu3, Janus) guided image generation: anygen vs transformers "
+                                         "generate()",
+                         description="Draw greedy guided images with the same Emu3 or Janus weights through anygen and "
+                                     "through transformers' generate (Emu3: guidance_scale + negative_prompt_ids under "
+                                     "its prefix constraint; Janus: generation_mode='image'), at each batch size, and "
+                                     "print the speed ratios.")
+    p.add_argument("--model", help="an Emu3 or Janus transformers directory (default: random weights of --layers x "
+                                   "--hidden)")
+    p.add_argument("--family", choices=("emu3", "janus"), default="emu3", help="the random model's family")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--grid", type=int, default=8, help="image side in codes (random model only)")
     p.add_argument("--codebook", type=int, default=1024, help="VQ codes (random model only)")
+    p.add_argument("--heads", type=int, help="attention heads (random model only; default: heads of 64)")
+    p.add_argument("--kv-heads", type=int, help="key/value heads (random model only; default: as many as heads)")
+    p.add_argument("--intermediate", type=int, help="MLP width (random model only; default 2 x hidden)")
+    p.add_argument("--vocab-size", type=int, help="ids in all (random model only; default: just its tokens)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bfloat16 on cuda)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)

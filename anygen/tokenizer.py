@@ -6,7 +6,8 @@ directory:
     tokenizer/
       tokenizer.json     format version, vocab layout, which codecs are present
       text/              sentencepiece model (or a local HF tokenizer)
-      image/             ImageCodec (config.json + model.safetensors)
+      image/             ImageCodec (config.json + model.safetensors), or a pretrained tokenizer's
+                         own folder + anygen_codec.json (`anygen.codecs.pretrained`)
       audio/             AudioCodec (config.json + model.safetensors)
 
 Decoding policy (any id sequence decodes, never raises): text ids become text;
@@ -199,14 +200,18 @@ class MultimodalTokenizer:
 
     @classmethod
     def assemble(cls, text_dir, image_dir=None, audio_dir=None, audio_layout: str = "flat",
-                 image_keep: bool = False) -> "MultimodalTokenizer":
-        """Combine separately trained parts (text tokenizer, image codec, audio codec directories)."""
+                 image_keep: bool = False, image_size: int | None = None) -> "MultimodalTokenizer":
+        """Combine separately trained parts (text tokenizer, image codec, audio codec directories).
+
+        `image_dir` is an anygen image codec or a pretrained tokenizer folder (`anygen.codecs.pretrained`:
+        diffusers VQModel/AutoencoderKL, transformers Emu3/Chameleon VQ-VAE), read at `image_size`
+        pixels (pretrained folders only; None: the folder's own size)."""
         text = load_text_tokenizer(text_dir)
         image = audio = None
         if image_dir:
-            from anygen.codecs.image import ImageCodec
+            from anygen.codecs.image import load_image_codec
 
-            image = ImageCodec.load(image_dir).eval()
+            image = load_image_codec(image_dir, image_size).eval()
         if audio_dir:
             from anygen.codecs.audio import AudioCodec
 
@@ -247,9 +252,9 @@ class MultimodalTokenizer:
         text = load_text_tokenizer(directory / "text")
         image = audio = None
         if meta.get("image"):
-            from anygen.codecs.image import ImageCodec
+            from anygen.codecs.image import load_image_codec
 
-            image = ImageCodec.load(directory / "image").eval()
+            image = load_image_codec(directory / "image").eval()
         if meta.get("audio"):
             from anygen.codecs.audio import AudioCodec
 

@@ -11,7 +11,10 @@ Nothing here unpickles or imports code from a checkpoint:
 - `safetensors_specs(files)`: each tensor's dtype and shape, read from the headers only;
 - `check_tensors(expected, specs, where)`: every tensor the model needs is there, with its
   shape, and floating-point where the model's is;
-- `check_finite(tensors, where)`: no NaN or Inf in the loaded floating-point tensors.
+- `check_finite(tensors, where)`: no NaN or Inf in the loaded floating-point tensors;
+- `open_pretrained(directory, cls)`: a transformers class from local safetensors with all of the
+  above (released checkpoints, pretrained image tokenizers); `processor_setting` reads one
+  integer of a directory's processor_config.json.
 
 Every problem is one AnygenError naming the file and the tensor or key.
 """
@@ -126,3 +129,33 @@ def tied_groups(module: torch.nn.Module) -> list[tuple[list[str], torch.Tensor]]
     for name, param in module.named_parameters(remove_duplicate=False):
         groups.setdefault(id(param), ([], param))[0].append(name)
     return list(groups.values())
+
+
+def processor_setting(directory: str | os.PathLike, key: str, default: int, minimum: int = 1) -> int:
+    """An integer processor setting from the directory's processor_config.json (else `default`)."""
+    path = Path(directory) / "processor_config.json"
+    data = read_json_file(path) if path.is_file() else {}
+    value = data.get(key) if isinstance(data, dict) else None
+    if value is None:
+        return default
+    if type(value) is not int or value < minimum:
+        raise AnygenError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def open_pretrained(directory: str | os.PathLike, cls, dtype: torch.dtype = torch.float32):
+    """`cls.from_pretrained(directory)` from local safetensors only, never running checkpoint code."""
+    directory = Path(directory)
+    files = safetensors_files(directory)
+    refuse_remote_code(directory)
+    try:
+        model, info = cls.from_pretrained(str(directory), local_files_only=True, use_safetensors=True, dtype=dtype,
+                                          trust_remote_code=False, output_loading_info=True)
+    except Exception as e:
+        msg = " ".join(str(e).split())
+        raise AnygenError(f"{directory}: cannot load the {cls.__name__} weights ({type(e).__name__}: {msg})") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        raise AnygenError(f"{files[0].name}: tensor {missing[0]} is missing")
+    check_finite(model.named_parameters(), files[0].name)
+    return model.eval()

@@ -75,6 +75,13 @@ class Session:
         self.capabilities.require(task)
         return layouts.null_condition_prompt(self.tokenizer, task, **inputs)
 
+    def guidance_row(self, cond: list[int], null: list[int]) -> list[int]:
+        """The unconditional row that guides prompt `cond`: `null` (the task's null prompt), or the
+        model's own row where a released model defines one (`model.guidance_prompt(cond)`: Janus
+        guides with the prompt masked to padding, see `anygen.interop.janus`)."""
+        own = getattr(self.model, "guidance_prompt", None)
+        return own(cond) if own is not None else null
+
     # -- sampling and reading results --
     def sample(self, prompts: list, cfg: GenerationConfig, callback=None) -> list:
         """One `SampleResult` per prompt (`anygen.sampling.engine.Prompt` or id list), batched."""

@@ -144,7 +144,8 @@ class AnyGen:
                 break  # no room left for a whole image: stop before it
             cfg = s.settings(max_new_tokens=s.image_budget, seed=part_seed, guidance_scales=(guidance_scale,),
                              allow_audio=False, **settings)
-            [image] = s.sample([Prompt(ids + new, uncond=[uncond], force=[self.vocab.boi])], cfg, callback=on_span)
+            row = s.guidance_row(ids + new, uncond)
+            [image] = s.sample([Prompt(ids + new, uncond=[row], force=[self.vocab.boi])], cfg, callback=on_span)
             new += image.ids
         return new
 
@@ -200,7 +201,8 @@ class AnyGen:
         for text in texts:
             cond = s.prompt("text_to_image", text=text)
             s.check_length(cond, s.image_budget)
-            prompts.append(Prompt(cond, uncond=[uncond] if scale != 1.0 else (), force=[self.vocab.boi]))
+            prompts.append(Prompt(cond, uncond=[s.guidance_row(cond, uncond)] if scale != 1.0 else (),
+                                  force=[self.vocab.boi]))
         cfg = s.settings(max_new_tokens=s.image_budget, seed=seed, guidance_scales=(scale,), allow_audio=False,
                          **settings)
 

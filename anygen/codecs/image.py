@@ -313,6 +313,23 @@ class ImageCodec(nn.Module):
             return self.quantizer.indices_to_codes(codes)  # (B,D,h,w)
         return self.quantizer.get_output_from_indices(codes)  # VQ with accept_image_fmap: (B,D,h,w)
 
+    # ---- the Transfusion head's codec space ----------------------------------------------
+    @property
+    def latent_channels(self) -> int | None:
+        """Width of the latents the diffusion head can diffuse: FSQ's grid values (None: LFQ and VQ
+        codes are no continuous space)."""
+        return len(self.config.fsq_levels) if self.config.quantizer == "fsq" else None
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) in [-1,1] -> the quantizer's grid values (B,D,h,w)."""
+        with torch.no_grad():
+            return self.codes_to_embeddings(self.encode(x))
+
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Grid values (B,D,h,w), denoised or not -> (B,3,H,W) in [-1,1]."""
+        with torch.no_grad():
+            return self.decoder(z.float()).clamp(-1, 1)
+
     # ---- tensors ------------------------------------------------------------------------
     def _check_pixels(self, x: torch.Tensor) -> None:
         s = self.image_size
@@ -415,7 +432,17 @@ class ImageCodec(nn.Module):
 
 
 
-def load_image_codec(directory) -> ImageCodec:
+def load_image_codec(directory, image_size: int | None = None):
+    """An image codec directory: anygen's `ImageCodec`, or a pretrained tokenizer folder (diffusers
+    VQModel/AutoencoderKL, transformers Emu3/Chameleon VQ-VAE; `anygen.codecs.pretrained`) at
+    `image_size` pixels (None: the folder's own size). Both have the same codec interface."""
+    from anygen.codecs.pretrained import open_pretrained_codec, pretrained_kind
+
+    if pretrained_kind(directory) is not None:
+        return open_pretrained_codec(directory, image_size)
+    if image_size is not None:
+        raise AnygenError(f"{directory}: an image size is chosen for pretrained tokenizer folders only "
+                          "(an anygen image codec has its own)")
     return ImageCodec.load(directory)
 
 

@@ -112,6 +112,12 @@ def evaluate_tokenizer(directory: str | os.PathLike, data: str = "", n: int = 50
     if n < 1:
         raise AnygenError(f"n must be >= 1, got {n}")
     directory = Path(directory)
+    from anygen.codecs.pretrained import pretrained_kind
+
+    if pretrained_kind(directory) is not None:  # a diffusers/transformers tokenizer folder: no recipe
+        from anygen.codecs.image import load_image_codec
+
+        return evaluate_image_codec(load_image_codec(directory), data or "shapes", n, seed, batch_size, bool(recursive))
     kind = artifact_kind(directory)
     if not data:
         data, recipe_recursive = _recipe_source(directory)

@@ -3,7 +3,7 @@
 `adapter_of(directory)` names the adapter module for a directory whose config.json `model_type`
 is one anygen translates (`ADAPTERS`), else None; `load(directory, device)` returns the
 (model, tokenizer, meta) triple `anygen.api.load_model` builds an `AnyGen` from. Each adapter
-(`emu3`, `chameleon`) maps the model's special tokens and image layout onto anygen's `Vocab`
+(`emu3`, `chameleon`, `janus`) maps the model's special tokens and image layout onto anygen's `Vocab`
 through `anygen.interop.base` and wraps its VQ model as an image codec; the sampler, guidance
 and API then run unchanged. meta records the tasks the model can do (`"tasks"`) and why it
 cannot do the others (`"why_not"`), which `anygen.api.capabilities` turns into one-line errors.
@@ -19,13 +19,10 @@ from anygen.interop.base import read_config
 
 from anygen.errors import AnygenError
 
-ADAPTERS = {"emu3": "anygen.interop.emu3", "chameleon": "anygen.interop.chameleon"}  # model_type -> module
+ADAPTERS = {"emu3": "anygen.interop.emu3", "chameleon": "anygen.interop.chameleon",
+            "janus": "anygen.interop.janus"}  # model_type -> module
 # released any-to-any families anygen recognises but cannot run yet, and why
-NOT_ADAPTED = {
-    "janus": "Janus reads images through its SigLIP encoder (not as VQ codes), draws them with a separate "
-             "generation head, and guides with the prompt masked to padding, none of which anygen's adapter "
-             "layer expresses yet",
-}
+NOT_ADAPTED: dict[str, str] = {}
 
 
 def adapter_of(directory: str | os.PathLike) -> str | None:

@@ -15,8 +15,8 @@ and translates at the model's edge, so the sampler, grammar, guidance and API ru
   row the expansion of its anygen ids over the model's KV cache (rows whose expansions differ
   in length are padded inside the cache and masked) and returns logits in anygen columns from
   the model's final hidden state and its output head, reordered once into anygen's id order.
-- `open_pretrained`: loads a transformers class from a local directory with anygen's checks:
-  safetensors only, no `auto_map` (checkpoint code is never run), no missing tensors, finite weights.
+- `Checkpoint.open` loads a transformers class through `anygen.weights.open_pretrained`: safetensors
+  only, no `auto_map` (checkpoint code is never run), no missing tensors, finite weights.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch import nn
 from anygen import weights
 from anygen.errors import AnygenError
 from anygen.vocab import Vocab
+from anygen.weights import open_pretrained
 
 # Model ids an image span adds beyond its codes (Emu3: the "H*W" text, wrapper, end-of-file and
 # end-of-image ids; row ends are counted apart): the context anygen reports leaves room for them.
@@ -366,38 +367,6 @@ def read_config(directory: str | os.PathLike) -> dict:
         return {}
     data = read_json_file(path)
     return data if isinstance(data, dict) else {}
-
-
-def processor_setting(directory: str | os.PathLike, key: str, default: int, minimum: int = 1) -> int:
-    """An integer processor setting from the directory's processor_config.json (else `default`)."""
-    from anygen.io import read_json_file
-
-    path = Path(directory) / "processor_config.json"
-    data = read_json_file(path) if path.is_file() else {}
-    value = data.get(key) if isinstance(data, dict) else None
-    if value is None:
-        return default
-    if type(value) is not int or value < minimum:
-        raise AnygenError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def open_pretrained(directory: str | os.PathLike, cls, dtype: torch.dtype = torch.float32):
-    """`cls.from_pretrained(directory)` from local safetensors only, never running checkpoint code."""
-    directory = Path(directory)
-    files = weights.safetensors_files(directory)
-    weights.refuse_remote_code(directory)
-    try:
-        model, info = cls.from_pretrained(str(directory), local_files_only=True, use_safetensors=True, dtype=dtype,
-                                          trust_remote_code=False, output_loading_info=True)
-    except Exception as e:
-        msg = " ".join(str(e).split())
-        raise AnygenError(f"{directory}: cannot load the {cls.__name__} weights ({type(e).__name__}: {msg})") from None
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        raise AnygenError(f"{files[0].name}: tensor {missing[0]} is missing")
-    weights.check_finite(model.named_parameters(), files[0].name)
-    return model.eval()
 
 
 def open_tokenizer(directory: str | os.PathLike):

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from anygen.errors import AnygenError
-from anygen.interop.base import Checkpoint, IdMap, InteropLM, ModelText, processor_setting
+from anygen.interop.base import Checkpoint, IdMap, InteropLM, ModelText
+from anygen.weights import processor_setting
 from anygen.tokenizer import MultimodalTokenizer
 from anygen.vocab import SPECIAL_TOKENS, Vocab
 

@@ -1,6 +1,7 @@
 """Tiny random released-model directories (transformers classes, random weights) for tests and benches.
 
-`write_tiny_emu3(directory, ...)` writes what a downloaded Emu3 checkpoint holds, at toy size:
+`write_tiny_emu3(directory, ...)` (and `write_tiny_chameleon`, `write_tiny_janus`) writes what a
+downloaded checkpoint holds, at toy size; for Emu3:
 config.json with its vocabulary map, model.safetensors, a character-level Hugging Face tokenizer
 holding Emu3's special and visual tokens, preprocessor_config.json and processor_config.json
 (`image_area`: the generation grid). Nothing is downloaded; the weights are random.
@@ -34,16 +35,21 @@ def _char_tokenizer(vocabulary: dict[str, int], specials, bos: str, eos: str, pa
 
 
 def write_tiny_emu3(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
-                    kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0) -> Path:
-    """A random Emu3 directory: `layers` x `hidden` text model, a VQVAE with `codebook` codes and
-    spatial factor 2, generating `grid` x `grid` codes. Returns the directory."""
+                    kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0,
+                    intermediate: int | None = None, vocab_size: int | None = None) -> Path:
+    """A random Emu3 directory: `layers` x `hidden` text model (MLP width `intermediate`, default
+    2 * hidden), a VQVAE with `codebook` codes and spatial factor 2, generating `grid` x `grid`
+    codes. `vocab_size` (default: just the characters, specials and codes) pads the text vocabulary
+    with filler words (never typed) up to a released model's size. Returns the directory."""
     from transformers import Emu3Config, Emu3ForConditionalGeneration
 
     directory = Path(directory)
-    names = [UNK] + list(CHARS) + list(EMU3_SPECIALS) + [f"<|visual token {k:06d}|>" for k in range(codebook)]
+    names = [UNK] + list(CHARS) + list(EMU3_SPECIALS)
+    filler = max(0, (vocab_size or 0) - len(names) - codebook)
+    names += [f"<filler{k}>" for k in range(filler)] + [f"<|visual token {k:06d}|>" for k in range(codebook)]
     vocabulary = {name: i for i, name in enumerate(names)}
     config = Emu3Config(
-        text_config=dict(vocab_size=len(names), hidden_size=hidden, intermediate_size=2 * hidden,
+        text_config=dict(vocab_size=len(names), hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                          max_position_embeddings=context, bos_token_id=vocabulary["<|extra_203|>"],
                          eos_token_id=vocabulary["<|extra_204|>"], pad_token_id=vocabulary["<|endoftext|>"]),
@@ -103,4 +109,52 @@ def write_tiny_chameleon(directory: str | os.PathLike, *, layers: int = 2, hidde
         "crop_size": {"height": resolution, "width": resolution}}))
     side = resolution // 2
     (directory / "processor_config.json").write_text(json.dumps({"image_seq_length": side * side}))
+    return directory
+
+
+JANUS_SPECIALS = ("<|end▁of▁sentence|>", "<|begin▁of▁sentence|>", "<｜▁pad▁｜>", "<begin_of_image>", "<end_of_image>",
+                  "<image_placeholder>")
+
+
+def write_tiny_janus(directory: str | os.PathLike, *, layers: int = 2, hidden: int = 32, heads: int = 4,
+                     kv_heads: int = 2, codebook: int = 64, grid: int = 4, context: int = 512, seed: int = 0,
+                     intermediate: int | None = None) -> Path:
+    """A random Janus(-Pro) directory: a `layers` x `hidden` Llama (MLP width `intermediate`, default
+    2 * hidden), a one-layer SigLIP reading
+    `8 * grid`-pixel images as `grid` x `grid` patches, and a VQ-VAE (spatial factor 8) with
+    `codebook` codes, its generation embeddings, aligner and head. Returns the directory."""
+    from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
+
+    directory = Path(directory)
+    names = [UNK] + list(CHARS) + list(JANUS_SPECIALS)
+    vocabulary = {name: i for i, name in enumerate(names)}
+    eos, bos, pad, boi, eoi, placeholder = (vocabulary[n] for n in JANUS_SPECIALS)
+    size = 8 * grid
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=len(names), hidden_size=hidden,
+                         intermediate_size=intermediate or 2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=context, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad),
+        vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=size, patch_size=8,
+                           projection_dim=hidden, depth=2, num_image_tokens=grid * grid, mlp_ratio=2.0),
+        vq_config=dict(embed_dim=8, num_embeddings=codebook, latent_channels=32, base_channels=32,
+                       channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, projection_dim=hidden,
+                       image_token_embed_dim=hidden, num_hidden_layers=2),
+        image_token_id=placeholder)
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(config).eval()
+    with torch.no_grad():  # initialised near zero, the codebook and the generation path would give one code
+        model.model.vqmodel.quantize.embedding.weight.normal_()
+        for module in (model.model.generation_embeddings, model.model.generation_aligner, model.model.generation_head):
+            for p in module.parameters():
+                p.normal_(0.0, 0.5)
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                                               generation_kwargs={"boi_token_id": boi})
+    model.save_pretrained(directory)
+    text_vocab = {n: i for n, i in vocabulary.items() if n not in JANUS_SPECIALS}
+    tok = _char_tokenizer(text_vocab, JANUS_SPECIALS, JANUS_SPECIALS[1], JANUS_SPECIALS[0], JANUS_SPECIALS[2])
+    tok.save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "JanusImageProcessor", "size": {"height": size, "width": size},
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
     return directory

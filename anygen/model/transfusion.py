@@ -4,7 +4,8 @@ An image is a continuous (C, S, S) array cut into p×p patches, in one of two sp
 `pixels` (64×64 RGB, p = 8: 64 slots of 192 values) or `codec` (the image codec's latent
 grid, the values its decoder reads, taken as continuous numbers — for the FSQ [7,7,7]
 codec an 8×8 grid of 3 values in [-1, 1], p = 1: 64 slots of 3 values — decoded to pixels
-by the codec's decoder, as Transfusion uses a VAE's latents). Either way an image takes the same 64
+by the codec's decoder, as Transfusion uses a VAE's latents; a pretrained autoencoder such as
+diffusers' AutoencoderKL gives its own latents, `anygen.codecs.pretrained`). Either way an image takes the same 64
 positions the discrete head spends on codes. In a sequence the image sits
 where its codes would, `<boi> <grid> [slots] <eoi>`; each slot holds a `<pad>` id whose
 embedding is replaced by
@@ -336,27 +337,28 @@ def to_head_space(head: DiffusionHeadConfig, pixels: torch.Tensor, codec=None) -
     """Pixels (N, 3, H, W) in [-1, 1] -> the arrays the head diffuses (N, C, S, S)."""
     if head.space == "pixels":
         return pixels
-    with torch.no_grad():
-        return codec.codes_to_embeddings(codec.encode(pixels))  # the quantizer's grid values
+    return codec.latents(pixels)  # FSQ: the quantizer's grid values; an autoencoder: its latents
 
 
 def to_pixels(head: DiffusionHeadConfig, x: torch.Tensor, codec=None) -> torch.Tensor:
     """Denoised arrays (N, C, S, S) -> pixels (N, 3, H, W) in [-1, 1]."""
     if head.space == "pixels":
         return x.clamp(-1, 1)
-    with torch.no_grad():
-        return codec.decoder(x.float()).clamp(-1, 1)
+    return codec.from_latents(x)
 
 
 def check_codec_fits(head: DiffusionHeadConfig, codec, where: str) -> None:
-    """A `codec`-space head must match the codec's latent grid and width."""
+    """A `codec`-space head must match the codec's latent grid and width (`codec.latent_channels`:
+    an FSQ ImageCodec's grid values or a pretrained autoencoder's latents; None has no such space)."""
     if head.space != "codec":
         return
     if codec is None:
         raise AnygenError(f"{where}: diffusion.space is codec but the tokenizer has no image codec")
-    width = len(codec.config.fsq_levels) if codec.config.quantizer == "fsq" else None
-    if codec.config.quantizer != "fsq":
-        raise AnygenError(f"{where}: diffusion.space codec needs an FSQ image codec (got {codec.config.quantizer})")
+    width = codec.latent_channels
+    if width is None:
+        kind = getattr(getattr(codec, "config", None), "quantizer", None) or getattr(codec, "kind", "this")
+        raise AnygenError(f"{where}: diffusion.space codec needs an FSQ image codec or a pretrained autoencoder "
+                          f"with latents (got {kind})")
     if head.image_size != codec.grid[0] or head.channels != width:
         raise AnygenError(f"{where}: diffusion.image_size/channels must be the codec's grid and latent width "
                           f"({codec.grid[0]} and {width}), got {head.image_size} and {head.channels}")

@@ -202,6 +202,11 @@ class FastDecoder:
         self.v_caches = [self.kv[i, 1] for i in range(n_layers)]
         self.fp32 = self.dtype == torch.float32
 
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of `ids` (R, n) or (R,); a model whose inputs are not all token ids (a
+        released checkpoint's image route, `anygen.interop.janus`) overrides it."""
+        return F.embedding(ids, self.embed)
+
     def _rms(self, x, w, eps):
         """transformers' RMSNorm, operation for operation (fp32 statistics, weight after the downcast)."""
         n = x.shape[-1]  # sum then divide: what `mean` does, minus its dtype round trip
@@ -240,7 +245,7 @@ class FastDecoder:
         R, n = ids.shape
         H, K, D = self.n_heads, self.n_kv, self.head_dim
         cos, sin = self.cos[pos][:, :, None], self.sin[pos][:, :, None]  # (R, n, 1, D)
-        h = F.embedding(ids, self.embed).reshape(R * n, -1)  # (R*n, Dm)
+        h = self._embed(ids).reshape(R * n, -1)  # (R*n, Dm)
         rms = self._rms
         for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
                 k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):
@@ -285,7 +290,7 @@ class FastDecoder:
         mask = self.mask.narrow(3, 0, t + 1) if self.mask is not None else None  # (R, 1, 1, t+1)
         rms = self._rms
         split = ((H + K) * D, K * D)
-        h = F.embedding(tokens, self.embed)  # (R, Dm)
+        h = self._embed(tokens)  # (R, Dm)
         half = D // 2
         for (w_in, e_in, qkv_t, qkv_b, qk_w, qk_eps, o_t, o_b, w_post, e_post, gu_t, gu_b, d_t, d_b), \
                 k_cache, v_cache in zip(self.layers, self.k_caches, self.v_caches):

@@ -1,4 +1,5 @@
-"""Released checkpoints anygen recognises but does not run are refused before anything loads."""
+"""A released-checkpoint folder is recognised by its config.json and refused in one line, before
+anything loads, when it cannot be read."""
 
 import json
 
@@ -8,8 +9,9 @@ import anygen
 from anygen.errors import AnygenError
 
 
-def test_janus_is_refused_in_one_line(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "janus"}))
-    with pytest.raises(AnygenError, match="janus checkpoints are not supported: Janus reads images") as e:
+@pytest.mark.parametrize("model_type", ["emu3", "chameleon", "janus"])
+def test_a_folder_without_safetensors_is_one_line(tmp_path, model_type):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    with pytest.raises(AnygenError, match="safetensors") as e:
         anygen.load(tmp_path)
     assert "\n" not in str(e.value)
