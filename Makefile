@@ -63,3 +63,21 @@ digits-data: setup
 
 digits-classifier: digits-data
 	$(BIN)/anygen digits train-classifier
+
+# The bundled digits model (anygen/assets/digits): the quickstart on the digits world (about an hour on
+# 2 cores; rerun to continue), with guidance 3 recorded as its default; `anygen eval digits --model runs/digits`.
+.PHONY: digits-model
+digits-model: digits-data
+	ANYGEN_THREADS=1 $(BIN)/anygen quickstart digits --out runs/digits --minutes 60 --background black
+	$(BIN)/anygen recommend runs/digits guidance_scale=3
+
+# The discrete-vs-Transfusion side-by-side (docs/experiments.md): both heads trained at equal compute with training
+# seed SEED, then judged; `make side-by-side-summary` gives mean and spread over the seeds run so far.
+# make side-by-side SEED=0 ; make side-by-side SEED=1 ; make side-by-side SEED=2 ; make side-by-side-summary
+SEED ?= 0
+.PHONY: side-by-side side-by-side-summary
+side-by-side: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh $(SEED)
+
+side-by-side-summary: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH PYTHON=$(BIN)/python ./training/side_by_side.sh summary

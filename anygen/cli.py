@@ -134,7 +134,13 @@ def cmd_pretokenize(args) -> None:
 def cmd_train(args) -> None:
     from anygen.training.decoder_trainer import train_decoder
     from anygen.training.t2i_trainer import is_t2i_recipe, train_t2i
+    from anygen.training.transfusion_trainer import is_transfusion_recipe, train_transfusion
 
+    if is_transfusion_recipe(args.recipe):  # the all-task Transfusion model on token shards
+        if args.init_from:
+            raise AnygenError("--init-from is not supported by `trainer: transfusion` recipes")
+        print(f"model written to {train_transfusion(args.recipe, args.overrides, resume=args.resume)}")
+        return
     if is_t2i_recipe(args.recipe):  # the text->image side-by-side (either image head)
         if args.init_from:
             raise AnygenError("--init-from is not supported by `trainer: t2i` recipes")

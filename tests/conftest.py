@@ -30,6 +30,35 @@ def write_model_dir(root, image_keep: bool = False):
     return root / "model"
 
 
+def write_transfusion_dir(root, image_keep: bool = False):
+    """A tiny random all-task Transfusion model (codec-space head on the fake codec's 2x2 grid) saved as a
+    model directory; its head's output is not zero-initialised, so images and velocities vary."""
+    import torch
+
+    from anygen.model.decoder import DecoderConfig, build_decoder
+    from anygen.model.transfusion import DiffusionHeadConfig, TransfusionModel, save_transfusion
+
+    tokenizer = fakes.make_tokenizer(image_keep=image_keep)
+    tokenizer.save(root / "tok")
+    cfg = DecoderConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, head_dim=16, intermediate=64,
+                        max_position=512)
+    head = DiffusionHeadConfig(space="codec", image_size=2, channels=1, patch_size=1, time_dim=16)
+    torch.manual_seed(0)
+    model = TransfusionModel(build_decoder(cfg, tokenizer.vocab, seed=0), head)
+    torch.nn.init.normal_(model.patch_out.weight, std=0.5)
+    save_transfusion(model, root / "model", config=cfg, vocab=tokenizer.vocab, tokenizer_dir=root / "tok",
+                     extra={"worlds": ["shapes"]})
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def transfusion_dir(tmp_path_factory):
+    """A tiny random all-task Transfusion model directory (`<keep>` vocab); fake codecs within the module."""
+    with pytest.MonkeyPatch.context() as mp:
+        fakes.use_fake_codecs(mp)
+        yield write_transfusion_dir(tmp_path_factory.mktemp("transfusion"), image_keep=True)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny random model directory with the plain vocab; the fake codecs load it within the module."""

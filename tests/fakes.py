@@ -56,6 +56,22 @@ class FakeImageCodec:
     def eval(self):
         return self
 
+    # the latent API a codec-space diffusion head reads: one FSQ-like channel, code k <-> level k
+    @property
+    def config(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(quantizer="fsq", fsq_levels=[self.codebook_size])
+
+    def codes_to_embeddings(self, codes: torch.Tensor) -> torch.Tensor:  # (B, h, w) -> (B, 1, h, w) in [-1, 1]
+        return (codes.float() / (self.codebook_size - 1) * 2 - 1)[:, None]
+
+    def embeddings_to_codes(self, z: torch.Tensor) -> torch.Tensor:  # the nearest level
+        return ((z[:, 0].clamp(-1, 1) + 1) / 2 * (self.codebook_size - 1)).round().long()
+
+    def decoder(self, z: torch.Tensor) -> torch.Tensor:  # (B, 1, h, w) -> grey pixels (B, 3, 8, 8)
+        return torch.nn.functional.interpolate(z.float(), size=(8, 8), mode="nearest").repeat(1, 3, 1, 1)
+
 
 class FakeAudioCodec:
     def __init__(self, codebook_size: int = 8, n_q: int = 2, sample_rate: int = 8000, hop: int = 1000):

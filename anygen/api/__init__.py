@@ -20,7 +20,8 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "assets"  # each folde
 DEFAULT_MODEL = BUNDLED_MODELS / "default"
 
 __all__ = ["AnyGen", "DrawOptions", "EditOptions", "StoryOptions", "DEFAULT_MODEL", "DomainScore",
-           "bundled_models", "default_model_dir", "domain_of", "load_model", "model_dir", "model_meta"]
+           "bundled_models", "default_model_dir", "domain_of", "load_model", "model_dir", "model_meta",
+           "tokenizer_dir"]
 
 
 def default_model_dir() -> Path:
@@ -45,6 +46,19 @@ def model_dir(model: str | os.PathLike | None = None) -> Path:
     if str(model) in bundled:
         return bundled[str(model)]
     raise AnygenError(f"{model}: model directory not found (bundled models: {', '.join(bundled)})")
+
+
+def tokenizer_dir(spec: str | os.PathLike) -> Path:
+    """A tokenizer directory (holding `tokenizer.json`), or a bundled model's name -> its `tokenizer/`
+    (`default`: the bundled model's tokenizer, which every fresh clone has). A directory wins."""
+    directory = Path(spec)
+    if (directory / "tokenizer.json").is_file():
+        return directory
+    bundled = bundled_models()
+    if str(spec) in bundled and (bundled[str(spec)] / "tokenizer" / "tokenizer.json").is_file():
+        return bundled[str(spec)] / "tokenizer"
+    raise AnygenError(f"{spec}: no tokenizer directory (tokenizer.json) and no bundled model of that name "
+                      f"(bundled: {', '.join(bundled)}; `default` is the bundled model's tokenizer)")
 
 
 def model_meta(directory: str | os.PathLike | None = None) -> dict:

@@ -108,8 +108,3 @@ class Session:
         """The text a result wrote before its first image (`<keep>`-free text ids only)."""
         end = next((s.start for s in result.spans if s.kind == "image"), len(result.ids))
         return self.tokenizer.text.decode([t for t in result.ids[:end] if t < self.vocab.n_text]).strip()
-
-    def needs_token_images(self, task: str, diffusion) -> None:
-        if diffusion is not None:
-            raise AnygenError(f"{task} reads an image as codes; this model's image head is diffusion "
-                              f"(use a tokens-head model for {task})")

@@ -1,4 +1,8 @@
-"""The Transfusion (diffusion image head) paths of the API: text -> image and interleaved documents."""
+"""The Transfusion (diffusion image head) paths of the API: text -> image and interleaved documents.
+
+The other tasks (caption, edit, describe_edit, reasoned edits) run through the `Session` with
+`anygen.sampling.diffusion.TransfusionSampler` as its sampler; `check_edit` says which edit options
+this head cannot honour."""
 
 from __future__ import annotations
 
@@ -26,6 +30,14 @@ class DiffusionImages:
                 guidance_scale=base.guidance_scale if guidance_scale is None else guidance_scale, shift=base.shift)
         except ConfigError as e:
             raise AnygenError(f"diffusion sampling: {e}") from None
+
+    def check_edit(self, options) -> None:
+        """Edit options this head cannot honour are one-line errors: best-of ranks candidates by the
+        likelihood of their codes and `editable` copies codes, neither of which it draws."""
+        if options.best_of != 1:
+            raise AnygenError("best_of is not supported by the diffusion image head (it ranks by code likelihoods)")
+        if options.editable is not None:
+            raise AnygenError("editable is not supported by the diffusion image head (it copies codes)")
 
     def to_images(self, x: torch.Tensor) -> list:
         from anygen.codecs.image import tensor_to_images
@@ -64,7 +76,8 @@ class DiffusionImages:
         new_ids, images = diffusion_generate(self.transfusion, s.vocab, ids, max_new_tokens=max_new_tokens,
                                              temperature=temperature, min_images=min_images,
                                              max_images=max_images, seed=seed, image_first=image_first,
-                                             settings=self.settings(guidance_scale, num_inference_steps))
+                                             settings=self.settings(guidance_scale, num_inference_steps),
+                                             codec=s.tokenizer.image)  # the prompt's images enter clean
         pictures = iter(self.to_images(torch.stack(images)) if images else [])
         out, words = [], []
         for token in new_ids:

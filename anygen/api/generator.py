@@ -41,8 +41,10 @@ class AnyGen:
     """A loaded model: decoder + MultimodalTokenizer, with one method per task.
 
     `diffusion` (a `TransfusionModel` around `model`) marks a Transfusion model: its images are
-    denoised by the diffusion head, text still comes from the LM head; tasks that read an image
-    (caption, edit) need a tokens-head model. `plan_format` is the plan format of the model's
+    denoised by the diffusion head, text still comes from the LM head, and images in a prompt
+    (caption, edit, describe_edit, generate) enter as clean latents; its default sampler is
+    `anygen.sampling.diffusion.TransfusionSampler`. Best-of ranks by code likelihoods and `editable`
+    copies codes, so neither applies to it. `plan_format` is the plan format of the model's
     world (`anygen.tasks.world.PlanFormat`), needed by reasoned edits; `sampler` replaces the
     sampling loop and `verifier` (a `Verifier` class) the likelihood scores best-of ranks by (seams for tests);
     `meta` is what the model directory records (`anygen_decoder.json`): a task the model was not
@@ -55,6 +57,10 @@ class AnyGen:
                  plan_format=None, sampler=None, verifier: type[Verifier] = Verifier, meta: dict | None = None,
                  domain: Calibration | None = None):
         self.meta = meta or {}
+        if diffusion is not None and sampler is None:
+            from anygen.sampling.diffusion import TransfusionSampler
+
+            sampler = TransfusionSampler(diffusion, tokenizer.image)
         self.capabilities = Capabilities.of(self.meta)
         self.session = Session(model, tokenizer, config, sampler, self.capabilities)
         self.domain_check = DomainCheck(self.session, domain)
@@ -217,7 +223,6 @@ class AnyGen:
     def caption_batch(self, images: Sequence, max_new_tokens: int = 64, seed: int | None = 0,
                       strict: bool = False, **settings) -> list[str]:
         """One caption per image, batched; a blank image is flagged."""
-        self.session.needs_token_images("caption", self.diffusion)
         images = [as_image(im) for im in self._rows(images, "image")]
         prompts = [self.domain_check.prompt("image_to_text", im) for im in images]
         scores = self.domain_check.score("image_to_text", prompts, [is_blank_image(im) for im in images], strict)
@@ -288,7 +293,8 @@ class AnyGen:
         options, settings = resolve(EditOptions, options, settings)
         for task, why in edit_tasks(options):
             self.capabilities.require(task, why=why)
-        self.session.needs_token_images("edit", self.diffusion)
+        if self.diffusion is not None:
+            self.diffusion.check_edit(options)
         images = self._rows(images, "image")
         instructions = check_texts(instructions, "instruction")
         if len(images) != len(instructions):
@@ -318,7 +324,6 @@ class AnyGen:
     def describe_edit(self, source, target, /, max_new_tokens: int = 64, seed: int | None = 0,
                       strict: bool = False, **settings) -> str:
         """(source image, edited image) -> the instruction that turns one into the other."""
-        self.session.needs_token_images("describe_edit", self.diffusion)
         codes = [self.tokenizer.image_codes(as_image(im)) for im in (source, target)]
         ids = self.domain_check.prompt("describe_edit", codes)
         [score] = self.domain_check.score("describe_edit", [ids], strict=strict)

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 from anygen.vocab import Vocab
 
 
-def _image_spans(ids: Sequence[int], vocab: Vocab, closed: bool = False) -> Iterator[tuple[int, tuple[int, int]]]:
+def image_spans(ids: Sequence[int], vocab: Vocab, closed: bool = False) -> Iterator[tuple[int, tuple[int, int]]]:
     """(index of the first code, grid) of every image span whose H*W slots are all codes or `<keep>`.
 
     `closed`: only spans followed by `<eoi>`.
@@ -55,7 +55,7 @@ def encode_keeps(ids: Sequence[int], vocab: Vocab) -> list[int]:
     if not vocab.image_keep:
         return out
     prev: tuple[tuple[int, int], list[int]] | None = None
-    for start, grid in list(_image_spans(out, vocab)):
+    for start, grid in list(image_spans(out, vocab)):
         n = grid[0] * grid[1]
         codes = out[start:start + n]
         if prev is not None and prev[0] == grid:
@@ -70,7 +70,7 @@ def resolve_keeps(ids: Sequence[int], vocab: Vocab) -> list[int]:
     if not vocab.image_keep or vocab.keep not in out:
         return out
     prev: tuple[tuple[int, int], list[int]] | None = None
-    for start, grid in list(_image_spans(out, vocab)):
+    for start, grid in list(image_spans(out, vocab)):
         n = grid[0] * grid[1]
         if prev is not None and prev[0] == grid:
             out[start:start + n] = [p if c == vocab.keep else c for c, p in zip(out[start:start + n], prev[1])]
@@ -82,7 +82,7 @@ def last_image(ids: Sequence[int], vocab: Vocab) -> tuple[tuple[int, int], list[
     """(grid, code ids with keeps resolved) of the last image span closed by `<eoi>`, or None."""
     resolved = resolve_keeps(ids, vocab)
     last = None
-    for start, grid in _image_spans(resolved, vocab, closed=True):
+    for start, grid in image_spans(resolved, vocab, closed=True):
         last = (grid, resolved[start:start + grid[0] * grid[1]])
     if last is not None and vocab.image_keep and vocab.keep in last[1]:
         return None  # an unresolvable span cannot be the reference

@@ -18,6 +18,13 @@ elsewhere). Outputs: the LM head's logits (next-token loss on text and audio tok
 target is noise − x0, the convention of diffusers' `FlowMatchEulerDiscreteScheduler`,
 which the sampler (`anygen.sampling.diffusion`) steps with. Loss = CE + λ · MSE.
 
+Any task (the Transfusion paper's setting): a token sequence of any task (`latent_sequence`) has the
+codes of each closed image span replaced by slots and kept aside as an image; an image the sequence
+generates (its codes were training targets) is noised and denoised there, an image it is given (a
+caption's, an edit's source, a story's earlier picture) enters clean, at noise level 0 — as the
+sampler commits every finished image. In `codec` space the clean latent of a code grid is the codec's
+code embeddings (`codes_to_head`), so the token model's shards train this model unchanged.
+
 Saved as a decoder directory (the LM, loadable by transformers on its own) plus
 `diffusion_head.safetensors` and a `diffusion_head` section in `anygen_decoder.json`.
 """
@@ -35,6 +42,7 @@ from torch import nn
 from anygen import weights
 from anygen.config import build, check, choice, to_dict
 from anygen.errors import AnygenError
+from anygen.vocab import Vocab
 
 HEAD_FILE = "diffusion_head.safetensors"
 IMAGE_HEADS = ("tokens", "diffusion")
@@ -51,6 +59,9 @@ class DiffusionHeadConfig:
     loss_weight: float = 5.0  # λ: Transfusion's balance of the diffusion and token losses
     sigma_sampling: str = choice("logit_normal", "uniform")  # training noise levels (SD3's logit-normal)
     time_dim: int = 256  # sinusoidal features of the timestep before its MLP
+    # a generated image shown clean (noise 0, no diffusion loss) this often, so that what follows it (a story's
+    # next sentence and picture) also learns from clean images, as the sampler commits them; 0 = always noised
+    clean_target_prob: float = 0.0
 
     def __post_init__(self):
         check(self.patch_size > 0 and self.image_size % self.patch_size == 0, "patch_size",
@@ -58,6 +69,8 @@ class DiffusionHeadConfig:
         check(self.loss_weight >= 0, "loss_weight", f"must be >= 0, got {self.loss_weight}")
         check(self.time_dim >= 2 and self.time_dim % 2 == 0, "time_dim", f"must be even, got {self.time_dim}")
         check(self.channels >= 1, "channels", f"must be >= 1, got {self.channels}")
+        check(0 <= self.clean_target_prob <= 1, "clean_target_prob",
+              f"must be in [0, 1], got {self.clean_target_prob}")
 
     @property
     def grid(self) -> int:
@@ -177,23 +190,107 @@ def next_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def transfusion_loss(model: TransfusionModel, batch: dict, generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:
-    """CE on token targets + λ · flow-matching MSE on image slots (images noised here).
+    """CE on token targets + λ · flow-matching MSE on the noised images' slots (noised here).
 
     batch: input_ids (B, T), labels (B, T; -100 = no loss), attention_mask (B, T), slots
-    (B, T) bool, images (n_images, C, S, S) in the head's space, in slot order.
+    (B, T) bool, images (n_images, C, S, S) in the head's space, in slot order (row-major), and
+    optionally noised (n_images,) bool: False = a given image, clean (sigma 0) and without
+    diffusion loss (default: every image is noised). With `clean_target_prob` a noised image is
+    shown clean that often. A batch without noised images has diffusion_mse 0.
     """
     head = model.head
-    x0 = patchify(batch["images"], head.patch_size)  # (n, L, D)
-    sigma = sample_sigmas(x0.shape[0], head.sigma_sampling, generator).to(x0)
+    images = batch.get("images")
+    if images is None or images.numel() == 0:
+        x0 = torch.zeros(0, head.n_slots, head.patch_dim)
+    else:
+        x0 = patchify(images, head.patch_size)  # (n, L, D)
+    noised = batch.get("noised")
+    noised = torch.ones(x0.shape[0], dtype=torch.bool) if noised is None else noised.bool().clone()
+    if head.clean_target_prob > 0 and x0.shape[0]:
+        noised &= torch.rand(x0.shape[0], generator=generator) >= head.clean_target_prob
+    sigma = sample_sigmas(x0.shape[0], head.sigma_sampling, generator).to(x0) * noised.to(x0)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = sigma[:, None, None] * noise + (1 - sigma[:, None, None]) * x0
     block = block_ids_from_slots(batch["slots"], head.n_slots)
-    logits, velocity = model(batch["input_ids"], batch["slots"], block, x_t, sigma,
+    logits, velocity = model(batch["input_ids"], batch["slots"], block, x_t if x0.shape[0] else None, sigma,
                              attention_mask=batch.get("attention_mask"))
     ce = next_token_ce(logits, batch["labels"])
-    mse = F.mse_loss(velocity.float(), (noise - x0).float())
+    if bool(noised.any()):
+        mse = F.mse_loss(velocity[noised].float(), (noise - x0)[noised].float())
+    else:
+        mse = velocity.sum() * 0.0  # keeps the head in the graph
     loss = ce + head.loss_weight * mse
-    return loss, {"loss": loss.item(), "ce": ce.item(), "diffusion_mse": mse.item()}
+    return loss, {"loss": loss.item(), "ce": ce.item(), "diffusion_mse": mse.item(),
+                  "noised_images": int(noised.sum())}
+
+
+# ---- any task: token sequences with their images as latents ---------------------------------
+@dataclass
+class LatentSequence:
+    """A token sequence with each closed image span's codes taken out.
+
+    ids: the sequence with those codes replaced by `<pad>` (the slots); slots: True there;
+    codes: (h, w) code grids in order (`<keep>` resolved against the previous image); targets: per
+    image, whether its codes were training targets (loss mask 1: an image the sequence generates,
+    noised in training) or given (clean); labels: next-token targets — the id where the loss mask
+    is 1, -100 on slots, on the `<eoi>` closing a slot span (the sampler writes it) and elsewhere.
+    """
+
+    ids: list[int]
+    slots: list[bool]
+    codes: list[torch.Tensor]
+    targets: list[bool]
+    labels: list[int]
+
+
+def latent_sequence(ids, vocab: Vocab, grid: tuple[int, int], loss=None, cut_open: bool = True) -> LatentSequence:
+    """Split `ids` (a shard document or a prompt) into tokens and images of `grid` (the head's).
+
+    `loss` (parallel 0/1, default all 0) marks training targets. `cut_open`: an image span cut
+    short (truncated shard documents) is dropped with everything after it; a prompt ending in
+    `<boi> <grid>` (the image still to draw) holds no codes and is kept as it is."""
+    from anygen.codecs.keep import image_spans, resolve_keeps
+
+    ids = resolve_keeps([int(t) for t in ids], vocab)
+    loss = [0] * len(ids) if loss is None else [int(x) for x in loss]
+    n = grid[0] * grid[1]
+    keep = vocab.keep
+    spans = [start for start, g in image_spans(ids, vocab, closed=True) if tuple(g) == tuple(grid)
+             and (keep is None or keep not in ids[start:start + n])]
+    if cut_open:
+        end = spans[-1] + n + 1 if spans else 0
+        for i in range(end, len(ids) - 2):
+            if ids[i] == vocab.boi and vocab.grid_of(ids[i + 1]) is not None:
+                if vocab.image_start <= ids[i + 2] < vocab.audio_start or ids[i + 2] == keep:
+                    ids, loss = ids[:i], loss[:i]  # an image span cut short: nothing after it is whole
+                    break
+    out_ids, slots = list(ids), [False] * len(ids)
+    labels = [t if m else -100 for t, m in zip(ids, loss)]
+    codes, targets = [], []
+    for start in spans:
+        codes.append(vocab.image_codes(torch.tensor(ids[start:start + n])).reshape(grid))
+        targets.append(any(loss[start:start + n]))
+        out_ids[start:start + n] = [vocab.pad] * n
+        slots[start:start + n] = [True] * n
+        labels[start:start + n + 1] = [-100] * (n + 1)  # the slots and the <eoi> the sampler writes
+    return LatentSequence(out_ids, slots, codes, targets, labels)
+
+
+def codes_to_head(head: DiffusionHeadConfig, codes: torch.Tensor, codec) -> torch.Tensor:
+    """Code grids (N, h, w) -> clean images (N, C, S, S) in the head's space: the codec's code
+    embeddings (`codec` space), or its decoded pixels (`pixels` space)."""
+    with torch.no_grad():
+        if head.space == "codec":
+            return codec.codes_to_embeddings(codes).float()
+        return codec.decode(codes).float()
+
+
+def head_to_codes(head: DiffusionHeadConfig, x: torch.Tensor, codec) -> torch.Tensor:
+    """Denoised images (N, C, S, S) in the head's space -> the codec's code grids (N, h, w)."""
+    with torch.no_grad():
+        if head.space == "codec":
+            return codec.embeddings_to_codes(x.float())
+        return codec.encode(x.float().clamp(-1, 1))
 
 
 # ---- save / load -----------------------------------------------------------------------------

@@ -72,7 +72,7 @@ class EmojiData:
 
 @dataclass
 class PretokenizeConfig:
-    tokenizer: str = ""  # MultimodalTokenizer directory
+    tokenizer: str = ""  # MultimodalTokenizer directory, or a bundled model's name (`default`: its tokenizer)
     out: str = "data/shapes"  # writes OUT/train, OUT/val (and OUT/holdout)
     n_train: int | None = None  # world examples in the train split (default: 20000, or 0 with user data)
     n_val: int | None = None  # world examples in the val split (default: 500, or 0 with user data)
@@ -234,8 +234,10 @@ def pretokenize(recipe_path: str | os.PathLike | None, overrides: list[str] = ()
     cfg = load_config(PretokenizeConfig, recipe_path, list(overrides))
     out = check_output_path(cfg.out, "out", directory=True)  # before the tokenizer loads
     if tokenizer is None:
+        from anygen.api import tokenizer_dir
         from anygen.tokenizer import MultimodalTokenizer
 
+        cfg.tokenizer = str(tokenizer_dir(cfg.tokenizer))  # a bundled model's name -> its tokenizer, recorded so
         tokenizer = MultimodalTokenizer.load(cfg.tokenizer)
     _check_tokenizer(cfg, tokenizer)
     out.mkdir(parents=True, exist_ok=True)

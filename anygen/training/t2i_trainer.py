@@ -54,7 +54,7 @@ ROW_TOKENS_BESIDES_IMAGE = 6
 
 @dataclass
 class T2IData:
-    tokenizer: str = "runs/tokenizer"  # text tokenizer (+ image codec for the tokens head)
+    tokenizer: str = "default"  # tokenizer directory or a bundled model's name (`default`: the bundled model's)
     world: str = "shapes"  # the registered world (`anygen.worlds.WORLDS`) whose text_to_image examples train
     world_seed: int = 0
     p_null: float = 0.1  # caption -> <null> (classifier-free guidance)
@@ -205,7 +205,9 @@ def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
 
     t = cfg.train
     ckpt = out / "checkpoint"
-    tok_dir = Path(cfg.data.tokenizer)
+    from anygen.api import tokenizer_dir
+
+    tok_dir = tokenizer_dir(cfg.data.tokenizer)
     tokenizer = MultimodalTokenizer.load(tok_dir)
     data = T2IBatches(cfg, tokenizer)
     image_positions = cfg.diffusion.n_slots if data.diffusion is not None else math.prod(tokenizer.image.grid)
