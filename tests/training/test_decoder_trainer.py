@@ -78,7 +78,7 @@ def test_checkpoints_are_safetensors_json_and_pruned(tmp_path):
 
 
 def test_nonfinite_loss_skips_then_aborts(tmp_path):
-    from anygen.model.decoder import DecoderConfig, build_decoder
+    from anygen.model.decoder import build_decoder
 
     cfg = load_train_config(None, recipe(tmp_path, "nan", ["train.steps=4", "train.max_bad_steps=2"]))
     model = build_decoder(cfg.model, VOCAB, seed=0)
@@ -397,7 +397,8 @@ def test_bf16_mixed_precision_on_cpu_tracks_fp32_with_fp32_weights(tmp_path):
     bf16 = run_training(load_train_config(None, recipe(tmp_path, "bf16", ["train.steps=5",
                                                                            "train.mixed_precision=bf16"])),
                         train_data=FixedBatches(data))
-    a, b = weights(fp32), weights(bf16)
+    b = weights(bf16)
+    assert all(t.dtype == torch.float32 for t in weights(fp32).values())
     assert all(t.dtype == torch.float32 for t in b.values())  # master weights stay fp32
     la = [m["loss"] for m in metrics(tmp_path / "fp32") if m["split"] == "train"]
     lb = [m["loss"] for m in metrics(tmp_path / "bf16") if m["split"] == "train"]
