@@ -14,7 +14,7 @@ trainers' `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 
 `anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`. It runs in one
 process: under `accelerate launch` (several processes, or an FSDP/DeepSpeed config) it refuses
-in one line (`SINGLE_PROCESS_REFUSED`).
+in one line (`anygen.training.common.refuse_distributed`).
 """
 
 from __future__ import annotations
@@ -38,16 +38,9 @@ from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, che
                                       save_transfusion, to_head_space, transfusion_loss)
 from anygen.threads import THREADS_ENV, set_threads
 from anygen.training.common import (OptimConfig, check_finite, check_memory, flops_per_token, holds_run,
-                                    load_checkpoint, lock_run_dir, lr_at, refuse_existing_run, remove_stale_temps,
-                                    save_checkpoint, writing)
+                                    load_checkpoint, lock_run_dir, lr_at, refuse_distributed, refuse_existing_run,
+                                    remove_stale_temps, save_checkpoint, writing)
 
-# Launchers set these for every process they start: torchrun/accelerate the world size, accelerate its engine.
-DISTRIBUTED_ENV = ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
-# This trainer is a plain single-process loop (its own batches, checkpoint and summary): several processes would
-# each train the whole model on the same batches and race for one out_dir, so a launch is refused
-SINGLE_PROCESS_REFUSED = ("the t2i trainer (tokens or Transfusion head) runs in one process only: it is not wired "
-                          "for DDP, FSDP or DeepSpeed (run `anygen train RECIPE` without accelerate launch; the "
-                          "sharded engines train the decoder recipes, training/README.md)")
 # at least <bos>, one caption token, <boi>, <grid>, <eoi> and <eos> around a row's image positions
 ROW_TOKENS_BESIDES_IMAGE = 6
 
@@ -177,7 +170,7 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     temporaries a killed run left; a directory holding a run needs `resume`.
     """
     cfg = load_config(T2IConfig, recipe_path, list(overrides))
-    refuse_distributed()
+    refuse_distributed("the t2i trainer (tokens or Transfusion head)")
     env_threads = os.environ.get(THREADS_ENV, "")
     if env_threads.strip():
         set_threads(env_threads, THREADS_ENV)
@@ -189,15 +182,6 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
         if holds_run(out) and not resume:
             refuse_existing_run(out, "a run", "train.out_dir")
         return _train(cfg, out, resume, progress)
-
-
-def refuse_distributed(environ=os.environ) -> None:
-    """Raise SINGLE_PROCESS_REFUSED when a launcher started this process as one of several or under a
-    sharding engine (accelerate's FSDP or DeepSpeed config, whatever the process count)."""
-    world = environ.get("WORLD_SIZE", "1").strip() or "1"
-    sharded = any(environ.get(k, "false").lower() == "true" for k in DISTRIBUTED_ENV[1:])
-    if sharded or (world.isdigit() and int(world) > 1):
-        raise AnygenError(SINGLE_PROCESS_REFUSED)
 
 
 def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:

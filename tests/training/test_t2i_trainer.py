@@ -105,21 +105,3 @@ def test_batches_come_from_the_named_world(tmp_path):
     with pytest.raises(AnygenError, match="world 'speech' has no text_to_image examples"):
         T2IBatches(cfg, tok)
 
-
-@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"ACCELERATE_USE_FSDP": "true"},
-                                 {"ACCELERATE_USE_DEEPSPEED": "true"}], ids=["two-processes", "fsdp", "deepspeed"])
-def test_a_distributed_launch_is_refused_in_one_line(tmp_path, monkeypatch, env):
-    """The Transfusion (and tokens) trainer is single-process: accelerate launch is refused before anything is
-    built or written, naming the way to run it."""
-    from pathlib import Path
-
-    from anygen.training.t2i_trainer import SINGLE_PROCESS_REFUSED, refuse_distributed, train_t2i
-
-    refuse_distributed({"WORLD_SIZE": "1", "ACCELERATE_USE_FSDP": "false"})  # one process: fine
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    recipe = Path(__file__).resolve().parents[2] / "training" / "t2i_diffusion.yaml"
-    with pytest.raises(AnygenError) as e:
-        train_t2i(recipe, [f"train.out_dir={tmp_path / 'run'}"])
-    assert str(e.value) == SINGLE_PROCESS_REFUSED and "\n" not in SINGLE_PROCESS_REFUSED
-    assert "FSDP" in SINGLE_PROCESS_REFUSED and not (tmp_path / "run").exists()
