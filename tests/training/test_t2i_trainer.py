@@ -104,4 +104,3 @@ def test_batches_come_from_the_named_world(tmp_path):
     cfg = load_config(T2IConfig, "training/t2i_tokens.yaml", TINY + ["data.world=speech"])
     with pytest.raises(AnygenError, match="world 'speech' has no text_to_image examples"):
         T2IBatches(cfg, tok)
-
