@@ -406,6 +406,8 @@ def cmd_bench_sample(args) -> None:
     from anygen.sampling.bench import format_sample_bench, run_sample_bench
 
     json_path = json_out(args)
+    if any(b < 1 for b in args.batch or ()):
+        raise AnygenError(f"--batch: each size must be >= 1, got {args.batch}")
     window = parallel_flags(argparse.Namespace(parallel="sjd", sjd_window=args.sjd_window)).get("sjd_window", 16)
     model = vocab = codec_decode = prompts = None
     if args.model:
@@ -415,7 +417,8 @@ def cmd_bench_sample(args) -> None:
             codec_decode = loaded.tokenizer.image.decode_images
         prompts = _bench_image_prompts(loaded, args.model, args.caption)
     results = run_sample_bench(model, vocab, threads=args.threads, codec_decode=codec_decode, image_prompts=prompts,
-                               sjd_window=window, large_model=not args.no_large)
+                               sjd_window=window, large_model=not args.no_large, batches=tuple(args.batch or ()),
+                               device=args.device)
     print(format_sample_bench(results))
     write_json(json_path, results)
 
@@ -719,6 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
     p.add_argument("--no-large", action="store_true", dest="no_large",
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
+    p.add_argument("--batch", type=int, nargs="+",
+                   help="also time text decoding at these batch sizes against transformers generate() (e.g. 1 16)")
+    p.add_argument("--device", help="run the models there (e.g. cuda; default: cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_bench_sample)
     p = bench.add_parser("interop", help="released-model (Emu3, Janus) guided image generation: anygen vs transformers "

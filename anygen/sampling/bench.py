@@ -11,6 +11,8 @@ interleaved (A B C A B C ...) so that load from other processes hits them alike.
   mean context) × decode tokens/s ÷ the bandwidth of a large tensor copy measured here.
 - guided ÷ unguided wall time for one image (batched CFG: one extra row): the median ratio of
   `GUIDANCE_PAIRS` paired runs, one code per forward and with speculative Jacobi decoding (SJD).
+- decode tokens/s at larger batches (`batches`): the same comparison with B copies of the prompt,
+  counting B × new tokens (`decode_batches`).
 - time to first image: prefill, code sampling, and an optional codec decode callable.
 - SJD against one code per forward at batch 1: forward passes (the prefill included) and wall
   time per image, greedy and sampled, and the share of drafts accepted at each window offset; on
@@ -107,7 +109,8 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
                      codec_decode: Callable | None = None, bandwidth_mb: int = 256,
                      include_hf_backend: bool = True, progress: Callable[[str], None] | None = None,
                      image_prompts: list[Prompt] | None = None, sjd_window: int = 16,
-                     large_model: bool = True, guidance_pairs: int = GUIDANCE_PAIRS) -> dict:
+                     large_model: bool = True, guidance_pairs: int = GUIDANCE_PAIRS, batches: tuple[int, ...] = (),
+                     device: str | None = None) -> dict:
     """Run the sampler benchmark and return its figures (see the module doc).
 
     model/vocab    default: `shapes_bench_model()` (random weights)
@@ -117,11 +120,15 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
     image_prompts  text->image prompts for the SJD comparison and the guidance cost (each with its
                    unconditional prompt in `uncond`; `force` is set to `<boi>`); default: one random prompt
     large_model    also compare SJD on `LARGE_BENCH_MODEL` with random weights
+    batches        also time text decoding at these batch sizes against transformers' generate (`decode_batches`)
+    device         move the model(s) there first (e.g. "cuda"; default: where the model is)
     """
     if (model is None) != (vocab is None):
         raise ValueError("pass both model and vocab, or neither")
     if model is None:
         model, vocab = shapes_bench_model()
+    if device is not None:
+        model = model.to(device)
     lm = resolve_lm(model)
     say = progress or (lambda msg: None)
     old_threads = torch.get_num_threads()
@@ -129,9 +136,13 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
     try:
         result = _run(lm, vocab, threads, n_tokens, prompt_len, repeats, guidance_scale, codec_decode, bandwidth_mb,
                       include_hf_backend, say, image_prompts, sjd_window, guidance_pairs)
+        if batches:
+            say("decode by batch")
+            result["decode_batches"] = [decode_at_batch(lm, vocab, b, n_tokens, prompt_len, repeats) for b in batches]
         if large_model:
             say("sjd, larger random model")
             big, big_vocab = shapes_bench_model(**LARGE_BENCH_MODEL)
+            big = big.to(lm.lm_head.weight.device)
             big_lm = resolve_lm(big)
             prompt = _random_prompt(big_vocab, prompt_len)
             result["sjd_large"] = {"model": _describe(big_lm, big_vocab),
@@ -139,6 +150,54 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
         return result
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode_at_batch(lm, vocab: Vocab, batch: int, n_tokens: int = 128, prompt_len: int = 16,
+                    repeats: int = 5) -> dict:
+    """Greedy text decoding of `batch` copies of a random prompt, `n_tokens` each, by `generate` and by
+    transformers' `generate` (no early stop), interleaved; tokens/s count batch × n_tokens over the median
+    wall time (prefill included in both)."""
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    device = lm.lm_head.weight.device
+    g = torch.Generator().manual_seed(0)
+    prompt = [vocab.bos] + torch.randint(0, vocab.n_text, (prompt_len - 1,), generator=g).tolist()
+    cfg = GenerationConfig(max_new_tokens=n_tokens, text=SamplingSettings(greedy=True), allow_image=False,
+                           allow_audio=False, stop_at_eos=False, seed=0)
+    ids = torch.tensor([prompt] * batch, device=device)
+
+    def engine():
+        _sync(device)
+        t = time.perf_counter()
+        out = generate(lm, vocab, [prompt] * batch, cfg)
+        _sync(device)
+        assert len(out) == batch and all(len(o.ids) == n_tokens for o in out)
+        return time.perf_counter() - t
+
+    def hf():
+        _sync(device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_tokens,
+                              min_new_tokens=n_tokens, do_sample=False, pad_token_id=vocab.pad)
+        _sync(device)
+        assert out.shape == (batch, len(prompt) + n_tokens)
+        return time.perf_counter() - t
+
+    engine(), hf()  # warm-up
+    engine_t, hf_t = [], []
+    for _ in range(repeats):
+        engine_t.append(engine())
+        hf_t.append(hf())
+    engine_tps, hf_tps = batch * n_tokens / _median(engine_t), batch * n_tokens / _median(hf_t)
+    return {"batch": batch, "new_tokens": n_tokens, "prompt_tokens": len(prompt), "device": str(device),
+            "engine_tokens_per_s": engine_tps, "hf_generate_tokens_per_s": hf_tps,
+            "speedup_vs_hf_generate": engine_tps / hf_tps}
 
 
 def _random_prompt(vocab: Vocab, prompt_len: int) -> Prompt:
@@ -351,6 +410,10 @@ def format_sample_bench(r: dict) -> str:
         + (f" + codec decode {fi['codec_decode_s'] * 1e3:.1f} ms" if fi["codec_decode_s"] is not None else "")
         + f" = {fi['total_s'] * 1e3:.0f} ms",
     ]
+    for row in r.get("decode_batches", ()):
+        lines.append(f"decode (batch {row['batch']}, {row['new_tokens']} tokens each): engine "
+                     f"{row['engine_tokens_per_s']:.0f} tok/s vs transformers generate() "
+                     f"{row['hf_generate_tokens_per_s']:.0f} tok/s -> {row['speedup_vs_hf_generate']:.2f}×")
     lines += format_sjd(r["sjd"], "this model")
     if r.get("sjd_large"):
         big = r["sjd_large"]["model"]

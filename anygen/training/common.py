@@ -36,6 +36,13 @@ from anygen.io import atomic_directory, atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1  # state.json of `save_checkpoint`; bump when that layout changes
 LOCK_FILE = ".anygen.lock"  # in a run directory; holds the pid of the run that has it locked
+# Launchers set these in every process they start: torchrun/accelerate the world size, accelerate its engine
+DISTRIBUTED_ENV = ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+# The t2i and all-task Transfusion trainers are plain single-process loops (their own batches, checkpoint and
+# summary): several processes would each train the whole model on the same batches and race for one out_dir
+SINGLE_PROCESS_REFUSED = ("{trainer} runs in one process only: it is not wired for DDP, FSDP or DeepSpeed (run "
+                          "`anygen train RECIPE` without accelerate launch; the sharded engines train the decoder "
+                          "recipes, training/README.md)")
 # training keeps 4 fp32 copies per parameter: the weight, its gradient and AdamW's two moments
 BYTES_PER_PARAMETER = 16
 FP32 = 4  # bytes
@@ -444,3 +451,12 @@ def flops_per_token(model, seq_len: int) -> tuple[float, int]:
         n += model.get_output_embeddings().weight.numel()
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return 6 * n + 12 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * seq_len, n
+
+
+def refuse_distributed(trainer: str, environ=os.environ) -> None:
+    """Raise SINGLE_PROCESS_REFUSED (one line, naming `trainer`) when a launcher started this process as one of
+    several or under a sharding engine (accelerate's FSDP or DeepSpeed config, whatever the process count)."""
+    world = environ.get("WORLD_SIZE", "1").strip() or "1"
+    sharded = any(environ.get(k, "false").lower() == "true" for k in DISTRIBUTED_ENV[1:])
+    if sharded or (world.isdigit() and int(world) > 1):
+        raise AnygenError(SINGLE_PROCESS_REFUSED.format(trainer=trainer))

@@ -6,7 +6,9 @@ Recipe (`TrainConfig`): sections `model` (DecoderConfig), `loss` (LossConfig), `
 `train`, `data`. AdamW with warmup + cosine or WSD, gradient clipping and
 accumulation, bf16 autocast on CUDA (fp32 on CPU), tqdm with per-modality loss and
 tokens/s, JSONL metrics (+ TensorBoard through accelerate's trackers), periodic eval,
-atomic checkpoints.
+atomic checkpoints. Opt-in speed switches: `train.compile` (torch.compile per decoder layer;
+refused in one line where inductor cannot build kernels) and `train.fused_adamw` (fused AdamW,
+automatic on CUDA).
 
 Checkpoint `out_dir/checkpoints/step_XXXXXXXX/` (written to a temp dir, then renamed):
     model/                      the decoder (HF safetensors + anygen_decoder.json)
@@ -78,6 +80,8 @@ DEEPSPEED_REFUSED = ("accelerate config: DeepSpeed is not supported by anygen's 
                      "updates itself, so non-finite steps cannot be skipped, and its checkpoints are pickled); shard "
                      "with FSDP instead: training/accelerate_fsdp.yaml (like ZeRO-3) or "
                      "training/accelerate_fsdp_zero2.yaml (like ZeRO-2)")
+# the C++ compiler inductor builds torch.compile's CPU kernels with, when set (else its own default, g++)
+CXX_ENV = "CXX"
 # tqdm's bar without its own remaining-time estimate: the postfix's `eta` also honours the time budget
 BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 
@@ -95,6 +99,8 @@ class TrainSection:
     time_budget_minutes: float = 0.0  # > 0: the lr schedule and the run also end by wall time (not bit-reproducible)
     grad_accum: int = 1
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass (less memory)
+    compile: bool = False  # torch.compile each decoder layer (inductor: a C++ compiler on CPU, triton on CUDA)
+    fused_adamw: bool | None = None  # true: fused AdamW, false: foreach (multi-tensor); null: fused on CUDA only
     seed: int = 0
     mixed_precision: str = choice("auto", "no", "bf16")  # auto: bf16 on CUDA, fp32 on CPU
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
@@ -460,6 +466,64 @@ def _mixed_precision(choice_: str) -> str | None:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def compile_unavailable(device_type: str) -> str | None:
+    """Why torch.compile (inductor, its default backend) cannot run on `device_type` here; None when it can.
+
+    Inductor writes C++ for CPU (built by `$CXX` or g++) and triton kernels for CUDA; without
+    them torch.compile fails only at the first forward, so the trainer asks before it starts.
+    """
+    import shutil
+    import sys
+
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return (f"torch.compile is not supported by torch {torch.__version__} on Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}")
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile on CUDA needs triton (pip install triton)"
+    if device_type == "cpu":
+        import torch._inductor.config as inductor
+
+        names = [os.environ.get(CXX_ENV)] + [c for c in inductor.cpp.cxx if c] + ["g++", "c++", "clang++"]
+        if not any(name and shutil.which(name) for name in names):
+            return ("torch.compile on CPU needs a C++ compiler (inductor builds its kernels with g++ or $CXX): "
+                    "none found on PATH")
+        return None
+    return f"torch.compile is not wired for device {device_type!r} in anygen's trainer"
+
+
+def compile_layers(model, device_type: str) -> None:
+    """torch.compile each decoder layer in place (`nn.Module.compile`: parameter names and the state dict stay
+    as they are, so checkpoints, FSDP's per-layer sharding and `save_decoder` see the plain model).
+
+    One compiled graph serves every layer (they share code; their weights are graph inputs), so the
+    compile cost is about one layer's whatever the depth. Raises AnygenError where it cannot run.
+    """
+    reason = compile_unavailable(device_type)
+    if reason is not None:
+        raise AnygenError(f"train.compile: {reason}; set train.compile=false")
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise AnygenError(f"train.compile: {type(model).__name__} has no model.layers to compile")
+    for layer in layers:
+        layer.compile()
+
+
+def adamw_kernel(fused: bool | None, device_type: str) -> str:
+    """The AdamW implementation for `train.fused_adamw`: "fused" (one kernel over all parameters) or
+    "foreach" (multi-tensor ops). None: fused on CUDA, foreach elsewhere (torch >= 2.4 also has a CPU
+    fused kernel, chosen with true; foreach is what the CPU sharding tests ran)."""
+    if fused is None:
+        return "fused" if device_type == "cuda" else "foreach"
+    if fused and device_type not in ("cuda", "cpu"):
+        raise AnygenError(f"train.fused_adamw: torch has no fused AdamW for device {device_type!r}; "
+                          "leave it unset")
+    return "fused" if fused else "foreach"
+
+
 def weight_decay_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; embeddings (input and output), norms and biases are not decayed."""
     from anygen.model.init_from import embedding_matrices
@@ -553,14 +617,17 @@ class Trainer:
             _load_weights(model, self.ckpt / "model")
         if cfg.train.gradient_checkpointing:
             model.activation_checkpointing_enable({"use_reentrant": False})
+        if cfg.train.compile:
+            compile_layers(model, acc.device.type)
         self.n_params = count_parameters(model)
         o = cfg.optim
         if self.cpu_fsdp is not None:  # sharded before the optimizer is built, so it holds the shards
             from accelerate.utils import fsdp2_prepare_model
 
             model = fsdp2_prepare_model(_ShardingHost(acc, self.cpu_fsdp), model)
+        self.adamw_kernel = adamw_kernel(cfg.train.fused_adamw, acc.device.type)
         optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=lr_at(0, o, cfg.train.steps),
-                                      betas=o.betas, eps=o.eps, foreach=True)
+                                      betas=o.betas, eps=o.eps, **{self.adamw_kernel: True})
         if self.cpu_fsdp is not None:
             self.model, self.optimizer = model, acc.prepare(optimizer)
         else:
@@ -600,7 +667,8 @@ class Trainer:
             engine += f" (the main process holds {local:,} of {self.n_params:,} parameters)"
         acc.print(f"decoder: {self.n_params / 1e6:.2f}M parameters, vocab {self.vocab.size}; "
                   f"{acc.num_processes} process(es), {engine}, {acc.device}, "
-                  f"mixed precision {acc.mixed_precision}; step {self.step}/{cfg.train.steps}")
+                  f"mixed precision {acc.mixed_precision}, AdamW {self.adamw_kernel}"
+                  f"{', compiled layers' if cfg.train.compile else ''}; step {self.step}/{cfg.train.steps}")
         if log_with:
             flat = {f"{s}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
                     for s, sec in to_dict(cfg).items() for k, v in sec.items()}

@@ -12,7 +12,9 @@ image codec of the tokenizer directory encodes the tokens head's images on the f
 diffusion head uses pixels or (`diffusion.space: codec`) the same codec's continuous latents. Compute is reported as FLOPs (6·N·tokens + attention, the
 trainers' `flops_per_token`) and CPU/wall seconds, in `summary.json`.
 
-`anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`.
+`anygen train RECIPE` runs this trainer when the recipe says `trainer: t2i`. It runs in one
+process: under `accelerate launch` (several processes, or an FSDP/DeepSpeed config) it refuses
+in one line (`anygen.training.common.refuse_distributed`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, che
                                       save_transfusion, to_head_space, transfusion_loss)
 from anygen.threads import THREADS_ENV, set_threads
 from anygen.training.common import (OptimConfig, check_finite, check_memory, flops_per_token, holds_run,
-                                    load_checkpoint, lock_run_dir, lr_at, refuse_existing_run, remove_stale_temps,
-                                    save_checkpoint, writing)
+                                    load_checkpoint, lock_run_dir, lr_at, refuse_distributed, refuse_existing_run,
+                                    remove_stale_temps, save_checkpoint, writing)
 
 # at least <bos>, one caption token, <boi>, <grid>, <eoi> and <eos> around a row's image positions
 ROW_TOKENS_BESIDES_IMAGE = 6
@@ -168,6 +170,7 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     temporaries a killed run left; a directory holding a run needs `resume`.
     """
     cfg = load_config(T2IConfig, recipe_path, list(overrides))
+    refuse_distributed("the t2i trainer (tokens or Transfusion head)")
     env_threads = os.environ.get(THREADS_ENV, "")
     if env_threads.strip():
         set_threads(env_threads, THREADS_ENV)

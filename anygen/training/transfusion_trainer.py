@@ -12,7 +12,8 @@ Batch k is `batch_size` documents drawn from (seed, k), each its own row (right-
 bidirectional inside, causal elsewhere), so a resumed run continues exactly. Compute is reported
 as in the t2i trainer: FLOPs (6·N·tokens + attention, plus the head's projections on slots) and
 CPU/wall seconds, in `summary.json`. `anygen train RECIPE` runs this trainer when the recipe says
-`trainer: transfusion`.
+`trainer: transfusion`. It runs in one process: a distributed or sharded launch (`accelerate
+launch`, FSDP/DeepSpeed) is refused in one line (`anygen.training.common.refuse_distributed`).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, che
                                       latent_sequence, save_transfusion, transfusion_loss)
 from anygen.threads import THREADS_ENV, set_threads
 from anygen.training.common import (OptimConfig, check_finite, flops_per_token, holds_run, load_checkpoint,
-                                    lock_run_dir, lr_at, refuse_existing_run, remove_stale_temps, save_checkpoint,
-                                    writing)
+                                    lock_run_dir, lr_at, refuse_distributed, refuse_existing_run, remove_stale_temps,
+                                    save_checkpoint, writing)
 
 
 @dataclass
@@ -124,6 +125,7 @@ def train_transfusion(recipe_path: str | os.PathLike | None, overrides: list[str
     """Train the all-task Transfusion model; returns `out_dir/model` (an `anygen.load` directory).
     Same run-directory rules as the other trainers (a lock; a directory holding a run needs `resume`)."""
     cfg = load_config(TransfusionConfig, recipe_path, list(overrides))
+    refuse_distributed("the all-task Transfusion trainer")
     env_threads = os.environ.get(THREADS_ENV, "")
     if env_threads.strip():
         set_threads(env_threads, THREADS_ENV)

@@ -34,3 +34,16 @@ def test_sample_bench_reports_all_figures():
     assert "tok/s" in text and "SJD (window 4)" in text
     full = decode_bytes_per_token(model, 10)
     assert decode_bytes_per_token(model, 10, head_columns=vocab.n_text) < full
+
+
+def test_decode_at_a_larger_batch_counts_every_row():
+    from anygen.sampling.bench import decode_at_batch
+
+    vocab = Vocab(n_text=24, image_codebook_size=16, image_grids=((2, 2),))
+    torch.manual_seed(0)
+    cfg = Qwen3Config(vocab_size=vocab.size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, intermediate_size=64)
+    row = decode_at_batch(Qwen3ForCausalLM(cfg).eval(), vocab, 3, n_tokens=5, prompt_len=4, repeats=1)
+    assert row["batch"] == 3 and row["device"] == "cpu" and row["new_tokens"] == 5
+    assert row["engine_tokens_per_s"] > 0 and row["hf_generate_tokens_per_s"] > 0
+    assert row["speedup_vs_hf_generate"] == row["engine_tokens_per_s"] / row["hf_generate_tokens_per_s"]

@@ -78,7 +78,7 @@ def test_checkpoints_are_safetensors_json_and_pruned(tmp_path):
 
 
 def test_nonfinite_loss_skips_then_aborts(tmp_path):
-    from anygen.model.decoder import DecoderConfig, build_decoder
+    from anygen.model.decoder import build_decoder
 
     cfg = load_train_config(None, recipe(tmp_path, "nan", ["train.steps=4", "train.max_bad_steps=2"]))
     model = build_decoder(cfg.model, VOCAB, seed=0)
@@ -397,7 +397,8 @@ def test_bf16_mixed_precision_on_cpu_tracks_fp32_with_fp32_weights(tmp_path):
     bf16 = run_training(load_train_config(None, recipe(tmp_path, "bf16", ["train.steps=5",
                                                                            "train.mixed_precision=bf16"])),
                         train_data=FixedBatches(data))
-    a, b = weights(fp32), weights(bf16)
+    b = weights(bf16)
+    assert all(t.dtype == torch.float32 for t in weights(fp32).values())
     assert all(t.dtype == torch.float32 for t in b.values())  # master weights stay fp32
     la = [m["loss"] for m in metrics(tmp_path / "fp32") if m["split"] == "train"]
     lb = [m["loss"] for m in metrics(tmp_path / "bf16") if m["split"] == "train"]
@@ -434,3 +435,66 @@ def test_an_fsdp_config_on_cpu_processes_is_sharded_by_the_trainer(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(AnygenError, match="FSDP on CPU needs fsdp_version: 2"):
         cpu_fsdp_plugin(gloo)
+
+
+def _compile_reason():
+    from anygen.training.decoder_trainer import compile_unavailable
+
+    return compile_unavailable("cpu")
+
+
+@pytest.mark.skipif(_compile_reason() is not None, reason=f"torch.compile cannot run here: {_compile_reason()}")
+def test_compiled_training_tracks_eager(tmp_path):
+    from anygen.model.decoder import build_decoder
+
+    data = full_rows(3, 2)
+    eager = run_training(load_train_config(None, recipe(tmp_path, "eager", ["train.steps=3"])),
+                         train_data=FixedBatches(data))
+    reset_accelerate_state()
+    cfg = load_train_config(None, recipe(tmp_path, "compiled", ["train.steps=3", "train.compile=true"]))
+    model = build_decoder(cfg.model, VOCAB, seed=cfg.train.seed)
+    compiled = run_training(cfg, train_data=FixedBatches(data), model=model)
+    assert all(layer._compiled_call_impl is not None for layer in model.model.layers)  # the layers ran compiled
+    la = [m["loss"] for m in metrics(tmp_path / "eager") if m["split"] == "train"]
+    lb = [m["loss"] for m in metrics(tmp_path / "compiled") if m["split"] == "train"]
+    assert lb == pytest.approx(la, abs=1e-5) and len(lb) == 3
+    a, b = weights(eager), weights(compiled)
+    assert a.keys() == b.keys()  # compiling in place leaves the saved names alone
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_without_a_cpu_compiler_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    import torch._inductor.config as inductor
+
+    from anygen.training.decoder_trainer import compile_unavailable
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(inductor.cpp, "cxx", (None, "no-such-g++"))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "needs a C++ compiler" in compile_unavailable("cpu")
+    with pytest.raises(AnygenError, match="^train.compile: torch.compile on CPU needs a C.. compiler.*"
+                                          "set train.compile=false$"):
+        train_decoder(None, recipe(tmp_path, "nocc", ["train.steps=1", "train.compile=true"]))
+    assert not checkpoints(tmp_path / "nocc")
+
+
+def test_fused_adamw_on_cpu_matches_foreach(tmp_path, capsys):
+    from anygen.training.decoder_trainer import adamw_kernel
+
+    assert adamw_kernel(None, "cuda") == "fused" and adamw_kernel(None, "cpu") == "foreach"
+    assert adamw_kernel(True, "cpu") == "fused" and adamw_kernel(False, "cuda") == "foreach"
+    with pytest.raises(AnygenError, match="no fused AdamW for device 'mps'"):
+        adamw_kernel(True, "mps")
+    data = full_rows(3, 2)
+    runs = {}
+    for name in ("false", "true"):
+        reset_accelerate_state()
+        runs[name] = weights(run_training(load_train_config(None, recipe(tmp_path, name, [
+            "train.steps=3", f"train.fused_adamw={name}"])), train_data=FixedBatches(data)))
+    out = capsys.readouterr().out
+    assert "AdamW foreach" in out and "AdamW fused" in out  # each run said which kernel it used
+    for k in runs["false"]:  # one kernel for all parameters: the same update up to rounding
+        torch.testing.assert_close(runs["true"][k], runs["false"][k], rtol=1e-5, atol=1e-6)

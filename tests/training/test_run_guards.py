@@ -264,3 +264,25 @@ def test_a_full_disk_during_a_checkpoint_is_one_line(tmp_path):
     assert proc.returncode == 2 and len(err) == 1, proc.stderr[-3000:]
     assert err[0].startswith(f"anygen: error: {out / 'checkpoints' / 'step_00000001'}: cannot write (")
     assert not list((out / "checkpoints").iterdir())  # the temporary directory is gone too
+
+
+@pytest.mark.parametrize("env", [{"WORLD_SIZE": "2"}, {"ACCELERATE_USE_FSDP": "true"},
+                                 {"ACCELERATE_USE_DEEPSPEED": "true"}], ids=["two-processes", "fsdp", "deepspeed"])
+@pytest.mark.parametrize("trainer", ["t2i", "transfusion"])
+def test_the_single_process_trainers_refuse_a_distributed_launch_in_one_line(tmp_path, monkeypatch, env, trainer):
+    """The text->image (either head) and all-task Transfusion trainers are single-process loops: accelerate launch
+    is refused before anything is built or written, naming the way to run them."""
+    from anygen.training.common import refuse_distributed
+    from anygen.training.t2i_trainer import train_t2i
+    from anygen.training.transfusion_trainer import train_transfusion
+
+    refuse_distributed("x", {"WORLD_SIZE": "1", "ACCELERATE_USE_FSDP": "false"})  # one plain process: fine
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    train, recipe = {"t2i": (train_t2i, "t2i_diffusion.yaml"),
+                     "transfusion": (train_transfusion, "shapes_transfusion.yaml")}[trainer]
+    with pytest.raises(AnygenError) as e:
+        train(ROOT / "training" / recipe, [f"train.out_dir={tmp_path / 'run'}"])
+    message = str(e.value)
+    assert "runs in one process only: it is not wired for DDP, FSDP or DeepSpeed" in message
+    assert "\n" not in message and not (tmp_path / "run").exists()
