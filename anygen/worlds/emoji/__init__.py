@@ -6,12 +6,20 @@ Only fully-qualified emoji that the installed font draws as one non-blank glyph 
 and emoji that render to the same pixels (e.g. flags shared by several regions, skin-tone
 variants Noto does not distinguish) are kept once, under the shortest name.
 
-Edit pairs are variants of the same emoji the font really draws: skin tone
-(`make it medium skin tone`, `remove the skin tone`) and gender (`make it a woman`).
+Edit pairs are variants of the same emoji the font really draws, both directions: skin tone
+("give it a dark skin tone", "remove the skin tone" back to the default yellow) and gender
+("make it a woman", "make it a man", "make it gender-neutral"). Each instruction has one
+canonical phrasing (`EmojiEdit.instruction`, what the eval prompts with) and a few others
+(`phrasings`) that training samples too.
 
-The train/heldout split hashes the name of each emoji's *concept* (all skin-tone and
-gender variants of one emoji share it), so no variant of a held-out emoji, and no edit
-pair touching one, is in the training split.
+The generalisation split is a fixed rule (`is_heldout_base`). A *base* is an emoji sequence with
+its skin-tone modifiers U+1F3FB–U+1F3FF removed, written as its default picture is (where a
+modifier took the place of a presentation selector, ☝🏻 -> ☝️, the default's spelling). A base is
+held out when `sha1(base.encode("utf-8")).digest()[0] % 10 == 0`. A held-out base's *variants*
+are every picture joined to it by skin-tone or gender edits (its tones, its other genders and
+their tones: the emoji's whole family), except the default pictures of held-out bases, which
+stay in training (text→image, image→text). No training task shows a variant, and no edit within
+a held-out family is trained; `anygen eval emoji` edits the held-out bases' default pictures.
 
 Rendering ~3,800 emoji takes a few seconds; results are cached per process.
 Shaping ZWJ/skin-tone sequences needs Pillow's raqm layout (Pillow wheels bundle it and
@@ -54,6 +62,12 @@ FONT_CANDIDATES = (
 )
 BITMAP_SIZE = 109  # the one bitmap strike in NotoColorEmoji.ttf (CBDT); other sizes fail to load
 SPLITS = ("all", "train", "heldout")
+# The fixed generalisation split: a base is held out when the first byte of its SHA-1 is 0 mod 10
+# (about a tenth of the bases; a hash, not a random draw, so every machine and version agrees).
+HELDOUT_MODULUS, HELDOUT_RESIDUE = 10, 0
+# Training writes an edit in its canonical phrasing this often, else in one of the others: the
+# eval prompts with the canonical one, the others teach that the instruction, not its words, matters.
+CANONICAL_SHARE = 0.5
 
 SKIN_TONES = {
     "\U0001F3FB": "light",
@@ -130,10 +144,11 @@ class EmojiItem:
 
 @dataclass(frozen=True, eq=False)
 class EmojiEdit:
-    instruction: str
+    instruction: str  # the canonical phrasing (phrasings[0])
     source: EmojiItem
     target: EmojiItem
     kind: str  # "skin_tone" or "gender"
+    phrasings: tuple[str, ...] = ()  # every phrasing training writes, the canonical one first
 
     def document(self) -> Document:
         """Source image, instruction, target image."""
@@ -207,21 +222,58 @@ def _gender_form(core: str) -> tuple[str, str] | None:
 class _Catalogue:
     items: list[EmojiItem]
     edits: list[EmojiEdit]
-    concept: dict[str, str]  # item name -> concept name (shared by all its variants)
+    concept: dict[str, str]  # item name -> concept name (shared by all its variants: the family)
+    base: dict[str, str]  # item name -> its base (`strip_tones`, spelt as the default picture is)
     rejected: dict[str, int]
 
 
-def _tone_instruction(tones: tuple[str, ...]) -> str:
-    return f"make it {SKIN_TONES[tones[0]]} skin tone" if tones else "remove the skin tone"
+def _bases(items: list[EmojiItem]) -> dict[str, str]:
+    """Item name -> base: the sequence without skin-tone modifiers; where that is not a drawn emoji
+    but one differing only in presentation selectors is (☝ from ☝🏻, drawn as ☝️), that one."""
+    drawn = {it.char for it in items}
+    by_plain = {it.char.replace(VS16, ""): it.char for it in items if not _tones(it.char)}
+    out = {}
+    for it in items:
+        stripped = strip_tones(it.char)
+        out[it.name] = stripped if stripped in drawn else by_plain.get(stripped.replace(VS16, ""), stripped)
+    return out
 
 
-def _gender_instruction(gender: str, target_name: str) -> str:
+# ---- instructions: one canonical phrasing (first) and the others training also writes ------
+TONE_PHRASINGS = ("give it a {tone} skin tone", "make it {tone} skin tone", "change the skin tone to {tone}",
+                  "{tone} skin tone, please")
+REMOVE_TONE_PHRASINGS = ("remove the skin tone", "back to the default yellow", "make the skin the default yellow",
+                         "no skin tone")
+GENDER_PHRASINGS = ("make it a {gender}", "turn it into a {gender}", "change it to a {gender}")
+PLURAL_GENDER_PHRASINGS = ("make them {genders}", "turn them into {genders}", "change them to {genders}")
+NEUTRAL_PHRASINGS = ("make it gender-neutral", "turn it into a person of no stated gender", "no gender")
+PLURAL_NEUTRAL_PHRASINGS = ("make them gender-neutral", "turn them into people of no stated gender", "no gender")
+
+
+def _tone_phrasings(tones: tuple[str, ...]) -> tuple[str, ...]:
+    if not tones:
+        return REMOVE_TONE_PHRASINGS
+    return tuple(p.format(tone=SKIN_TONES[tones[0]]) for p in TONE_PHRASINGS)
+
+
+def _gender_phrasings(gender: str, target_name: str) -> tuple[str, ...]:
     plural = target_name.split(" ", 1)[0] in ("people", "men", "women")
     if gender == "neutral":
-        return "make them gender-neutral" if plural else "make it gender-neutral"
+        return PLURAL_NEUTRAL_PHRASINGS if plural else NEUTRAL_PHRASINGS
     if plural:
-        return f"make them {'men' if gender == 'man' else 'women'}"
-    return f"make it a {gender}"
+        return tuple(p.format(genders="men" if gender == "man" else "women") for p in PLURAL_GENDER_PHRASINGS)
+    return tuple(p.format(gender=gender) for p in GENDER_PHRASINGS)
+
+
+# ---- the generalisation split ---------------------------------------------------------------
+def strip_tones(char: str) -> str:
+    """The emoji sequence without its skin-tone modifiers (U+1F3FB–U+1F3FF)."""
+    return "".join(c for c in char if c not in SKIN_TONES)
+
+
+def is_heldout_base(base: str) -> bool:
+    """The fixed rule: `sha1(base.encode("utf-8")).digest()[0] % 10 == 0`."""
+    return hashlib.sha1(base.encode("utf-8")).digest()[0] % HELDOUT_MODULUS == HELDOUT_RESIDUE
 
 
 @lru_cache(maxsize=4)
@@ -283,17 +335,19 @@ def _catalogue(font_path: str, size: int, chars: tuple[str, ...] | None) -> _Cat
         for src_tones, src in group.items():
             for dst_tones, dst in group.items():
                 if src is not dst:
-                    edits.append(EmojiEdit(_tone_instruction(dst_tones), src, dst, "skin_tone"))
+                    phrasings = _tone_phrasings(dst_tones)
+                    edits.append(EmojiEdit(phrasings[0], src, dst, "skin_tone", phrasings))
                     link(src, dst)
     for group in gender_groups.values():
         for src in group.values():
             for gender, dst in group.items():
                 if src is not dst:
-                    edits.append(EmojiEdit(_gender_instruction(gender, dst.name), src, dst, "gender"))
+                    phrasings = _gender_phrasings(gender, dst.name)
+                    edits.append(EmojiEdit(phrasings[0], src, dst, "gender", phrasings))
                     link(src, dst)
     edits.sort(key=lambda e: (e.kind, e.source.name, e.target.name))
     concept = {it.name: find(it.name) for it in items}
-    return _Catalogue(items, edits, concept, rejected)
+    return _Catalogue(items, edits, concept, _bases(items), rejected)
 
 
 # ---- the world -----------------------------------------------------------------------------
@@ -312,22 +366,42 @@ def _pick(rng, seq):
     return seq[int(rng.integers(len(seq)))]
 
 
+@dataclass(frozen=True)
+class _Split:
+    heldout_bases: frozenset[str]
+    heldout_families: frozenset[str]  # concepts holding a held-out base
+
+
+@dataclass(frozen=True, eq=False)
+class BaseEdits:
+    """The edits of one base's default picture (`EmojiWorld.base_edits`): `edits` all start from
+    `source`; `renders` are every picture of the base an edit judge chooses among (the default,
+    then each edit's target: its tones and its other genders)."""
+
+    base: str
+    source: EmojiItem
+    edits: tuple[EmojiEdit, ...]
+
+    @property
+    def renders(self) -> tuple[EmojiItem, ...]:
+        return (self.source,) + tuple(e.target for e in self.edits)
+
+
 class EmojiWorld:
-    """Captioned emoji images and their skin-tone/gender edit pairs.
+    """Captioned emoji images and their skin-tone/gender edit pairs, split by the fixed rule of the
+    module docstring: "train" is what training may show, "heldout" the held-out bases' variants.
 
     `chars` limits the world to these emoji (handy for quick tests); default: all of them.
     """
 
-    def __init__(self, size: int = 64, heldout_fraction: float = 0.1, chars: Iterable[str] | None = None,
+    def __init__(self, size: int = 64, chars: Iterable[str] | None = None,
                  font_path: str | os.PathLike | None = None):
         if not isinstance(size, int) or not 8 <= size <= 512:
             raise AnygenError(f"size must be an integer in [8, 512], got {size!r}")
-        if not 0.0 <= heldout_fraction < 1.0:
-            raise AnygenError(f"heldout_fraction must be in [0, 1), got {heldout_fraction!r}")
         path = Path(font_path) if font_path is not None else emoji_font_path()
         if not path.is_file():
             raise AnygenError(f"{path}: emoji font not found (install the Debian package {DEBIAN_PACKAGE})")
-        self.size, self.heldout_fraction, self.font_path = size, heldout_fraction, path
+        self.size, self.font_path = size, path
         self._chars = None if chars is None else tuple(sorted(set(chars)))
         if not features.check("raqm"):
             log.warning("Pillow has no raqm layout (install libfribidi0): skin-tone, gender, flag and "
@@ -337,35 +411,99 @@ class EmojiWorld:
     def _cat(self) -> _Catalogue:
         return _catalogue(str(self.font_path), self.size, self._chars)
 
+    @cached_property
+    def _split(self) -> _Split:
+        cat = self._cat
+        heldout = frozenset(b for b in set(cat.base.values()) if is_heldout_base(b))
+        families = frozenset(cat.concept[name] for name, b in cat.base.items() if b in heldout)
+        return _Split(heldout, families)
+
+    def base_of(self, item: EmojiItem) -> str:
+        """The item's base (module docstring)."""
+        return self._cat.base[item.name]
+
+    def is_default(self, item: EmojiItem) -> bool:
+        """Whether the item is its base's default picture (no skin tone)."""
+        return item.char == self._cat.base[item.name]
+
     def split_of(self, item: EmojiItem) -> str:
-        concept = self._cat.concept[item.name]
-        digest = hashlib.sha256(concept.encode("utf-8")).digest()
-        return "heldout" if int.from_bytes(digest[:8], "big") / 2**64 < self.heldout_fraction else "train"
+        """"heldout" for a held-out base's variant, else "train" (held-out bases' defaults included)."""
+        split = self._split
+        if self._cat.concept[item.name] not in split.heldout_families:
+            return "train"
+        return "train" if self.is_default(item) and self.base_of(item) in split.heldout_bases else "heldout"
+
+    def edit_split(self, edit: EmojiEdit) -> str:
+        """"heldout" for every edit within a held-out base's family (source and target share it)."""
+        return "heldout" if self._cat.concept[edit.source.name] in self._split.heldout_families else "train"
+
+    def heldout_bases(self) -> list[str]:
+        """Every held-out base, sorted (bases without a default picture included)."""
+        return sorted(self._split.heldout_bases)
+
+    def bases(self) -> list[str]:
+        """Every base of the drawn emoji, sorted."""
+        return sorted(set(self._cat.base.values()))
 
     def _check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise AnygenError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
 
     def items(self, split: str = "all") -> list[EmojiItem]:
-        """Emoji sorted by name; "train"/"heldout" split by a hash of the emoji's concept name."""
+        """Emoji sorted by name; "train": every picture training may show, "heldout": the held-out variants."""
         self._check_split(split)
         return [it for it in self._cat.items if split == "all" or self.split_of(it) == split]
 
     def edit_pairs(self, split: str = "all", kind: str | None = None) -> list[EmojiEdit]:
-        """Skin-tone and gender edits; source and target always differ in pixels and share a split."""
+        """Skin-tone and gender edits; source and target always differ in pixels and share a family.
+        "train": edits outside the held-out families; "heldout": those within them."""
         self._check_split(split)
         if kind not in (None, "skin_tone", "gender"):
             raise AnygenError(f"kind must be skin_tone, gender or None; got {kind!r}")
         return [e for e in self._cat.edits if (kind is None or e.kind == kind)
-                and (split == "all" or self.split_of(e.source) == split)]
+                and (split == "all" or self.edit_split(e) == split)]
+
+    def base_edits(self, split: str) -> list[BaseEdits]:
+        """Per base with a default picture and at least one edit of it, sorted by the default's name:
+        "heldout": the held-out bases (edits never trained); "train": bases outside every held-out
+        family (edits trained on)."""
+        self._check_split(split)
+        split_bases = self._split.heldout_bases
+        by_source: dict[str, list[EmojiEdit]] = {}
+        for e in self._cat.edits:
+            by_source.setdefault(e.source.name, []).append(e)
+        out = []
+        for it in self._cat.items:
+            if not self.is_default(it) or it.name not in by_source:
+                continue
+            base = self.base_of(it)
+            heldout = base in split_bases
+            trained = self._cat.concept[it.name] not in self._split.heldout_families
+            if split == "all" or (split == "heldout" and heldout) or (split == "train" and trained):
+                out.append(BaseEdits(base, it, tuple(by_source[it.name])))
+        return out
 
     def stats(self) -> dict[str, int]:
-        """Counts of rendered emoji, edit pairs, and candidates left out (and why)."""
+        """Counts of rendered emoji, edit pairs, the split, and candidates left out (and why)."""
         cat = self._cat
-        out = {"items": len(cat.items), "edit_pairs": len(cat.edits),
-               "heldout_items": len(self.items("heldout"))}
+        held = self._split.heldout_bases
+        out = {"items": len(cat.items), "edit_pairs": len(cat.edits), "bases": len(set(cat.base.values())),
+               "heldout_bases": len(held),
+               "heldout_bases_with_variants": self._with_variants(held),
+               "heldout_items": len(self.items("heldout")),
+               "heldout_edit_pairs": len(self.edit_pairs("heldout")),
+               "heldout_base_edits": sum(len(b.edits) for b in self.base_edits("heldout"))}
         out.update({f"rejected_{k}": v for k, v in cat.rejected.items()})
         return out
+
+    def _with_variants(self, bases) -> int:
+        """How many of `bases` have a held-out variant in one of their families."""
+        cat = self._cat
+        variant_families = {cat.concept[it.name] for it in self.items("heldout")}
+        families: dict[str, set[str]] = {}
+        for name, concept in cat.concept.items():
+            families.setdefault(cat.base[name], set()).add(concept)
+        return sum(1 for b in bases if families[b] & variant_families)
 
     def sample(self, rng, split: str = "all") -> EmojiItem:
         pool = self.items(split)
@@ -378,6 +516,19 @@ class EmojiWorld:
         if not pool:
             raise AnygenError(f"no emoji edit pairs in split {split!r}")
         return _pick(rng, pool)
+
+    def by_name(self) -> dict[str, EmojiItem]:
+        """Every emoji by its name."""
+        return {it.name: it for it in self._cat.items}
+
+
+def phrase(e: EmojiEdit, rng) -> str:
+    """The edit's instruction as training writes it: canonical with probability `CANONICAL_SHARE`,
+    else one of its other phrasings."""
+    rng = _as_rng(rng)
+    if len(e.phrasings) < 2 or rng.random() < CANONICAL_SHARE:
+        return e.instruction
+    return _pick(rng, e.phrasings[1:])
 
 
 class EmojiTasks:
@@ -400,16 +551,17 @@ class EmojiTasks:
             return image_to_text(self._image(item), item.name, self.mix.image_to_text, rng)
         if task in ("edit", "describe_edit"):
             e = self.world.sample_edit(rng, split)
-            if task == "describe_edit":
+            if task == "describe_edit":  # the verifier answers in the canonical phrasing
                 return describe_edit(self._image(e.source), self._image(e.target), e.instruction,
                                      self.mix.describe_edit, rng)
-            return edit(self._image(e.source), e.instruction, self._image(e.target), self.mix.edit, rng)
+            return edit(self._image(e.source), phrase(e, rng), self._image(e.target), self.mix.edit, rng)
         raise ValueError(f"EmojiWorld has no task {task!r} (tasks: {', '.join(self.TASKS)})")
 
 
 class Emoji:
     """The `emoji` world (`anygen.tasks.world.World`): captioned emoji and their real edit pairs.
-    Splits: `train` / `heldout` (by concept); a training recipe's `holdout` split maps to `heldout`."""
+    Splits: `train` / `heldout` (the fixed rule on bases, module docstring); a training recipe's
+    `holdout` split maps to `heldout`. Its CLI verb is `anygen eval emoji` (`anygen.worlds.emoji.cli`)."""
 
     name = "emoji"
     tasks = EmojiTasks.TASKS
@@ -428,8 +580,11 @@ class Emoji:
         return EmojiTasks(self.world, mix)
 
     def text_corpus(self, n: int, rng) -> list[str]:
-        """Every training emoji's name (`n` and `rng` are unused: the names are few and fixed)."""
-        return [item.name for item in self.world.items("train")]
+        """Every training emoji's name, then every phrasing of the training edits' instructions, each
+        once (`n` and `rng` are unused: the texts are few and fixed)."""
+        world = self.world
+        phrasings = dict.fromkeys(p for e in world.edit_pairs("train") for p in e.phrasings)
+        return [item.name for item in world.items("train")] + list(phrasings)
 
     def preview(self, rng, kind: str = "emoji") -> Document:
         world = self.world
@@ -442,5 +597,5 @@ class Emoji:
         return ImageListSource(images, batch_size, image_size, seed, data.prefetch, "emoji", data.hflip)
 
     def eval_images(self, n: int, seed: int) -> tuple[list, None]:
-        """(held-out emoji images, no ground truth to judge)."""
+        """(held-out variants' images, no ground truth to judge)."""
         return [it.image for it in self.world.items("heldout")[:n]], None
