@@ -72,6 +72,11 @@ class FakeImageCodec:
     def decoder(self, z: torch.Tensor) -> torch.Tensor:  # (B, 1, h, w) -> grey pixels (B, 3, 8, 8)
         return torch.nn.functional.interpolate(z.float(), size=(8, 8), mode="nearest").repeat(1, 3, 1, 1)
 
+    latent_channels = 1
+
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).clamp(-1, 1)
+
 
 class FakeAudioCodec:
     def __init__(self, codebook_size: int = 8, n_q: int = 2, sample_rate: int = 8000, hop: int = 1000):
