@@ -381,6 +381,16 @@ def open_tokenizer(directory: str | os.PathLike):
         raise AnygenError(f"{directory}: cannot load its tokenizer ({type(e).__name__}: {msg})") from None
 
 
+def open_parts(directory: Path, model_cls, processor_cls, device: str):
+    """(model, tokenizer, image processor) of a transformers directory: weights in bfloat16 on a GPU,
+    float32 on the CPU; the processor from `preprocessor_config.json`, else its defaults."""
+    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    hf = open_pretrained(directory, model_cls, dtype).to(device)
+    processor = (processor_cls.from_pretrained(str(directory), local_files_only=True)
+                 if (directory / "preprocessor_config.json").is_file() else processor_cls())
+    return hf, open_tokenizer(directory), processor
+
+
 @dataclass
 class Checkpoint:
     """What every adapter reads from a released directory, checked once (`Checkpoint.open`).
@@ -406,11 +416,7 @@ class Checkpoint:
         """Load `model_cls` and its parts; `text_config(hf)` is the config holding the bos/eos/pad ids,
         `code_of(name)` a vocabulary name's code (None: not an image code), `codebook_size(hf)` the VQ's."""
         directory = Path(directory)
-        dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        hf = open_pretrained(directory, model_cls, dtype).to(device)
-        tokenizer = open_tokenizer(directory)
-        processor = (processor_cls.from_pretrained(str(directory), local_files_only=True)
-                     if (directory / "preprocessor_config.json").is_file() else processor_cls())
+        hf, tokenizer, processor = open_parts(directory, model_cls, processor_cls, device)
         where = f"{directory}/config.json: {model_type}"
         vocabulary = dict(hf.config.vocabulary_map or {})
         if not vocabulary:

@@ -34,8 +34,7 @@ import torch
 from PIL import Image as PILImage
 
 from anygen.errors import AnygenError
-from anygen.interop.base import IdMap, InteropLM, ModelText, open_tokenizer
-from anygen.weights import open_pretrained
+from anygen.interop.base import IdMap, InteropLM, ModelText, open_parts
 from anygen.tokenizer import MultimodalTokenizer
 from anygen.vocab import SPECIAL_TOKENS, Vocab
 
@@ -313,11 +312,7 @@ def load(directory: str | os.PathLike, device: str = "cpu"):
     from transformers import JanusImageProcessorPil  # the PIL processor: no torchvision needed
 
     directory = Path(directory)
-    dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    hf = open_pretrained(directory, JanusForConditionalGeneration, dtype).to(device)
-    tokenizer = open_tokenizer(directory)
-    processor = (JanusImageProcessorPil.from_pretrained(str(directory), local_files_only=True)
-                 if (directory / "preprocessor_config.json").is_file() else JanusImageProcessorPil())
+    hf, tokenizer, processor = open_parts(directory, JanusForConditionalGeneration, JanusImageProcessorPil, device)
     where = f"{directory}/config.json: {MODEL_TYPE}"
     text_cfg = hf.config.text_config
     gen_cfg = hf.generation_config

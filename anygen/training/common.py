@@ -460,3 +460,23 @@ def refuse_distributed(trainer: str, environ=os.environ) -> None:
     sharded = any(environ.get(k, "false").lower() == "true" for k in DISTRIBUTED_ENV[1:])
     if sharded or (world.isdigit() and int(world) > 1):
         raise AnygenError(SINGLE_PROCESS_REFUSED.format(trainer=trainer))
+
+
+def single_process_run(trainer: str, train, resume: bool, body: Callable[[Path], Path]) -> Path:
+    """The one-process trainers' run: refuse a distributed launch (`refuse_distributed`), set the
+    threads ($ANYGEN_THREADS wins over `train.threads`), hold the lock on `train.out_dir`, clear a
+    killed run's temporaries, refuse a directory holding a run unless `resume`; then `body(out_dir)`."""
+    from anygen.threads import THREADS_ENV, set_threads
+
+    refuse_distributed(trainer)
+    env_threads = os.environ.get(THREADS_ENV, "")
+    if env_threads.strip():
+        set_threads(env_threads, THREADS_ENV)
+    else:
+        set_threads(train.threads, "train.threads")
+    out = Path(train.out_dir)
+    with lock_run_dir(out, "train.out_dir"):
+        remove_stale_temps(out, ("checkpoint", "model", "summary.json"))
+        if holds_run(out) and not resume:
+            refuse_existing_run(out, "a run", "train.out_dir")
+        return body(out)

@@ -36,10 +36,8 @@ from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters, save_decoder
 from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, next_token_ce,
                                       save_transfusion, to_head_space, transfusion_loss)
-from anygen.threads import THREADS_ENV, set_threads
-from anygen.training.common import (OptimConfig, check_finite, check_memory, flops_per_token, holds_run,
-                                    load_checkpoint, lock_run_dir, lr_at, refuse_distributed, refuse_existing_run,
-                                    remove_stale_temps, save_checkpoint, writing)
+from anygen.training.common import (OptimConfig, check_finite, check_memory, flops_per_token, load_checkpoint, lr_at,
+                                    save_checkpoint, single_process_run, writing)
 
 # at least <bos>, one caption token, <boi>, <grid>, <eoi> and <eos> around a row's image positions
 ROW_TOKENS_BESIDES_IMAGE = 6
@@ -170,18 +168,8 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
     temporaries a killed run left; a directory holding a run needs `resume`.
     """
     cfg = load_config(T2IConfig, recipe_path, list(overrides))
-    refuse_distributed("the t2i trainer (tokens or Transfusion head)")
-    env_threads = os.environ.get(THREADS_ENV, "")
-    if env_threads.strip():
-        set_threads(env_threads, THREADS_ENV)
-    else:
-        set_threads(cfg.train.threads, "train.threads")
-    out = Path(cfg.train.out_dir)
-    with lock_run_dir(out, "train.out_dir"):
-        remove_stale_temps(out, ("checkpoint", "model", "summary.json"))
-        if holds_run(out) and not resume:
-            refuse_existing_run(out, "a run", "train.out_dir")
-        return _train(cfg, out, resume, progress)
+    return single_process_run("the t2i trainer (tokens or Transfusion head)", cfg.train, resume,
+                              lambda out: _train(cfg, out, resume, progress))
 
 
 def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:

@@ -34,10 +34,9 @@ from anygen.io import atomic_write_bytes
 from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters
 from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, codes_to_head,
                                       latent_sequence, save_transfusion, transfusion_loss)
-from anygen.threads import THREADS_ENV, set_threads
-from anygen.training.common import (OptimConfig, check_finite, flops_per_token, holds_run, load_checkpoint,
-                                    lock_run_dir, lr_at, refuse_distributed, refuse_existing_run, remove_stale_temps,
-                                    save_checkpoint, writing)
+from anygen.training.common import (OptimConfig, check_finite, flops_per_token, load_checkpoint, lr_at,
+                                    save_checkpoint, single_process_run, writing)
+from anygen.training.t2i_trainer import T2ITrain
 
 
 @dataclass
@@ -52,18 +51,11 @@ class TransfusionData:
 
 
 @dataclass
-class TransfusionTrain:
+class TransfusionTrain(T2ITrain):
+    """The t2i trainer's loop settings, with this trainer's defaults."""
+
     out_dir: str = "runs/transfusion"
     steps: int = 2000
-    threads: int = 1
-    seed: int = 0
-    log_every: int = 20
-    save_every: int = 200
-
-    def __post_init__(self):
-        check(bool(self.out_dir.strip()), "out_dir", "is required (the run directory)")
-        for name in ("steps", "threads", "log_every", "save_every"):
-            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -125,18 +117,8 @@ def train_transfusion(recipe_path: str | os.PathLike | None, overrides: list[str
     """Train the all-task Transfusion model; returns `out_dir/model` (an `anygen.load` directory).
     Same run-directory rules as the other trainers (a lock; a directory holding a run needs `resume`)."""
     cfg = load_config(TransfusionConfig, recipe_path, list(overrides))
-    refuse_distributed("the all-task Transfusion trainer")
-    env_threads = os.environ.get(THREADS_ENV, "")
-    if env_threads.strip():
-        set_threads(env_threads, THREADS_ENV)
-    else:
-        set_threads(cfg.train.threads, "train.threads")
-    out = Path(cfg.train.out_dir)
-    with lock_run_dir(out, "train.out_dir"):
-        remove_stale_temps(out, ("checkpoint", "model", "summary.json"))
-        if holds_run(out) and not resume:
-            refuse_existing_run(out, "a run", "train.out_dir")
-        return _train(cfg, out, resume, progress)
+    return single_process_run("the all-task Transfusion trainer", cfg.train, resume,
+                              lambda out: _train(cfg, out, resume, progress))
 
 
 def _train(cfg: TransfusionConfig, out: Path, resume: bool, progress: bool) -> Path:

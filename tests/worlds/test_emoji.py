@@ -6,19 +6,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from PIL import features
 
 import anygen.worlds.emoji as emoji_world
 from anygen.errors import AnygenError
 from anygen.tasks.layouts import DescribeEditSpec, TaskMix
 from anygen.worlds.emoji import Emoji, EmojiWorld, clean_name, is_heldout_base, phrase, strip_tones
 
-needs_font = pytest.mark.skipif(
-    emoji_world.EMOJI_FONT_PATH is None,
-    reason="Noto Color Emoji font missing: install the Debian package fonts-noto-color-emoji")
-needs_raqm = pytest.mark.skipif(
-    not features.check("raqm"),
-    reason="Pillow has no raqm layout for emoji sequences: install the Debian package libfribidi0")
+from emoji_marks import needs_font, needs_raqm
 
 
 @pytest.fixture(scope="module")

@@ -8,20 +8,14 @@ import json
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from PIL import ImageFilter, features
+from PIL import ImageFilter
 
-import anygen.worlds.emoji as emoji_world
 from anygen.errors import AnygenError
 from anygen.worlds.emoji import EmojiWorld
 from anygen.worlds.emoji.suite import (EvalSettings, NearestEmoji, evaluate_emoji, format_report, judge_edit,
                                        pixels, psnr, split_name)
 
-needs_font = pytest.mark.skipif(
-    emoji_world.EMOJI_FONT_PATH is None,
-    reason="Noto Color Emoji font missing: install the Debian package fonts-noto-color-emoji")
-needs_raqm = pytest.mark.skipif(
-    not features.check("raqm"),
-    reason="Pillow has no raqm layout for emoji sequences: install the Debian package libfribidi0")
+from emoji_marks import needs_font, needs_raqm
 
 
 @pytest.fixture(scope="module")
