@@ -22,6 +22,10 @@ from anygen.io import IMAGE_SUFFIXES, atomic_write_bytes, check_output_path
 from anygen.threads import set_threads_from_env
 from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
+# The sampler's DEFAULT_SJD_WINDOW, written out so that `--help` does not import torch (a test keeps
+# the two equal).
+SJD_WINDOW_HELP_DEFAULT = 12
+
 
 WAV_SUFFIXES = (".wav",)  # `say` writes 16-bit PCM WAV only
 # `anygen bench sample --model` times SJD and guidance on this many texts of the model's world: a few
@@ -408,7 +412,10 @@ def cmd_bench_sample(args) -> None:
     json_path = json_out(args)
     if any(b < 1 for b in args.batch or ()):
         raise AnygenError(f"--batch: each size must be >= 1, got {args.batch}")
-    window = parallel_flags(argparse.Namespace(parallel="sjd", sjd_window=args.sjd_window)).get("sjd_window", 16)
+    from anygen.sampling.settings import DEFAULT_SJD_WINDOW
+
+    window = parallel_flags(argparse.Namespace(parallel="sjd", sjd_window=args.sjd_window)).get("sjd_window",
+                                                                                                 DEFAULT_SJD_WINDOW)
     model = vocab = codec_decode = prompts = None
     if args.model:
         loaded = model_of(args)
@@ -642,7 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sjd: image codes by speculative Jacobi decoding, several per forward, the same "
                             "images for greedy codes and the same distribution when sampled (default none)")
         q.add_argument("--sjd-window", type=int, dest="sjd_window",
-                       help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
+                       help="tokens per SJD forward over the batch rows, guidance rows included (default "
+                            f"{SJD_WINDOW_HELP_DEFAULT})")
 
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
@@ -719,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a text->image prompt of the SJD and guidance figures (repeatable; default: "
                         f"{BENCH_CAPTIONS} texts of the model's world)")
     p.add_argument("--sjd-window", type=int, dest="sjd_window",
-                   help="tokens per SJD forward over the batch rows, guidance rows included (default 16)")
+                   help="tokens per SJD forward over the batch rows, guidance rows included (default "
+                            f"{SJD_WINDOW_HELP_DEFAULT})")
     p.add_argument("--no-large", action="store_true", dest="no_large",
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--batch", type=int, nargs="+",

@@ -32,7 +32,7 @@ import torch
 from anygen.sampling.backends import kv_bytes_per_token, resolve_lm
 from anygen.sampling.engine import GenerationStats, Prompt, generate
 from anygen.sampling.jacobi import add_counts
-from anygen.sampling.settings import GenerationConfig, SamplingSettings
+from anygen.sampling.settings import DEFAULT_SJD_WINDOW, GenerationConfig, SamplingSettings
 from anygen.threads import set_threads
 from anygen.vocab import Vocab
 
@@ -108,7 +108,7 @@ def run_sample_bench(model=None, vocab: Vocab | None = None, threads: int = 1, n
                      prompt_len: int = 16, repeats: int = 5, guidance_scale: float = 3.0,
                      codec_decode: Callable | None = None, bandwidth_mb: int = 256,
                      include_hf_backend: bool = True, progress: Callable[[str], None] | None = None,
-                     image_prompts: list[Prompt] | None = None, sjd_window: int = 16,
+                     image_prompts: list[Prompt] | None = None, sjd_window: int = DEFAULT_SJD_WINDOW,
                      large_model: bool = True, guidance_pairs: int = GUIDANCE_PAIRS, batches: tuple[int, ...] = (),
                      device: str | None = None) -> dict:
     """Run the sampler benchmark and return its figures (see the module doc).

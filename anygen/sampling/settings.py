@@ -37,6 +37,10 @@ MAX_GUIDANCE_SCALE = 100.0
 # of the largest grid in use (16 x 16 = 256 codes) each; more only adds activation memory to a
 # forward that cannot accept them.
 MAX_SJD_WINDOW = 4096
+# Tokens per SJD forward by default: on the bundled model at batch 1 (one CPU thread) a window of 12
+# needs about as few forwards as 16 (acceptance is below 0.5 past the seventh draft) at a cheaper
+# forward, and more than 8 (docs/experiments.md, "Speculative Jacobi decoding").
+DEFAULT_SJD_WINDOW = 12
 PARALLEL_MODES = ("none", "sjd")
 # torch.Generator seeds are 64-bit: [-2^63, 2^64) (a negative seed s means s + 2^64).
 MIN_SEED, MAX_SEED = -(2 ** 63), 2 ** 64 - 1
@@ -155,7 +159,7 @@ class GenerationConfig:
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
     parallel: str = "none"  # "sjd": image codes by speculative Jacobi decoding (anygen.sampling.jacobi)
-    sjd_window: int = 16  # tokens per SJD forward over the batch's rows: each row's window is sjd_window // rows
+    sjd_window: int = DEFAULT_SJD_WINDOW  # tokens per SJD forward over the batch's rows: each row's window is sjd_window // rows
 
     def __post_init__(self):
         self.max_new_tokens = integer(self.max_new_tokens, "max_new_tokens")

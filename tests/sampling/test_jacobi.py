@@ -277,3 +277,10 @@ def test_draw_verb_passes_parallel_flags(tmp_path, monkeypatch):
     assert cli_main(["draw", "a red circle", "--greedy", "--parallel", "sjd", "--sjd-window", "8", "--out", out]) == 0
     assert cli_main(["draw", "a red circle", "--out", out]) == 0
     assert seen == [(True, {"parallel": "sjd", "sjd_window": 8}), (None, {})]
+
+
+def test_the_cli_help_names_the_samplers_default_window():
+    from anygen.cli import SJD_WINDOW_HELP_DEFAULT
+    from anygen.sampling.settings import DEFAULT_SJD_WINDOW
+
+    assert SJD_WINDOW_HELP_DEFAULT == DEFAULT_SJD_WINDOW == GenerationConfig().sjd_window
