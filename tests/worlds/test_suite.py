@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from anygen.worlds.shapes.world import (COLORS, EDIT_KINDS, Edit, Obj, Scene, ShapesWorld, WorldConfig, apply_instruction, parse_caption,
@@ -14,7 +15,10 @@ from anygen.worlds.shapes.suite import (PLAN_MISTAKES, evaluate_shapes, frechet_
 
 
 class Oracle:
-    """Renders exactly what each prompt asks for: the ceiling of every metric."""
+    """Renders exactly what each prompt asks for: the ceiling of every metric. It hears a melody in
+    another timbre by the notes `heard` recorded when it was played (see `played_timbres`)."""
+
+    heard: dict = {}
 
     def draw_batch(self, texts, seed=0):
         return [render_scene(parse_caption(t)) for t in texts]
@@ -29,7 +33,7 @@ class Oracle:
         return Audio(render_melody(parse_melody_text(text)), 16000)
 
     def transcribe(self, audio, seed=0):
-        return "the notes " + " ".join(judge_melody(*audio))
+        return "the notes " + " ".join(self.heard.get(audio[0].tobytes()) or judge_melody(*audio) or ())
 
     def story(self, opening, n_steps=3, seed=0):
         scene = parse_caption(opening)
@@ -57,8 +61,26 @@ class RecolourEverything(Oracle):
         return ["a large red circle at the top left"] * len(images)
 
 
-def test_perfect_generator_scores_100_percent():
+@pytest.fixture
+def played_timbres(monkeypatch):
+    """Records the notes of every melody the suite plays in another timbre, for `Oracle.heard`."""
+    from anygen.worlds.shapes import suite
+
+    heard, play = {}, suite.render_timbre_melody
+
+    def recording(notes, timbre, sample_rate):
+        wave = play(notes, timbre, sample_rate)
+        heard[wave.tobytes()] = tuple(notes)
+        return wave
+
+    monkeypatch.setattr(suite, "render_timbre_melody", recording)
+    monkeypatch.setattr(Oracle, "heard", heard)
+    return heard
+
+
+def test_perfect_generator_scores_100_percent(played_timbres):
     results = evaluate_shapes(Oracle(), n=6, seed=3)
+    assert len(played_timbres) == 2 * 6  # the training and the held-out timbres
     assert results.pop("t2i.fd_pool8") == pytest.approx(0.0, abs=1e-6)
     assert results.pop("t2i.seconds_per_image") > 0 and results.pop("edit.seconds_per_edit") > 0
     for key, value in results.items():
@@ -221,3 +243,15 @@ def test_frechet_distance_closed_form_and_features():
     red = PILImage.new("RGB", (64, 64), (255, 0, 0))
     f = pooled_features([red])
     assert f.shape == (1, 192) and np.allclose(f[0].reshape(64, 3), [1.0, 0.0, 0.0])
+
+
+def test_a2t_in_other_timbres_hears_other_waveforms_of_the_same_melodies():
+    """The reference a2t figure is unchanged by the timbre figures (their own random stream); a
+    listener that knows only the reference renders hears none of the other timbres."""
+    class ReferenceListener(Oracle):
+        def transcribe(self, audio, seed=0):
+            notes = judge_melody(*audio)
+            return "the notes " + " ".join(notes if notes and np.array_equal(audio[0], render_melody(notes)) else ())
+
+    results = evaluate_shapes(ReferenceListener(), n=6, seed=3, suites=("a2t",))
+    assert results == {"a2t.exact": 1.0, "a2t.timbres.train.exact": 0.0, "a2t.timbres.heldout.exact": 0.0}

@@ -88,7 +88,7 @@ class Shapes:
         from anygen.worlds.shapes.media import MelodyAudio
 
         return MelodyAudio(batch_size, sample_rate, data.clip_seconds, seed, data.seed, data.prefetch,
-                           data.crop_align)
+                           data.crop_align, data.melody_timbres)
 
     def eval_scenes(self, n: int, seed: int) -> list:
         """`n` scenes (1–3 objects, uniform) from the evaluation stream of `seed`."""

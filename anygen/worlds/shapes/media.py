@@ -10,6 +10,7 @@ from anygen.codecs.image import images_to_tensor
 from anygen.data.media_sources import BatchSource, fixed_length
 from anygen.worlds.shapes import world as shapes
 from anygen.worlds.shapes.world import ShapesWorld, WorldConfig, render_melody, render_scene
+from anygen.worlds.shapes.timbres import render_timbre_melody, sample_timbre
 
 
 class ShapesImages(BatchSource):
@@ -59,16 +60,25 @@ class ShapesImages(BatchSource):
 class MelodyAudio(BatchSource):
     """ShapesWorld melodies (1–4 notes of 0.25 s): a shorter melody is padded with silence
     to `clip_seconds`, a longer one cropped at a random multiple of `crop_align` samples
-    (short, frame-aligned crops: more note onsets per CPU second, never all silence)."""
+    (short, frame-aligned crops: more note onsets per CPU second, never all silence).
+    `melody_timbres` "augmented": `WorldConfig.augmented_share` of them are played in a random
+    training-split timbre (`anygen.worlds.shapes.timbres`) instead of the reference one."""
 
     def __init__(self, batch_size: int, sample_rate: int = 16000, clip_seconds: float = 1.0,
-                 seed: int = 0, world_seed: int = 0, prefetch: int = 0, crop_align: int = 1):
+                 seed: int = 0, world_seed: int = 0, prefetch: int = 0, crop_align: int = 1,
+                 melody_timbres: str = "reference"):
         super().__init__(batch_size, seed, prefetch)
-        self.world, self.render = ShapesWorld(WorldConfig(seed=world_seed)), render_melody
+        self.world = ShapesWorld(WorldConfig(seed=world_seed, melody_timbres=melody_timbres))
         self.sample_rate, self.length = sample_rate, int(round(clip_seconds * sample_rate))
         self.align = crop_align
 
+    def render(self, notes, rng) -> np.ndarray:
+        c = self.world.config
+        if c.melody_timbres == "augmented" and rng.random() < c.augmented_share:
+            return render_timbre_melody(notes, sample_timbre(rng, "train"), self.sample_rate)
+        return render_melody(notes, sample_rate=self.sample_rate)
+
     def make_batch(self, rng, batch_size):
-        waves = [fixed_length(self.render(self.world.sample_melody(rng), sample_rate=self.sample_rate),
-                              self.length, rng, self.align) for _ in range(batch_size)]
+        waves = [fixed_length(self.render(self.world.sample_melody(rng), rng), self.length, rng, self.align)
+                 for _ in range(batch_size)]
         return torch.from_numpy(np.stack(waves))[:, None, :]  # (B,1,T)

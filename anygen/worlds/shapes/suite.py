@@ -24,7 +24,10 @@ Metrics
   edit.seconds_per_edit: wall time of the edit calls over the number of edits;
   edit.KIND.reasoning_exact (reasoned edits only): the text before the picture is exactly right
   (`anygen.worlds.shapes.plans.reasoning` of the edit, in any form).
-- t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed).
+- t2a.exact / a2t.exact: exact note sequence (audio judged / text parsed); a2t plays the reference
+  timbre. a2t.timbres.train.exact / a2t.timbres.heldout.exact: the same melodies played in random
+  timbres of the training or the held-out waveforms (`anygen.worlds.shapes.timbres`: loudness 0.05-1
+  peak, note lengths, detuning, onset jitter, noise, reverb).
 - plan.KIND.exact (`--only plan`, models trained with `reasoned_text`): given the instruction and
   the exact text a reasoned edit writes about its source (`before ...`, in `reason_form`), the
   plan the generator writes (`generator.plan_edits`) equals the edit's (`after ...`): the
@@ -54,10 +57,11 @@ from collections import defaultdict
 
 import numpy as np
 
-from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS, SIZES, Scene, ShapesWorld,
-                                        WorldConfig, apply_instruction, melody_text, parse_caption,
+from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS, SAMPLE_RATE, SIZES, Scene,
+                                        ShapesWorld, WorldConfig, apply_instruction, melody_text, parse_caption,
                                         parse_melody_text, refer, render_melody, render_scene)
 from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
+from anygen.worlds.shapes.timbres import SPLITS, render_timbre_melody, sample_timbre
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.worlds.shapes.judges import judge_image, judge_melody
@@ -68,6 +72,7 @@ SUITES = ("t2i", "i2t", "edit", "t2a", "a2t", "story")  # the default run
 EVAL_BATCH = 50  # t2i/edit rows per call: wide enough that the suite runs in minutes on one CPU thread
 EXTRA_SUITES = ("plan", "refuse")  # on request: plan needs a model trained with reasoned_text
 EVAL_PHRASINGS = ("canonical", "heldout")  # `anygen eval shapes --phrasing`
+TIMBRE_STREAM = 0x71B2  # the a2t timbres' own random stream: the melodies stay those of a reference-only run
 PHRASING_STREAM = 0x9A4A  # the held-out phrasings' own random stream: the sampled scenes stay those of a canonical run
 NOOP_KINDS = ("recolor", "resize", "move", "add")  # edits that would change nothing: same colour/size/cell/object
 ABSENT_KINDS = ("recolor", "resize", "move", "remove")  # edits of an object the scene does not hold
@@ -378,9 +383,16 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
             results["t2a.exact"] = ok / n
             tick("t2a")
         if "a2t" in suites:
-            ok = sum(parse_melody_text(generator.transcribe((render_melody(notes), 16000), seed=seed + i))
-                     == tuple(notes) for i, notes in enumerate(melodies))
-            results["a2t.exact"] = ok / n
+            def heard(render) -> float:
+                return sum(parse_melody_text(generator.transcribe((render(i, notes), SAMPLE_RATE), seed=seed + i))
+                           == tuple(notes) for i, notes in enumerate(melodies)) / n
+
+            results["a2t.exact"] = heard(lambda i, notes: render_melody(notes))
+            timbres = np.random.default_rng([seed, TIMBRE_STREAM])
+            for split in SPLITS:
+                played = [sample_timbre(timbres, split) for _ in melodies]
+                results[f"a2t.timbres.{split}.exact"] = heard(
+                    lambda i, notes: render_timbre_melody(notes, played[i], SAMPLE_RATE))
             tick("a2t")
 
     if "story" in suites:

@@ -9,6 +9,7 @@ from anygen.tasks.layouts import (Media, Piece, Spec, TaskMix, _Ids, _marker, au
                                   image_to_text, reasoned_edit, reasoned_text, text_to_audio, text_to_image)
 from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
+from anygen.worlds.shapes.timbres import render_timbre_melody, sample_timbre
 from anygen.worlds.shapes.world import melody_text
 
 SHAPES_TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_text", "edit", "describe_edit",
@@ -35,6 +36,17 @@ class ShapesTasks:
         return Media("audio", ("melody", c.sample_rate, c.note_seconds, tuple(notes)),
                      lambda: (self.world.render_melody(notes), c.sample_rate))
 
+    def _heard_melody(self, notes, rng: np.random.Generator) -> Media:
+        """The audio of an audio->text example: `WorldConfig.augmented_share` of them in a random
+        training-split timbre when `melody_timbres` is "augmented" (draws nothing from `rng` otherwise,
+        so reference streams are unchanged)."""
+        c = self.world.config
+        if c.melody_timbres != "augmented" or rng.random() >= c.augmented_share:
+            return self._melody(notes)
+        timbre = sample_timbre(rng, "train")
+        return Media("audio", ("melody", c.sample_rate, timbre, tuple(notes)),
+                     lambda: (render_timbre_melody(notes, timbre, c.sample_rate), c.sample_rate))
+
     def _paraphrase(self, rng: np.random.Generator) -> bool:
         """Whether this example's input text is a paraphrase (`WorldConfig.phrasing`); draws nothing
         from `rng` with canonical phrasing, so canonical streams are unchanged."""
@@ -55,7 +67,7 @@ class ShapesTasks:
             return text_to_audio(melody_text(notes), self._melody(notes), mix.text_to_audio, rng)
         if task == "audio_to_text":
             notes = w.sample_melody(rng)
-            return audio_to_text(self._melody(notes), melody_text(notes), mix.audio_to_text, rng)
+            return audio_to_text(self._heard_melody(notes, rng), melody_text(notes), mix.audio_to_text, rng)
         if task in ("edit", "describe_edit", "reasoned_edit", "reasoned_text"):
             e = w.sample_edit(rng, split=split)
             p = mix.spec(task).p_narrative if task != "edit" else 0.0  # story sentences instead of imperatives

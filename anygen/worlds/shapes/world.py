@@ -538,6 +538,11 @@ class WorldConfig:
     # `anygen.worlds.shapes.phrasing`, the rest canonical); outputs (captions, plans, stories) stay canonical
     phrasing: str = "canonical"
     paraphrase_share: float = 0.5
+    # the melodies audio->text examples play: "reference" (the reference timbre) or "augmented"
+    # (`augmented_share` of them in a random training-split timbre of `anygen.worlds.shapes.timbres`);
+    # text->audio and stories keep the reference timbre, which the melody judge reads
+    melody_timbres: str = "reference"
+    augmented_share: float = 0.8
 
     def __post_init__(self):
         check(MIN_OBJECTS <= self.min_objects <= self.max_objects <= MAX_OBJECTS, "min_objects/max_objects",
@@ -564,6 +569,10 @@ class WorldConfig:
               f"must be canonical or paraphrase, got {self.phrasing!r}")
         check(0.0 <= self.paraphrase_share <= 1.0, "paraphrase_share",
               f"must be in [0, 1], got {self.paraphrase_share}")
+        check(self.melody_timbres in ("reference", "augmented"), "melody_timbres",
+              f"must be reference or augmented, got {self.melody_timbres!r}")
+        check(0.0 <= self.augmented_share <= 1.0, "augmented_share",
+              f"must be in [0, 1], got {self.augmented_share}")
         check(any(self.edit_weight(k) > 0 for k in ALWAYS_VALID_EDITS), "edit_weights",
               f"one of {', '.join(ALWAYS_VALID_EDITS)} (valid in every scene) needs a weight > 0")
 
