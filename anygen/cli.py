@@ -728,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{BENCH_CAPTIONS} texts of the model's world)")
     p.add_argument("--sjd-window", type=int, dest="sjd_window",
                    help="tokens per SJD forward over the batch rows, guidance rows included (default "
-                            f"{SJD_WINDOW_HELP_DEFAULT})")
+                        f"{SJD_WINDOW_HELP_DEFAULT})")
     p.add_argument("--no-large", action="store_true", dest="no_large",
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--batch", type=int, nargs="+",

@@ -159,7 +159,7 @@ class GenerationConfig:
     seed: int | None = None
     backend: str = "auto"  # "fast" (own step over the HF weights), "hf" (model forward + DynamicCache), "auto"
     parallel: str = "none"  # "sjd": image codes by speculative Jacobi decoding (anygen.sampling.jacobi)
-    sjd_window: int = DEFAULT_SJD_WINDOW  # tokens per SJD forward over the batch's rows: each row's window is sjd_window // rows
+    sjd_window: int = DEFAULT_SJD_WINDOW  # tokens per SJD forward over the batch's rows (each row: sjd_window // rows)
 
     def __post_init__(self):
         self.max_new_tokens = integer(self.max_new_tokens, "max_new_tokens")
