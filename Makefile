@@ -81,10 +81,10 @@ digits-model: digits-data
 
 # The default model fine-tuned to hear melodies in many timbres (training/melody_timbres.sh: shards whose
 # audio->text examples play training-split timbres -> 2,000 steps from anygen/assets/default -> runs/timbres/model);
-# TIMBRES_ARGS passes its variables, e.g. AUDIO=retrain. `anygen eval shapes --model runs/timbres/model --only t2a,a2t`.
+# MELODY_TIMBRES_ARGS passes its variables, e.g. AUDIO=retrain. `anygen eval shapes --model runs/timbres/model --only t2a,a2t`.
 .PHONY: melody-timbres
 melody-timbres: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(TIMBRES_ARGS) ./training/melody_timbres.sh
+	PATH=$(CURDIR)/$(BIN):$$PATH $(MELODY_TIMBRES_ARGS) ./training/melody_timbres.sh
 
 # The discrete-vs-Transfusion side-by-side (docs/experiments.md): both heads trained at equal compute with training
 # seed SEED, then judged; `make side-by-side-summary` gives mean and spread over the seeds run so far.

@@ -22,9 +22,6 @@ from anygen.io import IMAGE_SUFFIXES, atomic_write_bytes, check_output_path
 from anygen.threads import set_threads_from_env
 from anygen.worlds import PREVIEWS, WORLD_COMMANDS
 
-# The sampler's DEFAULT_SJD_WINDOW, written out so that `--help` does not import torch (a test keeps
-# the two equal).
-SJD_WINDOW_HELP_DEFAULT = 12
 
 
 WAV_SUFFIXES = (".wav",)  # `say` writes 16-bit PCM WAV only
@@ -537,6 +534,8 @@ def cmd_bundle(args) -> None:
 
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    from anygen.sampling.settings import DEFAULT_SJD_WINDOW
+
     parser = argparse.ArgumentParser(
         prog="anygen",
         description="Unified any-to-any generation: train codebook tokenizers and an early-fusion "
@@ -650,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "images for greedy codes and the same distribution when sampled (default none)")
         q.add_argument("--sjd-window", type=int, dest="sjd_window",
                        help="tokens per SJD forward over the batch rows, guidance rows included (default "
-                            f"{SJD_WINDOW_HELP_DEFAULT})")
+                            f"{DEFAULT_SJD_WINDOW})")
 
     p = gen_parser("generate", "continue a prompt into an interleaved document", "prompt",
                    "prompt text, or a Document directory")
@@ -728,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{BENCH_CAPTIONS} texts of the model's world)")
     p.add_argument("--sjd-window", type=int, dest="sjd_window",
                    help="tokens per SJD forward over the batch rows, guidance rows included (default "
-                        f"{SJD_WINDOW_HELP_DEFAULT})")
+                        f"{DEFAULT_SJD_WINDOW})")
     p.add_argument("--no-large", action="store_true", dest="no_large",
                    help="skip the SJD comparison on the larger random model (8 layers × 512)")
     p.add_argument("--batch", type=int, nargs="+",

@@ -9,7 +9,8 @@
 #
 # Shapes (Emu3-Gen-hf config.json): hidden 4096 in 32 heads of 128, 8 key/value heads, MLP 14336,
 # 184622 ids, 32768 codes; Janus-Pro-7B: hidden 4096 in 32 heads, 32 key/value heads, MLP 11008,
-# 16384 codes, its language model's own ids. Any of them can be changed through the variables below.
+# 16384 codes (the random Janus keeps its small test tokenizer's ids: VOCAB applies to Emu3 only).
+# Any of them can be changed through the variables below.
 # Results go to $OUT (default gpu_interop_bench.json) as well as to the terminal.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,6 +14,7 @@ set -euo pipefail
 RUNS=${RUNS:-runs/timbres}
 BUNDLE=${BUNDLE:-$RUNS/model}
 AUDIO=${AUDIO:-default}
+[[ $AUDIO == default || $AUDIO == retrain ]] || { echo "AUDIO must be default or retrain, got $AUDIO" >&2; exit 2; }
 STEPS=${STEPS:-2000}
 N_TRAIN=${N_TRAIN:-30000}
 ANYGEN=${ANYGEN:-anygen}
@@ -36,8 +37,6 @@ if [[ $AUDIO == retrain ]]; then
   step "$RUNS/tokenizer/tokenizer.json" $ANYGEN tokenizer assemble --text "$DEFAULT/tokenizer/text" \
       --image "$DEFAULT/tokenizer/image" --audio "$RUNS/tokenizers/melody_audio" --image-keep --out "$RUNS/tokenizer"
   TOKENIZER=$RUNS/tokenizer
-elif [[ $AUDIO != default ]]; then
-  echo "AUDIO must be default or retrain, got $AUDIO" >&2; exit 2
 fi
 stamp "token shards"
 # shellcheck disable=SC2086  # MIX and TRAIN_ARGS are word lists

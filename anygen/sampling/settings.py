@@ -37,9 +37,10 @@ MAX_GUIDANCE_SCALE = 100.0
 # of the largest grid in use (16 x 16 = 256 codes) each; more only adds activation memory to a
 # forward that cannot accept them.
 MAX_SJD_WINDOW = 4096
-# Tokens per SJD forward by default: on the bundled model at batch 1 (one CPU thread) a window of 12
-# needs about as few forwards as 16 (acceptance is below 0.5 past the seventh draft) at a cheaper
-# forward, and more than 8 (docs/experiments.md, "Speculative Jacobi decoding").
+# Tokens per SJD forward by default: on the bundled model at batch 1, unguided, one CPU thread, a
+# window of 12 needs fewer forwards than 8 and costs less per forward than 16, whose last drafts are
+# mostly rejected (docs/experiments.md, "Speculative Jacobi decoding"). Guidance rows share the
+# window: a guided draw gets 6 codes per row.
 DEFAULT_SJD_WINDOW = 12
 PARALLEL_MODES = ("none", "sjd")
 # torch.Generator seeds are 64-bit: [-2^63, 2^64) (a negative seed s means s + 2^64).

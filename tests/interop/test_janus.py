@@ -182,7 +182,9 @@ def test_codec_round_trip_is_the_vqvae(janus_dir, hf):
 def test_what_janus_cannot_do_is_one_line_naming_it(janus_dir):
     g = anygen.load(janus_dir)
     image = Image.new("RGB", (8, 8), "white")
-    for call in (lambda: g.edit(image, "make it blue"), lambda: g.say("hello")):
+    for call in (lambda: g.edit(image, "make it blue"), lambda: g.say("hello"),
+                 lambda: g.transcribe((np.zeros(1600, dtype=np.float32), 16000)),
+                 lambda: g.story("a cat on a mat", n_steps=2)):
         with pytest.raises(AnygenError, match=r"this janus model cannot .*: ") as e:
             call()
         assert "\n" not in str(e.value)
@@ -201,3 +203,14 @@ def test_refuses_remote_code_and_pickled_weights(janus_dir, tmp_path):
     (bad / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(AnygenError, match="not safetensors"):
         anygen.load(bad)
+
+
+def test_best_of_ranks_drawn_candidates_by_the_captions_likelihood(janus_dir):
+    """`draw(best_of=N)` keeps the candidate whose image makes the prompt most likely (read back by
+    SigLIP): one of the N sampled candidates, the same for the same seed."""
+    g = anygen.load(janus_dir)
+    [best] = g.draw("a red cat on a mat", best_of=3, seed=5)
+    candidates = g.draw("a red cat on a mat", n=3, seed=5)
+    assert any(np.array_equal(np.asarray(best), np.asarray(c)) for c in candidates)
+    [again] = g.draw("a red cat on a mat", best_of=3, seed=5)
+    assert np.array_equal(np.asarray(best), np.asarray(again))

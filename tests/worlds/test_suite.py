@@ -73,6 +73,7 @@ def played_timbres(monkeypatch):
         heard[wave.tobytes()] = tuple(notes)
         return wave
 
+
     monkeypatch.setattr(suite, "render_timbre_melody", recording)
     monkeypatch.setattr(Oracle, "heard", heard)
     return heard
@@ -245,13 +246,22 @@ def test_frechet_distance_closed_form_and_features():
     assert f.shape == (1, 192) and np.allclose(f[0].reshape(64, 3), [1.0, 0.0, 0.0])
 
 
-def test_a2t_in_other_timbres_hears_other_waveforms_of_the_same_melodies():
-    """The reference a2t figure is unchanged by the timbre figures (their own random stream); a
-    listener that knows only the reference renders hears none of the other timbres."""
+def test_a2t_in_other_timbres_hears_other_waveforms_of_the_same_melodies(played_timbres):
+    """The timbre figures play the reference figure's melodies, in order, once per split; a listener
+    that knows only the reference renders hears none of the other timbres."""
     class ReferenceListener(Oracle):
         def transcribe(self, audio, seed=0):
             notes = judge_melody(*audio)
             return "the notes " + " ".join(notes if notes and np.array_equal(audio[0], render_melody(notes)) else ())
 
-    results = evaluate_shapes(ReferenceListener(), n=6, seed=3, suites=("a2t",))
+    class Recorder(ReferenceListener):
+        melodies = []
+
+        def transcribe(self, audio, seed=0):
+            self.melodies.append(played_timbres.get(audio[0].tobytes()) or judge_melody(*audio))
+            return super().transcribe(audio, seed)
+
+    results = evaluate_shapes(Recorder(), n=6, seed=3, suites=("a2t",))
     assert results == {"a2t.exact": 1.0, "a2t.timbres.train.exact": 0.0, "a2t.timbres.heldout.exact": 0.0}
+    reference = Recorder.melodies[:6]
+    assert all(reference) and Recorder.melodies == reference * 3

@@ -44,6 +44,9 @@ def test_loudness_length_and_seed():
     assert np.array_equal(wave, render_timbre_melody("CEG", timbre, SR))
     other = render_timbre_melody("CEG", Timbre(wave="square", peak=0.3, note_seconds=0.2, jitter=0.1, seed=5), SR)
     assert not np.array_equal(wave, other)  # the onset jitter is drawn from the seed
+    noisy = render_timbre_melody("CEG", Timbre(wave="square", peak=0.3, snr_db=15.0, reverb=0.3, seed=4), SR)
+    assert np.abs(noisy).max() == pytest.approx(0.3, rel=1e-5)  # the peak holds with noise and reverb
+    assert len(render_timbre_melody("", timbre, SR)) == 0
     with pytest.raises(ValueError, match="wave"):
         Timbre(wave="organ")
     with pytest.raises(ValueError, match="unknown note"):

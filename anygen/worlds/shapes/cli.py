@@ -152,7 +152,8 @@ def add_commands(sub, ev_sub) -> None:
                    help="text->image guidance scale (default: the model's: 1 for tokens, 3 for diffusion)")
     p.add_argument("--parallel", choices=("none", "sjd"), default="none",
                    help="drawn and edited images' codes by speculative Jacobi decoding (sjd) or one per forward "
-                        "(default); SJD runs only in batches of at most 4 rows (see --batch-size)")
+                        "(default); SJD needs a few codes per row in its window, so it runs only in small batches "
+                        "(at most 3 rows with the default window of 12, guidance rows included; see --batch-size)")
     p.add_argument("--batch-size", type=int, default=EVAL_BATCH, dest="batch_size",
                    help=f"t2i and edit rows sampled together (default {EVAL_BATCH}; 1: as a user draws one image)")
     add_edit_flags(p, "edit-")  # the edits' strategy, as `anygen edit` takes it

@@ -61,7 +61,7 @@ from anygen.worlds.shapes.world import (ALL_PAIRS, COLORS, EDIT_KINDS, POSITIONS
                                         ShapesWorld, WorldConfig, apply_instruction, melody_text, parse_caption,
                                         parse_melody_text, refer, render_melody, render_scene)
 from anygen.worlds.shapes.phrasing import phrase_caption, phrase_instruction
-from anygen.worlds.shapes.timbres import SPLITS, render_timbre_melody, sample_timbre
+from anygen.worlds.shapes.timbres import TIMBRE_SPLITS, render_timbre_melody, sample_timbre
 from anygen.worlds.shapes.plans import REASON_FORMS, reasoning, reasoning_parts
 from anygen.document import Image, Text
 from anygen.worlds.shapes.judges import judge_image, judge_melody
@@ -389,7 +389,7 @@ def evaluate_shapes(generator, n: int = 200, seed: int = 0, suites=SUITES, batch
 
             results["a2t.exact"] = heard(lambda i, notes: render_melody(notes))
             timbres = np.random.default_rng([seed, TIMBRE_STREAM])
-            for split in SPLITS:
+            for split in TIMBRE_SPLITS:
                 played = [sample_timbre(timbres, split) for _ in melodies]
                 results[f"a2t.timbres.{split}.exact"] = heard(
                     lambda i, notes: render_timbre_melody(notes, played[i], SAMPLE_RATE))

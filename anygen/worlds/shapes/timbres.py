@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anygen.worlds.shapes.world import FADE_SECONDS, NOTE_FREQS, PARTIALS
+from scipy.signal import fftconvolve
+
+from anygen.worlds.shapes.world import FADE_SECONDS, NOTE_FREQS, NOTE_SECONDS, PARTIALS
 
 # Waveforms by split. Held out: the triangle (odd harmonics falling as 1/k^2, between the sine and
 # the square) and FM at a ratio no training waveform has (3: still harmonic, so the pitch is the
@@ -27,7 +29,9 @@ from anygen.worlds.shapes.world import FADE_SECONDS, NOTE_FREQS, PARTIALS
 TRAIN_WAVES = ("reference", "sine", "square", "sawtooth", "fm2")
 HELDOUT_WAVES = ("triangle", "fm3")
 WAVES = TRAIN_WAVES + HELDOUT_WAVES
-SPLITS = ("train", "heldout")
+TIMBRE_SPLITS = ("train", "heldout")
+REFERENCE_PEAK = 0.5  # the reference renderer's loudness
+NOTE_SECONDS_LIMITS = (0.05, 5.0)  # as WorldConfig.note_seconds
 PEAK_RANGE = (0.05, 1.0)  # peak amplitude, drawn log-uniformly (quiet recordings are common)
 NOTE_SECONDS_RANGE = (0.15, 0.35)  # one length per melody
 MAX_DETUNE_CENTS = 30.0  # the whole melody shifted by up to ±30 cents
@@ -37,8 +41,9 @@ NOISE_PROB = 0.5
 REVERB_PROB = 0.3
 REVERB_WET_RANGE = (0.1, 0.35)
 REVERB_SECONDS = 0.25  # exponential decay time of the synthetic room's impulse response (to -60 dB)
+DECAY_60DB = np.log(1000.0)  # amplitude e-folds over REVERB_SECONDS for a 60 dB fall
 FM_INDEX = 1.2  # modulation index of the FM waves: the carrier stays the loudest partial (at 1.5 fm3's octave wins)
-# Band-limited square, sawtooth and triangle: harmonics up to this many (all below 8 kHz for B4).
+# Band-limited square, sawtooth and triangle: harmonics up to this many, and below the Nyquist frequency.
 HARMONICS = 15
 
 
@@ -49,8 +54,8 @@ class Timbre:
     `reverb` (wet share, 0: dry) and `seed` (the jitter's and the noise's draws)."""
 
     wave: str = "reference"
-    peak: float = 0.5
-    note_seconds: float = 0.25
+    peak: float = REFERENCE_PEAK
+    note_seconds: float = NOTE_SECONDS
     detune_cents: float = 0.0
     jitter: float = 0.0
     snr_db: float | None = None
@@ -62,16 +67,19 @@ class Timbre:
             raise ValueError(f"wave: {self.wave!r} is not one of {', '.join(WAVES)}")
         if not 0 < self.peak <= 1:
             raise ValueError(f"peak: must be in (0, 1], got {self.peak}")
-        if not 0.05 <= self.note_seconds <= 5:
-            raise ValueError(f"note_seconds: must be in [0.05, 5], got {self.note_seconds}")
+        lo, hi = NOTE_SECONDS_LIMITS
+        if not lo <= self.note_seconds <= hi:
+            raise ValueError(f"note_seconds: must be in [{lo}, {hi}], got {self.note_seconds}")
         if not 0 <= self.jitter < 0.5 or not 0 <= self.reverb < 1:
             raise ValueError(f"jitter must be in [0, 0.5) and reverb in [0, 1), got {self.jitter}, {self.reverb}")
+        if self.seed < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
 
 
 def sample_timbre(rng: np.random.Generator, split: str = "train") -> Timbre:
     """A random timbre whose waveform belongs to `split` ("train" or "heldout")."""
-    if split not in SPLITS:
-        raise ValueError(f"split: {split!r} is not one of {', '.join(SPLITS)}")
+    if split not in TIMBRE_SPLITS:
+        raise ValueError(f"split: {split!r} is not one of {', '.join(TIMBRE_SPLITS)}")
     waves = TRAIN_WAVES if split == "train" else HELDOUT_WAVES
     lo, hi = np.log(PEAK_RANGE[0]), np.log(PEAK_RANGE[1])
     return Timbre(wave=waves[int(rng.integers(len(waves)))],
@@ -84,8 +92,8 @@ def sample_timbre(rng: np.random.Generator, split: str = "train") -> Timbre:
                   seed=int(rng.integers(2 ** 31)))
 
 
-def _tone(wave: str, f: float, t: np.ndarray) -> np.ndarray:
-    """One note's waveform at frequency `f`, peak about 1, band-limited."""
+def _tone(wave: str, f: float, t: np.ndarray, sample_rate: int) -> np.ndarray:
+    """One note's waveform at frequency `f`, peak about 1, band-limited below sample_rate / 2."""
     phase = 2 * np.pi * f * t
     if wave == "reference":
         return sum(a * np.sin(k * phase) for k, a in PARTIALS) / sum(a for _, a in PARTIALS)
@@ -95,6 +103,7 @@ def _tone(wave: str, f: float, t: np.ndarray) -> np.ndarray:
         ratio = float(wave[2:])
         return np.sin(phase + FM_INDEX * np.sin(ratio * phase))
     ks = np.arange(1, HARMONICS + 1)
+    ks = ks[ks * f < sample_rate / 2]
     if wave == "square":
         ks = ks[ks % 2 == 1]
         amps = 1.0 / ks
@@ -104,40 +113,44 @@ def _tone(wave: str, f: float, t: np.ndarray) -> np.ndarray:
         ks = ks[ks % 2 == 1]
         amps = (-1.0) ** ((ks - 1) // 2) / ks ** 2
     out = sum(a * np.sin(k * phase) for k, a in zip(ks, amps))
-    return out / np.abs(out).max()
+    return out / max(np.abs(out).max(), 1e-9)
 
 
 def render_timbre_melody(notes, timbre: Timbre, sample_rate: int) -> np.ndarray:
-    """Notes -> float32 mono waveform played in `timbre` (its peak is `timbre.peak` before noise)."""
+    """Notes -> float32 mono waveform of len(notes) * round(sample_rate * note_seconds) samples played
+    in `timbre`, its peak `timbre.peak` (noise included; clipped to [-1, 1] only then)."""
     notes = tuple(notes)
     for n in notes:
         if n not in NOTE_FREQS:
             raise ValueError(f"unknown note {n!r}")
-    rng = np.random.default_rng(timbre.seed)
     seg = int(round(sample_rate * timbre.note_seconds))
-    out = np.zeros(seg * len(notes) + seg // 2, dtype=np.float64)
-    fade = min(int(round(sample_rate * FADE_SECONDS)), seg // 4)
+    total = seg * len(notes)
+    if total == 0:
+        return np.zeros(0, dtype=np.float32)
+    rng = np.random.default_rng(timbre.seed)
+    out = np.zeros(total, dtype=np.float64)
+    fade = min(int(round(sample_rate * FADE_SECONDS)), seg // 2)
     detune = 2.0 ** (timbre.detune_cents / 1200)
     for i, n in enumerate(notes):
         shift = int(round(rng.uniform(-timbre.jitter, timbre.jitter) * seg))
-        start = max(0, i * seg + shift)
-        length = min(seg, len(out) - start)
+        start = min(max(0, i * seg + shift), total - 1)
+        length = min(seg, total - start)  # a late last note is cut, its fade-out at the cut
         t = np.arange(length) / sample_rate
         env = np.ones(length)
-        if fade > 0:
-            ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)
-            env[:fade], env[-fade:] = ramp, ramp[::-1]
-        out[start:start + length] += _tone(timbre.wave, NOTE_FREQS[n] * detune, t) * env
-    out = out[:seg * len(notes)]
+        f = min(fade, length // 2)
+        if f > 0:
+            ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(f) + 0.5) / f)
+            env[:f], env[-f:] = ramp, ramp[::-1]
+        out[start:start + length] += _tone(timbre.wave, NOTE_FREQS[n] * detune, t, sample_rate) * env
     if timbre.reverb > 0:
         n_ir = int(sample_rate * REVERB_SECONDS)
-        ir = rng.standard_normal(n_ir) * np.exp(-6.9 * np.arange(n_ir) / n_ir)  # -60 dB at the end
-        wet = np.convolve(out, ir)[:len(out)]
+        ir = rng.standard_normal(n_ir) * np.exp(-DECAY_60DB * np.arange(n_ir) / n_ir)
+        wet = fftconvolve(out, ir)[:total]
         wet *= np.abs(out).max() / max(np.abs(wet).max(), 1e-9)
         out = (1 - timbre.reverb) * out + timbre.reverb * wet
+    if timbre.snr_db is not None:
+        power = float(np.mean(out ** 2))
+        out = out + rng.standard_normal(total) * np.sqrt(power / 10 ** (timbre.snr_db / 10))
     peak = np.abs(out).max()
     out = out * (timbre.peak / peak) if peak > 0 else out
-    if timbre.snr_db is not None and len(out):
-        power = float(np.mean(out ** 2))
-        out = out + rng.standard_normal(len(out)) * np.sqrt(power / 10 ** (timbre.snr_db / 10))
     return np.clip(out, -1.0, 1.0).astype(np.float32)

@@ -48,7 +48,7 @@ from anygen.document import Audio, Document, Image, Text
 
 __all__ = [
     "SHAPES", "SIZES", "COLORS", "POSITIONS", "SIZE_PX", "EDIT_KINDS", "SPLITS", "NOTES", "NOTE_FREQS",
-    "SAMPLE_RATE", "NOTE_SECONDS", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center",
+    "SAMPLE_RATE", "NOTE_SECONDS", "MELODY_TIMBRES", "ALL_PAIRS", "Obj", "Scene", "parse_caption", "parse_slots", "cell_center",
     "object_px", "shape_coverage", "render_scene", "refer", "resolve", "Edit", "apply_instruction", "edit_refusal",
     "narrate",
     "valid_edit_kinds", "NOTHING", "REMOVED", "render_melody", "melody_text", "parse_melody_text", "StoryStep",
@@ -84,6 +84,9 @@ SAMPLE_RATE = 16000
 NOTE_SECONDS = 0.25
 PARTIALS = ((1, 1.0), (2, 0.5), (3, 0.25))  # (harmonic, amplitude)
 FADE_SECONDS = 0.01
+# what a world's or a codec recipe's melodies play (`melody_timbres`): the reference timbre, or also the
+# training-split timbres of `anygen.worlds.shapes.timbres`
+MELODY_TIMBRES = ("reference", "augmented")
 
 ALL_PAIRS = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 
@@ -569,8 +572,8 @@ class WorldConfig:
               f"must be canonical or paraphrase, got {self.phrasing!r}")
         check(0.0 <= self.paraphrase_share <= 1.0, "paraphrase_share",
               f"must be in [0, 1], got {self.paraphrase_share}")
-        check(self.melody_timbres in ("reference", "augmented"), "melody_timbres",
-              f"must be reference or augmented, got {self.melody_timbres!r}")
+        check(self.melody_timbres in MELODY_TIMBRES, "melody_timbres",
+              f"must be one of {', '.join(MELODY_TIMBRES)}, got {self.melody_timbres!r}")
         check(0.0 <= self.augmented_share <= 1.0, "augmented_share",
               f"must be in [0, 1], got {self.augmented_share}")
         check(any(self.edit_weight(k) > 0 for k in ALWAYS_VALID_EDITS), "edit_weights",
