@@ -19,10 +19,8 @@ RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/default_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
-start=$(date +%s)
-stamp() { echo "[default-model] $(( ($(date +%s) - start) / 60 )) min: $*"; }
-# step LAST CMD...: run CMD unless LAST, the step's last output, already exists
-step() { local last=$1; shift; if [[ -e $last ]]; then echo "[default-model] kept $last"; else "$@"; fi; }
+RECIPE=default-model
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
 # Every shard set is the same recipe with other sizes, seeds and task weights.
 PLANS_MIX="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
   tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0

@@ -16,10 +16,8 @@ RUNS=${RUNS:-runs}
 BUNDLE=${BUNDLE:-$RUNS/emoji_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
-start=$(date +%s)
-stamp() { echo "[emoji-model] $(( ($(date +%s) - start) / 60 )) min: $*"; }
-# step LAST CMD...: run CMD unless LAST, the step's last output, already exists
-step() { local last=$1; shift; if [[ -e $last ]]; then echo "[emoji-model] kept $last"; else "$@"; fi; }
+RECIPE=emoji-model
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
 codec() {  # the image codec on one thread, resumable, logged
   # shellcheck disable=SC2086  # CODEC_ARGS is a word list
   ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/emoji_image.yaml out="$RUNS/tokenizers/emoji_image" \

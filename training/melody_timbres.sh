@@ -21,9 +21,8 @@ ANYGEN=${ANYGEN:-anygen}
 DEFAULT=${DEFAULT:-anygen/assets/default}  # run from the repository root
 export ANYGEN_THREADS=${ANYGEN_THREADS:-1}
 mkdir -p "$RUNS/logs"
-start=$(date +%s)
-stamp() { echo "[melody-timbres] $(( ($(date +%s) - start) / 60 )) min: $*"; }
-step() { local last=$1; shift; if [[ -e $last ]]; then echo "[melody-timbres] kept $last"; else "$@"; fi; }
+RECIPE=melody-timbres
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
 MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.text_to_audio.weight=3
   tasks.audio_to_text.weight=4 tasks.edit.weight=2 tasks.describe_edit.weight=3 tasks.reasoned_edit.weight=8
   tasks.reasoned_text.weight=6 tasks.story.weight=3 world.lookalike_prob=0.5 world.edit_weights.move=2"

@@ -16,10 +16,8 @@ NAME=$([[ $SCRATCH == 1 ]] && echo shapes_lm_scratch || echo shapes_lm)
 BUNDLE=${BUNDLE:-$RUNS/$NAME}
 ANYGEN=${ANYGEN:-anygen}
 CODECS=${CODECS:-anygen/assets/default/tokenizer}  # the bundled model's image codec (8x8 codes of 64 px scenes)
-start=$(date +%s)
-stamp() { echo "[shapes-lm] $(( ($(date +%s) - start) / 60 )) min: $*"; }
-# step LAST CMD...: run CMD unless LAST, the step's last output, already exists
-step() { local last=$1; shift; if [[ -e $last ]]; then echo "[shapes-lm] kept $last"; else "$@"; fi; }
+RECIPE=shapes-lm
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
 
 stamp "import SmolLM2 (GGUF -> transformers)"
 step "$RUNS/smollm2/anygen_import.json" $ANYGEN import-lm smollm2 --out "$RUNS/smollm2"
