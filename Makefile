@@ -73,10 +73,10 @@ digits-classifier: digits-data
 	$(BIN)/anygen digits train-classifier
 
 # The bundled digits model (anygen/assets/digits): the quickstart on the digits world (about an hour on
-# 2 cores; rerun to continue), with guidance 3 recorded as its default; `anygen eval digits --model runs/digits`.
+# 2 cores, the decoder on both; rerun to continue), with guidance 3 recorded as its default; `anygen eval digits --model runs/digits`.
 .PHONY: digits-model
 digits-model: digits-data
-	ANYGEN_THREADS=1 $(BIN)/anygen quickstart digits --out runs/digits --minutes 60 --background black
+	ANYGEN_THREADS=1 $(BIN)/anygen quickstart digits --out runs/digits --minutes 60 --background black --processes 2
 	$(BIN)/anygen recommend runs/digits guidance_scale=3
 
 # The default model fine-tuned to hear melodies in many timbres (training/melody_timbres.sh: shards whose

@@ -15,12 +15,18 @@ documented ones, run with recipes' defaults and a few overrides:
 Intermediate runs go to `DIR.runs/`; a step whose output exists is kept, and an interrupted
 codec or decoder run resumes, so rerunning the same command continues. The codec and the
 decoder stop by wall time (`--minutes` split by `BUDGET_SHARES`); the rest takes what it takes
-(about a minute for 60,000 examples). `plan()` lists the commands without running them.
+(about a minute for 60,000 examples). `plan()` lists the commands without running them. With
+`processes` > 1 the decoder trains data-parallel on that many CPU processes of one thread each
+(`accelerate launch --config_file training/accelerate_cpu_2proc.yaml --num_processes N`), which
+stop together when the time is spent.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +35,10 @@ from anygen.config import check, choice
 from anygen.errors import AnygenError
 
 BUDGET_SHARES = {"codec": 0.2, "decoder": 0.75}  # of --minutes; tokenizer, shards and bundling take the rest
+# Data-parallel decoder training on the CPU: accelerate's 2-process CPU config, its process count overridden.
+# More processes than cores only contend, so the option stops at a machine's worth.
+DDP_CONFIG = "training/accelerate_cpu_2proc.yaml"
+MAX_PROCESSES = 64
 CODEC_WIDTH = 48  # the codec's first-level channels, doubled per level up to 256: a 32 px codec of ~1M parameters
 CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder learns in minutes
 WORLD_EXAMPLES = 60000  # training examples sampled from a world (user data is written as it is)
@@ -47,9 +57,12 @@ class QuickstartOptions:
     caption_template: str = ""  # with labels: e.g. "a photo of {label}"
     recursive: bool = False
     background: str = choice("white", "black", "none")  # the codec's weighting: dark-on-white, light-on-dark, none
+    processes: int = 1  # decoder training processes on the CPU, one thread each (2 on a 2-core machine)
 
     def __post_init__(self):
         check(self.minutes >= 5, "minutes", f"must be at least 5, got {self.minutes}")
+        check(isinstance(self.processes, int) and 1 <= self.processes <= MAX_PROCESSES, "processes",
+              f"must be an integer in [1, {MAX_PROCESSES}], got {self.processes!r}")
         check(bool(self.out.strip()), "out", "is required (the model directory)")
         size = self.image_size
         check(size >= CODES_PER_SIDE * 2 and size % CODES_PER_SIDE == 0 and _is_power_of_two(size // CODES_PER_SIDE),
@@ -144,9 +157,23 @@ def _before_flags(argv: list[str], more: list[str]) -> list[str]:
     return argv[:cut] + list(more) + argv[cut:]
 
 
-def quickstart(opts: QuickstartOptions, run=None, log=print, overrides: dict[str, list[str]] | None = None) -> Path:
+def launch_command(argv: list[str], processes: int) -> list[str]:
+    """The command line that runs `anygen ARGV` data-parallel on `processes` CPU processes."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", DDP_CONFIG,
+            "--num_processes", str(processes), "-m", "anygen", *argv]
+
+
+def _launch(command: list[str]) -> None:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", ANYGEN_THREADS="1")
+    if subprocess.run(command, env=env).returncode != 0:
+        raise AnygenError(f"quickstart stopped: `{shlex.join(command)}` failed (see above)")
+
+
+def quickstart(opts: QuickstartOptions, run=None, log=print, overrides: dict[str, list[str]] | None = None,
+               launch=None) -> Path:
     """Run the steps of `plan(opts, overrides)` not yet done, each through `run(argv)` (default:
-    the CLI's `main`, raising on a non-zero exit); returns the model directory."""
+    the CLI's `main`, raising on a non-zero exit), the decoder through `launch(launch_command(argv,
+    opts.processes))` when `opts.processes` > 1 (default: a subprocess); returns the model directory."""
     from anygen.worlds import WORLDS
 
     if opts.world is None and not Path(opts.data).is_dir():
@@ -165,6 +192,11 @@ def quickstart(opts: QuickstartOptions, run=None, log=print, overrides: dict[str
         if name == "decoder" and _empty_shards(runs_of(opts) / "shards" / "val"):
             # too little data to hold any out: no evaluation
             argv = ["data.eval_shard_dir=" if a.startswith("data.eval_shard_dir=") else a for a in argv]
+        if name == "decoder" and opts.processes > 1:
+            command = launch_command(argv, opts.processes)
+            log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: {name}: {shlex.join(command)}")
+            (launch or _launch)(command)
+            continue
         log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: {name}: anygen {shlex.join(argv)}")
         run(argv)
     log(f"[quickstart] {(time.monotonic() - start) / 60:.1f} min: done: {opts.out} (anygen draw ... --model {opts.out})")

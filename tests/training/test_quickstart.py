@@ -65,3 +65,19 @@ def test_quickstart_plan_and_errors(tmp_path, class_folders):
         quickstart(QuickstartOptions(data=str(tmp_path / "nothing"), out=str(tmp_path / "m")))
     with pytest.raises(AnygenError, match="no step named 'decodr'"):
         plan(opts, {"decodr": []})
+
+
+def test_quickstart_trains_the_decoder_on_two_processes(tmp_path, class_folders, capfd):
+    """`processes=2`: the decoder step runs under `accelerate launch` on two CPU processes (the other
+    steps as before) and the model loads and draws."""
+    opts = QuickstartOptions(data=str(class_folders), out=str(tmp_path / "model"), minutes=5, image_size=16,
+                             labels="subfolders", caption_template="a picture of a {label}", processes=2)
+    logged = []
+    out = quickstart(opts, log=logged.append, overrides=TINY)
+    [decoder_line] = [line for line in logged if "decoder:" in line]
+    assert "accelerate.commands.launch" in decoder_line and "--num_processes 2" in decoder_line
+    assert "2 process(es)" in capfd.readouterr().out  # the trainer's start line, from the launched processes
+    [image] = anygen.load(out).draw("a picture of a circle")
+    assert image.size == (16, 16)
+    with pytest.raises(AnygenError, match="processes"):
+        QuickstartOptions(data="digits", out="m", processes=0)
