@@ -172,23 +172,16 @@ def train_t2i(recipe_path: str | os.PathLike | None, overrides: list[str] = (), 
                               lambda out: _train(cfg, out, resume, progress))
 
 
-def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
-    from anygen.tokenizer import MultimodalTokenizer
-
-    t = cfg.train
+def train_steps(model, lm, opt, next_batch, loss_of, cfg, out: Path, resume: bool, desc: str,
+                progress: bool) -> dict:
+    """The one-process training loop of the text->image and all-task Transfusion trainers: resumes
+    from `out/checkpoint` when `resume`, runs `cfg.train.steps` steps of `loss_of(model,
+    next_batch(step), generator)` (lr from `cfg.optim`, one generator seed per step), appends
+    metrics to `out/metrics.jsonl`, checkpoints every `save_every` steps and at the end, and returns
+    the summary figures: steps, tokens, parameters, head_parameters, train_flops, wall_s, cpu_s.
+    `lm` is the decoder inside `model` (`model` itself for the token head)."""
+    t, o = cfg.train, cfg.optim
     ckpt = out / "checkpoint"
-    from anygen.api import tokenizer_dir
-
-    tok_dir = tokenizer_dir(cfg.data.tokenizer)
-    tokenizer = MultimodalTokenizer.load(tok_dir)
-    data = T2IBatches(cfg, tokenizer)
-    image_positions = cfg.diffusion.n_slots if data.diffusion is not None else math.prod(tokenizer.image.grid)
-    check_memory(cfg.model, tokenizer.vocab.size, cfg.data.batch_size, ROW_TOKENS_BESIDES_IMAGE + image_positions,
-                 "model.n_layers/hidden/intermediate, data.batch_size")
-    lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
-    model = TransfusionModel(lm, cfg.diffusion) if cfg.image_head == "diffusion" else lm
-    o = cfg.optim
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     step, elapsed, cpu, tokens, flops = 0, 0.0, 0.0, 0, 0.0
     if resume and ckpt.exists():
         state = load_checkpoint(ckpt, model, opt)
@@ -201,17 +194,14 @@ def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
     log = (out / "metrics.jsonl").open("a", encoding="utf-8")
     generator = torch.Generator()
     model.train()
-    bar = tqdm(total=t.steps, initial=step, desc=f"train t2i/{cfg.image_head}", disable=not progress)
+    bar = tqdm(total=t.steps, initial=step, desc=desc, disable=not progress)
     t0, c0 = time.time() - elapsed, time.process_time() - cpu
     while step < t.steps:
-        batch = data.batch(step)
+        batch = next_batch(step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, o, t.steps)
         generator.manual_seed(t.seed * 1_000_003 + step)
-        if cfg.image_head == "diffusion":
-            loss, metrics = transfusion_loss(model, batch, generator)
-        else:
-            loss, metrics = _token_loss(model, batch)
+        loss, metrics = loss_of(model, batch, generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip > 0:
@@ -219,7 +209,8 @@ def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
         opt.step()
         step += 1
         tokens += batch["tokens"]
-        flops += (flops_base + flops_per_width * batch["input_ids"].shape[1]) * batch["tokens"] + 6 * head_params * int(batch["slots"].sum())
+        flops += (flops_base + flops_per_width * batch["input_ids"].shape[1]) * batch["tokens"] \
+            + 6 * head_params * int(batch["slots"].sum())
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if step % t.log_every == 0 or step == t.steps:
@@ -233,10 +224,36 @@ def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
                             extra={"tokens": tokens, "flops": flops})
     bar.close()
     log.close()
-    summary = {"image_head": cfg.image_head, "steps": step, "tokens": tokens,
-               "parameters": count_parameters(lm) + head_params, "head_parameters": head_params,
-               "train_flops": flops, "wall_s": round(time.time() - t0, 1),
-               "cpu_s": round(time.process_time() - c0, 1), "config": to_dict(cfg)}
+    return {"steps": step, "tokens": tokens, "parameters": count_parameters(lm) + head_params,
+            "head_parameters": head_params, "train_flops": flops, "wall_s": round(time.time() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1)}
+
+
+def _train(cfg: T2IConfig, out: Path, resume: bool, progress: bool) -> Path:
+    from anygen.tokenizer import MultimodalTokenizer
+
+    from anygen.api import tokenizer_dir
+
+    t = cfg.train
+
+    tok_dir = tokenizer_dir(cfg.data.tokenizer)
+    tokenizer = MultimodalTokenizer.load(tok_dir)
+    data = T2IBatches(cfg, tokenizer)
+    image_positions = cfg.diffusion.n_slots if data.diffusion is not None else math.prod(tokenizer.image.grid)
+    check_memory(cfg.model, tokenizer.vocab.size, cfg.data.batch_size, ROW_TOKENS_BESIDES_IMAGE + image_positions,
+                 "model.n_layers/hidden/intermediate, data.batch_size")
+    lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
+    model = TransfusionModel(lm, cfg.diffusion) if cfg.image_head == "diffusion" else lm
+    o = cfg.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    if cfg.image_head == "diffusion":
+        loss_of = transfusion_loss
+    else:
+        def loss_of(model, batch, generator):
+            return _token_loss(model, batch)
+    figures = train_steps(model, lm, opt, data.batch, loss_of, cfg, out, resume, f"train t2i/{cfg.image_head}",
+                          progress)
+    summary = {"image_head": cfg.image_head, **figures, "config": to_dict(cfg)}
     extra = {"t2i_training": {k: v for k, v in summary.items() if k != "config"}}
     check_finite(model.state_dict().values(), out / "model")
     with writing(out / "model"):

@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from anygen.config import check, choice, load_config, read_yaml, to_dict
 from anygen.errors import AnygenError
 from anygen.io import atomic_write_bytes
-from anygen.model.decoder import DecoderConfig, build_decoder, count_parameters
+from anygen.model.decoder import DecoderConfig, build_decoder
 from anygen.model.transfusion import (DiffusionHeadConfig, TransfusionModel, check_codec_fits, codes_to_head,
                                       latent_sequence, save_transfusion, transfusion_loss)
-from anygen.training.common import (OptimConfig, check_finite, flops_per_token, load_checkpoint, lr_at,
-                                    save_checkpoint, single_process_run, writing)
-from anygen.training.t2i_trainer import T2ITrain
+from anygen.training.common import OptimConfig, check_finite, single_process_run, writing
+from anygen.training.t2i_trainer import T2ITrain, train_steps
 
 
 @dataclass
@@ -140,52 +137,9 @@ def _train(cfg: TransfusionConfig, out: Path, resume: bool, progress: bool) -> P
     lm = build_decoder(cfg.model, tokenizer.vocab, seed=t.seed)
     model = TransfusionModel(lm, cfg.diffusion)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-    ckpt = out / "checkpoint"
-    step, elapsed, cpu, tokens, flops = 0, 0.0, 0.0, 0, 0.0
-    if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, opt)
-        step, elapsed, cpu = state["step"], state["elapsed_s"], state.get("cpu_s", 0.0)
-        tokens, flops = state.get("tokens", 0), state.get("flops", 0.0)
-    flops_base, _ = flops_per_token(lm, 0)
-    flops_per_width = flops_per_token(lm, 1)[0] - flops_base
-    head_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("lm."))
-    log = (out / "metrics.jsonl").open("a", encoding="utf-8")
-    generator = torch.Generator()
-    model.train()
-    bar = tqdm(total=t.steps, initial=step, desc="train transfusion", disable=not progress)
-    t0, c0 = time.time() - elapsed, time.process_time() - cpu
-    while step < t.steps:
-        batch = data.batch(step)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, o, t.steps)
-        generator.manual_seed(t.seed * 1_000_003 + step)
-        loss, metrics = transfusion_loss(model, batch, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if o.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-        opt.step()
-        step += 1
-        tokens += batch["tokens"]
-        flops += (flops_base + flops_per_width * batch["input_ids"].shape[1]) * batch["tokens"] \
-            + 6 * head_params * int(batch["slots"].sum())
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        if step % t.log_every == 0 or step == t.steps:
-            rec = {"step": step, "lr": lr_at(step - 1, o, t.steps), **metrics, "tokens": tokens, "flops": flops,
-                   "time_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
-            with writing(out / "metrics.jsonl"):
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-        if step % t.save_every == 0 or step == t.steps:
-            save_checkpoint(ckpt, model, opt, step, time.time() - t0, cfg, time.process_time() - c0,
-                            extra={"tokens": tokens, "flops": flops})
-    bar.close()
-    log.close()
-    summary = {"image_head": "diffusion", "steps": step, "tokens": tokens,
-               "parameters": count_parameters(lm) + head_params, "head_parameters": head_params,
-               "train_flops": flops, "wall_s": round(time.time() - t0, 1),
-               "cpu_s": round(time.process_time() - c0, 1), "config": to_dict(cfg)}
+    figures = train_steps(model, lm, opt, data.batch, transfusion_loss, cfg, out, resume, "train transfusion",
+                          progress)
+    summary = {"image_head": "diffusion", **figures, "config": to_dict(cfg)}
     learned = {k: [x for x in meta.get(k) or () if isinstance(x, str)] for k in ("worlds", "tasks")}
     extra = {"transfusion_training": {k: v for k, v in summary.items() if k != "config"},
              **{k: v for k, v in learned.items() if v}}
