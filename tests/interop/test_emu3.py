@@ -15,9 +15,9 @@ from PIL import Image
 import anygen
 from anygen.api import load_model
 from anygen.errors import AnygenError
-from anygen.interop.base import RowExpander
 from anygen.interop.tiny import write_tiny_emu3
-from anygen.sampling.engine import generate
+
+from interop_helpers import Recorder, expand
 
 GRID = 4
 
@@ -32,24 +32,6 @@ def hf(emu3_dir):
     from transformers import Emu3ForConditionalGeneration
 
     return Emu3ForConditionalGeneration.from_pretrained(str(emu3_dir)).eval()
-
-
-class Recorder:
-    """The sampler seam: runs anygen's sampler and keeps its prompts and results."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, model, vocab, prompts, cfg, callback=None):
-        results = generate(model, vocab, prompts, cfg, callback=callback)
-        self.calls.append((prompts, results))
-        return results
-
-
-def expand(g, ids):
-    """anygen ids -> the model ids the adapter feeds for them."""
-    row = RowExpander(g.model.idmap)
-    return [m for t in ids for m in row.feed(int(t))]
 
 
 def emu3_prefix_constraint(hf, height, width):

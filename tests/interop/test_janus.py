@@ -16,9 +16,9 @@ from PIL import Image
 import anygen
 from anygen.api import load_model
 from anygen.errors import AnygenError
-from anygen.interop.base import RowExpander
 from anygen.interop.tiny import write_tiny_janus
-from anygen.sampling.engine import generate
+
+from interop_helpers import Recorder, expand
 
 GRID = 4  # codes per side; the tiny VQ-VAE's images are 8 * GRID pixels
 
@@ -33,23 +33,6 @@ def hf(janus_dir):
     from transformers import JanusForConditionalGeneration
 
     return JanusForConditionalGeneration.from_pretrained(str(janus_dir)).eval()
-
-
-class Recorder:
-    """The sampler seam: runs anygen's sampler and keeps its prompts and results."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, model, vocab, prompts, cfg, callback=None):
-        results = generate(model, vocab, prompts, cfg, callback=callback)
-        self.calls.append((prompts, results))
-        return results
-
-
-def expand(g, ids):
-    row = RowExpander(g.model.idmap)
-    return [m for t in ids for m in row.feed(int(t))]
 
 
 @torch.no_grad()
