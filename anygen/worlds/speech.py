@@ -5,12 +5,18 @@ the WAV it streams (whose header carries placeholder sizes when written to a pip
 resamples to the requested rate. Output is deterministic for a given text, voice, speed
 and pitch, and cached per process.
 
-`SpeechWorld` has its own small sentence generator (scene captions in ShapesWorld's
-vocabulary, digit strings, note names), so it depends on nothing else in anygen.data.
+`SpeechWorld` has its own small sentence generator (scene captions and edit instructions in
+ShapesWorld's vocabulary, digit strings, note names, everyday sentences from a fixed word list),
+so it depends on nothing else in anygen.data.
+
+The held-out split, never trained on: every sentence `is_heldout` (a hash of its text) and the
+voice `HELDOUT_VOICE`. A `train` world skips held-out sentences; a `heldout` world says only them,
+in the held-out voice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import shutil
@@ -129,21 +135,55 @@ SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NOTES = ("C", "D", "E", "F", "G", "A", "B")
-SENTENCE_KINDS = ("shapes", "digits", "notes")
+# everyday sentences: subject, verb, object, place (8**4 = 4,096 sentences)
+SUBJECTS = ("my sister", "the teacher", "a small dog", "our neighbour", "the old man", "my friend", "the baker",
+            "a young girl")
+VERBS = ("found", "carried", "painted", "opened", "liked", "lost", "washed", "bought")
+OBJECTS = ("a green door", "the old book", "two apples", "a warm coat", "the big box", "a paper boat",
+           "the kitchen chair", "a blue cup")
+PLACES = ("in the kitchen", "after lunch", "near the river", "at the station", "this morning", "in the garden",
+          "before dinner", "at the market")
+SENTENCE_KINDS = ("shapes", "instructions", "digits", "notes", "everyday")
+EVAL_KINDS = ("shapes", "instructions", "digits", "everyday")  # what the held-out set says: note letters
+# ("the notes A E B") are not words a speech recogniser reads reliably, so they do not judge intelligibility
+TRAIN_VOICES = ("en-us", "en-us+f3", "en", "en+m3")
+HELDOUT_VOICE = "en-us+f4"  # a voice variant no training sentence is spoken in
+HELDOUT_SHARE = 10  # 1 sentence in 10 (by the hash of its text) is held out
+SPLITS = ("train", "heldout")
+MAX_DRAWS = 1000  # sentence draws before giving up on a split (a held-out one takes 10 on average)
+
+
+def is_heldout(sentence: str) -> bool:
+    """Whether `sentence` belongs to the held-out split: the first byte of its SHA-1 is 0 mod
+    `HELDOUT_SHARE` (a fixed rule: the same sentences in every run)."""
+    return hashlib.sha1(sentence.encode("utf-8")).digest()[0] % HELDOUT_SHARE == 0
 
 
 def make_sentence(rng: random.Random, kind: str) -> str:
-    """One sentence of `kind`: a ShapesWorld-style caption, a digit string, or note names."""
+    """One sentence of `kind`: a ShapesWorld-style caption or edit instruction, a digit string,
+    note names, or an everyday sentence."""
     if kind == "shapes":
         n = rng.randint(1, 3)
         cells = rng.sample(POSITIONS, n)
         parts = [f"a {rng.choice(SIZES)} {rng.choice(COLOURS)} {rng.choice(SHAPES)} at the {c}"
                  for c in cells]
         return " and ".join(parts)
+    if kind == "instructions":
+        colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+        verb = rng.randrange(4)
+        if verb == 0:
+            return f"make the {colour} {shape} {rng.choice([c for c in COLOURS if c != colour])}"
+        if verb == 1:
+            return f"move the {colour} {shape} to the {rng.choice(POSITIONS)}"
+        if verb == 2:
+            return f"remove the {colour} {shape}"
+        return f"add a {rng.choice(SIZES)} {colour} {shape} at the {rng.choice(POSITIONS)}"
     if kind == "digits":
         return " ".join(rng.choice(DIGITS) for _ in range(rng.randint(3, 7)))
     if kind == "notes":
         return "the notes " + " ".join(rng.choice(NOTES) for _ in range(rng.randint(1, 4)))
+    if kind == "everyday":
+        return " ".join(rng.choice(words) for words in (SUBJECTS, VERBS, OBJECTS, PLACES))
     raise AnygenError(f"sentence kind must be one of {', '.join(SENTENCE_KINDS)}; got {kind!r}")
 
 
@@ -177,11 +217,19 @@ class SpeechItem:
 
 
 class SpeechWorld:
-    """Spoken sentences with exact transcripts, varied in voice, speed and pitch; deterministic by seed."""
+    """Spoken sentences with exact transcripts, varied in voice, speed and pitch; deterministic by seed.
+
+    `split` "train" never says a held-out sentence; "heldout" says only held-out ones. `voices`
+    defaults to `TRAIN_VOICES`, or `HELDOUT_VOICE` alone for the held-out split.
+    """
 
     def __init__(self, seed: int = 0, sample_rate: int = 16000, kinds: tuple[str, ...] = SENTENCE_KINDS,
-                 voices: tuple[str, ...] = ("en-us", "en-us+f3", "en", "en+m3"),
-                 speed_range: tuple[int, int] = (140, 190), pitch_range: tuple[int, int] = (35, 65)):
+                 voices: tuple[str, ...] | None = None, speed_range: tuple[int, int] = (140, 190),
+                 pitch_range: tuple[int, int] = (35, 65), split: str = "train"):
+        if split not in SPLITS:
+            raise AnygenError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if voices is None:
+            voices = TRAIN_VOICES if split == "train" else (HELDOUT_VOICE,)
         for kind in kinds:
             if kind not in SENTENCE_KINDS:
                 raise AnygenError(f"kinds: unknown sentence kind {kind!r} (choose from {', '.join(SENTENCE_KINDS)})")
@@ -192,11 +240,17 @@ class SpeechWorld:
             if not (limits[0] <= lo_hi[0] <= lo_hi[1] <= limits[1]):
                 raise AnygenError(f"{name} must be (low, high) within {limits}, got {lo_hi!r}")
         self.seed, self.sample_rate, self.kinds, self.voices = seed, sample_rate, tuple(kinds), tuple(voices)
-        self.speed_range, self.pitch_range = speed_range, pitch_range
+        self.speed_range, self.pitch_range, self.split = speed_range, pitch_range, split
 
     def sentence(self, rng: random.Random | np.random.Generator | int) -> str:
+        """A sentence of this world's split (drawn again until it is one)."""
         rng = _as_random(rng)
-        return make_sentence(rng, rng.choice(self.kinds))
+        want = self.split == "heldout"
+        for _ in range(MAX_DRAWS):
+            text = make_sentence(rng, rng.choice(self.kinds))
+            if is_heldout(text) == want:
+                return text
+        raise AnygenError(f"no {self.split} sentence of kinds {', '.join(self.kinds)} in {MAX_DRAWS} draws")
 
     def sample(self, rng: random.Random | np.random.Generator | int) -> SpeechItem:
         """One (text, waveform) pair; the same rng state always gives the same pair."""
@@ -220,20 +274,23 @@ class SpeechWorld:
         return [self.sample(rng) for _ in range(n)]
 
 
-SPEECH_TRAIN_SENTENCES = 400  # synthesized sentences a codec trains on (espeak-ng: about 0.1 s each)
+WER_FLOOR = 0.01  # the ratio's denominator: originals Whisper reads perfectly do not divide by zero
+SPEECH_TRAIN_SENTENCES = 2000  # sentences a codec trains on (espeak-ng: about 0.02 s each; ~95 min of speech)
 
 
 class Speech:
-    """The `speech` world (`anygen.tasks.world.World`): espeak-ng sentences for codec training and previews.
-    It offers no decoder tasks yet."""
+    """The `speech` world (`anygen.tasks.world.World`): espeak-ng sentences for codec training, previews
+    and codec evaluation (`eval_audio`, `judge_audio`: Whisper's word error rate). It offers no decoder
+    tasks yet. `transcriber`: the speech recogniser that judges (default Whisper, loaded when first used)."""
 
     name = "speech"
     tasks: tuple[str, ...] = ()
     previews = ("speech",)
     plan_format = None
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, transcriber=None):
         self.seed = seed  # the voices and sentences of previews and corpora come from the caller's rng
+        self._transcriber = transcriber  # None: Whisper (anygen.worlds.asr), loaded when first judged
 
     def task_source(self, mix):
         raise AnygenError("the speech world has no decoder tasks yet (it trains and evaluates audio codecs)")
@@ -255,7 +312,25 @@ class Speech:
         return WaveListSource(waves, batch_size, sample_rate, data.clip_seconds, seed, data.prefetch, "speech",
                               data.crop_align)
 
-    def eval_audio(self, n: int, seed: int, sample_rate: int) -> tuple[list, None]:
-        """(held-out sentences' waveforms, no judge: transcripts are judged by a speech recogniser)."""
-        items = SpeechWorld(seed=seed + EVAL_STREAM, sample_rate=sample_rate).items(n)
-        return [it.waveform for it in items], None
+    def eval_audio(self, n: int, seed: int, sample_rate: int) -> tuple[list, list[str]]:
+        """(waveforms, transcripts) of `n` held-out sentences (`EVAL_KINDS`) in the held-out voice."""
+        items = SpeechWorld(seed=seed + EVAL_STREAM, sample_rate=sample_rate, kinds=EVAL_KINDS,
+                            split="heldout").items(n)
+        return [it.waveform for it in items], [it.text for it in items]
+
+    def judge_audio(self, originals: list, recons: list, texts: list[str], sample_rate: int) -> dict[str, float]:
+        """Whisper's word error rate on the reconstructions and on the originals, and their ratio."""
+        from anygen.worlds.asr import word_error_rate
+
+        transcribe = self.transcriber()
+        wer = word_error_rate(texts, transcribe(recons, sample_rate))
+        base = word_error_rate(texts, transcribe(originals, sample_rate))
+        return {"wer": wer, "wer_originals": base, "wer_ratio": wer / max(base, WER_FLOOR)}
+
+    def transcriber(self):
+        """The speech recogniser judging this world's audio (`anygen.worlds.asr.Transcriber`)."""
+        if self._transcriber is None:
+            from anygen.worlds.asr import WhisperTranscriber
+
+            self._transcriber = WhisperTranscriber()
+        return self._transcriber

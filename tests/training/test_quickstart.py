@@ -56,7 +56,10 @@ def test_quickstart_plan_and_errors(tmp_path, class_folders):
     codec, decoder = steps[1][2], steps[4][2]
     assert "codec.background=black" in codec and "train.time_budget_minutes=8.00" in codec
     assert "train.time_budget_minutes=30.00" in decoder and decoder[-1] == "--resume"
-    assert "source=digits" in steps[3][2]
+    assert "source=digits" in steps[3][2] and "tasks.image_to_text.weight=3" in steps[3][2]
+    folder = plan(QuickstartOptions(data=str(class_folders), out=str(tmp_path / "f"), labels="subfolders",
+                                    caption_template="a photo of {label}"))
+    assert not any(a.startswith("tasks.") for a in folder[3][2])  # a folder's items are written once per task
     with pytest.raises(AnygenError, match="image_size"):
         QuickstartOptions(data="digits", out="m", image_size=24)
     with pytest.raises(AnygenError, match="minutes"):

@@ -89,5 +89,57 @@ def test_sentences_cover_each_kind():
     assert " at the " in speech.make_sentence(rng, "shapes")
     assert set(speech.make_sentence(rng, "digits").split()) <= set(speech.DIGITS)
     assert speech.make_sentence(rng, "notes").startswith("the notes ")
+    assert speech.make_sentence(rng, "instructions").split()[0] in ("make", "move", "remove", "add")
+    words = speech.make_sentence(rng, "everyday")
+    assert any(words.startswith(s) for s in speech.SUBJECTS) and any(words.endswith(p) for p in speech.PLACES)
     with pytest.raises(AnygenError, match="kinds"):
         SpeechWorld(kinds=("poems",))
+
+
+def test_heldout_rule_is_fixed_and_the_splits_never_meet():
+    import itertools
+
+    everyday = [" ".join(words) for words in itertools.product(speech.SUBJECTS, speech.VERBS, speech.OBJECTS,
+                                                               speech.PLACES)]
+    assert (len(everyday), sum(map(speech.is_heldout, everyday))) == (4096, 416)  # the rule, pinned
+    assert speech.is_heldout("my friend lost the old book at the market")
+    assert not speech.is_heldout("my friend lost the old book in the kitchen")
+    rng = random.Random(0)
+    train, heldout = SpeechWorld(), SpeechWorld(split="heldout")
+    assert not any(speech.is_heldout(train.sentence(rng)) for _ in range(300))
+    assert all(speech.is_heldout(heldout.sentence(rng)) for _ in range(30))
+    assert heldout.voices == (speech.HELDOUT_VOICE,) and speech.HELDOUT_VOICE not in train.voices
+    with pytest.raises(AnygenError, match="split"):
+        SpeechWorld(split="test")
+
+
+class FakeTranscriber:
+    """Hears every waveform as the next of its canned transcripts."""
+
+    def __init__(self, heard):
+        self.heard, self.calls = list(heard), 0
+
+    def __call__(self, waveforms, sample_rate):
+        out = self.heard[self.calls * len(waveforms):(self.calls + 1) * len(waveforms)]
+        self.calls += 1
+        return out
+
+
+def test_judge_audio_is_word_error_rate_on_reconstructions_and_originals():
+    texts = ["a red circle at the top", "seven two nine"]
+    heard = ["a red circle at the", "seven to nine",  # reconstructions: 1 deletion + 1 substitution
+             "A red circle at the top.", "729"]  # originals: right after normalising
+    world = speech.Speech(transcriber=FakeTranscriber(heard))
+    waves = [np.zeros(1600, np.float32)] * 2
+    out = world.judge_audio(waves, waves, texts, 16000)
+    assert out["wer"] == pytest.approx(2 / 9) and out["wer_originals"] == 0.0
+    assert out["wer_ratio"] == pytest.approx((2 / 9) / speech.WER_FLOOR)
+
+
+@needs_espeak
+def test_eval_audio_says_heldout_sentences_in_the_heldout_voice():
+    waves, texts = speech.Speech().eval_audio(3, seed=0, sample_rate=16000)
+    assert len(waves) == len(texts) == 3 and all(speech.is_heldout(t) for t in texts)
+    assert not any(t.startswith("the notes") for t in texts)
+    again, _ = speech.Speech().eval_audio(3, seed=0, sample_rate=16000)
+    assert all(np.array_equal(a, b) for a, b in zip(waves, again))
