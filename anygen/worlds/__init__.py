@@ -27,7 +27,7 @@ MEDIA_SOURCES = {  # codec-training `data.source` name -> (world, "image" | "aud
     "digits": ("digits", "image"),
 }
 WORLD_COMMANDS = (  # modules with add_commands(sub, eval_sub): a world's CLI verbs
-    "anygen.worlds.shapes.cli", "anygen.worlds.digits.cli", "anygen.worlds.emoji.cli")
+    "anygen.worlds.shapes.cli", "anygen.worlds.digits.cli", "anygen.worlds.emoji.cli", "anygen.worlds.speech.cli")
 PREVIEWS = {  # `anygen worlds sample NAME` -> (world, preview kind)
     "shapes": ("shapes", "shapes"), "stories": ("shapes", "stories"), "melodies": ("shapes", "melodies"),
     "edits": ("shapes", "edits"), "emoji": ("emoji", "emoji"), "speech": ("speech", "speech"),

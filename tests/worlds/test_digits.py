@@ -4,7 +4,6 @@ data set here is written by the test (random pixels in the package's format)."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 

@@ -143,3 +143,23 @@ def test_eval_audio_says_heldout_sentences_in_the_heldout_voice():
     assert not any(t.startswith("the notes") for t in texts)
     again, _ = speech.Speech().eval_audio(3, seed=0, sample_rate=16000)
     assert all(np.array_equal(a, b) for a, b in zip(waves, again))
+
+
+@needs_espeak
+def test_speech_tasks_say_in_one_voice_and_hear_the_training_voices():
+    from anygen.tasks.layouts import TaskMix
+
+    tasks = speech.Speech().task_source(TaskMix())
+    assert tasks.tasks == ("text_to_audio", "audio_to_text")
+    rng = np.random.default_rng(0)
+    say = [tasks.sample("text_to_audio", rng) for _ in range(20)]
+    hear = [tasks.sample("audio_to_text", rng) for _ in range(40)]
+    audio = [piece.value for spec in say + hear for piece in spec.pieces if piece.kind == "audio"]
+    keys = [media.key for media in audio]
+    assert {k[3:] for k in keys[:20]} == {speech.SAY_VOICE}
+    assert {k[3] for k in keys[20:]} == set(speech.TRAIN_VOICES)
+    assert not any(speech.is_heldout(k[2]) for k in keys)
+    wave, rate = audio[0].make()
+    assert rate == 16000 and np.array_equal(wave, synthesize(keys[0][2], 16000, *speech.SAY_VOICE))
+    with pytest.raises(AnygenError, match="no task 'edit'"):
+        tasks.sample("edit", rng)

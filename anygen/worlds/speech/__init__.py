@@ -29,6 +29,7 @@ import numpy as np
 
 from anygen.document import Document
 from anygen.errors import AnygenError
+from anygen.tasks.layouts import Media, Spec, TaskMix, audio_to_text, text_to_audio
 from anygen.tasks.world import EVAL_STREAM
 from anygen.io import check_waveform, resample, to_mono_float
 
@@ -198,6 +199,25 @@ def _as_random(rng) -> random.Random:
     raise TypeError(f"rng must be an int seed, random.Random or numpy Generator, got {type(rng).__name__}")
 
 
+@dataclass(frozen=True)
+class Utterance:
+    """A sentence and the voice that says it (espeak-ng voice, words per minute, pitch)."""
+
+    text: str
+    voice: str
+    speed: int
+    pitch: int
+
+    def audio(self, sample_rate: int) -> tuple[np.ndarray, int]:
+        """(waveform, sample_rate): espeak-ng saying it."""
+        return synthesize(self.text, sample_rate, self.voice, self.speed, self.pitch), sample_rate
+
+    def media(self, sample_rate: int) -> Media:
+        """Its audio as a task's media, synthesized only when its codes are not cached."""
+        return Media("audio", ("speech", sample_rate, self.text, self.voice, self.speed, self.pitch),
+                     lambda: self.audio(sample_rate))
+
+
 @dataclass(frozen=True, eq=False)
 class SpeechItem:
     text: str
@@ -252,14 +272,18 @@ class SpeechWorld:
                 return text
         raise AnygenError(f"no {self.split} sentence of kinds {', '.join(self.kinds)} in {MAX_DRAWS} draws")
 
-    def sample(self, rng: random.Random | np.random.Generator | int) -> SpeechItem:
-        """One (text, waveform) pair; the same rng state always gives the same pair."""
+    def draw(self, rng: random.Random | np.random.Generator | int) -> Utterance:
+        """What one item says and how, without synthesizing it."""
         rng = _as_random(rng)
         text = self.sentence(rng)
         voice = rng.choice(self.voices)
-        speed, pitch = rng.randint(*self.speed_range), rng.randint(*self.pitch_range)
-        wave = synthesize(text, self.sample_rate, voice=voice, speed=speed, pitch=pitch)
-        return SpeechItem(text, wave, self.sample_rate, voice, speed, pitch)
+        return Utterance(text, voice, rng.randint(*self.speed_range), rng.randint(*self.pitch_range))
+
+    def sample(self, rng: random.Random | np.random.Generator | int) -> SpeechItem:
+        """One (text, waveform) pair; the same rng state always gives the same pair."""
+        u = self.draw(rng)
+        wave = synthesize(u.text, self.sample_rate, voice=u.voice, speed=u.speed, pitch=u.pitch)
+        return SpeechItem(u.text, wave, self.sample_rate, u.voice, u.speed, u.pitch)
 
     def sample_example(self, rng=None) -> tuple[str, np.ndarray, int]:
         """(text, waveform, sample_rate); without `rng`, the first item of this world's seed."""
@@ -274,26 +298,55 @@ class SpeechWorld:
         return [self.sample(rng) for _ in range(n)]
 
 
+SPEECH_TASKS = ("text_to_audio", "audio_to_text")
+# text->speech examples speak in one voice, speed and pitch: `say` has one voice to learn (it cannot be asked
+# for another); speech->text examples hear every training voice, speed and pitch
+SAY_VOICE = ("en-us", 160, 50)  # (voice, words per minute, pitch)
+
+
+class SpeechTasks:
+    """Text->speech (`say`) and speech->text (`transcribe`) of the speech world's sentences; the
+    held-out split (`is_heldout`, `HELDOUT_VOICE`) is never sampled: "val" draws training
+    sentences from the caller's stream."""
+
+    tasks = SPEECH_TASKS
+
+    def __init__(self, sample_rate: int, mix: TaskMix):
+        self.mix, self.sample_rate = mix, sample_rate
+        self.world = SpeechWorld(sample_rate=sample_rate)
+
+    def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
+        u = self.world.draw(rng)
+        if task == "text_to_audio":
+            said = Utterance(u.text, *SAY_VOICE)
+            return text_to_audio(u.text, said.media(self.sample_rate), self.mix.text_to_audio, rng)
+        if task == "audio_to_text":
+            return audio_to_text(u.media(self.sample_rate), u.text, self.mix.audio_to_text, rng)
+        raise AnygenError(f"the speech world has no task {task!r} (tasks: {', '.join(SPEECH_TASKS)})")
+
+
 WER_FLOOR = 0.01  # the ratio's denominator: originals Whisper reads perfectly do not divide by zero
 SPEECH_TRAIN_SENTENCES = 2000  # sentences a codec trains on (espeak-ng: about 0.02 s each; ~95 min of speech)
 
 
 class Speech:
-    """The `speech` world (`anygen.tasks.world.World`): espeak-ng sentences for codec training, previews
-    and codec evaluation (`eval_audio`, `judge_audio`: Whisper's word error rate). It offers no decoder
-    tasks yet. `transcriber`: the speech recogniser that judges (default Whisper, loaded when first used)."""
+    """The `speech` world (`anygen.tasks.world.World`): espeak-ng sentences for codec training, previews,
+    the decoder's text->speech and speech->text tasks (`SpeechTasks`) and codec evaluation
+    (`eval_audio`, `judge_audio`: Whisper's word error rate). `transcriber`: the speech recogniser
+    that judges (default Whisper, loaded when first used)."""
 
     name = "speech"
-    tasks: tuple[str, ...] = ()
+    tasks = SPEECH_TASKS
     previews = ("speech",)
     plan_format = None
 
-    def __init__(self, seed: int = 0, transcriber=None):
+    def __init__(self, seed: int = 0, sample_rate: int = 16000, transcriber=None):
         self.seed = seed  # the voices and sentences of previews and corpora come from the caller's rng
+        self.sample_rate = sample_rate  # of the tasks' audio (the speech codec's rate)
         self._transcriber = transcriber  # None: Whisper (anygen.worlds.asr), loaded when first judged
 
-    def task_source(self, mix):
-        raise AnygenError("the speech world has no decoder tasks yet (it trains and evaluates audio codecs)")
+    def task_source(self, mix: TaskMix) -> SpeechTasks:
+        return SpeechTasks(self.sample_rate, mix)
 
     def text_corpus(self, n: int, rng) -> list[str]:
         world = SpeechWorld(seed=int(rng.integers(2**31)))
