@@ -175,6 +175,19 @@ def test_recommended_defaults_apply_unless_the_caller_sets_them(model_dir, tmp_p
     assert one.guidance_scales == (3.0,) and one.image.is_greedy
 
 
+def test_recommended_audio_bound_applies_to_say_unless_the_caller_sets_one(model_dir, tmp_path):
+    rec = Recorder(stop=True)
+    gen = load_model(with_meta(model_dir, tmp_path, recommended={"audio_max_frames": 5}), sampler=rec)
+    for kwargs in ({}, {"max_frames": 3}):
+        with pytest.raises(Stop):
+            gen.say("the notes C E G", **kwargs)
+    assert [cfg.audio_max_frames for cfg in rec.configs] == [5, 3]
+    plain = Recorder(stop=True)
+    with pytest.raises(Stop):
+        load_model(model_dir, sampler=plain).say("the notes C E G")
+    assert plain.configs[0].audio_max_frames == 64  # the sampler's default
+
+
 def test_write_recommended_round_trips_and_bad_records_are_one_line_errors(model_dir, tmp_path):
     d = with_meta(model_dir, tmp_path)
     write_recommended(d, {"guidance_scale": 2.5, "image": {"temperature": 1.0, "top_k": 32}})
@@ -184,7 +197,7 @@ def test_write_recommended_round_trips_and_bad_records_are_one_line_errors(model
     with pytest.raises(AnygenError, match="recommended.*guidance_scale"):
         write_recommended(d, {"guidance_scale": -1})
     for bad, message in (({"guidance": 3}, "unknown key 'guidance'"), ({"image": {"temprature": 1}}, "temprature"),
-                         ({"image": {"top_k": -1}}, "top_k")):
+                         ({"image": {"top_k": -1}}, "top_k"), ({"audio_max_frames": 0}, "audio_max_frames")):
         meta = json.loads((d / "anygen_decoder.json").read_text())
         (d / "anygen_decoder.json").write_text(json.dumps({**meta, "recommended": bad}))
         with pytest.raises(AnygenError, match=message):

@@ -7,7 +7,9 @@ defaults it recommends (both in `anygen_decoder.json`).
 - `"recommended"`: defaults used where the caller sets none; the caller's values always win.
   `{"guidance_scale": 3.0, "image": {"temperature": 1.0, "top_k": 64}}`: `guidance_scale` is
   text->image classifier-free guidance; `image` (`SamplingSettings` fields) is how `draw`
-  samples images when it samples (n > 1, or `greedy=False`). Write it with
+  samples images when it samples (n > 1, or `greedy=False`); `audio_max_frames` bounds the audio
+  `say` writes when the caller gives no `max_frames` (a speech model's sentences outlast the
+  sampler's default of 64 codec frames). Write it with
   `write_recommended(directory, ...)` after measuring the settings on held-out prompts.
 """
 
@@ -44,8 +46,12 @@ class Recommended:
 
     guidance_scale: float | None = None
     image: SamplingSettings | None = None
+    audio_max_frames: int | None = None
 
     def __post_init__(self):
+        if self.audio_max_frames is not None and (isinstance(self.audio_max_frames, bool) or not isinstance(
+                self.audio_max_frames, int) or self.audio_max_frames < 1):
+            raise AnygenError(f"audio_max_frames: expected a positive integer, got {self.audio_max_frames!r}")
         if self.guidance_scale is not None:
             object.__setattr__(self, "guidance_scale", check_scale(self.guidance_scale, "guidance_scale"))
         if isinstance(self.image, dict):

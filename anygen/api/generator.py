@@ -235,12 +235,16 @@ class AnyGen:
     # ---- audio ------------------------------------------------------------------------
     def say(self, text: str, /, guidance_scale: float = 1.0, seed: int | None = 0, max_frames: int | None = None,
             strict: bool = False, **settings) -> Audio:
-        """text -> audio (e.g. "the notes C E G" -> a melody); `max_frames` bounds its length in codec frames."""
+        """text -> audio (e.g. "the notes C E G" -> a melody); `max_frames` bounds its length in codec
+        frames (default: the model's recommended bound, else the sampler's)."""
         from anygen.codecs.layout import stream_length
 
         s, text = self.session, check_text(text)
         scale, seed = check_scale(guidance_scale, "guidance_scale"), check_seed(seed)
-        frames = s.config.audio_max_frames if max_frames is None else check_int(max_frames, "max_frames", 1, 100_000)
+        if max_frames is None:
+            frames = self.capabilities.recommended.audio_max_frames or s.config.audio_max_frames
+        else:
+            frames = check_int(max_frames, "max_frames", 1, 100_000)
         cond, uncond = s.prompt("text_to_audio", text=text), s.null_prompt("text_to_audio")
         budget = stream_length(frames, self.vocab.audio_levels, self.vocab.audio_layout) + 3
         s.check_length(cond, budget)

@@ -44,7 +44,7 @@ def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path):
     assert "done:" in done.stdout
     calls = [shlex.split(line) for line in calls.read_text().splitlines()]
     runs = str(tmp_path / "runs")
-    codec, text, assemble, shards, train, bundle = calls
+    codec, text, assemble, shards, train, bundle, recommend = calls
     assert codec[:3] == ["tokenizer", "train", "tokenizers/speech_audio.yaml"] and "--resume" in codec
     assert text[:3] == ["tokenizer", "train", "tokenizers/text.yaml"] and "data.source=speech" in text
     assert assemble[:2] == ["tokenizer", "assemble"]
@@ -54,3 +54,4 @@ def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path):
     assert f"tokenizer={runs}/speech_tokenizer" in shards and f"out={runs}/shards/speech" in shards
     assert train[:2] == ["train", "training/speech.yaml"] and "--resume" in train and "train.steps=5" in train
     assert bundle == ["bundle", f"{runs}/decoder/speech/model", "--out", f"{runs}/speech_model"]
+    assert recommend == ["recommend", f"{runs}/speech_model", "audio_max_frames=200"]
