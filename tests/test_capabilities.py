@@ -190,9 +190,9 @@ def test_recommended_audio_bound_applies_to_say_unless_the_caller_sets_one(model
 
 def test_write_recommended_round_trips_and_bad_records_are_one_line_errors(model_dir, tmp_path):
     d = with_meta(model_dir, tmp_path)
-    write_recommended(d, {"guidance_scale": 2.5, "image": {"temperature": 1.0, "top_k": 32}})
+    write_recommended(d, {"guidance_scale": 2.5, "image": {"temperature": 1.0, "top_k": 32}, "audio_max_frames": 200})
     rec = load_model(d).capabilities.recommended
-    assert rec == Recommended(2.5, SamplingSettings(temperature=1.0, top_k=32))
+    assert rec == Recommended(2.5, SamplingSettings(temperature=1.0, top_k=32), audio_max_frames=200)
     assert json.loads((d / "anygen_decoder.json").read_text())["vocab"]  # the rest of the record is kept
     with pytest.raises(AnygenError, match="recommended.*guidance_scale"):
         write_recommended(d, {"guidance_scale": -1})

@@ -19,7 +19,7 @@ LAYERS = [  # bottom to top; a module belongs to the layer of its longest listed
     # the applications: the CLI and its verbs (a world's too), training, evaluation, `anygen.load`
     ("anygen", "anygen.cli", "anygen.__main__", "anygen.bundle", "anygen.training", "anygen.eval",
      "anygen.worlds.shapes.cli", "anygen.worlds.shapes.demo", "anygen.worlds.digits.cli",
-     "anygen.worlds.emoji.cli"),
+     "anygen.worlds.emoji.cli", "anygen.worlds.speech.cli"),
 ]
 
 

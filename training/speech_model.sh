@@ -40,6 +40,6 @@ stamp "decoder"
 step "$RUNS/decoder/speech/model" $ANYGEN train training/speech.yaml train.out_dir="$RUNS/decoder/speech" \
     data.shard_dir="$RUNS/shards/speech/train" data.eval_shard_dir="$RUNS/shards/speech/val" ${TRAIN_ARGS:-} --resume
 step "$BUNDLE/config.json" $ANYGEN bundle "$RUNS/decoder/speech/model" --out "$BUNDLE"
-# `say` writes up to 8 s (200 frames at 25 frames/s): the longest training sentences last 7.5 s
-$ANYGEN recommend "$BUNDLE" audio_max_frames=200 > /dev/null
+# `say` writes up to 9.6 s (240 frames at 25 frames/s): the longest sentences last 7.8 s in its voice
+$ANYGEN recommend "$BUNDLE" audio_max_frames=240 > /dev/null
 stamp "done: $BUNDLE (anygen eval speech --model $BUNDLE)"

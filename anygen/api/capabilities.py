@@ -81,6 +81,8 @@ class Recommended:
         out = {} if self.guidance_scale is None else {"guidance_scale": self.guidance_scale}
         if self.image is not None:
             out["image"] = asdict(self.image)
+        if self.audio_max_frames is not None:
+            out["audio_max_frames"] = self.audio_max_frames
         return out
 
 

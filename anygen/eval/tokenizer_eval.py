@@ -1,9 +1,10 @@
 """`anygen tokenizer eval DIR --data ...`: measure a trained codec on held-out data.
 
 Image codecs: PSNR and SSIM of reconstructions, codebook usage and perplexity over the
-whole evaluation set, and where the data's world has a judge (shapes, melodies) its accuracy
-on the reconstructions (`World.judge_images` / `judge_audio`; the judge's accuracy on the
-originals is reported as a sanity baseline). Audio codecs: SI-SNR, per-level usage and
+whole evaluation set, and where the data's world has a judge (shapes, digits, melodies, speech)
+its score on the reconstructions (`World.judge_images` / `judge_audio`; the judge's score on the
+originals is reported as a sanity baseline: exact notes for melodies, Whisper's word error rate
+and its ratio to the originals' for speech). Audio codecs: SI-SNR, per-level usage and
 perplexity. Text tokenizers:
 characters per token and exact round trips. Every codec: encode+decode throughput
 (items/s, median of three timed passes). Results are one flat dict of floats.

