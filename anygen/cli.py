@@ -65,6 +65,21 @@ def write_json(path: Path | None, data) -> None:
             atomic_write_bytes(path, json.dumps(data, indent=2).encode())
 
 
+def run_suite(name: str, evaluate, report, json_path: Path | None, total: int | None = None) -> dict:
+    """A world's eval: `evaluate(progress)` under the progress bar `eval NAME` (each `progress(part)`
+    advances it), then `report(results)` printed and the results written to `json_path` (`write_json`)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"eval {name}", unit="part", total=total)
+    try:
+        results = evaluate(lambda part: (bar.set_postfix_str(part), bar.update()))
+    finally:
+        bar.close()
+    print(report(results))
+    write_json(json_path, results)
+    return results
+
+
 # ---- worlds -------------------------------------------------------------------
 def cmd_worlds_sample(args) -> None:
     from anygen.worlds import preview_document

@@ -1,9 +1,6 @@
 """The emoji-model recipe (`make emoji-model` -> training/emoji_model.sh): its configs validate and
 agree, and its steps hand each artifact to the next one."""
 
-import os
-import shlex
-import subprocess
 from pathlib import Path
 
 from anygen.config import load_config
@@ -36,17 +33,10 @@ def test_recipes_validate_and_agree():
     assert 2 * (m.n_layers * per_layer + 2 * 2200 * m.hidden) < BUNDLE_BYTES
 
 
-def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path):
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "fake_anygen"
-    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {shlex.quote(str(calls))}\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), TRAIN_ARGS="train.steps=5",
-               N_TRAIN="100")
-    done = subprocess.run([str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path, run_recipe):
+    done, calls = run_recipe(SCRIPT, TRAIN_ARGS="train.steps=5", N_TRAIN="100")
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stdout
-    calls = [shlex.split(line) for line in calls.read_text().splitlines()]
     assert [c[:3] for c in calls[:2]] == [["tokenizer", "train", "tokenizers/emoji_image.yaml"],
                                           ["tokenizer", "train", "tokenizers/emoji_text.yaml"]]
     assert "--resume" in calls[0]

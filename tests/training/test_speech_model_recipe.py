@@ -2,9 +2,6 @@
 agree, and its steps hand each artifact to the next one."""
 
 import math
-import os
-import shlex
-import subprocess
 from pathlib import Path
 
 from anygen.codecs.audio import AudioCodecConfig
@@ -32,17 +29,10 @@ def test_recipes_validate_and_agree():
     assert trained_on(data) == {"worlds": ["speech"], "tasks": ["text_to_audio", "audio_to_text"]}
 
 
-def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path):
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "fake_anygen"
-    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {shlex.quote(str(calls))}\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), TRAIN_ARGS="train.steps=5",
-               N_TRAIN="100")
-    done = subprocess.run([str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+def test_script_chains_codecs_shards_decoder_and_bundle(tmp_path, run_recipe):
+    done, calls = run_recipe(SCRIPT, TRAIN_ARGS="train.steps=5", N_TRAIN="100")
     assert done.returncode == 0, done.stderr
     assert "done:" in done.stdout
-    calls = [shlex.split(line) for line in calls.read_text().splitlines()]
     runs = str(tmp_path / "runs")
     codec, text, assemble, shards, train, bundle, recommend = calls
     assert codec[:3] == ["tokenizer", "train", "tokenizers/speech_audio.yaml"] and "--resume" in codec

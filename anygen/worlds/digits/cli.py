@@ -3,11 +3,9 @@ train-classifier` and `anygen eval digits` (registered through `anygen.worlds.WO
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-from anygen.cli import model_of, print_json
+from anygen.cli import json_out, model_of, print_json, run_suite
 from anygen.errors import AnygenError
 
 
@@ -47,19 +45,13 @@ def cmd_eval_digits(args) -> None:
         if getattr(args, name) < 1:
             raise AnygenError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     image = SamplingSettings(temperature=args.temperature, top_k=args.top_k)  # checked before the model loads
+    json_path = json_out(args)
     data, classifier = load_digits(args.data), load_classifier(args.classifier)
     model = model_of(args)
-    from tqdm import tqdm
-
-    bar = tqdm(desc="eval digits", unit="part")
-    results = evaluate_digits(model, data, classifier, n_per_digit=args.n_per_digit, n_documents=args.n_documents,
-                              seed=args.seed, suites=suites, image_tokens=model.session.image_budget,
-                              settings={"image": image}, guidance_scale=args.guidance_scale,
-                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
-    bar.close()
-    print(format_report(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    run_suite("digits", lambda progress: evaluate_digits(
+        model, data, classifier, n_per_digit=args.n_per_digit, n_documents=args.n_documents, seed=args.seed,
+        suites=suites, image_tokens=model.session.image_budget, settings={"image": image},
+        guidance_scale=args.guidance_scale, progress=progress), format_report, json_path)
 
 
 def add_commands(sub, ev_sub) -> None:

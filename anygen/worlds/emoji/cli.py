@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-from anygen.cli import model_of
+from anygen.cli import json_out, model_of, run_suite
 from anygen.errors import AnygenError
 
 
@@ -19,17 +17,11 @@ def cmd_eval_emoji(args) -> None:
         raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
     settings = EvalSettings(n=args.n, batch_size=args.batch_size, seed=args.seed, guidance_scale=args.guidance_scale,
                             image_guidance_scale=args.image_guidance_scale)  # checked before the model loads
+    json_path = json_out(args)
     world = EmojiWorld()  # the font is checked before the model loads too
     model = model_of(args)
-    from tqdm import tqdm
-
-    bar = tqdm(desc="eval emoji", unit="part")
-    results = evaluate_emoji(model, world, settings, suites,
-                             progress=lambda name: (bar.set_postfix_str(name), bar.update()))
-    bar.close()
-    print(format_report(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    run_suite("emoji", lambda progress: evaluate_emoji(model, world, settings, suites, progress=progress),
+              format_report, json_path)
 
 
 def add_commands(sub, ev_sub) -> None:

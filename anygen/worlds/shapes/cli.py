@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from anygen.cli import add_edit_flags, edit_options_of, json_out, model_of, out_dir, print_json, write_json
+from anygen.cli import (add_edit_flags, edit_options_of, json_out, model_of, out_dir, print_json, run_suite,
+                        write_json)
 from anygen.errors import AnygenError
 
 
@@ -71,17 +72,10 @@ def cmd_eval_shapes(args) -> None:
         draw_settings["image"] = SamplingSettings(temperature=1.0, top_k=64)
     parallel = {} if args.parallel == "none" else {"parallel": args.parallel}
     model = _WithOptions(model_of(args), draw, {**draw_settings, **parallel}, edit, story, parallel)
-    from tqdm import tqdm
-
-    bar = tqdm(desc="eval", unit="part")
-    results = evaluate_shapes(model, n=args.n, seed=args.seed, suites=suites, batch_size=args.batch_size,
-                              edit_reason=args.edit_reason, edit_kinds=edit_kinds, reason_form=args.reason_form,
-                              phrasing=args.phrasing,
-                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
-    bar.close()
-    print(f"phrasing: {args.phrasing}")
-    print(format_table(results))
-    write_json(json_path, results)
+    run_suite("shapes", lambda progress: evaluate_shapes(
+        model, n=args.n, seed=args.seed, suites=suites, batch_size=args.batch_size, edit_reason=args.edit_reason,
+        edit_kinds=edit_kinds, reason_form=args.reason_form, phrasing=args.phrasing, progress=progress),
+        lambda results: f"phrasing: {args.phrasing}\n{format_table(results)}", json_path)
 
 
 class _WithOptions:

@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-from anygen.cli import model_of
+from anygen.cli import json_out, model_of, run_suite
 from anygen.errors import AnygenError
 
 SUITE_TASKS = {"say": "text_to_audio", "transcribe": "audio_to_text"}  # what each suite needs the model to have learned
 
 
 def cmd_eval_speech(args) -> None:
-    from tqdm import tqdm
-
     from anygen.worlds.asr import WhisperTranscriber
     from anygen.worlds.speech.suite import SUITES, evaluate_speech, format_report
 
@@ -23,6 +19,7 @@ def cmd_eval_speech(args) -> None:
         raise AnygenError(f"--only: unknown suite {unknown[0]!r} (choose from {', '.join(SUITES)})")
     if args.n < 1:
         raise AnygenError(f"--n must be at least 1, got {args.n}")
+    json_path = json_out(args)
     transcriber = WhisperTranscriber()  # before the model: a missing judge fails fast
     model = model_of(args)
     worlds = model.meta.get("worlds")
@@ -30,14 +27,9 @@ def cmd_eval_speech(args) -> None:
         raise AnygenError(f"{args.model or 'the bundled model'} was not trained on speech (its worlds: "
                           f"{', '.join(worlds) or 'none'}): its audio is not words")
     model.capabilities.require(*(SUITE_TASKS[s] for s in suites))
-    bar = tqdm(desc="eval speech", unit="part", total=len(suites))
-    results = evaluate_speech(model, transcriber, n=args.n, seed=args.seed, suites=suites,
-                              guidance_scale=args.guidance_scale,
-                              progress=lambda name: (bar.set_postfix_str(name), bar.update()))
-    bar.close()
-    print(format_report(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    run_suite("speech", lambda progress: evaluate_speech(
+        model, transcriber, n=args.n, seed=args.seed, suites=suites, guidance_scale=args.guidance_scale,
+        progress=progress), format_report, json_path, total=len(suites))
 
 
 def add_commands(sub, ev_sub) -> None:
