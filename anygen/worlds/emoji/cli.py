@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 from anygen.cli import json_out, model_of, run_suite
 from anygen.errors import AnygenError
 
