@@ -935,8 +935,9 @@ class Trainer:
             acc.wait_for_everyone()
         result = final if finished else checkpoints(self.out)[-1] / "model"
         self._summarise("time_budget" if out_of_time else "steps" if self.step >= t.steps else "stop_at", result)
-        if cfg.train.tensorboard:
-            acc.end_training()
+        # trackers end, and so does the process group: a gloo group left to interpreter exit can abort a rank
+        # ("terminate called without an active exception") after the model is written
+        acc.end_training()
         return result
 
     def _summarise(self, stopped: str, model: Path) -> None:
