@@ -25,7 +25,8 @@ from anygen.io import resample
 WHISPER_RATE = 16000  # Hz: Whisper's input rate
 MODEL_DIR_ENV = "ANYGEN_WHISPER_DIR"
 INSTALL_HINT = "pip install 'anygen[speech]' (or make speech-deps)"
-BEAM_SIZE = 1  # greedy: deterministic, and the judge's speed matters more than its last point of WER
+BEAM_SIZE = 1  # greedy, and the judge's speed matters more than its last point of WER
+TEMPERATURE = 0.0  # no temperature fallback: faster-whisper's default re-samples hard clips, so scores varied run to run
 PROGRESS_FROM = 20  # clips: fewer take a few seconds and show no progress bar
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT = re.compile(r"[0-9]")
@@ -80,7 +81,8 @@ def whisper_model_dir() -> Path:
 
 
 class WhisperTranscriber:
-    """Whisper through faster-whisper on the CPU: English, greedy, no voice-activity filter."""
+    """Whisper through faster-whisper on the CPU: English, greedy at temperature 0 (the same transcript
+    every run), no voice-activity filter."""
 
     def __init__(self, model_dir: str | os.PathLike | None = None, threads: int = 1):
         try:
@@ -100,7 +102,7 @@ class WhisperTranscriber:
                 out.append("")
                 continue
             wave = resample(wave, int(sample_rate), WHISPER_RATE)
-            segments, _ = self.model.transcribe(wave, language="en", beam_size=BEAM_SIZE, vad_filter=False,
-                                                condition_on_previous_text=False)
+            segments, _ = self.model.transcribe(wave, language="en", beam_size=BEAM_SIZE, temperature=TEMPERATURE,
+                                                vad_filter=False, condition_on_previous_text=False)
             out.append(" ".join(s.text.strip() for s in segments).strip())
         return out
