@@ -44,9 +44,9 @@ CODES_PER_SIDE = 8  # 8x8 = 64 image codes: short sequences a small decoder lear
 WORLD_EXAMPLES = 60000  # training examples sampled from a world (user data is written as it is)
 VAL_EXAMPLES = 300
 USER_SEQUENCES = 0.5  # captioned sequences per captioned image: teaches interleaved documents (`generate`)
-# a world's image->text examples per 2 text->image ones (the recipe has 1.5): a caption carries one informative token
-# against an image's 64 codes, and at 1.5 an hour of training left image->text underfit (digits: 85% right
-# on its own training digits, 84% on the test digits)
+# a world's image->text examples per 2 text->image ones (the recipe has 1.5): a caption carries one informative
+# token against an image's 64 codes, and at 1.5 an hour left image->text underfit, as wrong on the training
+# digits as on the test ones (docs/experiments.md, "Digits, 60 minutes on both cores")
 READ_WEIGHT = 3.0
 TEXT_VOCAB = 1000  # a soft cap: BPE merges until every caption word is one piece (300 split 'three' into letters)
 
