@@ -28,7 +28,8 @@ INSTALL_HINT = "pip install 'anygen[speech]' (or make speech-deps)"
 BEAM_SIZE = 1  # greedy, and the judge's speed matters more than its last point of WER
 SEED = 0  # CTranslate2's sampling seed, set before each clip: faster-whisper re-decodes a clip whose greedy
 # transcript loops by sampling at rising temperatures (without that fallback it read espeak-ng's own audio at
-# 69% WER instead of 19%), and the seed makes those samples, so the judge's scores, the same every run
+# 69% WER instead of 19%); the seed repeats those samples within a process (across processes the scores
+# still moved by about a point: docs/experiments.md, "Speech")
 PROGRESS_FROM = 20  # clips: fewer take a few seconds and show no progress bar
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT = re.compile(r"[0-9]")
@@ -84,7 +85,8 @@ def whisper_model_dir() -> Path:
 
 class WhisperTranscriber:
     """Whisper through faster-whisper on the CPU: English, greedy with faster-whisper's temperature
-    fallback under a fixed seed (the same transcript every run), no voice-activity filter."""
+    fallback under a fixed seed (the same transcripts when a process repeats a call), no voice-activity
+    filter."""
 
     def __init__(self, model_dir: str | os.PathLike | None = None, threads: int = 1):
         try:
