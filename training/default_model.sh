@@ -20,7 +20,7 @@ BUNDLE=${BUNDLE:-$RUNS/default_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
 RECIPE=default-model
-source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step, codec
 # Every shard set is the same recipe with other sizes, seeds and task weights.
 PLANS_MIX="tasks.text_to_image.weight=0 tasks.image_to_text.weight=0 tasks.text_to_audio.weight=0
   tasks.audio_to_text.weight=0 tasks.edit.weight=0 tasks.describe_edit.weight=0 tasks.reasoned_edit.weight=0
@@ -30,10 +30,6 @@ REASONED_MIX="tasks.text_to_image.weight=1.5 tasks.image_to_text.weight=1 tasks.
   tasks.reasoned_text.weight=6 tasks.story.weight=3 world.lookalike_prob=0.5 world.edit_weights.move=2"
 # await PID WHAT LOG: wait for a step run in the background; stop the script if it failed
 await() { wait "$1" || { echo "$2 failed: $3" >&2; exit 1; }; }
-codec() {  # codec NAME: train tokenizers/NAME.yaml on one thread, logging to $RUNS/logs/tokenizer_NAME.log
-  ANYGEN_THREADS=1 $ANYGEN tokenizer train "tokenizers/$1.yaml" out="$RUNS/tokenizers/$1" --resume \
-      >> "$RUNS/logs/tokenizer_$1.log" 2>&1
-}
 shards() {  # shards NAME [overrides...]
   local name=$1; shift
   step "$RUNS/shards/$name/val/index.json" env ANYGEN_THREADS=1 $ANYGEN pretokenize training/shapes_data.yaml \

@@ -17,16 +17,10 @@ BUNDLE=${BUNDLE:-$RUNS/emoji_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
 RECIPE=emoji-model
-source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
-codec() {  # the image codec on one thread, resumable, logged
-  # shellcheck disable=SC2086  # CODEC_ARGS is a word list
-  ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/emoji_image.yaml out="$RUNS/tokenizers/emoji_image" \
-      ${CODEC_ARGS:-} --resume >> "$RUNS/logs/tokenizer_emoji_image.log" 2>&1 \
-      || { echo "image codec failed: $RUNS/logs/tokenizer_emoji_image.log" >&2; exit 1; }
-}
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step, codec
 
 stamp "image codec (log: $RUNS/logs/tokenizer_emoji_image.log)"
-step "$RUNS/tokenizers/emoji_image/summary.json" codec
+step "$RUNS/tokenizers/emoji_image/summary.json" codec emoji_image
 stamp "text tokenizer"
 step "$RUNS/tokenizers/emoji_text/summary.json" env ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/emoji_text.yaml \
     out="$RUNS/tokenizers/emoji_text"

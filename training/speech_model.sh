@@ -17,16 +17,10 @@ BUNDLE=${BUNDLE:-$RUNS/speech_model}
 ANYGEN=${ANYGEN:-anygen}
 mkdir -p "$RUNS/logs"
 RECIPE=speech-model
-source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step
-codec() {  # the speech codec on one thread, resumable, logged
-  # shellcheck disable=SC2086  # CODEC_ARGS is a word list
-  ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/speech_audio.yaml out="$RUNS/tokenizers/speech_audio" \
-      ${CODEC_ARGS:-} --resume >> "$RUNS/logs/tokenizer_speech_audio.log" 2>&1 \
-      || { echo "speech codec failed: $RUNS/logs/tokenizer_speech_audio.log" >&2; exit 1; }
-}
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"  # stamp, step, codec
 
 stamp "speech codec (log: $RUNS/logs/tokenizer_speech_audio.log)"
-step "$RUNS/tokenizers/speech_audio/summary.json" codec
+step "$RUNS/tokenizers/speech_audio/summary.json" codec speech_audio
 stamp "text tokenizer"
 step "$RUNS/tokenizers/speech_text/summary.json" env ANYGEN_THREADS=1 $ANYGEN tokenizer train tokenizers/text.yaml \
     out="$RUNS/tokenizers/speech_text" data.source=speech
