@@ -2,9 +2,6 @@
 default model on shards whose audio->text examples play other timbres, keeping the default audio
 codec unless asked to retrain it, and hands each artifact to the next step."""
 
-import os
-import shlex
-import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -12,19 +9,8 @@ SCRIPT = ROOT / "training" / "melody_timbres.sh"
 DEFAULT = "anygen/assets/default"
 
 
-def run_script(tmp_path, **env):
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "fake_anygen"
-    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%q " "$@")\necho "$line" >> {shlex.quote(str(calls))}\n')
-    fake.chmod(0o755)
-    done = subprocess.run([str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env=dict(os.environ, ANYGEN=str(fake), RUNS=str(tmp_path / "runs"), **env))
-    lines = calls.read_text().splitlines() if calls.exists() else []
-    return done, [shlex.split(line) for line in lines]
-
-
-def test_script_fine_tunes_the_default_model_on_augmented_melodies(tmp_path):
-    done, calls = run_script(tmp_path, STEPS="5", N_TRAIN="100")
+def test_script_fine_tunes_the_default_model_on_augmented_melodies(tmp_path, run_recipe):
+    done, calls = run_recipe(SCRIPT, STEPS="5", N_TRAIN="100")
     assert done.returncode == 0, done.stderr
     runs = str(tmp_path / "runs")
     shards, train, bundle = calls
@@ -35,8 +21,8 @@ def test_script_fine_tunes_the_default_model_on_augmented_melodies(tmp_path):
     assert bundle == ["bundle", f"{runs}/decoder/model", "--out", f"{runs}/model"]
 
 
-def test_script_retrains_the_audio_codec_when_asked(tmp_path):
-    done, calls = run_script(tmp_path, AUDIO="retrain", CODEC_ARGS="train.steps=3")
+def test_script_retrains_the_audio_codec_when_asked(tmp_path, run_recipe):
+    done, calls = run_recipe(SCRIPT, AUDIO="retrain", CODEC_ARGS="train.steps=3")
     assert done.returncode == 0, done.stderr
     runs = str(tmp_path / "runs")
     codec, assemble, shards = calls[:3]
@@ -47,6 +33,6 @@ def test_script_retrains_the_audio_codec_when_asked(tmp_path):
     assert f"tokenizer={runs}/tokenizer" in shards
 
 
-def test_script_refuses_an_unknown_audio_choice(tmp_path):
-    done, calls = run_script(tmp_path, AUDIO="new")
+def test_script_refuses_an_unknown_audio_choice(run_recipe):
+    done, calls = run_recipe(SCRIPT, AUDIO="new")
     assert done.returncode == 2 and "AUDIO must be default or retrain" in done.stderr and not calls
